@@ -1,0 +1,23 @@
+"""Test overrides. Processes the tests start (Celery, workers, bridge) get the same values
+through their environment: see tests/conftest.py."""
+
+import os
+import uuid
+
+# One run's topics and Redis database are its own, so a `make run` stack on the same
+# services is not disturbed and a previous run's leftovers are not read.
+RUN_ID = os.environ.setdefault("INFERENCEHUB_TEST_RUN_ID", uuid.uuid4().hex[:8])
+os.environ.setdefault("KAFKA_REQUESTS_TOPIC", f"test-{RUN_ID}-requests")
+os.environ.setdefault("KAFKA_RESULTS_TOPIC", f"test-{RUN_ID}-results")
+os.environ.setdefault("KAFKA_DEAD_LETTER_TOPIC", f"test-{RUN_ID}-dead-letters")
+os.environ.setdefault("KAFKA_WORKER_GROUP", f"test-{RUN_ID}-workers")
+os.environ.setdefault("KAFKA_BRIDGE_GROUP", f"test-{RUN_ID}-bridge")
+os.environ.setdefault("KAFKA_TOPIC_PARTITIONS", "4")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:16379/1")
+os.environ.setdefault("MEDIA_ROOT", f"/tmp/inferencehub-test-{RUN_ID}/media")
+os.environ.setdefault("MODEL_WEIGHTS", "random")
+os.environ.setdefault("ALLOW_ANONYMOUS_UPLOADS", "false")
+
+from inferencehub.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

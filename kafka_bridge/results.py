@@ -1,0 +1,47 @@
+"""The result bridge's handler: results from the workers become Celery post-processing tasks.
+
+A plain function of Kafka messages, so it is tested without the consumer loop. The runner
+commits the batch's offsets only after this returns, that is, after every task is in Redis
+and every dead letter is delivered.
+"""
+
+import logging
+import uuid
+from dataclasses import asdict
+
+from confluent_kafka import Message
+
+from kafka_bridge.contract import ContractError, decode_result
+from kafka_bridge.runner import BatchProducer, send_to_dead_letter
+from predictions.tasks import fail_job, store_result
+
+log = logging.getLogger(__name__)
+
+
+def job_id_from_key(key: bytes | None) -> str | None:
+    try:
+        return str(uuid.UUID(key.decode())) if key else None
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def handle_results(messages: list[Message], *, producer: BatchProducer) -> None:
+    for message in messages:
+        try:
+            result = decode_result(message.value())
+        except ContractError as exc:
+            job_id = job_id_from_key(message.key())
+            log.warning(
+                "undecodable result at %s[%d]@%d (job %s): %s",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                job_id,
+                exc,
+            )
+            send_to_dead_letter(producer, message, f"undecodable result: {exc}")
+            if job_id:
+                fail_job.delay(job_id, f"the worker's result could not be read: {exc}")
+            continue
+        store_result.delay(asdict(result))
+    producer.flush_or_raise()

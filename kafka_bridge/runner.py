@@ -1,0 +1,241 @@
+"""A consumer loop that hands batches of messages to a handler and commits only what was handled.
+
+The runner knows nothing about what the messages mean: a handler is a plain function of a
+list of confluent_kafka Messages, testable without a broker. The handler deals with bad
+single messages itself (send_to_dead_letter) and raises only when the whole batch failed,
+e.g. its output could not be delivered; the runner then rewinds and redoes the batch.
+Delivery is therefore at least once.
+"""
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# How long one poll blocks while idle: the bound on how late a shutdown is noticed.
+POLL_TIMEOUT_S = 0.5
+THROUGHPUT_LOG_INTERVAL_S = 60.0
+MAX_RETRY_BACKOFF_S = 30.0
+# Dead-letter reasons can hold whole tracebacks; headers should stay small.
+MAX_REASON_CHARS = 2000
+
+
+class BatchConsumer:
+    """Polls batches from a subscribed consumer, hands them to a handler, then commits them."""
+
+    def __init__(
+        self,
+        consumer,
+        handle_batch: Callable[[list[Message]], None],
+        *,
+        max_batch_size: int,
+        max_batch_delay_ms: int,
+        name: str = "consumer",
+        retry_backoff_s: float = 1.0,
+    ) -> None:
+        if max_batch_size < 1 or max_batch_delay_ms < 0:
+            raise ValueError("max_batch_size must be >= 1 and max_batch_delay_ms >= 0")
+        self.consumer = consumer
+        self.handle_batch = handle_batch
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay_ms = max_batch_delay_ms
+        self.name = name
+        self.retry_backoff_s = retry_backoff_s
+        self.shutdown = False
+        self.consecutive_failures = 0
+        self.messages_since_log = 0
+        self.batches_since_log = 0
+        self.last_log_at = time.monotonic()
+
+    def run(self) -> None:
+        """Process batches until SIGTERM or SIGINT, then close the consumer."""
+        signal.signal(signal.SIGTERM, self.request_shutdown)
+        signal.signal(signal.SIGINT, self.request_shutdown)
+        logger.info(
+            "%s: starting with max_batch_size=%d max_batch_delay_ms=%d",
+            self.name,
+            self.max_batch_size,
+            self.max_batch_delay_ms,
+        )
+        try:
+            while not self.shutdown:
+                self.process_one()
+                self.log_throughput_when_due()
+        finally:
+            # close() leaves the group at once, so the partitions move without waiting
+            # for the session timeout.
+            self.consumer.close()
+            logger.info("%s: stopped", self.name)
+
+    def request_shutdown(self, signum, frame) -> None:
+        # Only a flag: the batch under way finishes and is committed first.
+        self.shutdown = True
+
+    def process_one(self) -> bool:
+        """Handle one batch; returns whether there was any message to handle."""
+        batch = self.poll_batch()
+        if not batch:
+            return False
+        try:
+            self.handle_batch(batch)
+        except Exception:
+            self.consecutive_failures += 1
+            logger.exception(
+                "%s: batch of %d failed (%d in a row); it will be redone",
+                self.name,
+                len(batch),
+                self.consecutive_failures,
+            )
+            self.rewind(batch)
+            self.back_off()
+            return True
+        self.consecutive_failures = 0
+        self.commit(batch)
+        self.messages_since_log += len(batch)
+        self.batches_since_log += 1
+        return True
+
+    def poll_batch(self) -> list[Message]:
+        """Wait briefly for a first message, then gather more until the batch is full or
+        max_batch_delay_ms has passed since the first one arrived."""
+        first = self.consumer.poll(POLL_TIMEOUT_S)
+        if not self.is_data(first):
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.max_batch_delay_ms / 1000
+        while len(batch) < self.max_batch_size:
+            remaining_s = max(0.0, deadline - time.monotonic())
+            messages = self.consumer.consume(self.max_batch_size - len(batch), timeout=remaining_s)
+            batch.extend(message for message in messages if self.is_data(message))
+            # Past the deadline one last non-blocking consume takes what is already fetched.
+            if remaining_s == 0.0:
+                break
+        return batch
+
+    def is_data(self, message: Message | None) -> bool:
+        if message is None:
+            return False
+        error = message.error()
+        if error is None:
+            return True
+        if error.fatal():
+            raise KafkaException(error)
+        if error.code() != KafkaError._PARTITION_EOF:
+            # librdkafka recovers from the others (broker down, rebalance) by itself.
+            logger.warning("%s: consumer error: %s", self.name, error)
+        return False
+
+    def commit(self, batch: list[Message]) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in batch:
+            key = (message.topic(), message.partition())
+            next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()]
+        try:
+            committed = self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as error:
+            # E.g. the partitions were revoked by a rebalance: their new owner redoes
+            # the batch, which results being idempotent by job id makes harmless.
+            logger.warning("%s: commit failed, batch may be redone: %s", self.name, error)
+            return
+        for position in committed or []:
+            if position.error is not None:
+                logger.warning(
+                    "%s: commit of %s[%d] failed, may be redone: %s",
+                    self.name,
+                    position.topic,
+                    position.partition,
+                    position.error,
+                )
+
+    def rewind(self, batch: list[Message]) -> None:
+        """Seek each partition of the batch back to its first message in the batch."""
+        first_offsets: dict[tuple[str, int], int] = {}
+        for message in batch:
+            key = (message.topic(), message.partition())
+            first_offsets[key] = min(first_offsets.get(key, message.offset()), message.offset())
+        for (topic, partition), offset in first_offsets.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as error:
+                # Not ours any more: the new owner starts from the last commit anyway.
+                logger.warning("%s: could not rewind %s[%d]: %s", self.name, topic, partition, error)
+
+    def back_off(self) -> None:
+        delay_s = min(MAX_RETRY_BACKOFF_S, self.retry_backoff_s * 2 ** (self.consecutive_failures - 1))
+        deadline = time.monotonic() + delay_s
+        # Short naps so a shutdown request is honoured during a long backoff.
+        while not self.shutdown and time.monotonic() < deadline:
+            time.sleep(min(0.1, deadline - time.monotonic()))
+
+    def log_throughput_when_due(self) -> None:
+        elapsed_s = time.monotonic() - self.last_log_at
+        if elapsed_s < THROUGHPUT_LOG_INTERVAL_S:
+            return
+        average_batch = self.messages_since_log / self.batches_since_log if self.batches_since_log else 0.0
+        logger.info(
+            "%s: %.1f messages/s, average batch size %.1f over the last %.0f s",
+            self.name,
+            self.messages_since_log / elapsed_s,
+            average_batch,
+            elapsed_s,
+        )
+        self.messages_since_log = 0
+        self.batches_since_log = 0
+        self.last_log_at = time.monotonic()
+
+
+class DeliveryError(Exception):
+    """Some message of a batch was not acknowledged by Kafka."""
+
+
+class BatchProducer:
+    """Wraps a Producer so a handler can produce a batch's output and then fail the batch
+    when any of it was not delivered."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.failures: list[KafkaError] = []
+
+    def produce(self, topic: str, *, key: bytes | None, value: bytes, headers: list | None = None) -> None:
+        self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self.on_delivery)
+
+    def on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self.failures.append(error)
+
+    def flush_or_raise(self, timeout_s: float = 90.0) -> None:
+        """Wait for every delivery report; DeliveryError if any message failed or is still pending.
+
+        The default outlasts message.timeout.ms, by which librdkafka reports every message."""
+        undelivered = self.producer.flush(timeout_s)
+        failures, self.failures = self.failures, []
+        if failures or undelivered:
+            raise DeliveryError(
+                f"{len(failures)} messages failed and {undelivered} are still pending; "
+                f"first failure: {failures[0] if failures else 'none'}"
+            )
+
+
+def send_to_dead_letter(producer: BatchProducer | Producer, message: Message, reason: str) -> None:
+    """Produce a message that cannot be handled, unchanged, to the dead-letter topic.
+
+    The Kafka headers say why and where it came from (docs/message-contract.md)."""
+    logger.warning(
+        "dead-lettering %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), reason
+    )
+    headers = [
+        ("error", reason[:MAX_REASON_CHARS].encode(errors="replace")),
+        ("source_topic", message.topic().encode()),
+        ("source_partition", str(message.partition()).encode()),
+        ("source_offset", str(message.offset()).encode()),
+        ("failed_at", str(int(time.time() * 1000)).encode()),
+    ]
+    producer.produce(
+        settings.KAFKA_DEAD_LETTER_TOPIC, key=message.key(), value=message.value(), headers=headers
+    )

@@ -1,0 +1,203 @@
+"""The REST API under /api/: jobs and batches."""
+
+from django.conf import settings
+from django.db.models import Count, Q, QuerySet
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from predictions import services
+from predictions.models import Batch, Job
+from predictions.serializers import (
+    BatchDetailQuerySerializer,
+    BatchSerializer,
+    JobCreateSerializer,
+    JobSerializer,
+)
+
+
+def exception_handler(exc, context):
+    """Every API error is {"error": "<readable message>"} plus "fields" for form errors."""
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    detail = response.data
+    if isinstance(detail, dict) and set(detail) == {"detail"}:
+        response.data = {"error": str(detail["detail"])}
+    elif isinstance(detail, dict):
+        messages = [f"{field}: {' '.join(map(str, errors))}" for field, errors in detail.items()]
+        response.data = {"error": "; ".join(messages), "fields": detail}
+    else:
+        response.data = {"error": " ".join(map(str, detail))}
+    return response
+
+
+def error_response(message: str, code: int) -> Response:
+    return Response({"error": message}, status=code)
+
+
+class CanUpload(permissions.BasePermission):
+    """Uploading needs a signed-in user unless anonymous uploads are switched on."""
+
+    def has_permission(self, request, view) -> bool:
+        if view.action == "create":
+            return settings.ALLOW_ANONYMOUS_UPLOADS or request.user.is_authenticated
+        if view.action == "retrieve":
+            return True  # ids are unguessable; the queryset decides what is visible
+        return request.user.is_authenticated
+
+
+def visible_to(queryset: QuerySet, user, *, include_anonymous: bool) -> QuerySet:
+    """Staff see everything; users their own; anonymous items are reachable by id only."""
+    if user.is_staff:
+        return queryset
+    mine = Q(owner=user) if user.is_authenticated else Q(pk__in=[])
+    return queryset.filter(mine | Q(owner__isnull=True) if include_anonymous else mine)
+
+
+class JobViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = JobSerializer
+    permission_classes = [CanUpload]
+
+    def get_queryset(self) -> QuerySet:
+        jobs = Job.objects.prefetch_related("predictions")
+        jobs = visible_to(jobs, self.request.user, include_anonymous=self.action == "retrieve")
+        if self.action != "list":
+            return jobs
+        params = self.request.query_params
+        if status_filter := params.get("status"):
+            if status_filter not in Job.Status.values:
+                raise ValidationError({"status": [f"must be one of {', '.join(Job.Status.values)}"]})
+            jobs = jobs.filter(status=status_filter)
+        if batch := params.get("batch"):
+            jobs = jobs.filter(batch_id=_uuid_param("batch", batch))
+        for name, lookup in (("created_after", "created_at__gte"), ("created_before", "created_at__lt")):
+            if value := params.get(name):
+                moment = parse_datetime(value)
+                if moment is None:
+                    raise ValidationError({name: ["must be an ISO 8601 date-time"]})
+                jobs = jobs.filter(**{lookup: moment})
+        return jobs
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=Job.Status.values),
+            OpenApiParameter("batch", str),
+            OpenApiParameter("created_after", str, description="ISO 8601 date-time"),
+            OpenApiParameter("created_before", str, description="ISO 8601 date-time"),
+        ]
+    )
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {
+                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
+                    "batch": {"type": "string", "format": "uuid"},
+                    "seq": {"type": "integer", "minimum": 0},
+                },
+                "required": ["image"],
+            }
+        },
+        responses={202: JobSerializer},
+    )
+    def create(self, request, *args, **kwargs):
+        """Upload one or more images (`image` repeated); each becomes a queued job.
+
+        One image answers with the job; several answer with `{"jobs": [...]}`.
+        """
+        params = JobCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        uploads = request.FILES.getlist("image")
+        if not uploads:
+            raise ValidationError({"image": ["no image was uploaded"]})
+        batch = None
+        if batch_id := params.validated_data.get("batch"):
+            batch = visible_to(Batch.objects, request.user, include_anonymous=False).filter(
+                pk=batch_id
+            ).first()
+            if batch is None:
+                raise ValidationError({"batch": [f"unknown batch {batch_id}"]})
+        try:
+            jobs = services.create_jobs(
+                owner=request.user if request.user.is_authenticated else None,
+                uploads=uploads,
+                top_k=params.validated_data["top_k"],
+                batch=batch,
+                seq=params.validated_data.get("seq"),
+            )
+        except services.UploadError as exc:
+            return error_response(str(exc), exc.status)
+        data = JobSerializer(jobs, many=True, context=self.get_serializer_context()).data
+        if len(jobs) == 1:
+            return Response(data[0], status=status.HTTP_202_ACCEPTED, headers={"Location": data[0]["url"]})
+        return Response({"jobs": data}, status=status.HTTP_202_ACCEPTED)
+
+    def perform_destroy(self, instance: Job) -> None:
+        services.delete_job(job=instance)
+
+
+class BatchViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = BatchSerializer
+    permission_classes = [CanUpload]
+
+    def get_queryset(self) -> QuerySet:
+        return visible_to(
+            Batch.objects.all(), self.request.user, include_anonymous=self.action == "retrieve"
+        )
+
+    def perform_create(self, serializer) -> None:
+        owner = self.request.user if self.request.user.is_authenticated else None
+        serializer.instance = services.create_batch(owner=owner)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("seq_start", int, description="first seq to include (inclusive)"),
+            OpenApiParameter("seq_end", int, description="last seq to include (inclusive)"),
+        ]
+    )
+    def retrieve(self, request, *args, **kwargs):
+        """The batch with job counts per status and its jobs with seq in [seq_start, seq_end]."""
+        batch = self.get_object()
+        query = BatchDetailQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        counts = dict(
+            batch.jobs.values_list("status").annotate(n=Count("pk")).values_list("status", "n")
+        )
+        jobs = batch.jobs.prefetch_related("predictions").order_by("seq")
+        if "seq_start" in query.validated_data:
+            jobs = jobs.filter(seq__gte=query.validated_data["seq_start"])
+        if "seq_end" in query.validated_data:
+            jobs = jobs.filter(seq__lte=query.validated_data["seq_end"])
+        data = BatchSerializer(batch, context=self.get_serializer_context()).data
+        data["counts"] = {s: counts.get(s, 0) for s in Job.Status.values}
+        data["total"] = sum(counts.values())
+        data["jobs"] = JobSerializer(jobs, many=True, context=self.get_serializer_context()).data
+        return Response(data)
+
+
+def _uuid_param(name: str, value: str):
+    import uuid
+
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ValidationError({name: ["must be a UUID"]}) from None

@@ -1,0 +1,11 @@
+from django.core.management.base import BaseCommand
+
+from predictions import services
+
+
+class Command(BaseCommand):
+    help = "Retry or fail jobs that have not finished within JOB_TIMEOUT_SECONDS (also run by Celery beat)."
+
+    def handle(self, *args, **options):
+        retried, failed = services.sweep_stuck_jobs()
+        self.stdout.write(f"retried {retried} stuck jobs, failed {failed}")

@@ -1,0 +1,125 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+
+class Batch(models.Model):
+    """A group of jobs uploaded together; the seed API calls its id the "uuid"."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="batches",
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name_plural = "batches"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+
+def original_image_path(job: "Job", filename: str) -> str:
+    # The uploader's file name never reaches the file system: only the job id does.
+    return f"originals/{job.created_at:%Y/%m/%d}/{job.id}"
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        PREPROCESSED = "preprocessed"
+        SUBMITTED = "submitted"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="jobs",
+    )
+    batch = models.ForeignKey(
+        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    seq = models.PositiveIntegerField(null=True, blank=True)
+    top_k = models.PositiveSmallIntegerField(default=5)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=1)
+
+    image = models.FileField(upload_to=original_image_path, max_length=200)
+    original_name = models.CharField(max_length=255, blank=True)
+    image_format = models.CharField(max_length=16)
+    image_width = models.PositiveIntegerField()
+    image_height = models.PositiveIntegerField()
+    image_bytes = models.PositiveIntegerField()
+
+    model_name = models.CharField(max_length=100, blank=True)
+    model_weights = models.CharField(max_length=255, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    inference_batch_size = models.PositiveSmallIntegerField(null=True, blank=True)
+    inference_ms = models.FloatField(null=True, blank=True)
+    preprocess_ms = models.FloatField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    attempt_started_at = models.DateTimeField(default=timezone.now, editable=False)
+    preprocessed_at = models.DateTimeField(null=True, blank=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    inferred_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "seq"], name="unique_seq_per_batch"),
+        ]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"]),
+            models.Index(fields=["status", "attempt_started_at"]),
+            models.Index(fields=["-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    def get_absolute_url(self) -> str:
+        return reverse("job-detail", kwargs={"pk": self.pk})
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class Prediction(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="predictions")
+    rank = models.PositiveSmallIntegerField()
+    class_id = models.PositiveIntegerField()
+    label = models.CharField(max_length=255)
+    score = models.FloatField()
+
+    class Meta:
+        ordering = ["job", "rank"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "rank"], name="unique_rank_per_job"),
+        ]
+        indexes = [models.Index(fields=["label"])]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.score:.3f})"
+
+    @property
+    def short_label(self) -> str:
+        """The first synonym, as the seed system reported labels."""
+        return self.label.split(",")[0].strip()

@@ -1,0 +1,39 @@
+"""Thin Celery tasks: they take ids or plain data and call a service."""
+
+from celery import shared_task
+from confluent_kafka import KafkaException
+from django.db import DatabaseError
+
+from kafka_bridge.contract import InferenceResult, Prediction
+from predictions import services
+
+# Kafka or the database being briefly away is waited out, not turned into a failed job.
+TRANSIENT_ERRORS = (KafkaException, DatabaseError)
+RETRY_POLICY = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": None,
+}
+
+
+@shared_task(**RETRY_POLICY)
+def preprocess_job(job_id: str) -> None:
+    services.preprocess_and_submit(job_id=job_id)
+
+
+@shared_task(**RETRY_POLICY)
+def store_result(result: dict) -> None:
+    predictions = [Prediction(**p) for p in result.pop("predictions")]
+    services.record_result(result=InferenceResult(**result, predictions=predictions))
+
+
+@shared_task(**RETRY_POLICY)
+def fail_job(job_id: str, reason: str) -> None:
+    services.fail_job(job_id=job_id, reason=reason)
+
+
+@shared_task
+def sweep_stuck_jobs() -> tuple[int, int]:
+    return services.sweep_stuck_jobs()

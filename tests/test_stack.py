@@ -1,0 +1,126 @@
+"""The real services the project starts: MariaDB, Kafka, Redis and a Celery worker."""
+
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from django.conf import settings
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+
+from kafka_bridge.config import consumer_config, producer_config
+from predictions.models import Job
+from tests.conftest import REPO, DATA
+
+
+@pytest.mark.django_db
+def test_migrations_apply_on_mariadb():
+    assert connection.vendor == "mysql"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT VERSION(), @@character_set_database, @@sql_mode")
+        version, charset, sql_mode = cursor.fetchone()
+    assert "MariaDB" in version
+    assert charset == "utf8mb4"
+    assert "STRICT_TRANS_TABLES" in sql_mode
+    executor = MigrationExecutor(connection)
+    assert executor.migration_plan(executor.loader.graph.leaf_nodes()) == []
+    assert "predictions_job" in connection.introspection.table_names()
+
+
+def test_message_produced_to_a_topic_is_consumed_back():
+    topic = f"test-roundtrip-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+    try:
+        producer = Producer(producer_config())
+        producer.produce(topic, key=b"k", value=b"hello kafka")
+        assert producer.flush(30) == 0
+        consumer = Consumer(consumer_config(f"{topic}-group"))
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 30
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+        consumer.close()
+        assert message is not None and message.error() is None
+        assert (message.key(), message.value()) == (b"k", b"hello kafka")
+    finally:
+        admin.delete_topics([topic])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_celery_task_runs_on_a_real_worker_through_redis(celery_worker, django_user_model):
+    from predictions.tasks import sweep_stuck_jobs
+
+    old = timezone.now() - timedelta(seconds=settings.JOB_TIMEOUT_SECONDS + 60)
+    job = Job.objects.create(
+        top_k=1,
+        image="originals/none",
+        image_format="JPEG",
+        image_width=1,
+        image_height=1,
+        image_bytes=1,
+        attempts=settings.JOB_MAX_ATTEMPTS,
+        attempt_started_at=old,
+    )
+    result = sweep_stuck_jobs.apply_async(ignore_result=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job.refresh_from_db()
+        if job.status == Job.Status.FAILED:
+            break
+        time.sleep(0.2)
+    assert job.status == Job.Status.FAILED, celery_worker.log_path.read_text()[-2000:]
+    assert "no result after" in job.error
+    assert result.id
+
+
+def stack(*args: str) -> None:
+    subprocess.run([sys.executable, str(REPO / "stack" / "stack.py"), *args], check=True)
+
+
+@pytest.mark.django_db
+def test_readyz_turns_503_when_redis_stops_and_200_when_it_returns(client):
+    assert client.get("/readyz").status_code == 200
+    stack("down", "redis")
+    try:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["services"]["redis"]["ok"] is False
+        assert body["services"]["database"]["ok"] and body["services"]["kafka"]["ok"]
+    finally:
+        stack("up", "redis")
+    assert client.get("/readyz").status_code == 200
+
+
+def test_healthz_answers_without_dependencies(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("UPLOAD_MAX_BYTES", "ten"), ("DATABASE_URL", "nonsense"), ("DJANGO_DEBUG", "maybe")],
+)
+def test_malformed_setting_stops_start_up_naming_it(variable, value):
+    env = {"PATH": "/usr/bin:/bin", variable: value, "DJANGO_SETTINGS_MODULE": "inferencehub.settings"}
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert completed.returncode != 0
+    assert variable in completed.stderr
+
+
+def test_secret_key_is_required_when_debug_is_off():
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_DEBUG": "false"}
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert completed.returncode != 0
+    assert "DJANGO_SECRET_KEY" in completed.stderr

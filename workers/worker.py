@@ -1,0 +1,119 @@
+"""The inference handler: request messages in, one result message per request out.
+
+It is a plain callable of a list of Kafka messages, run by kafka_bridge.runner.BatchConsumer.
+A request that cannot be decoded or classified goes to the dead-letter topic and gets an
+error result, so its job is marked failed instead of blocking the partition; the handler
+raises only when its output could not be delivered, so the runner redoes the batch.
+"""
+
+import logging
+import os
+import socket
+import time
+
+from confluent_kafka import Message
+
+from kafka_bridge.contract import (
+    ContractError,
+    InferenceRequest,
+    InferenceResult,
+    Prediction,
+    decode_key,
+    decode_request,
+    encode_key,
+    encode_result,
+)
+from kafka_bridge.runner import BatchProducer, send_to_dead_letter
+from workers.serving import ServedModel
+
+logger = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    """How results name the process that produced them."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class InferenceHandler:
+    def __init__(self, model: ServedModel, producer: BatchProducer, *, results_topic: str) -> None:
+        self.model = model
+        self.producer = producer
+        self.results_topic = results_topic
+        self.worker = worker_id()
+
+    def __call__(self, messages: list[Message]) -> None:
+        decoded = []
+        for message in messages:
+            try:
+                decoded.append((message, decode_request(message.value())))
+            except ContractError as error:
+                self.fail(message, self.job_id_of(message), f"undecodable request: {error}")
+        if decoded:
+            self.infer(decoded)
+        self.producer.flush_or_raise()
+
+    def infer(self, decoded: list[tuple[Message, InferenceRequest]]) -> None:
+        """One predict over the whole batch; if that fails, each request alone, so that one
+        poison image fails only its own job."""
+        requests = [request for _, request in decoded]
+        started = time.perf_counter()
+        try:
+            all_predictions = self.model.predict(
+                [request.image for request in requests], [request.top_k for request in requests]
+            )
+        except Exception as error:
+            if len(decoded) == 1:
+                message, request = decoded[0]
+                logger.exception("inference failed for job %s", request.job_id)
+                self.fail(message, request.job_id, f"inference failed: {error}")
+                return
+            logger.warning("batch of %d failed (%s); retrying each request alone", len(decoded), error)
+            for pair in decoded:
+                self.infer([pair])
+            return
+        inference_ms = (time.perf_counter() - started) * 1000
+        for request, predictions in zip(requests, all_predictions):
+            self.publish(self.result(request.job_id, predictions, len(requests), inference_ms))
+
+    def fail(self, message: Message, job_id: str | None, reason: str) -> None:
+        send_to_dead_letter(self.producer, message, reason)
+        if job_id is not None:
+            self.publish(
+                InferenceResult(
+                    job_id=job_id,
+                    ok=False,
+                    error=reason,
+                    worker=self.worker,
+                    model=self.model.name,
+                    weights=self.model.weights,
+                    inferred_at_ms=int(time.time() * 1000),
+                )
+            )
+
+    def result(
+        self, job_id: str, predictions: list[Prediction], batch_size: int, inference_ms: float
+    ) -> InferenceResult:
+        return InferenceResult(
+            job_id=job_id,
+            ok=True,
+            predictions=predictions,
+            worker=self.worker,
+            model=self.model.name,
+            weights=self.model.weights,
+            batch_size=batch_size,
+            inference_ms=inference_ms,
+            inferred_at_ms=int(time.time() * 1000),
+        )
+
+    def publish(self, result: InferenceResult) -> None:
+        self.producer.produce(
+            self.results_topic, key=encode_key(result.job_id), value=encode_result(result)
+        )
+
+    @staticmethod
+    def job_id_of(message: Message) -> str | None:
+        """The job an undecodable request belongs to, when its key names one."""
+        try:
+            return decode_key(message.key())
+        except ContractError:
+            return None
