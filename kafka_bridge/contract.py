@@ -163,8 +163,7 @@ def encode_result(result: InferenceResult) -> bytes:
         "job_id": result.job_id,
         "ok": result.ok,
         "predictions": [
-            {"class_id": p.class_id, "label": p.label, "score": p.score}
-            for p in result.predictions
+            {"class_id": p.class_id, "label": p.label, "score": p.score} for p in result.predictions
         ],
         "error": result.error,
         "worker": result.worker,

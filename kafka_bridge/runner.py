@@ -135,7 +135,10 @@ class BatchConsumer:
         for message in batch:
             key = (message.topic(), message.partition())
             next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
-        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()]
+        offsets = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in next_offsets.items()
+        ]
         try:
             committed = self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:
@@ -164,10 +167,14 @@ class BatchConsumer:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as error:
                 # Not ours any more: the new owner starts from the last commit anyway.
-                logger.warning("%s: could not rewind %s[%d]: %s", self.name, topic, partition, error)
+                logger.warning(
+                    "%s: could not rewind %s[%d]: %s", self.name, topic, partition, error
+                )
 
     def back_off(self) -> None:
-        delay_s = min(MAX_RETRY_BACKOFF_S, self.retry_backoff_s * 2 ** (self.consecutive_failures - 1))
+        delay_s = min(
+            MAX_RETRY_BACKOFF_S, self.retry_backoff_s * 2 ** (self.consecutive_failures - 1)
+        )
         deadline = time.monotonic() + delay_s
         # Short naps so a shutdown request is honoured during a long backoff.
         while not self.shutdown and time.monotonic() < deadline:
@@ -177,7 +184,9 @@ class BatchConsumer:
         elapsed_s = time.monotonic() - self.last_log_at
         if elapsed_s < THROUGHPUT_LOG_INTERVAL_S:
             return
-        average_batch = self.messages_since_log / self.batches_since_log if self.batches_since_log else 0.0
+        average_batch = (
+            self.messages_since_log / self.batches_since_log if self.batches_since_log else 0.0
+        )
         logger.info(
             "%s: %.1f messages/s, average batch size %.1f over the last %.0f s",
             self.name,
@@ -202,8 +211,12 @@ class BatchProducer:
         self.producer = producer
         self.failures: list[KafkaError] = []
 
-    def produce(self, topic: str, *, key: bytes | None, value: bytes, headers: list | None = None) -> None:
-        self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self.on_delivery)
+    def produce(
+        self, topic: str, *, key: bytes | None, value: bytes, headers: list | None = None
+    ) -> None:
+        self.producer.produce(
+            topic, key=key, value=value, headers=headers, on_delivery=self.on_delivery
+        )
 
     def on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
@@ -227,7 +240,11 @@ def send_to_dead_letter(producer: BatchProducer | Producer, message: Message, re
 
     The Kafka headers say why and where it came from (docs/message-contract.md)."""
     logger.warning(
-        "dead-lettering %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), reason
+        "dead-lettering %s[%d]@%d: %s",
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        reason,
     )
     headers = [
         ("error", reason[:MAX_REASON_CHARS].encode(errors="replace")),

@@ -97,7 +97,9 @@ def describe_topics() -> list[PartitionLag]:
                 for position in consumer.committed(
                     [TopicPartition(topic, p) for p in partitions], timeout=ADMIN_TIMEOUT_S
                 ):
-                    committed[position.partition] = position.offset if position.offset >= 0 else None
+                    committed[position.partition] = (
+                        position.offset if position.offset >= 0 else None
+                    )
             for partition in partitions:
                 low, high = consumer.get_watermark_offsets(
                     TopicPartition(topic, partition), timeout=ADMIN_TIMEOUT_S

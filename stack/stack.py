@@ -12,6 +12,7 @@ pid files) lives in the git-ignored .stack/ folder at the repo root.
 """
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,19 +22,25 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 # App processes started by `up all`, each run from the repo root with its own log
 # and pid file, after the data services are ready. Edit freely.
+# fmt: off
 APP_PROCESSES = {
-    "web": ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1"],
-    "celery": ["bash", "-c", "sleep 1000 & sleep 1000 & wait"],
-    "worker1": ["python3", "-c", "import time; print('worker up'); time.sleep(1000)"],
-    "worker2": ["python3", "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(1000)"],
-    "bridge": ["python3", "-c", "import sys; print('bridge crashed: no such command'); sys.exit(3)"],
+    "web": [".venv/bin/gunicorn", "inferencehub.wsgi:application", "--bind", "0.0.0.0:8000",
+            "--workers", "2", "--threads", "4", "--timeout", "120"],
+    # --schedule keeps celery beat's state file out of the work tree.
+    "celery": [".venv/bin/celery", "-A", "inferencehub", "worker", "--beat", "--loglevel", "INFO",
+               "--concurrency", "2", "--hostname", "celery@%h",
+               "--schedule", ".stack/celery-beat-schedule"],
+    "worker1": [".venv/bin/python", "manage.py", "run_worker"],
+    "worker2": [".venv/bin/python", "manage.py", "run_worker"],
+    "bridge": [".venv/bin/python", "manage.py", "consume_results"],
 }
+# fmt: on
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".stack"
@@ -49,13 +56,19 @@ REDIS_PORT = int(os.environ.get("STACK_REDIS_PORT", "16379"))
 KAFKA_PORT = int(os.environ.get("STACK_KAFKA_PORT", "19092"))
 KAFKA_CONTROLLER_PORT = int(os.environ.get("STACK_KAFKA_CONTROLLER_PORT", "19093"))
 
-APT_PACKAGES = ["mariadb-server", "redis-server", "libmariadb-dev", "pkg-config",
-                "chromium", "chromium-driver"]
+APT_PACKAGES = [
+    "mariadb-server",
+    "redis-server",
+    "libmariadb-dev",
+    "pkg-config",
+    "chromium",
+    "chromium-driver",
+]
 # Present on this machine kind outside apt; installed from apt only if missing.
 APT_FOR_MISSING_COMMANDS = {"java": "openjdk-17-jre-headless", "mvn": "maven"}
 
 HEARTBEAT_SECONDS = 30  # long install steps print at least this often
-APP_MIN_UPTIME = 3.0    # an app process that dies sooner is reported as failed
+APP_MIN_UPTIME = 3.0  # an app process that dies sooner is reported as failed
 LOG_TAIL_LINES = 30
 
 
@@ -64,6 +77,7 @@ class StackError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def say(msg: str) -> None:
     print(msg, flush=True)
@@ -76,7 +90,7 @@ def log_path(name: str) -> Path:
 def log_tail(name: str, lines: int = LOG_TAIL_LINES) -> str:
     path = log_path(name)
     if not path.exists():
-        return f"(no log at {path})"
+        return ""
     text = path.read_text(errors="replace").splitlines()[-lines:]
     return f"--- last {len(text)} lines of {path.relative_to(ROOT)} ---\n" + "\n".join(text)
 
@@ -112,9 +126,13 @@ def run_step(label: str, argv: list[str], **kwargs) -> None:
 
 # --------------------------------------------------------------------------- install
 
+
 def apt_missing() -> list[str]:
-    missing = [p for p in APT_PACKAGES
-               if quiet(["dpkg-query", "-W", "-f=${Status}", p]).stdout != "install ok installed"]
+    missing = [
+        p
+        for p in APT_PACKAGES
+        if quiet(["dpkg-query", "-W", "-f=${Status}", p]).stdout != "install ok installed"
+    ]
     missing += [pkg for cmd, pkg in APT_FOR_MISSING_COMMANDS.items() if not shutil.which(cmd)]
     return missing
 
@@ -149,8 +167,18 @@ def install_requirements() -> None:
         say("[install] pip: requirements.txt unchanged since last install, skipping")
         return
     say("[install] pip: installing requirements (first run downloads ~700 MB: TensorFlow)...")
-    run_step("pip", [str(VENV / "bin" / "python"), "-m", "pip", "install",
-                     "--disable-pip-version-check", "-r", str(REQUIREMENTS)])
+    run_step(
+        "pip",
+        [
+            str(VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-r",
+            str(REQUIREMENTS),
+        ],
+    )
     # Written only after success, so a failed or interrupted install is retried.
     stamp.write_text(digest + "\n")
 
@@ -165,8 +193,18 @@ def install_kafka_jars() -> None:
         return
     say("[install] kafka: resolving Kafka broker jars with Maven (first run downloads ~60 MB)...")
     shutil.rmtree(KAFKA_LIBS, ignore_errors=True)
-    run_step("maven", ["mvn", "-B", "-Dstyle.color=never", "-f", str(POM), "dependency:copy-dependencies",
-                       f"-DoutputDirectory={KAFKA_LIBS}"])
+    run_step(
+        "maven",
+        [
+            "mvn",
+            "-B",
+            "-Dstyle.color=never",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={KAFKA_LIBS}",
+        ],
+    )
     stamp.write_text(digest + "\n")
 
 
@@ -182,19 +220,20 @@ def cmd_install(_names: list[str]) -> int:
 
 # --------------------------------------------------------------------------- services
 
+
 @dataclass
 class Service:
     name: str
-    argv: Callable[[], list[str]]        # built at start time, after prepare()
-    port: Optional[int]                  # shown in messages; must be free before a start
-    waits_for: str                       # printed while waiting for readiness
+    argv: Callable[[], list[str]]  # built at start time, after prepare()
+    port: int | None  # shown in messages; must be free before a start
+    waits_for: str  # printed while waiting for readiness
     is_ready: Callable[[], bool]
     ready_timeout: float
-    prepare: Callable[[], None] = lambda: None      # config files, first-time init
+    prepare: Callable[[], None] = lambda: None  # config files, first-time init
     after_ready: Callable[[], None] = lambda: None  # idempotent setup once it answers
     min_uptime: float = 0.0
     stop_timeout: float = 30.0
-    env: Optional[dict] = None
+    env: dict | None = None
 
     @property
     def where(self) -> str:
@@ -213,8 +252,8 @@ MARIADB_SETUP_SQL = """
 CREATE DATABASE IF NOT EXISTS inferencehub CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
 CREATE USER IF NOT EXISTS 'inferencehub'@'127.0.0.1' IDENTIFIED BY 'inferencehub';
 CREATE USER IF NOT EXISTS 'inferencehub'@'localhost' IDENTIFIED BY 'inferencehub';
-GRANT ALL PRIVILEGES ON inferencehub.* TO 'inferencehub'@'127.0.0.1', 'inferencehub'@'localhost';
-GRANT ALL PRIVILEGES ON `test\\_inferencehub%`.* TO 'inferencehub'@'127.0.0.1', 'inferencehub'@'localhost';
+GRANT ALL ON inferencehub.* TO 'inferencehub'@'127.0.0.1', 'inferencehub'@'localhost';
+GRANT ALL ON `test\\_inferencehub%`.* TO 'inferencehub'@'127.0.0.1', 'inferencehub'@'localhost';
 """
 
 
@@ -231,21 +270,40 @@ def mariadb_prepare() -> None:
     MARIADB_DATA.mkdir(parents=True)
     with open(log_path("mariadb"), "ab") as log:
         code = subprocess.call(
-            ["mariadb-install-db", "--no-defaults", f"--datadir={MARIADB_DATA}", "--user=root",
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={MARIADB_DATA}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     if code != 0:
         raise StackError(f"mariadb: mariadb-install-db failed (exit {code})\n{log_tail('mariadb')}")
     MARIADB_INITIALISED.touch()
 
 
 def mariadb_argv() -> list[str]:
-    return ["mariadbd", "--no-defaults", f"--datadir={MARIADB_DATA}", f"--socket={MARIADB_SOCKET}",
-            f"--port={MARIADB_PORT}", "--bind-address=127.0.0.1", "--user=root",
-            "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci",
-            "--sql-mode=STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION",
-            "--innodb-buffer-pool-size=256M", "--max-connections=500",
-            f"--log-error={log_path('mariadb')}", f"--pid-file={MARIADB_DIR / 'mariadbd.pid'}"]
+    return [
+        "mariadbd",
+        "--no-defaults",
+        f"--datadir={MARIADB_DATA}",
+        f"--socket={MARIADB_SOCKET}",
+        f"--port={MARIADB_PORT}",
+        "--bind-address=127.0.0.1",
+        "--user=root",
+        "--character-set-server=utf8mb4",
+        "--collation-server=utf8mb4_unicode_ci",
+        "--sql-mode=STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION",
+        "--innodb-buffer-pool-size=256M",
+        "--max-connections=500",
+        f"--log-error={log_path('mariadb')}",
+        f"--pid-file={MARIADB_DIR / 'mariadbd.pid'}",
+    ]
 
 
 def mariadb_ready() -> bool:
@@ -265,12 +323,30 @@ REDIS_DIR = STATE / "redis"
 
 def redis_argv() -> list[str]:
     REDIS_DIR.mkdir(parents=True, exist_ok=True)
-    return ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--dir", str(REDIS_DIR),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--save", ""]
+    return [
+        "redis-server",
+        "--port",
+        str(REDIS_PORT),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(REDIS_DIR),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--daemonize",
+        "no",
+        "--save",
+        "",
+    ]
 
 
 def redis_ready() -> bool:
-    return quiet(["redis-cli", "-h", "127.0.0.1", "-p", str(REDIS_PORT), "ping"]).stdout.strip() == "PONG"
+    return (
+        quiet(["redis-cli", "-h", "127.0.0.1", "-p", str(REDIS_PORT), "ping"]).stdout.strip()
+        == "PONG"
+    )
 
 
 # Kafka (KRaft, one node acting as broker and controller) -------------------
@@ -313,7 +389,7 @@ def kafka_log4j_properties() -> str:
 status = warn
 appender.file.type = File
 appender.file.name = FILE
-appender.file.fileName = {log_path('kafka')}
+appender.file.fileName = {log_path("kafka")}
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
@@ -322,21 +398,32 @@ rootLogger.appenderRef.file.ref = FILE
 
 
 def kafka_java(main: str, *args: str, jvm_options: tuple[str, ...] = ()) -> list[str]:
-    return ["java", *jvm_options, "-cp", f"{KAFKA_LIBS}/*", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-            main, *args]
+    return [
+        "java",
+        *jvm_options,
+        "-cp",
+        f"{KAFKA_LIBS}/*",
+        f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+        main,
+        *args,
+    ]
 
 
 def kafka_cluster_id() -> str:
     """Generated once and kept: the storage is formatted with it."""
     if not KAFKA_CLUSTER_ID.exists():
         # Kafka's Uuid text form: URL-safe base64 of 16 random bytes, unpadded.
-        KAFKA_CLUSTER_ID.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+        KAFKA_CLUSTER_ID.write_text(
+            base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n"
+        )
     return KAFKA_CLUSTER_ID.read_text().strip()
 
 
 def kafka_prepare() -> None:
     if not (KAFKA_LIBS / ".pom.sha256").exists():
-        raise StackError("kafka: jars missing in .stack/kafka/libs; run `python3 stack/stack.py install`")
+        raise StackError(
+            "kafka: jars missing in .stack/kafka/libs; run `python3 stack/stack.py install`"
+        )
     KAFKA_CONFIG.write_text(kafka_server_properties())
     KAFKA_LOG4J.write_text(kafka_log4j_properties())
     if (KAFKA_DATA / "meta.properties").exists():
@@ -344,40 +431,86 @@ def kafka_prepare() -> None:
     cluster_id = kafka_cluster_id()
     say(f"kafka: first start, formatting storage (cluster id {cluster_id})...")
     # --standalone makes this node the single voter of a dynamic KRaft quorum.
-    result = quiet(kafka_java("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                              "-c", str(KAFKA_CONFIG), "--standalone"))
+    result = quiet(
+        kafka_java(
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(KAFKA_CONFIG),
+            "--standalone",
+        )
+    )
     if result.returncode != 0:
         raise StackError(f"kafka: storage format failed:\n{result.stdout}{result.stderr}")
 
 
 def kafka_argv() -> list[str]:
-    return kafka_java("kafka.Kafka", str(KAFKA_CONFIG),
-                      jvm_options=("-Xms256m", "-Xmx512m", "-Djava.awt.headless=true"))
+    return kafka_java(
+        "kafka.Kafka",
+        str(KAFKA_CONFIG),
+        jvm_options=("-Xms256m", "-Xmx512m", "-Djava.awt.headless=true"),
+    )
 
 
 def kafka_ready() -> bool:
     # The log is moved aside before each start, so the line is from this run.
     log = log_path("kafka")
-    return tcp_open(KAFKA_PORT) and log.exists() and KAFKA_STARTED_LINE in log.read_text(errors="replace")
+    return (
+        tcp_open(KAFKA_PORT)
+        and log.exists()
+        and KAFKA_STARTED_LINE in log.read_text(errors="replace")
+    )
 
 
 # Table ----------------------------------------------------------------------
 
 DATA_SERVICES = [
-    Service("mariadb", mariadb_argv, MARIADB_PORT, f"`select 1` through {MARIADB_SOCKET.relative_to(ROOT)}",
-            mariadb_ready, ready_timeout=60, prepare=mariadb_prepare, after_ready=mariadb_setup,
-            stop_timeout=60),
-    Service("redis", redis_argv, REDIS_PORT, f"`redis-cli -p {REDIS_PORT} ping` == PONG",
-            redis_ready, ready_timeout=30),
-    Service("kafka", kafka_argv, KAFKA_PORT, f"TCP {KAFKA_PORT} open and '{KAFKA_STARTED_LINE}' in its log",
-            kafka_ready, ready_timeout=90, prepare=kafka_prepare, stop_timeout=60),
+    Service(
+        "mariadb",
+        mariadb_argv,
+        MARIADB_PORT,
+        f"`select 1` through {MARIADB_SOCKET.relative_to(ROOT)}",
+        mariadb_ready,
+        ready_timeout=60,
+        prepare=mariadb_prepare,
+        after_ready=mariadb_setup,
+        stop_timeout=60,
+    ),
+    Service(
+        "redis",
+        redis_argv,
+        REDIS_PORT,
+        f"`redis-cli -p {REDIS_PORT} ping` == PONG",
+        redis_ready,
+        ready_timeout=30,
+    ),
+    Service(
+        "kafka",
+        kafka_argv,
+        KAFKA_PORT,
+        f"TCP {KAFKA_PORT} open and '{KAFKA_STARTED_LINE}' in its log",
+        kafka_ready,
+        ready_timeout=90,
+        prepare=kafka_prepare,
+        stop_timeout=60,
+    ),
 ]
 
 APP_SERVICES = [
     # PYTHONUNBUFFERED: output goes to a log file, which Python would otherwise block-buffer.
-    Service(name, (lambda argv=argv: argv), None, f"process alive after {APP_MIN_UPTIME:.0f} s",
-            lambda: True, ready_timeout=APP_MIN_UPTIME + 5, min_uptime=APP_MIN_UPTIME,
-            stop_timeout=4, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    Service(
+        name,
+        (lambda argv=argv: argv),
+        None,
+        f"process alive after {APP_MIN_UPTIME:.0f} s",
+        lambda: True,
+        ready_timeout=APP_MIN_UPTIME + 5,
+        min_uptime=APP_MIN_UPTIME,
+        stop_timeout=20,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
     for name, argv in APP_PROCESSES.items()
 ]
 
@@ -386,11 +519,12 @@ SERVICES = {s.name: s for s in DATA_SERVICES + APP_SERVICES}
 
 # --------------------------------------------------------------------------- processes
 
+
 def pid_file(name: str) -> Path:
     return RUN / f"{name}.pid"
 
 
-def proc_stat(pid: int) -> Optional[list[str]]:
+def proc_stat(pid: int) -> list[str] | None:
     """Fields of /proc/<pid>/stat after the command name (state first), None if gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -398,7 +532,7 @@ def proc_stat(pid: int) -> Optional[list[str]]:
         return None
 
 
-def start_time(pid: int) -> Optional[str]:
+def start_time(pid: int) -> str | None:
     """Kernel start time of a live (non-zombie) process, None if it is gone.
     Stored next to the pid so a pid reused after a reboot is not mistaken for ours."""
     fields = proc_stat(pid)
@@ -417,7 +551,7 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def running_pid(name: str) -> Optional[int]:
+def running_pid(name: str) -> int | None:
     """Pid of the service's live process, or None (a stale pid file is removed)."""
     path = pid_file(name)
     if not path.exists():
@@ -437,8 +571,9 @@ def rotate_log(name: str) -> None:
         log.replace(log.with_suffix(".log.1"))
 
 
-# Processes started by this run, so a quick death can be reported with its exit code.
-spawned: dict[int, subprocess.Popen] = {}
+# Processes started by this run and when, so uptime counts from the start and a
+# quick death can be reported with its exit code.
+spawned: dict[int, tuple[subprocess.Popen, float]] = {}
 
 
 def spawn(svc: Service) -> int:
@@ -447,28 +582,39 @@ def spawn(svc: Service) -> int:
     with open(log_path(svc.name), "ab") as log:
         # A new session makes the pid a process-group id, so `down` can stop the
         # process together with its children (gunicorn/celery workers).
-        proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=svc.env)
-    spawned[proc.pid] = proc
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=svc.env,
+        )
+    spawned[proc.pid] = (proc, time.monotonic())
     pid_file(svc.name).write_text(f"{proc.pid} {start_time(proc.pid)}\n")
     return proc.pid
 
 
 def fail(svc: Service, why: str) -> StackError:
-    return StackError(f"FAILED: {svc.name}{svc.where}: {why}\n{log_tail(svc.name)}")
+    return StackError(f"FAILED: {svc.name}{svc.where}: {why}\n{log_tail(svc.name)}".rstrip())
 
 
-def launch(svc: Service) -> Optional[int]:
+def launch(svc: Service) -> int | None:
     """Start the service unless it is already running and ready (then None).
     Returns the pid to wait for; a started but not yet ready one is waited for too."""
     pid = running_pid(svc.name)
     if pid and svc.is_ready():
         say(f"{svc.name}: already running{svc.where} (pid {pid})")
+        svc.after_ready()
         return None
     if pid is None:
         if svc.port and tcp_open(svc.port):
-            raise fail(svc, f"port {svc.port} is already in use by a process stack.py did not start "
-                            "(another checkout's stack? stop it there, or set the STACK_*_PORT variable)")
+            raise fail(
+                svc,
+                f"port {svc.port} is already in use by a process stack.py did not start "
+                "(another checkout's stack? stop it there, or set the STACK_*_PORT variable)",
+            )
         svc.prepare()
         say(f"{svc.name}: starting{svc.where}")
         pid = spawn(svc)
@@ -477,21 +623,31 @@ def launch(svc: Service) -> Optional[int]:
 
 def wait_ready(svc: Service, pid: int) -> None:
     say(f"{svc.name}: waiting for {svc.waits_for} (timeout {svc.ready_timeout:.0f} s)...")
-    started = time.monotonic()
+    proc, started = spawned.get(pid, (None, time.monotonic()))
     while True:
         elapsed = time.monotonic() - started
         if start_time(pid) is None:
             pid_file(svc.name).unlink(missing_ok=True)
-            code = spawned[pid].poll() if pid in spawned else "unknown"
-            raise fail(svc, f"process {pid} exited (code {code}) after {elapsed:.1f} s")
+            code = proc.poll() if proc else "unknown"
+            raise fail(
+                svc, f"process {pid} exited (code {code}) within {elapsed:.1f} s of its start"
+            )
         if elapsed >= svc.min_uptime and svc.is_ready():
             say(f"{svc.name}: ready{svc.where} (pid {pid}, {elapsed:.1f} s)")
             svc.after_ready()
             return
         if elapsed > svc.ready_timeout:
             stop(svc)
-            raise fail(svc, f"not ready after {svc.ready_timeout:.0f} s (waited for {svc.waits_for}); stopped it")
+            raise fail(
+                svc,
+                f"not ready within {svc.ready_timeout:.0f} s ({svc.waits_for}); stopped it",
+            )
         time.sleep(0.5)
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it may have exited meanwhile
+        os.killpg(pgid, sig)
 
 
 def stop(svc: Service) -> None:
@@ -501,12 +657,12 @@ def stop(svc: Service) -> None:
         return
     say(f"{svc.name}: stopping pid {pid} (SIGTERM, SIGKILL after {svc.stop_timeout:.0f} s)...")
     started = time.monotonic()
-    os.killpg(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGTERM)
     while group_members(pid) and time.monotonic() - started < svc.stop_timeout:
         time.sleep(0.2)
     if group_members(pid):
         say(f"{svc.name}: still running after {svc.stop_timeout:.0f} s, sending SIGKILL")
-        os.killpg(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
         while group_members(pid):
             time.sleep(0.2)
     pid_file(svc.name).unlink(missing_ok=True)
@@ -514,6 +670,7 @@ def stop(svc: Service) -> None:
 
 
 # --------------------------------------------------------------------------- commands
+
 
 def select(names: list[str], default: list[Service]) -> list[Service]:
     """Services named on the command line (or "all"), in table order."""
@@ -523,7 +680,9 @@ def select(names: list[str], default: list[Service]) -> list[Service]:
         return DATA_SERVICES + APP_SERVICES
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
-        raise StackError(f"unknown service(s): {', '.join(unknown)}; known: all, {', '.join(SERVICES)}")
+        raise StackError(
+            f"unknown service(s): {', '.join(unknown)}; known: all, {', '.join(SERVICES)}"
+        )
     return [s for s in SERVICES.values() if s.name in names]
 
 
@@ -531,7 +690,7 @@ def cmd_up(names: list[str]) -> int:
     for directory in (LOGS, RUN):
         directory.mkdir(parents=True, exist_ok=True)
     chosen = select(names, DATA_SERVICES)
-    apps = [s for s in chosen if s in APP_SERVICES]
+    apps = [s for s in chosen if s.name in APP_PROCESSES]
     # App processes need every data service, so those always come first, one by
     # one as each may depend on the previous being ready.
     for svc in DATA_SERVICES if apps else chosen:
@@ -568,12 +727,12 @@ def cmd_status(_names: list[str]) -> int:
             state = "stopped"
             if svc.port and tcp_open(svc.port):
                 state += f" (port {svc.port} in use by a process stack.py did not start)"
-        elif svc in APP_SERVICES or svc.is_ready():
+        elif svc.name in APP_PROCESSES or svc.is_ready():
             state = f"running  pid {pid}"
         else:
             state = f"starting pid {pid} (not ready yet)"
         say(f"{svc.name:<8} {where:<16} {state}")
-        if svc in DATA_SERVICES and not state.startswith("running"):
+        if svc.name not in APP_PROCESSES and not state.startswith("running"):
             all_data_up = False
     return 0 if all_data_up else 1
 

@@ -129,9 +129,9 @@ def celery_worker(start_process):
 def pipeline(kafka_topics, celery_worker, start_process):
     """Celery, two inference workers (random-weight ResNet50) and the result bridge."""
     workers = [
-        start_process(f"worker{i}", manage("run_worker"), "consuming") for i in (1, 2)
+        start_process(f"worker{i}", manage("run_worker"), "starting with") for i in (1, 2)
     ]
-    bridge = start_process("bridge", manage("consume_results"), "consuming")
+    bridge = start_process("bridge", manage("consume_results"), "starting with")
     return {"celery": celery_worker, "workers": workers, "bridge": bridge}
 
 

@@ -55,7 +55,7 @@ class ServedModel:
             batch = keras.applications.resnet50.preprocess_input(batch)
         probabilities = np.asarray(self.model.predict_on_batch(batch))
         results = []
-        for row, k in zip(probabilities, top_k):
+        for row, k in zip(probabilities, top_k, strict=True):
             best = np.argsort(-row, kind="stable")[: min(k, len(self.labels))]
             results.append(
                 [Prediction(int(index), self.labels[index], float(row[index])) for index in best]
@@ -154,13 +154,17 @@ def load_builtin(name: str, weights: str, labels_file: str, input_size: int) -> 
         try:
             model.load_weights(weights)
         except (OSError, ValueError) as error:
-            raise ModelLoadError(f"could not load ResNet50 weights from {weights}: {error}") from error
+            raise ModelLoadError(
+                f"could not load ResNet50 weights from {weights}: {error}"
+            ) from error
     labels = read_labels(labels_file or IMAGENET_LABELS_FILE)
     check_label_count(labels, model, labels_file or str(IMAGENET_LABELS_FILE))
     return ServedModel(name, weights, input_size, labels, model, takes_raw_pixels=False)
 
 
-def load_saved_classifier(name: str, model_file: str, labels_file: str, input_size: int) -> ServedModel:
+def load_saved_classifier(
+    name: str, model_file: str, labels_file: str, input_size: int
+) -> ServedModel:
     if not labels_file:
         raise ModelLoadError("a MODEL_FILE needs its MODEL_LABELS_FILE (one class per line)")
     if not Path(model_file).is_file():

@@ -67,12 +67,14 @@ class InferenceHandler:
                 logger.exception("inference failed for job %s", request.job_id)
                 self.fail(message, request.job_id, f"inference failed: {error}")
                 return
-            logger.warning("batch of %d failed (%s); retrying each request alone", len(decoded), error)
+            logger.warning(
+                "batch of %d failed (%s); retrying each request alone", len(decoded), error
+            )
             for pair in decoded:
                 self.infer([pair])
             return
         inference_ms = (time.perf_counter() - started) * 1000
-        for request, predictions in zip(requests, all_predictions):
+        for request, predictions in zip(requests, all_predictions, strict=True):
             self.publish(self.result(request.job_id, predictions, len(requests), inference_ms))
 
     def fail(self, message: Message, job_id: str | None, reason: str) -> None:

@@ -49,7 +49,9 @@ class Command(BaseCommand):
         ]
         widths = [max(len(line[column]) for line in table) for column in range(len(header))]
         for line in table:
-            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+            self.stdout.write(
+                "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+            )
         missing = sorted(set(project_topics()) - {row.topic for row in rows})
         if missing:
             raise CommandError(

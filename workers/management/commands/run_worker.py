@@ -32,14 +32,24 @@ class Command(BaseCommand):
     help = "Consume inference requests from Kafka, classify them in batches, produce results."
 
     def add_arguments(self, parser):
-        parser.add_argument("--model-file", default=settings.MODEL_FILE, help="saved .keras classifier")
-        parser.add_argument("--labels-file", default=settings.MODEL_LABELS_FILE, help="one class per line")
         parser.add_argument(
-            "--weights", default=settings.MODEL_WEIGHTS, help="imagenet, random or a weights file path"
+            "--model-file", default=settings.MODEL_FILE, help="saved .keras classifier"
         )
-        parser.add_argument("--max-batch-size", type=positive_int, default=settings.WORKER_MAX_BATCH_SIZE)
         parser.add_argument(
-            "--max-batch-delay-ms", type=non_negative_int, default=settings.WORKER_MAX_BATCH_DELAY_MS
+            "--labels-file", default=settings.MODEL_LABELS_FILE, help="one class per line"
+        )
+        parser.add_argument(
+            "--weights",
+            default=settings.MODEL_WEIGHTS,
+            help="imagenet, random or a weights file path",
+        )
+        parser.add_argument(
+            "--max-batch-size", type=positive_int, default=settings.WORKER_MAX_BATCH_SIZE
+        )
+        parser.add_argument(
+            "--max-batch-delay-ms",
+            type=non_negative_int,
+            default=settings.WORKER_MAX_BATCH_DELAY_MS,
         )
         parser.add_argument("--group-id", default=settings.KAFKA_WORKER_GROUP)
         parser.add_argument(
@@ -60,7 +70,8 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from None
         logger.info(
             "worker %s: model=%s weights=%s%s input=%d classes=%d topic=%s results=%s "
-            "dead_letters=%s group=%s bootstrap=%s max_batch_size=%d max_batch_delay_ms=%d threads=%s",
+            "dead_letters=%s group=%s bootstrap=%s max_batch_size=%d max_batch_delay_ms=%d "
+            "threads=%s",
             worker_id(),
             model.name,
             model.weights,

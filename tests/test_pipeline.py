@@ -1,0 +1,212 @@
+"""The whole pipeline through real processes: upload -> Celery -> Kafka -> two ResNet50
+workers -> Kafka -> bridge -> Celery -> MariaDB, with random weights."""
+
+import json
+import subprocess
+import time
+import uuid
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, Producer
+from django.conf import settings
+
+from kafka_bridge.config import consumer_config, producer_config
+from kafka_bridge.contract import (
+    InferenceRequest,
+    InferenceResult,
+    Prediction,
+    encode_request,
+    encode_result,
+)
+from predictions import services
+from predictions.models import Job
+from tests.conftest import DATA, REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+PHOTOS = ("bolete.jpg", "fox.png", "toaster.png")
+
+
+def wait_until_finished(job_ids, timeout: float = 180) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = list(Job.objects.filter(pk__in=job_ids))
+        if len(jobs) == len(job_ids) and all(job.is_finished for job in jobs):
+            return jobs
+        time.sleep(0.25)
+    states = dict(Job.objects.filter(pk__in=job_ids).values_list("pk", "status"))
+    raise AssertionError(f"jobs not finished within {timeout}s: {states}")
+
+
+def upload(api, *names: str, **fields) -> list[str]:
+    files = [("image", (name, (DATA / name).read_bytes(), "application/octet-stream")) for name in names]
+    response = api.post(f"{api.base_url}/api/jobs/", files=files, data=fields)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    return [job["id"] for job in body.get("jobs", [body])]
+
+
+def test_three_real_photos_reach_succeeded_with_sorted_top_k(pipeline, api):
+    job_ids = upload(api, *PHOTOS, top_k="5")
+    wait_until_finished(job_ids)
+    for job_id in job_ids:
+        body = api.get(f"{api.base_url}/api/jobs/{job_id}/").json()
+        assert body["status"] == "succeeded", body
+        scores = [p["score"] for p in body["predictions"]]
+        assert len(scores) == 5
+        assert scores == sorted(scores, reverse=True)
+        assert sum(scores) <= 1 + 1e-5
+        assert all(0 <= p["class_id"] < 1000 and p["label"] for p in body["predictions"])
+        assert body["model"]["name"] == "resnet50"
+        assert body["model"]["weights"] == "random"
+        assert body["model"]["worker"]
+        timings = body["timings"]
+        for stage in ("uploaded_at", "preprocessed_at", "submitted_at", "inferred_at", "stored_at"):
+            assert timings[stage], stage
+        assert timings["uploaded_at"] <= timings["preprocessed_at"] <= timings["submitted_at"]
+        assert timings["total_ms"] > 0
+
+
+def test_jobs_list_filters_by_status_and_batch(pipeline, api):
+    batch = api.post(f"{api.base_url}/api/batches/").json()["id"]
+    job_ids = upload(api, "bolete.jpg", "fox.png", batch=batch)
+    upload(api, "toaster.png")
+    wait_until_finished(job_ids)
+    listed = api.get(f"{api.base_url}/api/jobs/", params={"batch": batch}).json()
+    assert listed["count"] == 2
+    assert {job["id"] for job in listed["results"]} == set(job_ids)
+    succeeded = api.get(f"{api.base_url}/api/jobs/", params={"status": "succeeded"}).json()
+    assert set(job_ids) <= {job["id"] for job in succeeded["results"]}
+    detail = api.get(f"{api.base_url}/api/batches/{batch}/", params={"seq_start": 1}).json()
+    assert detail["counts"]["succeeded"] == 2
+    assert [job["seq"] for job in detail["jobs"]] == [1]
+
+
+def test_seed_compatible_api_register_image_result(pipeline, live_server):
+    import requests
+
+    base = live_server.url
+    registered = requests.post(f"{base}/register", json={})
+    assert registered.status_code == 200
+    batch = registered.json()["uuid"]
+    for seq, name in enumerate(PHOTOS):
+        response = requests.post(
+            f"{base}/image",
+            data={"uuid": batch, "seq": str(seq), "topk": "3"},
+            files={"payload": (name, (DATA / name).read_bytes(), "application/octet-stream")},
+        )
+        assert response.status_code == 200, response.text
+        assert response.content == b""
+    bad = requests.post(f"{base}/image", data={"uuid": batch, "seq": "9", "topk": "3"},
+                        files={"payload": ("x.jpg", b"not an image", "application/octet-stream")})
+    assert bad.status_code == 400 and "not an image" in bad.json()["error"]
+    wait_until_finished(list(Job.objects.filter(batch_id=batch).values_list("pk", flat=True)))
+    items = requests.get(f"{base}/result", params={"uuid": batch, "seqStart": 1, "seqEnd": 2}).json()
+    assert [item["seq"] for item in items["items"]] == [1, 2]
+    imagenet_short_names = {line.split(",")[0].strip() for line in
+                            (REPO / "workers" / "imagenet_labels.txt").read_text().splitlines()}
+    for item in items["items"]:
+        assert len(item["predictions"]) == 3
+        assert all(label in imagenet_short_names for label in item["predictions"])
+
+
+def test_node_client_registers_uploads_and_prints_every_result(pipeline, live_server):
+    completed = subprocess.run(
+        ["node", str(REPO / "client-demo" / "client.js"), "--server", live_server.url,
+         "--dir", str(DATA), "--loops", "2", "--topk", "3", "--timeout", "180", "--json"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = [json.loads(line) for line in completed.stdout.splitlines()]
+    results = [line for line in lines if line["type"] == "result"]
+    assert sorted(r["seq"] for r in results) == list(range(6))
+    assert all(len(r["predictions"]) == 3 for r in results)
+    assert lines[-1]["type"] == "summary" and lines[-1]["done"] == 6
+
+
+def make_job(**fields) -> Job:
+    defaults = dict(top_k=3, image="originals/none", image_format="PNG", image_width=1,
+                    image_height=1, image_bytes=1, status=Job.Status.SUBMITTED)
+    return Job.objects.create(**{**defaults, **fields})
+
+
+def produce(topic: str, key: bytes, value: bytes) -> None:
+    producer = Producer(producer_config())
+    producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0
+
+
+def read_dead_letters(key: bytes, timeout: float = 60):
+    consumer = Consumer(consumer_config(f"test-dlq-reader-{uuid.uuid4().hex[:6]}"))
+    consumer.subscribe([settings.KAFKA_DEAD_LETTER_TOPIC])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None and message.key() == key:
+                return message
+    finally:
+        consumer.close()
+    raise AssertionError(f"no dead letter with key {key!r} within {timeout}s")
+
+
+def test_poison_request_goes_to_dead_letter_and_its_job_fails_with_the_reason(pipeline):
+    job = make_job()
+    key = str(job.pk).encode()
+    produce(settings.KAFKA_REQUESTS_TOPIC, key, b"IHUB\x01\x01garbage that is not a message")
+    dead = read_dead_letters(key)
+    headers = dict(dead.headers())
+    assert b"undecodable request" in headers["error"]
+    assert headers["source_topic"].decode() == settings.KAFKA_REQUESTS_TOPIC
+    assert dead.value() == b"IHUB\x01\x01garbage that is not a message"
+    (job,) = wait_until_finished([job.pk], timeout=60)
+    assert job.status == Job.Status.FAILED
+    assert "undecodable request" in job.error
+
+
+def test_the_worker_group_carries_on_after_a_poison_message(pipeline, api):
+    produce(settings.KAFKA_REQUESTS_TOPIC, b"not-a-uuid", b"\x00" * 10)
+    (job_id,) = upload(api, "fox.png")
+    (job,) = wait_until_finished([job_id])
+    assert job.status == Job.Status.SUCCEEDED
+
+
+def test_a_result_delivered_twice_is_stored_once(pipeline):
+    job = make_job()
+    result = InferenceResult(
+        job_id=str(job.pk), ok=True, worker="test", model="resnet50", weights="random",
+        predictions=[Prediction(class_id=997, label="bolete", score=0.9),
+                     Prediction(class_id=1, label="goldfish, Carassius auratus", score=0.05)],
+    )
+    later = InferenceResult(job_id=str(job.pk), ok=False, error="a late duplicate must not win")
+    for value in (encode_result(result), encode_result(result), encode_result(later)):
+        produce(settings.KAFKA_RESULTS_TOPIC, str(job.pk).encode(), value)
+    (job,) = wait_until_finished([job.pk], timeout=60)
+    time.sleep(2)  # give the duplicates time to arrive; they must change nothing
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert list(job.predictions.values_list("rank", "class_id")) == [(1, 997), (2, 1)]
+    assert services.record_result(result=result) is False
+
+
+def test_two_workers_share_the_partitions_and_every_job_finishes_once(pipeline, api):
+    job_ids = []
+    for _ in range(8):
+        job_ids += upload(api, *PHOTOS, top_k="2")
+    jobs = wait_until_finished(job_ids, timeout=300)
+    assert all(job.status == Job.Status.SUCCEEDED for job in jobs)
+    assert all(job.predictions.count() == 2 for job in jobs)
+    assert len({job.worker for job in jobs}) == 2, {job.worker for job in jobs}
+
+
+def test_request_for_a_job_that_was_deleted_is_ignored(pipeline):
+    request = InferenceRequest(job_id=str(uuid.uuid4()), top_k=1,
+                               image=np.zeros((224, 224, 3), np.uint8), submitted_at_ms=1)
+    produce(settings.KAFKA_REQUESTS_TOPIC, request.job_id.encode(), encode_request(request))
+    job = make_job()
+    produce(settings.KAFKA_REQUESTS_TOPIC, str(job.pk).encode(), encode_request(
+        InferenceRequest(job_id=str(job.pk), top_k=1, image=np.zeros((224, 224, 3), np.uint8),
+                         submitted_at_ms=1)))
+    (job,) = wait_until_finished([job.pk], timeout=60)
+    assert job.status == Job.Status.SUCCEEDED

@@ -1,0 +1,164 @@
+"""Model loading and batched top-k prediction: random-weight ResNet50, a tiny saved classifier."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kafka_bridge.contract import Prediction
+from workers.serving import IMAGENET_LABELS_FILE, ModelLoadError, ServedModel, load_model
+
+
+@pytest.fixture(scope="module")
+def resnet() -> ServedModel:
+    # Loading ResNet50 takes seconds: once for the module.
+    return load_model(name="resnet50", weights="random")
+
+
+def random_images(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+
+
+def assert_top_k(predictions: list[Prediction], k: int, labels: list[str]) -> None:
+    assert len(predictions) == k
+    scores = [p.score for p in predictions]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= score <= 1.0 for score in scores)
+    assert sum(scores) <= 1.0 + 1e-5
+    assert len({p.class_id for p in predictions}) == k
+    for p in predictions:
+        assert p.label == labels[p.class_id]
+
+
+def test_random_resnet50_returns_sorted_top_k_with_imagenet_labels(resnet):
+    assert resnet.name == "resnet50"
+    assert resnet.weights == "random"
+    assert resnet.input_size == 224
+    assert len(resnet.labels) == 1000
+    assert resnet.labels[0] == "tench"
+    assert resnet.labels[999] == "toilet tissue"
+
+    results = resnet.predict(random_images(3, 224, 224), [1, 5, 1000])
+    assert [len(r) for r in results] == [1, 5, 1000]
+    for predictions, k in zip(results, [1, 5, 1000], strict=True):
+        assert_top_k(predictions, k, resnet.labels)
+    # All 1000 classes of a softmax add up to one.
+    assert sum(p.score for p in results[2]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_images_of_other_sizes_are_resized_in_one_batch(resnet):
+    images = [
+        random_images(1, 100, 150)[0],
+        random_images(1, 224, 224)[0],
+        random_images(1, 300, 17)[0],
+    ]
+    results = resnet.predict(images, [3, 3, 3])
+    assert [len(r) for r in results] == [3, 3, 3]
+
+
+def test_batch_and_single_predictions_agree(resnet):
+    images = random_images(2, 224, 224, seed=1)
+    together = resnet.predict(images, [5, 5])
+    alone = resnet.predict(images[1:], [5])
+    assert [p.class_id for p in together[1]] == [p.class_id for p in alone[0]]
+    assert [p.score for p in together[1]] == pytest.approx([p.score for p in alone[0]], rel=1e-3)
+
+
+def test_predict_rejects_mismatched_top_k_list(resnet):
+    with pytest.raises(ValueError, match="top_k"):
+        resnet.predict(random_images(2, 224, 224), [1])
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory) -> Path:
+    """A three-class classifier over 8x8 images that rescales its own input."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    path = tmp_path_factory.mktemp("models") / "tiny.keras"
+    model.save(path)
+    return path
+
+
+def write_labels(path: Path, labels: list[str]) -> Path:
+    path.write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return path
+
+
+def test_saved_classifier_loads_with_its_labels_and_predicts(tiny_classifier, tmp_path):
+    labels_file = write_labels(tmp_path / "labels.txt", ["cat, kitty", "dog", "bird"])
+    served = load_model(
+        name="tiny",
+        weights="ignored",
+        model_file=str(tiny_classifier),
+        labels_file=str(labels_file),
+    )
+    assert served.labels == ["cat", "dog", "bird"]
+    assert served.input_size == 8
+    assert served.weights == str(tiny_classifier)
+
+    # top_k above the class count is capped; a 20x20 image is resized to 8x8.
+    results = served.predict([random_images(1, 8, 8)[0], random_images(1, 20, 20)[0]], [2, 10])
+    assert_top_k(results[0], 2, served.labels)
+    assert_top_k(results[1], 3, served.labels)
+    assert sum(p.score for p in results[1]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_saved_classifier_with_wrong_label_count_is_rejected(tiny_classifier, tmp_path):
+    labels_file = write_labels(tmp_path / "labels.txt", ["cat", "dog"])
+    with pytest.raises(ModelLoadError, match="3 output classes but .* has 2 labels"):
+        load_model(
+            name="tiny", weights="", model_file=str(tiny_classifier), labels_file=str(labels_file)
+        )
+
+
+def test_saved_classifier_needs_a_labels_file(tiny_classifier):
+    with pytest.raises(ModelLoadError, match="MODEL_LABELS_FILE"):
+        load_model(name="tiny", weights="", model_file=str(tiny_classifier))
+
+
+def test_missing_weights_file_is_reported(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(name="resnet50", weights=str(tmp_path / "missing.weights.h5"))
+
+
+def test_unknown_builtin_model_is_rejected():
+    with pytest.raises(ModelLoadError, match="unknown built-in model 'vgg16'"):
+        load_model(name="vgg16", weights="random")
+
+
+def test_imagenet_weights_without_network_give_clear_advice():
+    cached = Path.home() / ".keras" / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    if cached.exists():
+        pytest.skip("ImageNet weights are cached here, so the download is not attempted")
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(name="resnet50", weights="imagenet")
+    message = str(caught.value)
+    assert "ImageNet weights could not be downloaded" in message
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels.h5" in message
+    assert "~/.keras/models/" in message
+    assert "MODEL_WEIGHTS=random" in message
+
+
+def test_shipped_labels_file_has_one_line_per_imagenet_class():
+    lines = IMAGENET_LABELS_FILE.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1000
+    assert lines[0].startswith("tench,")
+
+
+def test_weights_file_is_loaded_into_resnet50(resnet, tmp_path):
+    weights_file = tmp_path / "resnet50.weights.h5"
+    resnet.model.save_weights(weights_file)
+    served = load_model(name="resnet50", weights=str(weights_file))
+    assert served.weights == str(weights_file)
+    image = random_images(1, 224, 224, seed=2)
+    expected = resnet.predict(image, [3])[0]
+    got = served.predict(image, [3])[0]
+    assert [p.class_id for p in got] == [p.class_id for p in expected]
