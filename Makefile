@@ -21,7 +21,8 @@ run: services ## Migrate, create topics and demo user, start web/celery/workers/
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py kafka_topics create
 	$(PY) manage.py ensure_demo_user
-	$(STACK) up all
+	@echo "Checking that the workers' model weights load (falls back to random weights)..."
+	MODEL_WEIGHTS=$$($(PY) manage.py resolve_weights) $(STACK) up all
 	@echo ""
 	@echo "InferenceHub is running:"
 	@echo "  upload page  http://127.0.0.1:8000/"

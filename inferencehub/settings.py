@@ -240,7 +240,7 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "InferenceHub API",
-    "DESCRIPTION": "Upload images, get the top-k ImageNet classes from a Kafka-connected worker group.",
+    "DESCRIPTION": "Upload images; get the top-k ImageNet classes from a Kafka worker group.",
     "VERSION": "1.0.0",
 }
 

@@ -216,11 +216,12 @@ def _encode(kind: int, header: dict, body: bytes) -> bytes:
 def _decode(value: bytes, expected_kind: int) -> tuple[dict, bytes]:
     if not isinstance(value, bytes):
         raise ContractError(f"message value must be bytes, got {type(value).__name__}")
+    # Magic first: a value that is not ours at all is reported as such, whatever its length.
+    if value[: len(MAGIC)] != MAGIC:
+        raise ContractError(f"bad magic {value[: len(MAGIC)]!r}, expected {MAGIC!r}")
     if len(value) < _PREFIX.size:
         raise ContractError(f"message is {len(value)} bytes, shorter than the envelope prefix")
-    magic, version, kind, header_length = _PREFIX.unpack_from(value)
-    if magic != MAGIC:
-        raise ContractError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    _, version, kind, header_length = _PREFIX.unpack_from(value)
     if version != VERSION:
         raise ContractError(f"unsupported contract version {version}, this reader knows {VERSION}")
     if kind != expected_kind:

@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class BatchConsumer:
 
     def __init__(
         self,
-        consumer,
+        consumer: Consumer,
         handle_batch: Callable[[list[Message]], None],
         *,
         max_batch_size: int,

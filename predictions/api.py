@@ -5,8 +5,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, permissions, status, viewsets
-from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -76,11 +75,16 @@ class JobViewSet(
         params = self.request.query_params
         if status_filter := params.get("status"):
             if status_filter not in Job.Status.values:
-                raise ValidationError({"status": [f"must be one of {', '.join(Job.Status.values)}"]})
+                raise ValidationError(
+                    {"status": [f"must be one of {', '.join(Job.Status.values)}"]}
+                )
             jobs = jobs.filter(status=status_filter)
         if batch := params.get("batch"):
             jobs = jobs.filter(batch_id=_uuid_param("batch", batch))
-        for name, lookup in (("created_after", "created_at__gte"), ("created_before", "created_at__lt")):
+        for name, lookup in (
+            ("created_after", "created_at__gte"),
+            ("created_before", "created_at__lt"),
+        ):
             if value := params.get(name):
                 moment = parse_datetime(value)
                 if moment is None:
@@ -126,9 +130,11 @@ class JobViewSet(
             raise ValidationError({"image": ["no image was uploaded"]})
         batch = None
         if batch_id := params.validated_data.get("batch"):
-            batch = visible_to(Batch.objects, request.user, include_anonymous=False).filter(
-                pk=batch_id
-            ).first()
+            batch = (
+                visible_to(Batch.objects, request.user, include_anonymous=False)
+                .filter(pk=batch_id)
+                .first()
+            )
             if batch is None:
                 raise ValidationError({"batch": [f"unknown batch {batch_id}"]})
         try:
@@ -143,7 +149,9 @@ class JobViewSet(
             return error_response(str(exc), exc.status)
         data = JobSerializer(jobs, many=True, context=self.get_serializer_context()).data
         if len(jobs) == 1:
-            return Response(data[0], status=status.HTTP_202_ACCEPTED, headers={"Location": data[0]["url"]})
+            return Response(
+                data[0], status=status.HTTP_202_ACCEPTED, headers={"Location": data[0]["url"]}
+            )
         return Response({"jobs": data}, status=status.HTTP_202_ACCEPTED)
 
     def perform_destroy(self, instance: Job) -> None:

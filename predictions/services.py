@@ -98,7 +98,8 @@ def create_jobs(
                 taken = set(batch.jobs.filter(seq__in=seqs).values_list("seq", flat=True))
                 if taken:
                     raise UploadError(
-                        f"seq {', '.join(map(str, sorted(taken)))} already used in batch {batch.pk}",
+                        f"seq {', '.join(map(str, sorted(taken)))} "
+                        f"already used in batch {batch.pk}",
                         status=409,
                     )
             for index, upload in enumerate(checked):
@@ -225,9 +226,7 @@ def sweep_stuck_jobs(*, now: datetime | None = None) -> tuple[int, int]:
     stuck = Job.objects.exclude(status__in=Job.FINISHED).filter(attempt_started_at__lt=deadline)
     for job_id, attempts in stuck.values_list("pk", "attempts"):
         if attempts >= settings.JOB_MAX_ATTEMPTS:
-            reason = (
-                f"no result after {attempts} attempts of {settings.JOB_TIMEOUT_SECONDS}s each"
-            )
+            reason = f"no result after {attempts} attempts of {settings.JOB_TIMEOUT_SECONDS}s each"
             failed += fail_job(job_id=job_id, reason=reason)
             continue
         with transaction.atomic():

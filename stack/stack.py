@@ -68,7 +68,9 @@ APT_PACKAGES = [
 APT_FOR_MISSING_COMMANDS = {"java": "openjdk-17-jre-headless", "mvn": "maven"}
 
 HEARTBEAT_SECONDS = 30  # long install steps print at least this often
-APP_MIN_UPTIME = 3.0  # an app process that dies sooner is reported as failed
+APP_MIN_UPTIME = (
+    12.0  # an app process that dies sooner is reported as failed (workers load TensorFlow first)
+)
 LOG_TAIL_LINES = 30
 
 

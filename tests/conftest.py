@@ -67,10 +67,10 @@ class ManagedProcess:
 
     def start(self) -> "ManagedProcess":
         LOGS.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(
-            self.argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
+            self.popen = subprocess.Popen(
+                self.argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         return self
 
     def wait_for_log(self, text: str, timeout: float = 120) -> None:
@@ -99,6 +99,25 @@ def manage(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "manage.py"), *args]
 
 
+def celery_worker_argv(name: str, concurrency: int = 2) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "inferencehub",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--hostname",
+        f"{name}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
 @pytest.fixture(scope="session")
 def start_process(process_env):
     started: list[ManagedProcess] = []
@@ -116,21 +135,13 @@ def start_process(process_env):
 
 @pytest.fixture(scope="session")
 def celery_worker(start_process):
-    return start_process(
-        "celery",
-        [sys.executable, "-m", "celery", "-A", "inferencehub", "worker", "--loglevel", "INFO",
-         "--concurrency", "2", "--hostname", f"test-{os.getpid()}@%h", "--without-gossip",
-         "--without-mingle"],
-        "ready.",
-    )
+    return start_process("celery", celery_worker_argv("test"), "ready.")
 
 
 @pytest.fixture(scope="session")
 def pipeline(kafka_topics, celery_worker, start_process):
     """Celery, two inference workers (random-weight ResNet50) and the result bridge."""
-    workers = [
-        start_process(f"worker{i}", manage("run_worker"), "starting with") for i in (1, 2)
-    ]
+    workers = [start_process(f"worker{i}", manage("run_worker"), "starting with") for i in (1, 2)]
     bridge = start_process("bridge", manage("consume_results"), "starting with")
     return {"celery": celery_worker, "workers": workers, "bridge": bridge}
 

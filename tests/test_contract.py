@@ -181,7 +181,8 @@ def assert_rejected(decode, value: object, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("value", "fragment"),
     [
-        (b"", "shorter than the envelope prefix"),
+        (b"", "bad magic b''"),
+        (b"GIF", "bad magic b'GIF'"),
         (b"IHUB\x01\x01\x00", "shorter than the envelope prefix"),
         (b"JPEG" + bytes(20), "bad magic"),
         (envelope(request_header(), bytes(12), version=2), "unsupported contract version 2"),

@@ -40,7 +40,9 @@ def wait_until_finished(job_ids, timeout: float = 180) -> list[Job]:
 
 
 def upload(api, *names: str, **fields) -> list[str]:
-    files = [("image", (name, (DATA / name).read_bytes(), "application/octet-stream")) for name in names]
+    files = [
+        ("image", (name, (DATA / name).read_bytes(), "application/octet-stream")) for name in names
+    ]
     response = api.post(f"{api.base_url}/api/jobs/", files=files, data=fields)
     assert response.status_code == 202, response.text
     body = response.json()
@@ -98,14 +100,21 @@ def test_seed_compatible_api_register_image_result(pipeline, live_server):
         )
         assert response.status_code == 200, response.text
         assert response.content == b""
-    bad = requests.post(f"{base}/image", data={"uuid": batch, "seq": "9", "topk": "3"},
-                        files={"payload": ("x.jpg", b"not an image", "application/octet-stream")})
+    bad = requests.post(
+        f"{base}/image",
+        data={"uuid": batch, "seq": "9", "topk": "3"},
+        files={"payload": ("x.jpg", b"not an image", "application/octet-stream")},
+    )
     assert bad.status_code == 400 and "not an image" in bad.json()["error"]
     wait_until_finished(list(Job.objects.filter(batch_id=batch).values_list("pk", flat=True)))
-    items = requests.get(f"{base}/result", params={"uuid": batch, "seqStart": 1, "seqEnd": 2}).json()
+    items = requests.get(
+        f"{base}/result", params={"uuid": batch, "seqStart": 1, "seqEnd": 2}
+    ).json()
     assert [item["seq"] for item in items["items"]] == [1, 2]
-    imagenet_short_names = {line.split(",")[0].strip() for line in
-                            (REPO / "workers" / "imagenet_labels.txt").read_text().splitlines()}
+    imagenet_short_names = {
+        line.split(",")[0].strip()
+        for line in (REPO / "workers" / "imagenet_labels.txt").read_text().splitlines()
+    }
     for item in items["items"]:
         assert len(item["predictions"]) == 3
         assert all(label in imagenet_short_names for label in item["predictions"])
@@ -113,9 +122,24 @@ def test_seed_compatible_api_register_image_result(pipeline, live_server):
 
 def test_node_client_registers_uploads_and_prints_every_result(pipeline, live_server):
     completed = subprocess.run(
-        ["node", str(REPO / "client-demo" / "client.js"), "--server", live_server.url,
-         "--dir", str(DATA), "--loops", "2", "--topk", "3", "--timeout", "180", "--json"],
-        capture_output=True, text=True, timeout=240,
+        [
+            "node",
+            str(REPO / "client-demo" / "client.js"),
+            "--server",
+            live_server.url,
+            "--dir",
+            str(DATA),
+            "--loops",
+            "2",
+            "--topk",
+            "3",
+            "--timeout",
+            "180",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     lines = [json.loads(line) for line in completed.stdout.splitlines()]
@@ -126,8 +150,15 @@ def test_node_client_registers_uploads_and_prints_every_result(pipeline, live_se
 
 
 def make_job(**fields) -> Job:
-    defaults = dict(top_k=3, image="originals/none", image_format="PNG", image_width=1,
-                    image_height=1, image_bytes=1, status=Job.Status.SUBMITTED)
+    defaults = dict(
+        top_k=3,
+        image="originals/none",
+        image_format="PNG",
+        image_width=1,
+        image_height=1,
+        image_bytes=1,
+        status=Job.Status.SUBMITTED,
+    )
     return Job.objects.create(**{**defaults, **fields})
 
 
@@ -175,9 +206,15 @@ def test_the_worker_group_carries_on_after_a_poison_message(pipeline, api):
 def test_a_result_delivered_twice_is_stored_once(pipeline):
     job = make_job()
     result = InferenceResult(
-        job_id=str(job.pk), ok=True, worker="test", model="resnet50", weights="random",
-        predictions=[Prediction(class_id=997, label="bolete", score=0.9),
-                     Prediction(class_id=1, label="goldfish, Carassius auratus", score=0.05)],
+        job_id=str(job.pk),
+        ok=True,
+        worker="test",
+        model="resnet50",
+        weights="random",
+        predictions=[
+            Prediction(class_id=997, label="bolete", score=0.9),
+            Prediction(class_id=1, label="goldfish, Carassius auratus", score=0.05),
+        ],
     )
     later = InferenceResult(job_id=str(job.pk), ok=False, error="a late duplicate must not win")
     for value in (encode_result(result), encode_result(result), encode_result(later)):
@@ -201,12 +238,25 @@ def test_two_workers_share_the_partitions_and_every_job_finishes_once(pipeline, 
 
 
 def test_request_for_a_job_that_was_deleted_is_ignored(pipeline):
-    request = InferenceRequest(job_id=str(uuid.uuid4()), top_k=1,
-                               image=np.zeros((224, 224, 3), np.uint8), submitted_at_ms=1)
+    request = InferenceRequest(
+        job_id=str(uuid.uuid4()),
+        top_k=1,
+        image=np.zeros((224, 224, 3), np.uint8),
+        submitted_at_ms=1,
+    )
     produce(settings.KAFKA_REQUESTS_TOPIC, request.job_id.encode(), encode_request(request))
     job = make_job()
-    produce(settings.KAFKA_REQUESTS_TOPIC, str(job.pk).encode(), encode_request(
-        InferenceRequest(job_id=str(job.pk), top_k=1, image=np.zeros((224, 224, 3), np.uint8),
-                         submitted_at_ms=1)))
+    produce(
+        settings.KAFKA_REQUESTS_TOPIC,
+        str(job.pk).encode(),
+        encode_request(
+            InferenceRequest(
+                job_id=str(job.pk),
+                top_k=1,
+                image=np.zeros((224, 224, 3), np.uint8),
+                submitted_at_ms=1,
+            )
+        ),
+    )
     (job,) = wait_until_finished([job.pk], timeout=60)
     assert job.status == Job.Status.SUCCEEDED

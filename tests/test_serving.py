@@ -1,13 +1,25 @@
 """Model loading and batched top-k prediction: random-weight ResNet50, a tiny saved classifier."""
 
+import os
+import uuid
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from kafka_bridge.contract import Prediction
+from kafka_bridge.contract import (
+    InferenceRequest,
+    InferenceResult,
+    Prediction,
+    decode_key,
+    decode_result,
+    encode_key,
+    encode_request,
+)
+from kafka_bridge.runner import DeliveryError
 from workers.serving import IMAGENET_LABELS_FILE, ModelLoadError, ServedModel, load_model
+from workers.worker import InferenceHandler
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +174,128 @@ def test_weights_file_is_loaded_into_resnet50(resnet, tmp_path):
     expected = resnet.predict(image, [3])[0]
     got = served.predict(image, [3])[0]
     assert [p.class_id for p in got] == [p.class_id for p in expected]
+
+
+# --- the inference handler, with a stand-in model and producer -------------------------------
+
+
+class StubModel:
+    """Predicts class 0 for every image, and fails any batch holding an all-255 image."""
+
+    name = "stub"
+    weights = "random"
+
+    def __init__(self):
+        self.batch_sizes = []
+
+    def predict(self, images, top_k):
+        self.batch_sizes.append(len(images))
+        if any(image.min() == 255 for image in images):
+            raise ValueError("poison image")
+        return [[Prediction(0, "tench", 0.9)][:k] for k in top_k]
+
+
+class StubMessage:
+    def __init__(self, key: bytes | None, value: bytes, offset: int):
+        self._key, self._value, self._offset = key, value, offset
+
+    def key(self):
+        return self._key
+
+    def value(self):
+        return self._value
+
+    def topic(self):
+        return "requests"
+
+    def partition(self):
+        return 0
+
+    def offset(self):
+        return self._offset
+
+
+class RecordingProducer:
+    def __init__(self, deliver: bool = True):
+        self.deliver = deliver
+        self.produced = []
+
+    def produce(self, topic, *, key, value, headers=None):
+        self.produced.append((topic, key, value, headers))
+
+    def flush_or_raise(self):
+        if not self.deliver:
+            raise DeliveryError("broker down")
+
+
+def request_message(offset: int, fill: int = 0) -> StubMessage:
+    job_id = str(uuid.uuid4())
+    image = np.full((4, 4, 3), fill, dtype=np.uint8)
+    request = InferenceRequest(job_id=job_id, top_k=1, image=image, submitted_at_ms=1)
+    return StubMessage(encode_key(job_id), encode_request(request), offset)
+
+
+def results_by_job(producer: RecordingProducer) -> dict[str, InferenceResult]:
+    return {
+        decode_key(key): decode_result(value)
+        for topic, key, value, _ in producer.produced
+        if topic == "results"
+    }
+
+
+def dead_letters(producer: RecordingProducer) -> list[tuple[bytes, dict]]:
+    return [(value, dict(headers)) for topic, _, value, headers in producer.produced if headers]
+
+
+def test_handler_runs_one_predict_per_batch_and_answers_every_request(settings):
+    settings.KAFKA_DEAD_LETTER_TOPIC = "dead-letters"
+    model, producer = StubModel(), RecordingProducer()
+    messages = [request_message(offset) for offset in range(3)]
+    InferenceHandler(model, producer, results_topic="results")(messages)
+    assert model.batch_sizes == [3]
+    results = results_by_job(producer)
+    assert set(results) == {decode_key(m.key()) for m in messages}
+    for result in results.values():
+        assert result.ok and result.predictions == [Prediction(0, "tench", 0.9)]
+        assert result.batch_size == 3 and result.model == "stub" and result.weights == "random"
+        assert result.worker.endswith(f":{os.getpid()}")
+    assert dead_letters(producer) == []
+
+
+def test_undecodable_request_is_dead_lettered_and_failed_when_its_key_names_a_job(settings):
+    settings.KAFKA_DEAD_LETTER_TOPIC = "dead-letters"
+    model, producer = StubModel(), RecordingProducer()
+    job_id = str(uuid.uuid4())
+    messages = [
+        StubMessage(encode_key(job_id), b"GIF89a...", 0),
+        StubMessage(b"not-a-job", b"junk", 1),
+        request_message(2),
+    ]
+    InferenceHandler(model, producer, results_topic="results")(messages)
+    assert [value for value, _ in dead_letters(producer)] == [b"GIF89a...", b"junk"]
+    assert dead_letters(producer)[0][1]["error"].startswith(b"undecodable request: bad magic")
+    results = results_by_job(producer)
+    assert not results[job_id].ok
+    assert results[job_id].error.startswith("undecodable request: bad magic")
+    # The valid request is still answered; the keyless junk gets no result.
+    assert len(results) == 2
+    assert model.batch_sizes == [1]
+
+
+def test_a_poison_image_fails_only_its_own_job(settings):
+    settings.KAFKA_DEAD_LETTER_TOPIC = "dead-letters"
+    model, producer = StubModel(), RecordingProducer()
+    good, poison, other = request_message(0), request_message(1, fill=255), request_message(2)
+    InferenceHandler(model, producer, results_topic="results")([good, poison, other])
+    assert model.batch_sizes == [3, 1, 1, 1]
+    results = results_by_job(producer)
+    assert results[decode_key(good.key())].ok and results[decode_key(other.key())].ok
+    failed = results[decode_key(poison.key())]
+    assert not failed.ok and failed.error == "inference failed: poison image"
+    assert [value for value, _ in dead_letters(producer)] == [poison.value()]
+
+
+def test_undelivered_output_fails_the_batch():
+    producer = RecordingProducer(deliver=False)
+    with pytest.raises(DeliveryError):
+        InferenceHandler(StubModel(), producer, results_topic="results")([request_message(0)])

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from kafka_bridge.config import consumer_config, producer_config
 from predictions.models import Job
-from tests.conftest import REPO, DATA
+from tests.conftest import REPO
 
 
 @pytest.mark.django_db
@@ -109,7 +109,11 @@ def test_healthz_answers_without_dependencies(client):
     [("UPLOAD_MAX_BYTES", "ten"), ("DATABASE_URL", "nonsense"), ("DJANGO_DEBUG", "maybe")],
 )
 def test_malformed_setting_stops_start_up_naming_it(variable, value):
-    env = {"PATH": "/usr/bin:/bin", variable: value, "DJANGO_SETTINGS_MODULE": "inferencehub.settings"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        variable: value,
+        "DJANGO_SETTINGS_MODULE": "inferencehub.settings",
+    }
     completed = subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True
     )

@@ -4,7 +4,10 @@ from predictions import services
 
 
 class Command(BaseCommand):
-    help = "Retry or fail jobs that have not finished within JOB_TIMEOUT_SECONDS (also run by Celery beat)."
+    help = (
+        "Retry or fail jobs that have not finished within JOB_TIMEOUT_SECONDS "
+        "(Celery beat runs the same sweep every SWEEP_INTERVAL_SECONDS)."
+    )
 
     def handle(self, *args, **options):
         retried, failed = services.sweep_stuck_jobs()
