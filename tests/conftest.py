@@ -67,7 +67,7 @@ class ManagedProcess:
 
     def start(self) -> "ManagedProcess":
         LOGS.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
             self.popen = subprocess.Popen(
                 self.argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
