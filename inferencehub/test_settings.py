@@ -4,8 +4,8 @@ through their environment: see tests/conftest.py."""
 import os
 import uuid
 
-# One run's topics and Redis database are its own, so a `make run` stack on the same
-# services is not disturbed and a previous run's leftovers are not read.
+# One run's topics are its own, so a `make run` stack on the same services is not
+# disturbed and a previous run's leftovers are not read.
 RUN_ID = os.environ.setdefault("INFERENCEHUB_TEST_RUN_ID", uuid.uuid4().hex[:8])
 os.environ.setdefault("KAFKA_REQUESTS_TOPIC", f"test-{RUN_ID}-requests")
 os.environ.setdefault("KAFKA_RESULTS_TOPIC", f"test-{RUN_ID}-results")
@@ -19,5 +19,10 @@ os.environ.setdefault("MODEL_WEIGHTS", "random")
 os.environ.setdefault("ALLOW_ANONYMOUS_UPLOADS", "false")
 
 from inferencehub.settings import *  # noqa: E402,F403
+from inferencehub.settings import DATABASES  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Own test database and Celery queue per run, so two runs on one machine do not collide.
+DATABASES["default"]["TEST"]["NAME"] = f"test_inferencehub_{RUN_ID}"
+CELERY_TASK_DEFAULT_QUEUE = f"test-{RUN_ID}"

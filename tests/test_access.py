@@ -1,0 +1,84 @@
+"""Who may see what: users see their own jobs and batches, staff see all, ids are capabilities
+only for anonymous uploads."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from predictions.models import Job
+from tests.factories import BatchFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def make_job(owner, batch=None) -> Job:
+    return Job.objects.create(
+        owner=owner,
+        batch=batch,
+        image="originals/none",
+        image_format="PNG",
+        image_width=1,
+        image_height=1,
+        image_bytes=1,
+    )
+
+
+def client_for(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def test_a_user_lists_only_their_own_jobs_and_batches():
+    alice, bob = UserFactory(), UserFactory()
+    alices_job, bobs_job = make_job(alice), make_job(bob)
+    BatchFactory(owner=bob)
+    client = client_for(alice)
+    assert [j["id"] for j in client.get("/api/jobs/").json()["results"]] == [str(alices_job.pk)]
+    assert client.get("/api/batches/").json()["count"] == 0
+    assert client.get(f"/api/jobs/{bobs_job.pk}/").status_code == 404
+
+
+def test_a_user_cannot_read_or_delete_another_users_job_or_batch():
+    alice, bob = UserFactory(), UserFactory()
+    batch = BatchFactory(owner=bob)
+    job = make_job(bob, batch)
+    client = client_for(alice)
+    assert client.get(f"/api/jobs/{job.pk}/").status_code == 404
+    assert client.delete(f"/api/jobs/{job.pk}/").status_code == 404
+    assert client.get(f"/api/batches/{batch.pk}/").status_code == 404
+    assert client.get(f"/jobs/{job.pk}/").status_code == 404
+    assert client.get(f"/batches/{batch.pk}/").status_code == 404
+    assert Job.objects.filter(pk=job.pk).exists()
+
+
+def test_staff_see_every_job():
+    make_job(UserFactory())
+    make_job(UserFactory())
+    staff = client_for(UserFactory(is_staff=True))
+    assert staff.get("/api/jobs/").json()["count"] == 2
+
+
+def test_the_owner_deletes_a_job_with_its_predictions():
+    alice = UserFactory()
+    job = make_job(alice)
+    job.predictions.create(rank=1, class_id=1, label="goldfish", score=0.5)
+    assert client_for(alice).delete(f"/api/jobs/{job.pk}/").status_code == 204
+    assert not Job.objects.exists()
+
+
+def test_listing_needs_a_signed_in_user():
+    assert APIClient().get("/api/jobs/").status_code in (401, 403)
+
+
+def test_an_anonymous_job_is_readable_by_its_id_but_never_listed():
+    job = make_job(None)
+    client = client_for(UserFactory())
+    assert client.get(f"/api/jobs/{job.pk}/").status_code == 200
+    assert APIClient().get(f"/api/jobs/{job.pk}/").status_code == 200
+    assert client.get("/api/jobs/").json()["count"] == 0
+
+
+def test_list_rejects_an_unknown_status_filter():
+    response = client_for(UserFactory()).get("/api/jobs/", {"status": "bogus"})
+    assert response.status_code == 400
+    assert "status" in response.json()["error"]

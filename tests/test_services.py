@@ -1,0 +1,95 @@
+"""The services' own guarantees, against the real database."""
+
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from kafka_bridge.contract import InferenceResult, Prediction
+from predictions import services
+from predictions.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+def make_job(**fields) -> Job:
+    defaults = dict(
+        top_k=2,
+        image="originals/none",
+        image_format="PNG",
+        image_width=1,
+        image_height=1,
+        image_bytes=1,
+        status=Job.Status.SUBMITTED,
+    )
+    return Job.objects.create(**{**defaults, **fields})
+
+
+def ok_result(job: Job, *labels: str) -> InferenceResult:
+    predictions = [
+        Prediction(class_id=i, label=label, score=0.5 / (i + 1)) for i, label in enumerate(labels)
+    ]
+    return InferenceResult(
+        job_id=str(job.pk), ok=True, predictions=predictions, model="m", weights="random"
+    )
+
+
+def test_a_result_stores_top_k_predictions_and_marks_the_job_succeeded():
+    job = make_job()
+    assert services.record_result(result=ok_result(job, "a", "b", "c")) is True
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert list(job.predictions.values_list("rank", "label")) == [(1, "a"), (2, "b")]
+    assert job.finished_at is not None and job.model_weights == "random"
+
+
+def test_a_result_applied_twice_changes_nothing_the_second_time():
+    job = make_job()
+    services.record_result(result=ok_result(job, "a", "b"))
+    assert services.record_result(result=ok_result(job, "x", "y")) is False
+    assert list(job.predictions.values_list("label", flat=True)) == ["a", "b"]
+
+
+def test_an_error_result_fails_the_job_with_its_reason():
+    job = make_job()
+    services.record_result(
+        result=InferenceResult(job_id=str(job.pk), ok=False, error="model exploded")
+    )
+    job.refresh_from_db()
+    assert (job.status, job.error) == (Job.Status.FAILED, "model exploded")
+
+
+def test_a_result_for_an_unknown_job_is_ignored():
+    ghost = InferenceResult(job_id="4c3b1e62-2a49-4f7f-8d8e-6a3f4c2b1a10", ok=False, error="e")
+    assert services.record_result(result=ghost) is False
+
+
+def test_sweep_retries_a_stuck_job_then_fails_it_after_the_last_attempt():
+    late = timezone.now() - timedelta(seconds=settings.JOB_TIMEOUT_SECONDS + 1)
+    job = make_job(attempt_started_at=late)
+    assert services.sweep_stuck_jobs() == (1, 0)
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Job.Status.QUEUED, 2)
+
+    Job.objects.filter(pk=job.pk).update(
+        attempts=settings.JOB_MAX_ATTEMPTS, attempt_started_at=late
+    )
+    assert services.sweep_stuck_jobs() == (0, 1)
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+    assert f"no result after {settings.JOB_MAX_ATTEMPTS} attempts" in job.error
+
+
+def test_sweep_leaves_recent_and_finished_jobs_alone():
+    late = timezone.now() - timedelta(seconds=settings.JOB_TIMEOUT_SECONDS + 1)
+    make_job()
+    make_job(status=Job.Status.SUCCEEDED, attempt_started_at=late)
+    assert services.sweep_stuck_jobs() == (0, 0)
+
+
+def test_fail_job_does_not_overwrite_a_finished_job():
+    job = make_job(status=Job.Status.SUCCEEDED)
+    assert services.fail_job(job_id=job.pk, reason="late") is False
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
