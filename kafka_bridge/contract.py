@@ -125,6 +125,14 @@ def decode_key(key: bytes | None) -> str:
     return job_id
 
 
+def job_id_of_key(key: bytes | None) -> str | None:
+    """The job a message that failed to decode belongs to, when its key names one."""
+    try:
+        return decode_key(key)
+    except ContractError:
+        return None
+
+
 def encode_request(request: InferenceRequest) -> bytes:
     header = {
         "job_id": request.job_id,

@@ -7,7 +7,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from django.conf import settings
 
 from kafka_bridge.config import producer_config
-from kafka_bridge.contract import InferenceRequest, encode_request
+from kafka_bridge.contract import InferenceRequest, encode_key, encode_request
 
 _producer: Producer | None = None
 _producer_pid: int | None = None
@@ -35,7 +35,7 @@ def publish_request(request: InferenceRequest, *, timeout: float = 15.0) -> None
     producer = get_producer()
     producer.produce(
         settings.KAFKA_REQUESTS_TOPIC,
-        key=request.job_id.encode(),
+        key=encode_key(request.job_id),
         value=encode_request(request),
         on_delivery=on_delivery,
     )

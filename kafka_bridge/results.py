@@ -6,23 +6,15 @@ and every dead letter is delivered.
 """
 
 import logging
-import uuid
 from dataclasses import asdict
 
 from confluent_kafka import Message
 
-from kafka_bridge.contract import ContractError, decode_result
+from kafka_bridge.contract import ContractError, decode_result, job_id_of_key
 from kafka_bridge.runner import BatchProducer, send_to_dead_letter
 from predictions.tasks import fail_job, store_result
 
 log = logging.getLogger(__name__)
-
-
-def job_id_from_key(key: bytes | None) -> str | None:
-    try:
-        return str(uuid.UUID(key.decode())) if key else None
-    except (UnicodeDecodeError, ValueError):
-        return None
 
 
 def handle_results(messages: list[Message], *, producer: BatchProducer) -> None:
@@ -30,7 +22,7 @@ def handle_results(messages: list[Message], *, producer: BatchProducer) -> None:
         try:
             result = decode_result(message.value())
         except ContractError as exc:
-            job_id = job_id_from_key(message.key())
+            job_id = job_id_of_key(message.key())
             log.warning(
                 "undecodable result at %s[%d]@%d (job %s): %s",
                 message.topic(),

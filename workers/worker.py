@@ -18,10 +18,10 @@ from kafka_bridge.contract import (
     InferenceRequest,
     InferenceResult,
     Prediction,
-    decode_key,
     decode_request,
     encode_key,
     encode_result,
+    job_id_of_key,
 )
 from kafka_bridge.runner import BatchProducer, send_to_dead_letter
 from workers.serving import ServedModel
@@ -47,7 +47,7 @@ class InferenceHandler:
             try:
                 decoded.append((message, decode_request(message.value())))
             except ContractError as error:
-                self.fail(message, self.job_id_of(message), f"undecodable request: {error}")
+                self.fail(message, job_id_of_key(message.key()), f"undecodable request: {error}")
         if decoded:
             self.infer(decoded)
         self.producer.flush_or_raise()
@@ -111,11 +111,3 @@ class InferenceHandler:
         self.producer.produce(
             self.results_topic, key=encode_key(result.job_id), value=encode_result(result)
         )
-
-    @staticmethod
-    def job_id_of(message: Message) -> str | None:
-        """The job an undecodable request belongs to, when its key names one."""
-        try:
-            return decode_key(message.key())
-        except ContractError:
-            return None
