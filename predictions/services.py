@@ -144,8 +144,10 @@ def _enqueue_preprocess(job_ids: list) -> None:
 def preprocess_and_submit(*, job_id: str) -> None:
     """Turn the stored original into a model-ready tensor and hand it to Kafka."""
     job = Job.objects.filter(pk=job_id).first()
-    if job is None or job.status != Job.Status.QUEUED:
-        return  # deleted, or already handled by an earlier delivery of this task
+    # PREPROCESSED means an earlier run of this task could not hand the request to Kafka:
+    # that retry must go on. Anything later was handled by an earlier delivery.
+    if job is None or job.status not in (Job.Status.QUEUED, Job.Status.PREPROCESSED):
+        return
     started = time.perf_counter()
     try:
         with job.image.open("rb") as file:
@@ -154,7 +156,7 @@ def preprocess_and_submit(*, job_id: str) -> None:
         fail_job(job_id=job.pk, reason=f"preprocessing failed: {exc}")
         return
     preprocess_ms = (time.perf_counter() - started) * 1000
-    Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+    Job.objects.filter(pk=job.pk, status__in=(Job.Status.QUEUED, Job.Status.PREPROCESSED)).update(
         status=Job.Status.PREPROCESSED, preprocessed_at=timezone.now(), preprocess_ms=preprocess_ms
     )
     publish_request(

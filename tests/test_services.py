@@ -93,3 +93,24 @@ def test_fail_job_does_not_overwrite_a_finished_job():
     assert services.fail_job(job_id=job.pk, reason="late") is False
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
+
+
+def test_preprocessing_retried_after_kafka_refused_still_submits(kafka_topics, settings, tmp_path):
+    from django.core.files.base import ContentFile
+
+    from tests.conftest import DATA
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    job = make_job(status=Job.Status.PREPROCESSED)
+    job.image.save(str(job.pk), ContentFile((DATA / "fox.png").read_bytes()))
+    services.preprocess_and_submit(job_id=str(job.pk))
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUBMITTED
+    assert job.submitted_at is not None
+
+
+def test_preprocessing_skips_a_job_already_submitted(kafka_topics):
+    job = make_job(status=Job.Status.SUBMITTED)
+    services.preprocess_and_submit(job_id=str(job.pk))  # its image does not exist: not opened
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUBMITTED
