@@ -4,9 +4,10 @@
 STACK := python3 stack/stack.py
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install services run test stop status lint format clean
+.PHONY: help install services run test test-faults bench stop status lint format clean
 
 help: ## Show this list of targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-9s %s\n", $$1, $$2}'
@@ -33,6 +34,13 @@ run: services ## Migrate, create topics and demo user, start web/celery/workers/
 
 test: services ## Run the tests (extra pytest args: make test PYTEST_ARGS="-k upload -x")
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: install ## Kill and stop services on purpose, on a stack of their own (.stack/faults/)
+	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
+
+bench: services ## Benchmark against the model's ceiling, the seed and Ray Serve (docs/performance.md)
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) manage.py benchmark $(BENCH_ARGS)
 
 stop: ## Stop the app processes and the data services
 	$(STACK) down all

@@ -54,6 +54,18 @@ def env_positive_int(name: str, default: int) -> int:
     return value
 
 
+def env_rate(name: str, default: str) -> str:
+    """A DRF throttle rate such as 100/hour; checked here because DRF would only fail on
+    the first request."""
+    value = env(name, str, default)
+    count, _, period = value.partition("/")
+    if not count.isdigit() or period not in ("second", "minute", "hour", "day"):
+        raise ImproperlyConfigured(
+            f"Setting {name} must look like 100/hour (second, minute, hour or day), got {value!r}"
+        )
+    return value
+
+
 def env_database(name: str, default: str) -> dict:
     url = env(name, str, default)
     try:
@@ -74,6 +86,21 @@ SECRET_KEY = env(
 ALLOWED_HOSTS = env("DJANGO_ALLOWED_HOSTS", list, ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env("DJANGO_CSRF_TRUSTED_ORIGINS", list, [])
 
+# --- HTTPS: on by default in production (manage.py check --deploy is clean) -----------
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+# Cookies sent over HTTPS only; a plain-HTTP demo (docker/compose.yaml) switches this off.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+SECURE_HSTS_SECONDS = env("DJANGO_SECURE_HSTS_SECONDS", int, 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+# Preload is a commitment to HTTPS for the whole domain; switch off while trying things out.
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", not DEBUG)
+# Behind a TLS-terminating proxy Django sees plain HTTP; trust the proxy's header (only
+# when the proxy sets it and strips it from clients), e.g. "X-Forwarded-Proto".
+if _proxy_header := env("DJANGO_SECURE_PROXY_SSL_HEADER", str, ""):
+    SECURE_PROXY_SSL_HEADER = (f"HTTP_{_proxy_header.upper().replace('-', '_')}", "https")
+# The health checks are probed over plain HTTP by orchestrators inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -84,13 +111,19 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "predictions",
     "kafka_bridge",
     "workers",
 ]
 
 MIDDLEWARE = [
+    # Before anything reads the body: refuses an oversized request by its Content-Length.
+    "inferencehub.limits.RequestSizeLimitMiddleware",
+    # First, so the latency it measures includes every other middleware.
+    "inferencehub.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -148,6 +181,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# gunicorn serves static files (the admin's, the pages') through WhiteNoise; finders let it
+# do so without a collectstatic step.
+WHITENOISE_USE_FINDERS = True
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "upload"
+LOGOUT_REDIRECT_URL = "login"
 MEDIA_URL = "/media/"
 MEDIA_ROOT = env("MEDIA_ROOT", str, str(BASE_DIR / ".stack" / "media"))
 
@@ -182,6 +222,12 @@ UPLOAD_MAX_FILES_PER_REQUEST = env_positive_int("UPLOAD_MAX_FILES_PER_REQUEST", 
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = UPLOAD_MAX_FILES_PER_REQUEST
+# A request whose Content-Length is above this gets 413 before its body is read. Default:
+# room for the most files of the largest size a request may carry, capped at 200 MB.
+REQUEST_MAX_BYTES = env_positive_int(
+    "REQUEST_MAX_BYTES",
+    min(200 * 1024 * 1024, UPLOAD_MAX_BYTES * UPLOAD_MAX_FILES_PER_REQUEST + 1024 * 1024),
+)
 ALLOW_ANONYMOUS_UPLOADS = env_bool("ALLOW_ANONYMOUS_UPLOADS", False)
 SEED_API_ENABLED = env_bool("SEED_API_ENABLED", True)
 
@@ -189,6 +235,12 @@ SEED_API_ENABLED = env_bool("SEED_API_ENABLED", True)
 JOB_TIMEOUT_SECONDS = env_positive_int("JOB_TIMEOUT_SECONDS", 300)
 JOB_MAX_ATTEMPTS = env_positive_int("JOB_MAX_ATTEMPTS", 3)
 SWEEP_INTERVAL_SECONDS = env_positive_int("SWEEP_INTERVAL_SECONDS", 60)
+# Stored originals of finished jobs older than this are deleted daily; 0 keeps them forever.
+IMAGE_RETENTION_DAYS = env("IMAGE_RETENTION_DAYS", int, 30)
+if IMAGE_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured(
+        f"Setting IMAGE_RETENTION_DAYS must be 0 or more, got {IMAGE_RETENTION_DAYS}"
+    )
 
 # --- Kafka ------------------------------------------------------------------------
 KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", str, "127.0.0.1:19092")
@@ -209,7 +261,16 @@ MODEL_FILE = env("MODEL_FILE", str, "")
 MODEL_LABELS_FILE = env("MODEL_LABELS_FILE", str, "")
 MODEL_INPUT_SIZE = env_positive_int("MODEL_INPUT_SIZE", 224)
 WORKER_MAX_BATCH_SIZE = env_positive_int("WORKER_MAX_BATCH_SIZE", 32)
-WORKER_MAX_BATCH_DELAY_MS = env("WORKER_MAX_BATCH_DELAY_MS", int, 20)
+# Short: a lone request waits this long for company, while under load batches fill from
+# what arrives during the previous predict anyway (docs/performance.md).
+WORKER_MAX_BATCH_DELAY_MS = env("WORKER_MAX_BATCH_DELAY_MS", int, 5)
+# Pixel type of the tensors sent to the workers. float32 (4x the bytes) is the seed's
+# format, kept only so the benchmark can measure its baseline: leave it at uint8.
+REQUEST_DTYPE = env("REQUEST_DTYPE", str, "uint8")
+if REQUEST_DTYPE not in ("uint8", "float32"):
+    raise ImproperlyConfigured(
+        f"Setting REQUEST_DTYPE must be uint8 or float32, got {REQUEST_DTYPE!r}"
+    )
 
 # --- Celery (Redis broker) ---------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", str, "redis://127.0.0.1:16379/0")
@@ -218,12 +279,32 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Redis hands a task taken by a worker that died without acking (SIGKILL, power loss) to
+# another worker only after this many seconds; a child process dying is noticed at once
+# (reject_on_worker_lost). It must exceed the longest retry countdown (30 s) and the
+# longest task, or a running task is handed out twice (harmless: tasks are idempotent).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_positive_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 300)
+}
 CELERY_BEAT_SCHEDULE = {
     "sweep-stuck-jobs": {
         "task": "predictions.tasks.sweep_stuck_jobs",
         "schedule": float(SWEEP_INTERVAL_SECONDS),
     },
+    "purge-old-images": {
+        "task": "predictions.tasks.purge_old_images",
+        "schedule": 24 * 60 * 60.0,
+    },
+}
+
+# --- Cache: Redis, so API throttling counts are shared by every gunicorn worker ------
+# Same Redis as Celery, its own database number so a cache flush leaves the queues alone.
+CACHE_REDIS_DB = 2
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CELERY_BROKER_URL.rsplit("/", 1)[0] + f"/{CACHE_REDIS_DB}",
+    }
 }
 
 # --- REST API ------------------------------------------------------------------------
@@ -237,19 +318,43 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "predictions.api.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "predictions.throttles.UserThrottle",
+        "predictions.throttles.AnonThrottle",
+    ],
 }
+API_THROTTLE_USER = env_rate("API_THROTTLE_USER", "100000/hour")
+API_THROTTLE_ANON = env_rate("API_THROTTLE_ANON", "1000/hour")
 SPECTACULAR_SETTINGS = {
     "TITLE": "InferenceHub API",
     "DESCRIPTION": "Upload images; get the top-k ImageNet classes from a Kafka worker group.",
     "VERSION": "1.0.0",
+    # Swagger UI's files are served from the sidecar package: no CDN needed.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "predictions.seed_api.add_to_schema",
+    ],
 }
 
+# --- Observability -------------------------------------------------------------------
+# Port of the Prometheus endpoint of run_worker and consume_results; 0 serves none.
+METRICS_PORT = env("METRICS_PORT", int, 0)
+
 LOG_LEVEL = env("LOG_LEVEL", str, "INFO")
+LOG_FORMAT = env("LOG_FORMAT", str, "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"Setting LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "inferencehub.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"kafka": {"level": "WARNING"}},
 }

@@ -17,12 +17,16 @@ os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:16379/1")
 os.environ.setdefault("MEDIA_ROOT", f"/tmp/inferencehub-test-{RUN_ID}/media")
 os.environ.setdefault("MODEL_WEIGHTS", "random")
 os.environ.setdefault("ALLOW_ANONYMOUS_UPLOADS", "false")
+# The whole suite makes its anonymous requests from 127.0.0.1.
+os.environ.setdefault("API_THROTTLE_ANON", "100000/hour")
 
 from inferencehub.settings import *  # noqa: E402,F403
-from inferencehub.settings import DATABASES  # noqa: E402
+from inferencehub.settings import CACHES, DATABASES  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Own test database and Celery queue per run, so two runs on one machine do not collide.
 DATABASES["default"]["TEST"]["NAME"] = f"test_inferencehub_{RUN_ID}"
 CELERY_TASK_DEFAULT_QUEUE = f"test-{RUN_ID}"
+# Throttle counts are per user id, and every run numbers its users from 1.
+CACHES["default"]["KEY_PREFIX"] = f"test-{RUN_ID}"

@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from inferencehub import health
+from inferencehub import health, metrics
 from predictions import seed_api
 from predictions.api import BatchViewSet, JobViewSet
 
@@ -20,6 +20,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     # The seed system's API, unchanged paths.
     path("register", seed_api.register, name="seed-register"),
     path("image", seed_api.image, name="seed-image"),

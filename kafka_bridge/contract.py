@@ -5,7 +5,9 @@ Every Kafka message value is an envelope:
     magic b"IHUB" | version (1 byte) | kind (1 byte) | header length N (4 bytes, big-endian)
     | N bytes of UTF-8 JSON (the header) | body
 
-Requests carry the image as raw uint8 pixels in the body; results have an empty body.
+Requests carry the image as raw uint8 pixels in the body (float32 pixels are accepted too:
+the seed's format, which only the benchmark's baseline still sends); results have an empty
+body.
 Decoding only parses JSON and copies bytes, so a hostile message cannot run code, and every
 size it claims is checked against the bytes actually received before anything is allocated.
 docs/message-contract.md is the language-neutral description of the same format.
@@ -31,6 +33,8 @@ _PREFIX = struct.Struct(">4sBBI")
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_TOP_K = 1000
 MAX_IMAGE_SIDE = 4096
+# numpy dtype of each accepted "dtype" header value; float32 is little-endian IEEE 754.
+DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}
 # Go, Java and JavaScript readers hold these fields in 64-bit integers or doubles.
 _MAX_INT = 2**53 - 1
 
@@ -65,8 +69,8 @@ class InferenceRequest:
         _check_int("top_k", self.top_k, 1, MAX_TOP_K)
         _check_int("submitted_at_ms", self.submitted_at_ms, 0, _MAX_INT)
         _check_int("attempt", self.attempt, 1, _MAX_INT)
-        if not isinstance(self.image, np.ndarray) or self.image.dtype != np.uint8:
-            raise ContractError("image must be a numpy array of dtype uint8")
+        if not isinstance(self.image, np.ndarray) or self.image.dtype not in DTYPES.values():
+            raise ContractError("image must be a numpy array of dtype uint8 (or float32)")
         _check_shape(list(self.image.shape))
 
 
@@ -138,29 +142,30 @@ def encode_request(request: InferenceRequest) -> bytes:
         "job_id": request.job_id,
         "top_k": request.top_k,
         "shape": list(request.image.shape),
-        "dtype": "uint8",
+        "dtype": "uint8" if request.image.dtype == np.uint8 else "float32",
         "submitted_at_ms": request.submitted_at_ms,
         "attempt": request.attempt,
     }
     # tobytes() writes row-major order whatever the array's memory layout.
-    return _encode(KIND_REQUEST, header, request.image.tobytes())
+    image = request.image.astype(DTYPES[header["dtype"]], copy=False)
+    return _encode(KIND_REQUEST, header, image.tobytes())
 
 
 def decode_request(value: bytes) -> InferenceRequest:
     header, body = _decode(value, KIND_REQUEST)
     shape = _require(header, "shape", list)
     _check_shape(shape)
-    if _require(header, "dtype", str) != "uint8":
+    dtype = DTYPES.get(_require(header, "dtype", str))
+    if dtype is None:
         raise ContractError(f"unsupported dtype {header['dtype']!r}, expected 'uint8'")
     height, width, channels = shape
-    if len(body) != height * width * channels:
-        raise ContractError(
-            f"body has {len(body)} bytes, shape {shape} needs {height * width * channels}"
-        )
+    needed = height * width * channels * dtype.itemsize
+    if len(body) != needed:
+        raise ContractError(f"body has {len(body)} bytes, shape {shape} needs {needed}")
     return InferenceRequest(
         job_id=_require(header, "job_id", str),
         top_k=_require(header, "top_k", int),
-        image=np.frombuffer(body, dtype=np.uint8).reshape(shape),
+        image=np.frombuffer(body, dtype=dtype).reshape(shape),
         submitted_at_ms=_require(header, "submitted_at_ms", int),
         attempt=_optional(header, "attempt", int, 1),
     )

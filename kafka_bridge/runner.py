@@ -15,6 +15,8 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from django.conf import settings
 
+from inferencehub import metrics
+
 logger = logging.getLogger(__name__)
 
 # How long one poll blocks while idle: the bound on how late a shutdown is noticed.
@@ -98,7 +100,21 @@ class BatchConsumer:
         self.commit(batch)
         self.messages_since_log += len(batch)
         self.batches_since_log += 1
+        self.record_metrics(batch)
         return True
+
+    def record_metrics(self, batch: list[Message]) -> None:
+        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+        metrics.MESSAGES_CONSUMED.labels(self.name).inc(len(batch))
+        for (topic, partition), offset in next_offsets(batch).items():
+            # cached=True reads the end offset of the last fetch: no broker round trip.
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True
+            )
+            if high >= 0:
+                metrics.CONSUMER_LAG.labels(self.name, topic, str(partition)).set(
+                    max(0, high - offset)
+                )
 
     def poll_batch(self) -> list[Message]:
         """Wait briefly for a first message, then gather more until the batch is full or
@@ -131,13 +147,9 @@ class BatchConsumer:
         return False
 
     def commit(self, batch: list[Message]) -> None:
-        next_offsets: dict[tuple[str, int], int] = {}
-        for message in batch:
-            key = (message.topic(), message.partition())
-            next_offsets[key] = max(next_offsets.get(key, 0), message.offset() + 1)
         offsets = [
             TopicPartition(topic, partition, offset)
-            for (topic, partition), offset in next_offsets.items()
+            for (topic, partition), offset in next_offsets(batch).items()
         ]
         try:
             committed = self.consumer.commit(offsets=offsets, asynchronous=False)
@@ -199,6 +211,15 @@ class BatchConsumer:
         self.last_log_at = time.monotonic()
 
 
+def next_offsets(batch: list[Message]) -> dict[tuple[str, int], int]:
+    """For each (topic, partition) of the batch, the offset after its last message."""
+    offsets: dict[tuple[str, int], int] = {}
+    for message in batch:
+        key = (message.topic(), message.partition())
+        offsets[key] = max(offsets.get(key, 0), message.offset() + 1)
+    return offsets
+
+
 class DeliveryError(Exception):
     """Some message of a batch was not acknowledged by Kafka."""
 
@@ -239,13 +260,17 @@ def send_to_dead_letter(producer: BatchProducer | Producer, message: Message, re
     """Produce a message that cannot be handled, unchanged, to the dead-letter topic.
 
     The Kafka headers say why and where it came from (docs/message-contract.md)."""
+    key = message.key()
     logger.warning(
         "dead-lettering %s[%d]@%d: %s",
         message.topic(),
         message.partition(),
         message.offset(),
         reason,
+        # Keys are job ids by the contract; a garbage key is still worth logging.
+        extra={"job_id": key.decode(errors="replace") if key else None},
     )
+    metrics.DEAD_LETTERS.labels(message.topic()).inc()
     headers = [
         ("error", reason[:MAX_REASON_CHARS].encode(errors="replace")),
         ("source_topic", message.topic().encode()),

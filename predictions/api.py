@@ -1,9 +1,16 @@
 """The REST API under /api/: jobs and batches."""
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Count, Q, QuerySet
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -13,14 +20,21 @@ from predictions import services
 from predictions.models import Batch, Job
 from predictions.serializers import (
     BatchDetailQuerySerializer,
+    BatchDetailSerializer,
     BatchSerializer,
+    ErrorSerializer,
     JobCreateSerializer,
+    JobListSerializer,
     JobSerializer,
 )
 
 
 def exception_handler(exc, context):
     """Every API error is {"error": "<readable message>"} plus "fields" for form errors."""
+    if isinstance(exc, DatabaseError):
+        # The database being away is an outage to wait out, not a server bug: a 503 lets
+        # clients retry, and nothing was accepted.
+        return error_response("the database is unavailable; try again in a few seconds", 503)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -35,8 +49,20 @@ def exception_handler(exc, context):
     return response
 
 
+# What a 503 tells the client to wait before trying again: outages of the database or
+# the task queue are expected to last seconds to minutes.
+RETRY_AFTER_SECONDS = "5"
+
+
 def error_response(message: str, code: int) -> Response:
-    return Response({"error": message}, status=code)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else None
+    return Response({"error": message}, status=code, headers=headers)
+
+
+def errors(*codes: int) -> dict:
+    """Schema of the error responses an operation can give, besides those of every one:
+    401 (bad or missing token), 403 (session without CSRF token) and 429 (throttled)."""
+    return {code: ErrorSerializer for code in sorted({401, 403, 429, *codes})}
 
 
 class CanUpload(permissions.BasePermission):
@@ -58,6 +84,10 @@ def visible_to(queryset: QuerySet, user, *, include_anonymous: bool) -> QuerySet
     return queryset.filter(mine | Q(owner__isnull=True) if include_anonymous else mine)
 
 
+@extend_schema_view(
+    retrieve=extend_schema(responses={200: JobSerializer, **errors(404)}),
+    destroy=extend_schema(responses={204: None, **errors(404)}),
+)
 class JobViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -86,7 +116,10 @@ class JobViewSet(
             ("created_before", "created_at__lt"),
         ):
             if value := params.get(name):
-                moment = parse_datetime(value)
+                try:
+                    moment = parse_datetime(value)
+                except ValueError:  # well formed but not a date, e.g. month 13
+                    moment = None
                 if moment is None:
                     raise ValidationError({name: ["must be an ISO 8601 date-time"]})
                 jobs = jobs.filter(**{lookup: moment})
@@ -95,10 +128,12 @@ class JobViewSet(
     @extend_schema(
         parameters=[
             OpenApiParameter("status", str, enum=Job.Status.values),
-            OpenApiParameter("batch", str),
-            OpenApiParameter("created_after", str, description="ISO 8601 date-time"),
-            OpenApiParameter("created_before", str, description="ISO 8601 date-time"),
-        ]
+            OpenApiParameter("batch", OpenApiTypes.UUID),
+            OpenApiParameter("created_after", OpenApiTypes.DATETIME),
+            OpenApiParameter("created_before", OpenApiTypes.DATETIME),
+        ],
+        # 404: a page number past the end.
+        responses={200: JobSerializer(many=True), **errors(400, 404)},
     )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
@@ -108,7 +143,11 @@ class JobViewSet(
             "multipart/form-data": {
                 "type": "object",
                 "properties": {
-                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "image": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "minItems": 1,
+                    },
                     "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
                     "batch": {"type": "string", "format": "uuid"},
                     "seq": {"type": "integer", "minimum": 0},
@@ -116,7 +155,14 @@ class JobViewSet(
                 "required": ["image"],
             }
         },
-        responses={202: JobSerializer},
+        responses={
+            202: PolymorphicProxySerializer(
+                component_name="JobsCreated",
+                serializers=[JobSerializer, JobListSerializer],
+                resource_type_field_name=None,
+            ),
+            **errors(400, 409, 413),
+        },
     )
     def create(self, request, *args, **kwargs):
         """Upload one or more images (`image` repeated); each becomes a queued job.
@@ -158,6 +204,10 @@ class JobViewSet(
         services.delete_job(job=instance)
 
 
+@extend_schema_view(
+    create=extend_schema(request=None, responses={201: BatchSerializer, **errors()}),
+    list=extend_schema(responses={200: BatchSerializer(many=True), **errors(404)}),
+)
 class BatchViewSet(
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
@@ -180,7 +230,8 @@ class BatchViewSet(
         parameters=[
             OpenApiParameter("seq_start", int, description="first seq to include (inclusive)"),
             OpenApiParameter("seq_end", int, description="last seq to include (inclusive)"),
-        ]
+        ],
+        responses={200: BatchDetailSerializer, **errors(400, 404)},
     )
     def retrieve(self, request, *args, **kwargs):
         """The batch with job counts per status and its jobs with seq in [seq_start, seq_end]."""

@@ -1,5 +1,6 @@
 """Image checks at upload and preprocessing for the model, both judged by the bytes alone."""
 
+import io
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -83,3 +84,18 @@ def _flatten_onto_white(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def thumbnail_jpeg(file: BinaryIO, *, size: int) -> bytes:
+    """A JPEG of the image, oriented and flattened, fitting in size x size pixels.
+
+    Browsers show it whatever the stored format (TIFF, BMP, ...).
+    """
+    with Image.open(file, formats=ACCEPTED_FORMATS) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (size, size))
+        image = _flatten_onto_white(ImageOps.exif_transpose(image))
+        image.thumbnail((size, size))
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=85)
+        return out.getvalue()

@@ -14,7 +14,10 @@ from predictions.models import Batch, Job
 
 
 def _error(message: str, status: int = 400) -> JsonResponse:
-    return JsonResponse({"error": message}, status=status)
+    response = JsonResponse({"error": message}, status=status)
+    if status == 503:
+        response["Retry-After"] = "5"
+    return response
 
 
 def _require_enabled() -> None:
@@ -43,6 +46,9 @@ def _batch(raw) -> Batch:
     return batch
 
 
+# csrf_exempt: the seed clients are scripts that never held a CSRF cookie, and these views
+# act on no session-held authority: uploads and reads are allowed to whoever knows the
+# batch uuid (the capability), so a cross-site request gains nothing it could not do itself.
 @csrf_exempt
 @require_POST
 def register(request):
@@ -95,3 +101,121 @@ def result(request):
             item["error"] = job.error
         items.append(item)
     return HttpResponse(json.dumps({"items": items}), content_type="application/json")
+
+
+def _error_response(description: str) -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+SEED_API_PATHS = {
+    "/register": {
+        "post": {
+            "operationId": "seed_register",
+            "summary": "Register a batch; its uuid is the capability to upload to and read it.",
+            "tags": ["seed-compatible"],
+            "security": [{}],
+            "responses": {
+                "200": {
+                    "description": "The new batch.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"uuid": {"type": "string", "format": "uuid"}},
+                                "required": ["uuid"],
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    },
+    "/image": {
+        "post": {
+            "operationId": "seed_image",
+            "summary": "Upload one image as item `seq` of a batch; answers 200 with an empty body.",
+            "tags": ["seed-compatible"],
+            "security": [{}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "uuid": {"type": "string", "format": "uuid"},
+                                "seq": {"type": "integer", "minimum": 0},
+                                "topk": {"type": "integer", "minimum": 1, "maximum": 1000},
+                                "payload": {"type": "string", "format": "binary"},
+                            },
+                            "required": ["uuid", "seq", "topk", "payload"],
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {"description": "Stored and queued; the body is empty."},
+                "400": _error_response("A bad field or image, or an unknown uuid."),
+                "409": _error_response("The seq is already used in the batch."),
+                "413": _error_response("The image is over UPLOAD_MAX_BYTES."),
+            },
+        }
+    },
+    "/result": {
+        "get": {
+            "operationId": "seed_result",
+            "summary": "Finished items with seqStart <= seq <= seqEnd, best label first.",
+            "tags": ["seed-compatible"],
+            "security": [{}],
+            "parameters": [
+                {"name": name, "in": "query", "required": True, "schema": schema}
+                for name, schema in (
+                    ("uuid", {"type": "string", "format": "uuid"}),
+                    ("seqStart", {"type": "integer"}),
+                    ("seqEnd", {"type": "integer"}),
+                )
+            ],
+            "responses": {
+                "200": {
+                    "description": "The finished items; `error` only on failed ones.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                "seq": {"type": "integer"},
+                                                "predictions": {
+                                                    "type": "array",
+                                                    "items": {"type": "string"},
+                                                },
+                                                "error": {"type": "string"},
+                                            },
+                                            "required": ["seq", "predictions"],
+                                        },
+                                    }
+                                },
+                                "required": ["items"],
+                            }
+                        }
+                    },
+                },
+                "400": _error_response("A missing or malformed field, or an unknown uuid."),
+            },
+        }
+    },
+}
+
+
+def add_to_schema(result: dict, generator, request, public: bool) -> dict:
+    """drf-spectacular postprocessing hook: these plain Django views are invisible to it."""
+    if settings.SEED_API_ENABLED:
+        result["paths"].update(SEED_API_PATHS)
+    return result

@@ -106,3 +106,33 @@ class BatchSerializer(serializers.ModelSerializer):
 class BatchDetailQuerySerializer(serializers.Serializer):
     seq_start = serializers.IntegerField(min_value=0, required=False)
     seq_end = serializers.IntegerField(min_value=0, required=False)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of the API (predictions.api.exception_handler); for the schema."""
+
+    def get_fields(self) -> dict:
+        # "fields" would shadow Serializer.fields if declared as a class attribute.
+        return {
+            "error": serializers.CharField(),
+            "fields": serializers.DictField(
+                child=serializers.JSONField(), required=False, help_text="errors per form field"
+            ),
+        }
+
+
+class JobListSerializer(serializers.Serializer):
+    """The answer to an upload of several images; for the schema."""
+
+    jobs = JobSerializer(many=True)
+
+
+class BatchDetailSerializer(BatchSerializer):
+    """The batch detail view's answer; for the schema."""
+
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="jobs per status")
+    total = serializers.IntegerField()
+    jobs = JobSerializer(many=True)
+
+    class Meta(BatchSerializer.Meta):
+        fields = [*BatchSerializer.Meta.fields, "counts", "total", "jobs"]

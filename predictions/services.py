@@ -6,13 +6,16 @@ except to enqueue work after commit.
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from kafka_bridge.contract import InferenceRequest, InferenceResult
@@ -21,6 +24,10 @@ from predictions.images import ImageRejected, inspect_image, prepare_for_model
 from predictions.models import Batch, Job, Prediction
 
 log = logging.getLogger(__name__)
+
+
+# The seq column is an unsigned 32-bit integer on MariaDB.
+MAX_SEQ = 2**32 - 1
 
 
 class UploadError(ValueError):
@@ -83,6 +90,8 @@ def create_jobs(
         raise UploadError("seq needs a batch")
     if seq is not None and seq < 0:
         raise UploadError(f"seq must be 0 or more, got {seq}")
+    if seq is not None and seq + len(uploads) - 1 > MAX_SEQ:
+        raise UploadError(f"seq must be at most {MAX_SEQ - len(uploads) + 1}, got {seq}")
     checked = [check_upload(file) for file in uploads]
 
     jobs: list[Job] = []
@@ -118,7 +127,7 @@ def create_jobs(
                 job.image.save(str(job.id), upload.file, save=False)
                 jobs.append(job)
                 job.save(force_insert=True)
-            transaction.on_commit(lambda: _enqueue_preprocess([j.pk for j in jobs]))
+            transaction.on_commit(lambda: _enqueue_or_withdraw(jobs))
     except IntegrityError:
         _delete_images(jobs)
         raise UploadError("seq already used in this batch", status=409) from None
@@ -132,6 +141,26 @@ def _delete_images(jobs: list[Job]) -> None:
     for job in jobs:
         if job.image.name:
             job.image.storage.delete(job.image.name)
+
+
+def _enqueue_or_withdraw(jobs: list[Job]) -> None:
+    """Enqueue the committed jobs' preprocessing, or delete them and refuse with 503.
+
+    Without Redis a committed job would sit queued until the sweep noticed it while its
+    client was told 202; withdrawing it lets the client retry instead, and nothing
+    accepted is left behind. Runs after commit; the UploadError leaves create_jobs,
+    which deletes the stored images."""
+    from kombu.exceptions import OperationalError
+
+    try:
+        _enqueue_preprocess([job.pk for job in jobs])
+    except OperationalError as exc:
+        log.warning("task queue unavailable, %d new jobs withdrawn: %s", len(jobs), exc)
+        # A task already enqueued for one of them finds no job and does nothing.
+        Job.objects.filter(pk__in=[job.pk for job in jobs]).delete()
+        raise UploadError(
+            "the task queue is unavailable; try again in a few seconds", status=503
+        ) from None
 
 
 def _enqueue_preprocess(job_ids: list) -> None:
@@ -163,7 +192,7 @@ def preprocess_and_submit(*, job_id: str) -> None:
         InferenceRequest(
             job_id=str(job.pk),
             top_k=job.top_k,
-            image=tensor,
+            image=tensor if settings.REQUEST_DTYPE == "uint8" else tensor.astype(np.float32),
             submitted_at_ms=int(time.time() * 1000),
             attempt=job.attempts,
         )
@@ -175,36 +204,72 @@ def preprocess_and_submit(*, job_id: str) -> None:
 
 def record_result(*, result: InferenceResult) -> bool:
     """Store a worker's result; returns False when the job had already finished (a redelivery)."""
+    return record_results(results=[result]) == 1
+
+
+# Job fields a result sets, for bulk_update.
+RESULT_FIELDS = [
+    "model_name",
+    "model_weights",
+    "worker",
+    "inference_batch_size",
+    "inference_ms",
+    "inferred_at",
+    "finished_at",
+    "status",
+    "error",
+]
+
+
+def record_results(*, results: list[InferenceResult]) -> int:
+    """Store a batch of worker results in one transaction; returns how many were stored.
+
+    A result for a job that has finished (a redelivery) or does not exist changes nothing,
+    so storing is idempotent. One locking read, one insert of all predictions and one
+    update for the whole batch: a transaction per result costs the pipeline more CPU than
+    anything but the model.
+    """
+    by_job: dict[str, InferenceResult] = {}
+    for result in results:
+        by_job.setdefault(result.job_id, result)  # a second one in the batch is a redelivery
     with transaction.atomic():
-        job = Job.objects.select_for_update().filter(pk=result.job_id).first()
-        if job is None:
-            log.warning("result for unknown job %s ignored", result.job_id)
-            return False
-        if job.is_finished:
-            return False
+        # Locked in primary-key order, so two batches never wait for each other in a cycle.
+        jobs = list(Job.objects.select_for_update().filter(pk__in=by_job).order_by("pk"))
+        for unknown in by_job.keys() - {str(job.pk) for job in jobs}:
+            log.warning("result for unknown job %s ignored", unknown)
         now = timezone.now()
-        job.model_name = result.model[:100]
-        job.model_weights = result.weights[:255]
-        job.worker = result.worker[:255]
-        job.inference_batch_size = result.batch_size or None
-        job.inference_ms = result.inference_ms
-        job.inferred_at = (
-            datetime.fromtimestamp(result.inferred_at_ms / 1000, tz=UTC)
-            if result.inferred_at_ms
-            else now
-        )
-        job.finished_at = now
-        if result.ok:
-            job.status = Job.Status.SUCCEEDED
-            Prediction.objects.bulk_create(
-                Prediction(job=job, rank=rank, class_id=p.class_id, label=p.label, score=p.score)
-                for rank, p in enumerate(result.predictions[: job.top_k], start=1)
+        stored: list[Job] = []
+        predictions: list[Prediction] = []
+        for job in jobs:
+            if job.is_finished:
+                continue
+            result = by_job[str(job.pk)]
+            job.model_name = result.model[:100]
+            job.model_weights = result.weights[:255]
+            job.worker = result.worker[:255]
+            job.inference_batch_size = result.batch_size or None
+            job.inference_ms = result.inference_ms
+            job.inferred_at = (
+                datetime.fromtimestamp(result.inferred_at_ms / 1000, tz=UTC)
+                if result.inferred_at_ms
+                else now
             )
-        else:
-            job.status = Job.Status.FAILED
-            job.error = result.error or "the worker reported an error without a reason"
-        job.save()
-        return True
+            job.finished_at = now
+            if result.ok:
+                job.status = Job.Status.SUCCEEDED
+                predictions += [
+                    Prediction(
+                        job=job, rank=rank, class_id=p.class_id, label=p.label, score=p.score
+                    )
+                    for rank, p in enumerate(result.predictions[: job.top_k], start=1)
+                ]
+            else:
+                job.status = Job.Status.FAILED
+                job.error = result.error or "the worker reported an error without a reason"
+            stored.append(job)
+        Prediction.objects.bulk_create(predictions)
+        Job.objects.bulk_update(stored, RESULT_FIELDS)
+    return len(stored)
 
 
 def fail_job(*, job_id, reason: str) -> bool:
@@ -215,7 +280,7 @@ def fail_job(*, job_id, reason: str) -> bool:
         .update(status=Job.Status.FAILED, error=reason, finished_at=timezone.now())
     )
     if updated:
-        log.info("job %s failed: %s", job_id, reason)
+        log.info("job %s failed: %s", job_id, reason, extra={"job_id": job_id})
     return bool(updated)
 
 
@@ -257,3 +322,84 @@ def delete_job(*, job: Job) -> None:
         job.delete()
         if name:
             transaction.on_commit(lambda: storage.delete(name))
+
+
+def delete_jobs(*, jobs: Iterable[Job]) -> int:
+    """Delete jobs with their predictions and stored originals, all or nothing."""
+    with transaction.atomic():
+        count = 0
+        for job in jobs:
+            delete_job(job=job)
+            count += 1
+    return count
+
+
+def delete_batches(*, batches: Iterable[Batch]) -> int:
+    """Delete batches; their jobs go through delete_jobs so the stored originals go too."""
+    with transaction.atomic():
+        count = 0
+        for batch in batches:
+            delete_jobs(jobs=batch.jobs.all())
+            batch.delete()
+            count += 1
+    return count
+
+
+def retry_jobs(*, jobs: Iterable[Job]) -> int:
+    """Run failed jobs again from the start; returns how many were restarted."""
+    return _restart_jobs([job.pk for job in jobs], statuses=[Job.Status.FAILED])
+
+
+def rerun_jobs(*, jobs: Iterable[Job], top_k: int) -> int:
+    """Run finished jobs again with another top_k; returns how many were restarted."""
+    if not 1 <= top_k <= 1000:
+        raise ValueError(f"top_k must be between 1 and 1000, got {top_k}")
+    return _restart_jobs([job.pk for job in jobs], statuses=Job.FINISHED, top_k=top_k)
+
+
+def _restart_jobs(job_ids: list, *, statuses, top_k: int | None = None) -> int:
+    # Only finished jobs are restarted: one still in the pipeline would get its old
+    # attempt's result stored on top of the new one.
+    with transaction.atomic():
+        ids = list(
+            Job.objects.select_for_update()
+            .filter(pk__in=job_ids, status__in=statuses)
+            .values_list("pk", flat=True)
+        )
+        if not ids:
+            return 0
+        Prediction.objects.filter(job_id__in=ids).delete()
+        changes = {"top_k": top_k} if top_k is not None else {}
+        Job.objects.filter(pk__in=ids).update(
+            status=Job.Status.QUEUED,
+            attempts=F("attempts") + 1,
+            error="",
+            attempt_started_at=timezone.now(),
+            preprocessed_at=None,
+            submitted_at=None,
+            inferred_at=None,
+            finished_at=None,
+            preprocess_ms=None,
+            inference_ms=None,
+            inference_batch_size=None,
+            model_name="",
+            model_weights="",
+            worker="",
+            **changes,
+        )
+        transaction.on_commit(lambda: _enqueue_preprocess(ids))
+    return len(ids)
+
+
+def purge_old_images(*, older_than_days: int, now: datetime | None = None) -> int:
+    """Delete the stored originals of jobs finished more than older_than_days ago; the jobs
+    and their predictions stay, with an empty image name. Returns how many were deleted."""
+    deadline = (now or timezone.now()) - timedelta(days=older_than_days)
+    old = Job.objects.filter(finished_at__lt=deadline).exclude(image="")
+    purged = 0
+    for job_id, name in old.values_list("pk", "image").iterator():
+        # Row first: a crash in between leaves an orphan file, never a row pointing nowhere.
+        if Job.objects.filter(pk=job_id, image=name).update(image=""):
+            Job._meta.get_field("image").storage.delete(name)
+            purged += 1
+    return purged

@@ -2,6 +2,7 @@
 
 from celery import shared_task
 from confluent_kafka import KafkaException
+from django.conf import settings
 from django.db import DatabaseError
 
 from kafka_bridge.contract import InferenceResult, Prediction
@@ -24,9 +25,20 @@ def preprocess_job(job_id: str) -> None:
 
 
 @shared_task(**RETRY_POLICY)
+def store_results(results: list[dict]) -> None:
+    services.record_results(results=[result_from_dict(result) for result in results])
+
+
+# Kept for the store_result tasks an earlier bridge may have left in Redis; the bridge
+# now sends store_results, one task per batch.
+@shared_task(**RETRY_POLICY)
 def store_result(result: dict) -> None:
-    predictions = [Prediction(**p) for p in result.pop("predictions")]
-    services.record_result(result=InferenceResult(**result, predictions=predictions))
+    services.record_result(result=result_from_dict(result))
+
+
+def result_from_dict(result: dict) -> InferenceResult:
+    predictions = [Prediction(**p) for p in result["predictions"]]
+    return InferenceResult(**{**result, "predictions": predictions})
 
 
 @shared_task(**RETRY_POLICY)
@@ -37,3 +49,10 @@ def fail_job(job_id: str, reason: str) -> None:
 @shared_task
 def sweep_stuck_jobs() -> tuple[int, int]:
     return services.sweep_stuck_jobs()
+
+
+@shared_task
+def purge_old_images() -> int:
+    if not settings.IMAGE_RETENTION_DAYS:
+        return 0
+    return services.purge_old_images(older_than_days=settings.IMAGE_RETENTION_DAYS)

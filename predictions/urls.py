@@ -1,3 +1,4 @@
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from predictions import views
@@ -5,5 +6,8 @@ from predictions import views
 urlpatterns = [
     path("", views.upload_page, name="upload"),
     path("jobs/<uuid:pk>/", views.job_page, name="job-page"),
+    path("jobs/<uuid:pk>/image/<int:size>/", views.job_image, name="job-image"),
     path("batches/<uuid:pk>/", views.batch_page, name="batch-page"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -6,9 +6,12 @@ Usage:
     python3 stack/stack.py up [all|NAME...]   no names: data services; "all": data services + apps
     python3 stack/stack.py down [all|NAME...] no names or "all": everything, in reverse order
     python3 stack/stack.py status             exit code 0 only if every data service is up
+    python3 stack/stack.py cluster up|down|status   a three-node KRaft cluster (kafka1..3)
 
 Standard library only, because it runs before .venv exists. All state (data, logs,
-pid files) lives in the git-ignored .stack/ folder at the repo root.
+pid files) lives in the git-ignored .stack/ folder at the repo root, or in STACK_DIR
+(relative to the repo root) so that a second stack, e.g. the fault tests' own, can run
+next to the first on other ports (STACK_*_PORT).
 """
 
 import base64
@@ -30,8 +33,12 @@ from pathlib import Path
 # and pid file, after the data services are ready. Edit freely.
 # fmt: off
 APP_PROCESSES = {
+    # The request-line and header limits refuse oversized heads before Django runs; bodies
+    # are capped by REQUEST_MAX_BYTES (inferencehub/limits.py) from their Content-Length.
     "web": [".venv/bin/gunicorn", "inferencehub.wsgi:application", "--bind", "0.0.0.0:8000",
-            "--workers", "2", "--threads", "4", "--timeout", "120"],
+            "--workers", "2", "--threads", "4", "--timeout", "120",
+            "--limit-request-line", "4094", "--limit-request-fields", "100",
+            "--limit-request-field_size", "8190"],
     # --schedule keeps celery beat's state file out of the work tree.
     "celery": [".venv/bin/celery", "-A", "inferencehub", "worker", "--beat", "--loglevel", "INFO",
                "--concurrency", "2", "--hostname", "celery@%h",
@@ -43,18 +50,21 @@ APP_PROCESSES = {
 # fmt: on
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".stack"
+STATE = ROOT / os.environ.get("STACK_DIR", ".stack")
 LOGS = STATE / "logs"
 RUN = STATE / "run"
 VENV = ROOT / ".venv"
 REQUIREMENTS = ROOT / "requirements.txt"
 POM = ROOT / "stack" / "pom.xml"
-KAFKA_LIBS = STATE / "kafka" / "libs"
+# Shared by every stack: the jars are the same whatever the state folder.
+KAFKA_LIBS = ROOT / ".stack" / "kafka" / "libs"
 
 MARIADB_PORT = int(os.environ.get("STACK_MARIADB_PORT", "13306"))
 REDIS_PORT = int(os.environ.get("STACK_REDIS_PORT", "16379"))
 KAFKA_PORT = int(os.environ.get("STACK_KAFKA_PORT", "19092"))
 KAFKA_CONTROLLER_PORT = int(os.environ.get("STACK_KAFKA_CONTROLLER_PORT", "19093"))
+# The cluster's brokers listen on this port and the next two, its controllers 100 higher.
+KAFKA_CLUSTER_PORT = int(os.environ.get("STACK_KAFKA_CLUSTER_PORT", "19192"))
 
 APT_PACKAGES = [
     "mariadb-server",
@@ -351,119 +361,175 @@ def redis_ready() -> bool:
     )
 
 
-# Kafka (KRaft, one node acting as broker and controller) -------------------
+# Kafka (KRaft, every node acting as broker and controller) ------------------
 
-KAFKA_DIR = STATE / "kafka"
-KAFKA_DATA = KAFKA_DIR / "data"
-KAFKA_CONFIG = KAFKA_DIR / "server.properties"
-KAFKA_LOG4J = KAFKA_DIR / "log4j2.properties"
-KAFKA_CLUSTER_ID = KAFKA_DIR / "cluster-id"
 KAFKA_STARTED_LINE = "Kafka Server started"
 
 
-def kafka_server_properties() -> str:
-    return f"""\
+@dataclass
+class KafkaNode:
+    """One Kafka process: the single node of the stack, or one of the cluster's three."""
+
+    name: str  # service name, also its log file and its folder under STATE
+    node_id: int
+    port: int
+    controller_port: int
+    # Other voters as "id@host:port"; empty for the single node, which formats itself
+    # as the one voter of a dynamic quorum.
+    voters: tuple[str, ...] = ()
+    cluster_id_file: Path = STATE / "kafka" / "cluster-id"
+
+    @property
+    def dir(self) -> Path:
+        return STATE / self.name
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "server.properties"
+
+    @property
+    def log4j(self) -> Path:
+        return self.dir / "log4j2.properties"
+
+    def server_properties(self) -> str:
+        replicas, min_isr = (3, 2) if self.voters else (1, 1)
+        quorum = (
+            f"controller.quorum.voters={','.join(self.voters)}"
+            if self.voters
+            else f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+        )
+        return f"""\
 # Written by stack/stack.py on every start; edit the script, not this file.
 process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{KAFKA_CONTROLLER_PORT}
-listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT},CONTROLLER://127.0.0.1:{KAFKA_CONTROLLER_PORT}
-advertised.listeners=PLAINTEXT://127.0.0.1:{KAFKA_PORT}
+node.id={self.node_id}
+{quorum}
+listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs={KAFKA_DATA}
+log.dirs={self.dir / "data"}
 num.partitions=4
 auto.create.topics.enable=false
-# Single node: every internal topic has exactly one replica.
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+# A write with acks=all needs min.insync.replicas copies: on the cluster a write
+# survives the loss of one broker, and is refused rather than half-made with two down.
+default.replication.factor={replicas}
+min.insync.replicas={min_isr}
+unclean.leader.election.enable=false
+offsets.topic.replication.factor={replicas}
+transaction.state.log.replication.factor={replicas}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.replication.factor={replicas}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 """
 
-
-def kafka_log4j_properties() -> str:
-    return f"""\
+    def log4j_properties(self) -> str:
+        return f"""\
 # Written by stack/stack.py on every start.
 status = warn
 appender.file.type = File
 appender.file.name = FILE
-appender.file.fileName = {log_path("kafka")}
+appender.file.fileName = {log_path(self.name)}
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
 rootLogger.appenderRef.file.ref = FILE
 """
 
+    def java(self, main: str, *args: str, jvm_options: tuple[str, ...] = ()) -> list[str]:
+        return [
+            "java",
+            *jvm_options,
+            "-cp",
+            f"{KAFKA_LIBS}/*",
+            f"-Dlog4j2.configurationFile={self.log4j}",
+            main,
+            *args,
+        ]
 
-def kafka_java(main: str, *args: str, jvm_options: tuple[str, ...] = ()) -> list[str]:
-    return [
-        "java",
-        *jvm_options,
-        "-cp",
-        f"{KAFKA_LIBS}/*",
-        f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-        main,
-        *args,
-    ]
+    def cluster_id(self) -> str:
+        """Generated once and kept: the storage is formatted with it (the same on every node)."""
+        if not self.cluster_id_file.exists():
+            self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+            # Kafka's Uuid text form: URL-safe base64 of 16 random bytes, unpadded.
+            self.cluster_id_file.write_text(
+                base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n"
+            )
+        return self.cluster_id_file.read_text().strip()
 
-
-def kafka_cluster_id() -> str:
-    """Generated once and kept: the storage is formatted with it."""
-    if not KAFKA_CLUSTER_ID.exists():
-        # Kafka's Uuid text form: URL-safe base64 of 16 random bytes, unpadded.
-        KAFKA_CLUSTER_ID.write_text(
-            base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n"
+    def prepare(self) -> None:
+        if not (KAFKA_LIBS / ".pom.sha256").exists():
+            raise StackError(
+                f"{self.name}: jars missing in .stack/kafka/libs; "
+                "run `python3 stack/stack.py install`"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(self.server_properties())
+        self.log4j.write_text(self.log4j_properties())
+        if (self.dir / "data" / "meta.properties").exists():
+            return
+        cluster_id = self.cluster_id()
+        say(f"{self.name}: first start, formatting storage (cluster id {cluster_id})...")
+        # --standalone makes the single node the one voter of a dynamic KRaft quorum;
+        # cluster nodes list their static voters in the config instead.
+        standalone = () if self.voters else ("--standalone",)
+        result = quiet(
+            self.java(
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config),
+                *standalone,
+            )
         )
-    return KAFKA_CLUSTER_ID.read_text().strip()
+        if result.returncode != 0:
+            raise StackError(f"{self.name}: storage format failed:\n{result.stdout}{result.stderr}")
 
-
-def kafka_prepare() -> None:
-    if not (KAFKA_LIBS / ".pom.sha256").exists():
-        raise StackError(
-            "kafka: jars missing in .stack/kafka/libs; run `python3 stack/stack.py install`"
+    def argv(self) -> list[str]:
+        return self.java(
+            "kafka.Kafka",
+            str(self.config),
+            jvm_options=("-Xms256m", "-Xmx512m", "-Djava.awt.headless=true"),
         )
-    KAFKA_CONFIG.write_text(kafka_server_properties())
-    KAFKA_LOG4J.write_text(kafka_log4j_properties())
-    if (KAFKA_DATA / "meta.properties").exists():
-        return
-    cluster_id = kafka_cluster_id()
-    say(f"kafka: first start, formatting storage (cluster id {cluster_id})...")
-    # --standalone makes this node the single voter of a dynamic KRaft quorum.
-    result = quiet(
-        kafka_java(
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            cluster_id,
-            "-c",
-            str(KAFKA_CONFIG),
-            "--standalone",
+
+    def ready(self) -> bool:
+        # The log is moved aside before each start, so the line is from this run.
+        log = log_path(self.name)
+        return (
+            tcp_open(self.port)
+            and log.exists()
+            and KAFKA_STARTED_LINE in log.read_text(errors="replace")
         )
+
+    def service(self) -> "Service":
+        return Service(
+            self.name,
+            self.argv,
+            self.port,
+            f"TCP {self.port} open and '{KAFKA_STARTED_LINE}' in its log",
+            self.ready,
+            ready_timeout=90,
+            prepare=self.prepare,
+            stop_timeout=60,
+        )
+
+
+KAFKA = KafkaNode("kafka", 1, KAFKA_PORT, KAFKA_CONTROLLER_PORT)
+CLUSTER_VOTERS = tuple(f"{i}@127.0.0.1:{KAFKA_CLUSTER_PORT + 99 + i}" for i in (1, 2, 3))
+KAFKA_CLUSTER = [
+    KafkaNode(
+        f"kafka{i}",
+        i,
+        KAFKA_CLUSTER_PORT + i - 1,
+        KAFKA_CLUSTER_PORT + 99 + i,
+        voters=CLUSTER_VOTERS,
+        cluster_id_file=STATE / "kafka-cluster-id",
     )
-    if result.returncode != 0:
-        raise StackError(f"kafka: storage format failed:\n{result.stdout}{result.stderr}")
-
-
-def kafka_argv() -> list[str]:
-    return kafka_java(
-        "kafka.Kafka",
-        str(KAFKA_CONFIG),
-        jvm_options=("-Xms256m", "-Xmx512m", "-Djava.awt.headless=true"),
-    )
-
-
-def kafka_ready() -> bool:
-    # The log is moved aside before each start, so the line is from this run.
-    log = log_path("kafka")
-    return (
-        tcp_open(KAFKA_PORT)
-        and log.exists()
-        and KAFKA_STARTED_LINE in log.read_text(errors="replace")
-    )
+    for i in (1, 2, 3)
+]
 
 
 # Table ----------------------------------------------------------------------
@@ -488,16 +554,7 @@ DATA_SERVICES = [
         redis_ready,
         ready_timeout=30,
     ),
-    Service(
-        "kafka",
-        kafka_argv,
-        KAFKA_PORT,
-        f"TCP {KAFKA_PORT} open and '{KAFKA_STARTED_LINE}' in its log",
-        kafka_ready,
-        ready_timeout=90,
-        prepare=kafka_prepare,
-        stop_timeout=60,
-    ),
+    KAFKA.service(),
 ]
 
 APP_SERVICES = [
@@ -516,7 +573,11 @@ APP_SERVICES = [
     for name, argv in APP_PROCESSES.items()
 ]
 
-SERVICES = {s.name: s for s in DATA_SERVICES + APP_SERVICES}
+# Not started by `up`: the three-node cluster is for the fault tests and for trying
+# replication (`cluster up`); its nodes can also be named one by one (`up kafka2`).
+CLUSTER_SERVICES = [node.service() for node in KAFKA_CLUSTER]
+
+SERVICES = {s.name: s for s in DATA_SERVICES + APP_SERVICES + CLUSTER_SERVICES}
 
 
 # --------------------------------------------------------------------------- processes
@@ -721,8 +782,13 @@ def cmd_down(names: list[str]) -> int:
 
 
 def cmd_status(_names: list[str]) -> int:
+    return report(DATA_SERVICES + APP_SERVICES)
+
+
+def report(services: list[Service]) -> int:
+    """Print one line per service; 0 only if every data service among them is up."""
     all_data_up = True
-    for svc in DATA_SERVICES + APP_SERVICES:
+    for svc in services:
         pid = running_pid(svc.name)
         where = f"127.0.0.1:{svc.port}" if svc.port else ""
         if pid is None:
@@ -739,7 +805,32 @@ def cmd_status(_names: list[str]) -> int:
     return 0 if all_data_up else 1
 
 
-COMMANDS = {"install": cmd_install, "up": cmd_up, "down": cmd_down, "status": cmd_status}
+def cmd_cluster(args: list[str]) -> int:
+    if args not in (["up"], ["down"], ["status"]):
+        raise StackError("usage: stack.py cluster up|down|status")
+    if args == ["status"]:
+        return report(CLUSTER_SERVICES)
+    if args == ["down"]:
+        for svc in reversed(CLUSTER_SERVICES):
+            stop(svc)
+        return 0
+    for directory in (LOGS, RUN):
+        directory.mkdir(parents=True, exist_ok=True)
+    # All three first: no node is ready before a majority of the quorum runs.
+    launched = [(svc, launch(svc)) for svc in CLUSTER_SERVICES]
+    for svc, pid in launched:
+        if pid:
+            wait_ready(svc, pid)
+    return 0
+
+
+COMMANDS = {
+    "install": cmd_install,
+    "up": cmd_up,
+    "down": cmd_down,
+    "status": cmd_status,
+    "cluster": cmd_cluster,
+}
 
 
 def main(argv: list[str]) -> int:

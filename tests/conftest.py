@@ -2,17 +2,21 @@
 project's own stack script; Celery, inference workers and the result bridge run as real
 processes against the test database and this run's own topics."""
 
+import contextlib
 import os
-import signal
+import socket
 import subprocess
 import sys
-import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from django.conf import settings
 from django.db import connection
+
+# Imported from here by other test modules too.
+from inferencehub.processes import ManagedProcess, celery_worker_argv, manage  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -55,82 +59,30 @@ def process_env(django_db_setup) -> dict:
     return env
 
 
-class ManagedProcess:
-    """A project process started by a test, with its output in .stack/logs/tests/."""
-
-    def __init__(self, name: str, argv: list[str], env: dict) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log_path = LOGS / f"{name}.log"
-        self.popen: subprocess.Popen | None = None
-
-    def start(self) -> "ManagedProcess":
-        LOGS.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
-            self.popen = subprocess.Popen(
-                self.argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        return self
-
-    def wait_for_log(self, text: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log_path.read_text(errors="replace"):
-                return
-            if self.popen.poll() is not None:
-                break
-            time.sleep(0.2)
-        tail = self.log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{self.name} did not log {text!r} (exit {self.popen.poll()}):\n{tail}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
-        if self.popen is None or self.popen.poll() is not None:
-            return None if self.popen is None else self.popen.returncode
-        self.popen.send_signal(sig)
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            return self.popen.wait()
-
-
-def manage(*args: str) -> list[str]:
-    return [sys.executable, str(REPO / "manage.py"), *args]
-
-
-def celery_worker_argv(name: str, concurrency: int = 2) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "inferencehub",
-        "worker",
-        "--loglevel",
-        "INFO",
-        "--concurrency",
-        str(concurrency),
-        "--hostname",
-        f"{name}-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-
-
-@pytest.fixture(scope="session")
-def start_process(process_env):
+@contextlib.contextmanager
+def started_processes(base_env: dict, log_dir: Path = LOGS) -> Iterator[Callable]:
+    """A start(name, argv, ready_text, **env) function; everything it started is stopped
+    on leaving the block, newest first."""
     started: list[ManagedProcess] = []
 
     def start(name: str, argv: list[str], ready_text: str, **env_overrides) -> ManagedProcess:
-        process = ManagedProcess(name, argv, {**process_env, **env_overrides}).start()
+        env = {**base_env, **env_overrides}
+        process = ManagedProcess(name, argv, env, log_dir=log_dir).start()
         started.append(process)
         process.wait_for_log(ready_text)
         return process
 
-    yield start
-    for process in reversed(started):
-        process.stop()
+    try:
+        yield start
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+@pytest.fixture(scope="session")
+def start_process(process_env):
+    with started_processes(process_env) as start:
+        yield start
 
 
 @pytest.fixture(scope="session")
@@ -140,10 +92,29 @@ def celery_worker(start_process):
 
 @pytest.fixture(scope="session")
 def pipeline(kafka_topics, celery_worker, start_process):
-    """Celery, two inference workers (random-weight ResNet50) and the result bridge."""
-    workers = [start_process(f"worker{i}", manage("run_worker"), "starting with") for i in (1, 2)]
+    """Celery, two inference workers (random-weight ResNet50) and the result bridge.
+
+    Each worker serves Prometheus metrics on the port in "worker_metrics_ports"."""
+    ports = [free_port(), free_port()]
+    workers = [
+        start_process(
+            f"worker{i}", manage("run_worker", "--metrics-port", str(port)), "starting with"
+        )
+        for i, port in zip((1, 2), ports, strict=True)
+    ]
     bridge = start_process("bridge", manage("consume_results"), "starting with")
-    return {"celery": celery_worker, "workers": workers, "bridge": bridge}
+    return {
+        "celery": celery_worker,
+        "workers": workers,
+        "bridge": bridge,
+        "worker_metrics_ports": ports,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import factory
 from django.contrib.auth import get_user_model
 
-from predictions.models import Batch
+from predictions.models import Batch, Job, Prediction
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -17,3 +17,29 @@ class BatchFactory(factory.django.DjangoModelFactory):
         model = Batch
 
     owner = factory.SubFactory(UserFactory)
+
+
+class JobFactory(factory.django.DjangoModelFactory):
+    """A job row with no stored file; use services.create_jobs when the image matters."""
+
+    class Meta:
+        model = Job
+
+    owner = factory.SubFactory(UserFactory)
+    image = "originals/none"
+    original_name = factory.Sequence(lambda n: f"photo{n}.jpg")
+    image_format = "JPEG"
+    image_width = 640
+    image_height = 480
+    image_bytes = 1000
+
+
+class PredictionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Prediction
+
+    job = factory.SubFactory(JobFactory)
+    rank = 1
+    class_id = factory.Sequence(lambda n: n % 1000)
+    label = factory.Sequence(lambda n: f"label{n}")
+    score = 0.5

@@ -1,10 +1,14 @@
 """Who may see what: users see their own jobs and batches, staff see all, ids are capabilities
 only for anonymous uploads."""
 
+import uuid
+
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from predictions.models import Job
+from tests.conftest import DATA
 from tests.factories import BatchFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -82,3 +86,35 @@ def test_list_rejects_an_unknown_status_filter():
     response = client_for(UserFactory()).get("/api/jobs/", {"status": "bogus"})
     assert response.status_code == 400
     assert "status" in response.json()["error"]
+
+
+def test_a_user_cannot_upload_into_list_or_read_another_users_batch():
+    alice, bob = UserFactory(), UserFactory()
+    batch = BatchFactory(owner=bob)
+    make_job(bob, batch)
+    client = client_for(alice)
+    photo = SimpleUploadedFile("a.png", (DATA / "fox.png").read_bytes())
+    uploaded = client.post(
+        "/api/jobs/", {"image": photo, "batch": str(batch.pk)}, format="multipart"
+    )
+    assert uploaded.status_code == 400 and "unknown batch" in uploaded.json()["error"]
+    assert client.get("/api/jobs/", {"batch": str(batch.pk)}).json()["count"] == 0
+    assert client.get(f"/api/batches/{batch.pk}/").status_code == 404
+    assert client.get("/api/batches/").json()["count"] == 0
+    assert client_for(bob).get(f"/api/batches/{batch.pk}/").json()["counts"]["queued"] == 1
+
+
+def test_the_seed_api_serves_a_batch_to_whoever_holds_its_uuid_and_no_one_else():
+    batch = BatchFactory(owner=UserFactory())
+    job = make_job(batch.owner, batch)
+    Job.objects.filter(pk=job.pk).update(seq=0, status=Job.Status.SUCCEEDED)
+    anonymous = APIClient()
+    holder = anonymous.get("/result", {"uuid": str(batch.pk), "seqStart": 0, "seqEnd": 9})
+    assert holder.status_code == 200
+    assert [item["seq"] for item in holder.json()["items"]] == [0]
+    for guess in (str(uuid.uuid4()), "1", "../"):
+        response = anonymous.get("/result", {"uuid": guess, "seqStart": 0, "seqEnd": 9})
+        assert response.status_code == 400
+        assert "items" not in response.json()
+    # The capability does not extend to the REST API, where the batch belongs to its owner.
+    assert client_for(UserFactory()).get(f"/api/batches/{batch.pk}/").status_code == 404

@@ -65,6 +65,27 @@ def test_a_result_for_an_unknown_job_is_ignored():
     assert services.record_result(result=ghost) is False
 
 
+def test_a_batch_of_results_is_stored_at_once_and_redeliveries_change_nothing():
+    first, second, finished = make_job(), make_job(), make_job()
+    services.record_result(result=ok_result(finished, "done"))
+    ghost = InferenceResult(job_id="4c3b1e62-2a49-4f7f-8d8e-6a3f4c2b1a10", ok=False, error="e")
+    batch = [
+        ok_result(first, "a", "b"),
+        ok_result(first, "x", "y"),  # redelivered within the batch: the first one counts
+        InferenceResult(job_id=str(second.pk), ok=False, error="model exploded"),
+        ok_result(finished, "again"),
+        ghost,
+    ]
+    assert services.record_results(results=batch) == 2
+    assert services.record_results(results=batch) == 0
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == Job.Status.SUCCEEDED
+    assert list(first.predictions.values_list("label", flat=True)) == ["a", "b"]
+    assert (second.status, second.error) == (Job.Status.FAILED, "model exploded")
+    assert list(finished.predictions.values_list("label", flat=True)) == ["done"]
+
+
 def test_sweep_retries_a_stuck_job_then_fails_it_after_the_last_attempt():
     late = timezone.now() - timedelta(seconds=settings.JOB_TIMEOUT_SECONDS + 1)
     job = make_job(attempt_started_at=late)

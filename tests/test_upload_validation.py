@@ -205,3 +205,11 @@ def test_anonymous_upload_is_refused_unless_settings_allow_it(settings):
     assert upload(anonymous, BOLETE).status_code in (401, 403)
     settings.ALLOW_ANONYMOUS_UPLOADS = True
     assert upload(anonymous, BOLETE).status_code == 202
+
+
+def test_text_named_jpg_and_declared_image_jpeg_is_rejected_by_its_bytes(client):
+    file = SimpleUploadedFile("holiday.jpg", b"just some text\n" * 20, content_type="image/jpeg")
+    response = client.post("/api/jobs/", {"image": file}, format="multipart")
+    assert response.status_code == 400
+    assert "not an image" in response.json()["error"]
+    assert not Job.objects.exists()

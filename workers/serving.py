@@ -3,6 +3,8 @@
 Two kinds of model can be served:
 - the built-in ResNet50 (name "resnet50"), with ImageNet weights from Keras' download
   cache, weights from a file, or random weights for demos;
+- the built-in "instant" model, which answers every image at once with the same fixed
+  probabilities: the benchmark uses it to measure what the pipeline costs without inference;
 - any saved Keras classifier (model_file, a .keras file) that takes (S, S, 3) float32 pixels
   in 0..255, does its own rescaling/normalisation inside the model, and outputs class
   probabilities (a softmax), one per line of its labels file.
@@ -36,7 +38,7 @@ class ServedModel:
     weights: str
     input_size: int
     labels: list[str]
-    model: keras.Model
+    model: "keras.Model | InstantModel"
     # True when the model expects raw 0..255 pixels (a saved classifier does its own
     # preprocessing); False for ResNet50, which needs its Caffe-style mean subtraction.
     takes_raw_pixels: bool
@@ -94,8 +96,13 @@ def load_model(
     else:
         served = load_builtin(name, weights, labels_file, input_size)
     started = time.monotonic()
-    # The first call traces the graph; doing it here keeps it out of the first real batch.
-    served.predict(np.zeros((1, served.input_size, served.input_size, 3), np.uint8), [1])
+    # The first call traces the graph for its batch size; a second batch size makes
+    # TensorFlow trace one graph for any batch size (Keras predicts with reduce_retracing).
+    # Done here, no real batch pays the second or so a trace takes (without it, each of
+    # the first few new batch sizes was traced again).
+    for batch_size in (1, 2):
+        zeros = np.zeros((batch_size, served.input_size, served.input_size, 3), np.uint8)
+        served.predict(zeros, [1] * batch_size)
     logger.info(
         "loaded model %s (weights %s, input %dx%d, %d classes), warm-up took %.2f s",
         served.name,
@@ -116,11 +123,29 @@ def set_threads(threads: int) -> None:
         logger.warning("could not set TensorFlow to %d threads: %s", threads, error)
 
 
+class InstantModel:
+    """Stands in for a Keras model: fixed probabilities for any batch, no TensorFlow work."""
+
+    def __init__(self, classes: int) -> None:
+        # Distinct, decreasing scores that sum to 1, so top-k is well defined.
+        weights = np.arange(classes, 0, -1, dtype=np.float32)
+        self.probabilities = weights / weights.sum()
+        self.output_shape = (None, classes)
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.probabilities, (len(batch), len(self.probabilities)))
+
+
 def load_builtin(name: str, weights: str, labels_file: str, input_size: int) -> ServedModel:
+    if name == "instant":
+        labels = read_labels(labels_file or IMAGENET_LABELS_FILE)
+        model = InstantModel(len(labels))
+        return ServedModel(name, "none", input_size, labels, model, takes_raw_pixels=True)
     if name != "resnet50":
         raise ModelLoadError(
-            f"unknown built-in model {name!r}: use 'resnet50', or serve a saved Keras "
-            f"classifier with MODEL_FILE and MODEL_LABELS_FILE"
+            f"unknown built-in model {name!r}: use 'resnet50' (or 'instant', which answers "
+            f"at once without a real model), or serve a saved Keras classifier with "
+            f"MODEL_FILE and MODEL_LABELS_FILE"
         )
     shape = (input_size, input_size, 3)
     if weights == "imagenet":

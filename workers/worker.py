@@ -13,6 +13,7 @@ import time
 
 from confluent_kafka import Message
 
+from inferencehub import metrics
 from kafka_bridge.contract import (
     ContractError,
     InferenceRequest,
@@ -64,7 +65,9 @@ class InferenceHandler:
         except Exception as error:
             if len(decoded) == 1:
                 message, request = decoded[0]
-                logger.exception("inference failed for job %s", request.job_id)
+                logger.exception(
+                    "inference failed for job %s", request.job_id, extra={"job_id": request.job_id}
+                )
                 self.fail(message, request.job_id, f"inference failed: {error}")
                 return
             logger.warning(
@@ -73,7 +76,9 @@ class InferenceHandler:
             for pair in decoded:
                 self.infer([pair])
             return
-        inference_ms = (time.perf_counter() - started) * 1000
+        inference_s = time.perf_counter() - started
+        metrics.INFERENCE_SECONDS.observe(inference_s)
+        inference_ms = inference_s * 1000
         for request, predictions in zip(requests, all_predictions, strict=True):
             self.publish(self.result(request.job_id, predictions, len(requests), inference_ms))
 

@@ -6,6 +6,7 @@ from confluent_kafka import Consumer, Producer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from inferencehub import metrics
 from kafka_bridge.config import consumer_config, producer_config
 from kafka_bridge.runner import BatchConsumer, BatchProducer
 from workers.serving import ModelLoadError, load_model
@@ -55,6 +56,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--threads", type=positive_int, default=None, help="TensorFlow intra-op threads"
         )
+        metrics.add_metrics_port_argument(parser)
 
     def handle(self, *args, **options):
         try:
@@ -87,6 +89,7 @@ class Command(BaseCommand):
             options["max_batch_delay_ms"],
             options["threads"] or "all cores",
         )
+        metrics.serve_metrics(options["metrics_port"])
         # The model is loaded before joining the group, so no partition waits on a worker
         # that is still starting.
         consumer = Consumer(consumer_config(options["group_id"]))

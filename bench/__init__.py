@@ -1,0 +1,1 @@
+"""The benchmark behind `manage.py benchmark` and `make bench` (see docs/performance.md)."""

@@ -1,0 +1,238 @@
+"""Writing a benchmark run's results: results.json, results.md and PNG plots."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def write_report(results, out: Path) -> None:
+    data = asdict(results)
+    (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(data))
+    plot_throughput(data, out / "throughput.png")
+    plot_latency(data, out / "latency.png")
+    plot_stages(data, out / "stages.png")
+    if (out / "profiles").is_dir():
+        (out / "profiles" / "summary.md").write_text(summarize_profiles(out / "profiles"))
+
+
+def summarize_profiles(folder: Path, top: int = 15) -> str:
+    """The functions each sampled process spent most of its active time in (inclusive),
+    from py-spy's folded stacks, as Markdown."""
+    lines = ["# Where the CPU time goes at saturation (py-spy, active samples)", ""]
+    for path in sorted(folder.glob("*.txt")):
+        inclusive: dict[str, int] = {}
+        total = 0
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            total += int(count)
+            # py-spy names a frame "function (file:line)"; the line number is dropped so
+            # that all calls of a function add up.
+            for frame in {frame.rsplit(":", 1)[0] for frame in stack.split(";")}:
+                inclusive[frame] = inclusive.get(frame, 0) + int(count)
+        lines += [f"## {path.stem} ({total} samples)", "", "| share | function |", "| --- | --- |"]
+        ranked = sorted(inclusive.items(), key=lambda item: -item[1])
+        # Frames in nearly every sample (the process's main loop) say nothing.
+        ranked = [(frame, n) for frame, n in ranked if n < 0.9 * total][:top]
+        lines += [f"| {n / total:.0%} | `{frame[:140]}` |" for frame, n in ranked]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, required, met) for each target that this run has figures for."""
+    ceiling = data["ceiling"]
+    runs = data["runs"]
+    rows = []
+    pipeline = runs.get("pipeline")
+    if pipeline and ceiling:
+        rows.append(
+            (
+                "pipeline at saturation ≥ 0.90 × ceiling",
+                f"{pipeline['throughput_per_s']:.1f} images/s "
+                f"= {pipeline['throughput_per_s'] / ceiling['images_per_s']:.2f} ×",
+                f"≥ {0.9 * ceiling['images_per_s']:.1f} images/s",
+                pipeline["throughput_per_s"] >= 0.9 * ceiling["images_per_s"],
+            )
+        )
+        p50 = pipeline["latency_ms"]["p50"]
+        rows.append(
+            (
+                "light-load p50 ≤ single-image predict + 100 ms",
+                f"{p50:.0f} ms",
+                f"≤ {ceiling['single_predict_ms'] + 100:.0f} ms",
+                p50 <= ceiling["single_predict_ms"] + 100,
+            )
+        )
+    if pipeline:
+        p50, p99 = pipeline["latency_ms"]["p50"], pipeline["latency_ms"]["p99"]
+        rows.append(
+            ("light-load p99 ≤ 2 × p50", f"{p99:.0f} ms", f"≤ {2 * p50:.0f} ms", p99 <= 2 * p50)
+        )
+    for name, factor, label in (("seed", 1.2, "seed-style baseline"), ("ray", 1.0, "Ray Serve")):
+        if pipeline and name in runs:
+            ratio = pipeline["throughput_per_s"] / runs[name]["throughput_per_s"]
+            rows.append(
+                (
+                    f"pipeline ≥ {factor:g} × {label}",
+                    f"{ratio:.2f} ×",
+                    f"≥ {factor:g} ×",
+                    ratio >= factor,
+                )
+            )
+        elif pipeline and name in data["skipped"]:
+            rows.append(
+                (f"pipeline ≥ {factor:g} × {label}", "not measured", f"≥ {factor:g} ×", None)
+            )
+    if "plumbing" in runs:
+        jobs = runs["plumbing"]["throughput_per_s"]
+        rows.append(
+            ("plumbing ceiling ≥ 500 jobs/s", f"{jobs:.0f} jobs/s", "≥ 500 jobs/s", jobs >= 500)
+        )
+    return rows
+
+
+def markdown(data: dict) -> str:
+    machine = data["machine"]
+    lines = [
+        f"# Benchmark {data['started_at']}",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}; "
+        f"load average before {machine['load_before']}, after {machine.get('load_after')}.",
+        "",
+        "Options: " + ", ".join(f"{k}={v}" for k, v in data["options"].items() if k != "out_dir"),
+        "",
+        "| configuration | throughput | average batch | latency p50 | p90 | p99 | failed "
+        "| load (1 min) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    ceiling = data["ceiling"]
+    if ceiling:
+        lines.append(
+            f"| ceiling: predict alone, batch 1, 1 process | "
+            f"{ceiling['single_images_per_s']:.1f} images/s | 1 | "
+            f"{ceiling['single_predict_ms']:.0f} ms (predict) | | | | {ceiling['load'][0]} |"
+        )
+        lines.append(
+            f"| ceiling: predict alone, batch {ceiling['batch_size']}, "
+            f"{ceiling['processes']} process(es), threads {ceiling['threads'] or 'default'} | "
+            f"{ceiling['images_per_s']:.1f} images/s | {ceiling['batch_size']} | "
+            f"{ceiling['batch_ms_p50']:.0f} ms (predict) | | | | {ceiling['load'][0]} |"
+        )
+    for run in data["runs"].values():
+        latency = run.get("latency_ms") or {}
+        average_batch = f"{run['average_batch']:.1f}" if "average_batch" in run else ""
+        lines.append(
+            f"| {run['title']} | {run['throughput_per_s']:.1f} {run['unit']}/s | {average_batch} | "
+            + " | ".join(
+                f"{latency[p]:.0f} ms" if p in latency else "" for p in ("p50", "p90", "p99")
+            )
+            + f" | {run['failed']} | {run['load_before'][0]} → {run['load_after'][0]} |"
+        )
+    for name, reason in data["skipped"].items():
+        lines.append(f"| {name}: SKIPPED, {reason} | | | | | | | |")
+    lines += ["", "| target | measured | required | met |", "| --- | --- | --- | --- |"]
+    for target, measured, required, met in targets(data):
+        verdict = "not measured" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {target} | {measured} | {required} | {verdict} |")
+    cpu_runs = {name: run for name, run in data["runs"].items() if run.get("cpu_ms_per_job")}
+    if cpu_runs:
+        names = list(next(iter(cpu_runs.values()))["cpu_ms_per_job"])
+        lines += [
+            "",
+            "CPU time per job at saturation, by process (ms; MariaDB, Redis and Kafka not "
+            "counted):",
+            "",
+            "| configuration | " + " | ".join(names) + " | total |",
+            "| --- |" + " --- |" * (len(names) + 1),
+        ]
+        for run in cpu_runs.values():
+            cpu = run["cpu_ms_per_job"]
+            lines.append(
+                f"| {run['title']} | "
+                + " | ".join(f"{cpu[n]:.1f}" for n in names)
+                + f" | {sum(cpu.values()):.1f} |"
+            )
+    stage_runs = {name: run for name, run in data["runs"].items() if run.get("stages_ms")}
+    if stage_runs:
+        names = list(next(iter(stage_runs.values()))["stages_ms"])
+        lines += [
+            "",
+            "Median time per stage at light load (ms, from the jobs' timestamps):",
+            "",
+            "| configuration | " + " | ".join(names) + " |",
+            "| --- |" + " --- |" * len(names),
+        ]
+        for run in stage_runs.values():
+            lines.append(
+                f"| {run['title']} | "
+                + " | ".join(f"{run['stages_ms'][n]:.1f}" for n in names)
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot_throughput(data: dict, path: Path) -> None:
+    labels, values, colours = [], [], []
+    ceiling = data["ceiling"]
+    if ceiling:
+        labels += ["ceiling\nbatch 1", f"ceiling\nbatch {ceiling['batch_size']}"]
+        values += [ceiling["single_images_per_s"], ceiling["images_per_s"]]
+        colours += ["grey", "grey"]
+    for name, run in data["runs"].items():
+        if name == "plumbing":
+            continue  # jobs/s of an instant model: a different scale, in the table
+        labels.append(run["title"].split(" (")[0].replace(" ", "\n", 1))
+        values.append(run["throughput_per_s"])
+        colours.append("tab:blue" if name == "pipeline" else "tab:orange")
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    bars = axes.bar(labels, values, color=colours)
+    axes.bar_label(bars, fmt="%.1f")
+    axes.set_ylabel("images/s")
+    axes.set_title("Throughput at saturation (plumbing ceiling: see the table)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def plot_latency(data: dict, path: Path) -> None:
+    runs = {name: run for name, run in data["runs"].items() if run.get("latencies_ms")}
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    if runs:
+        axes.boxplot(
+            [run["latencies_ms"] for run in runs.values()],
+            tick_labels=[
+                run["title"].split(" (")[0].replace(" ", "\n", 1) for run in runs.values()
+            ],
+            whis=(1, 99),
+        )
+    axes.set_ylabel("ms, upload accepted → result stored")
+    axes.set_title("Latency at light load (one image at a time; whiskers p1–p99)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def plot_stages(data: dict, path: Path) -> None:
+    runs = {name: run for name, run in data["runs"].items() if run.get("stages_ms")}
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    stages = ("queued", "to Kafka", "inference", "storing")
+    titles = [run["title"].split(" (")[0].replace(" ", "\n", 1) for run in runs.values()]
+    bottom = [0.0] * len(runs)
+    for stage in stages:
+        values = [run["stages_ms"][stage] for run in runs.values()]
+        axes.bar(titles, values, bottom=bottom, label=stage)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    axes.set_ylabel("ms (median)")
+    axes.set_title("Time per stage at light load")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)

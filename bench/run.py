@@ -1,0 +1,571 @@
+"""One benchmark run: every figure measured side by side on this machine, in one go.
+
+Runs inside `manage.py benchmark` with inferencehub.bench_settings, connected to its own
+database. It starts the processes each configuration needs (web, Celery, inference workers,
+bridge; or the Ray Serve peer) with their own Kafka topics, measures, and stops them.
+"""
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+from django.conf import settings
+from django.db import connection
+from django.test.utils import override_settings
+
+from bench.images import make_images
+from inferencehub.processes import REPO, ManagedProcess, celery_worker_argv, manage
+from kafka_bridge.topics import ensure_topics
+from predictions.models import Job
+
+STAGES = (
+    ("queued", "created_at", "preprocessed_at"),
+    ("to Kafka", "preprocessed_at", "submitted_at"),
+    ("inference", "submitted_at", "inferred_at"),
+    ("storing", "inferred_at", "finished_at"),
+)
+
+
+@dataclass
+class Options:
+    images: int = 200
+    clients: int = 8
+    latency_images: int = 50
+    workers: int = 2
+    threads: int = 0  # TensorFlow intra-op threads per worker; 0 lets TensorFlow choose
+    max_batch_size: int = 32
+    batch_delay_ms: int = 5
+    celery_concurrency: int = 2
+    web_workers: int = 2
+    ceiling_seconds: float = 15.0
+    profile: bool = False  # py-spy every pipeline process during the saturation run
+    parts: tuple[str, ...] = ("ceiling", "pipeline", "seed", "plumbing", "ray")
+    out_dir: Path = REPO / "bench-results"
+
+
+@dataclass
+class PipelineConfig:
+    name: str
+    title: str
+    model: str = "resnet50"
+    request_dtype: str = "uint8"
+    max_batch_size: int | None = None  # None: Options.max_batch_size
+
+
+CONFIGS = {
+    "pipeline": PipelineConfig("pipeline", "pipeline (production settings)"),
+    "seed": PipelineConfig(
+        "seed", "seed-style baseline (batch 1, float32)", request_dtype="float32", max_batch_size=1
+    ),
+    "plumbing": PipelineConfig("plumbing", "plumbing ceiling (instant model)", model="instant"),
+}
+
+
+@dataclass
+class Results:
+    started_at: str
+    machine: dict
+    options: dict
+    ceiling: dict = field(default_factory=dict)
+    runs: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)
+
+
+def run_benchmark(options: Options, log=print) -> Path:
+    """Run every part of the benchmark and write the results; returns the results folder."""
+    from bench.report import write_report
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = options.out_dir / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    results = Results(
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        machine=machine_info(),
+        options={k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+    )
+    images = make_images()
+    log(f"benchmark {settings.BENCH_RUN_ID}: results in {out}")
+    if "ceiling" in options.parts:
+        log("ceiling: the model's own predict throughput ...")
+        results.ceiling = measure_ceiling(options, out / "logs")
+        log(f"  {json.dumps(results.ceiling)}")
+    if any(name in options.parts for name in CONFIGS):
+        with bench_database(), web_server(options, out / "logs") as web:
+            token = make_token()
+            for name, config in CONFIGS.items():
+                if name in options.parts:
+                    log(f"{config.title} ...")
+                    results.runs[name] = run_pipeline(config, options, images, web, token, out)
+                    log(f"  {summary_line(results.runs[name])}")
+    if "ray" in options.parts:
+        reason = ray_unavailable()
+        if reason:
+            results.skipped["ray"] = reason
+            log(f"Ray Serve peer SKIPPED: {reason}")
+        else:
+            log("Ray Serve peer ...")
+            results.runs["ray"] = run_ray(options, images, out)
+            log(f"  {summary_line(results.runs['ray'])}")
+    results.machine["load_after"] = load_average()
+    write_report(results, out)
+    shutil.rmtree(settings.MEDIA_ROOT, ignore_errors=True)
+    return out
+
+
+def machine_info() -> dict:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_before": load_average(),
+    }
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def summary_line(run: dict) -> str:
+    figures = [f"{run['throughput_per_s']:.1f}/s at saturation"]
+    if run.get("latency_ms"):
+        figures.append(f"latency p50 {run['latency_ms']['p50']:.0f} ms")
+    if run.get("failed"):
+        figures.append(f"{run['failed']} FAILED")
+    return ", ".join(figures)
+
+
+# --- Ceiling -----------------------------------------------------------------------------
+
+
+def measure_ceiling(options: Options, log_dir: Path) -> dict:
+    """predict throughput at batch size 1 (one worker, the single-image time) and at the
+    workers' batch size with as many processes and threads as the pipeline's workers."""
+    single = run_ceiling_probes(1, 1, options.threads, options.ceiling_seconds, log_dir)
+    batched = run_ceiling_probes(
+        options.workers,
+        options.max_batch_size,
+        options.threads,
+        options.ceiling_seconds,
+        log_dir,
+    )
+    return {
+        "single_images_per_s": single["images_per_s"],
+        "single_predict_ms": single["batch_ms_p50"],
+        "batch_size": options.max_batch_size,
+        "processes": options.workers,
+        "threads": options.threads,
+        "images_per_s": batched["images_per_s"],
+        "batch_ms_p50": batched["batch_ms_p50"],
+        "load": load_average(),
+    }
+
+
+def run_ceiling_probes(
+    processes: int, batch_size: int, threads: int, seconds: float, log_dir: Path
+) -> dict:
+    argv = [sys.executable, "-m", "bench.ceiling", "--batch-size", str(batch_size)]
+    argv += ["--threads", str(threads), "--seconds", str(seconds)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    probes = []
+    for index in range(processes):
+        with open(log_dir / f"ceiling-b{batch_size}-{index}.log", "wb") as stderr:
+            probes.append(
+                subprocess.Popen(
+                    argv,
+                    cwd=REPO,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    text=True,
+                )
+            )
+    try:
+        for probe in probes:
+            if probe.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"ceiling probe failed, see {log_dir}")
+        for probe in probes:  # all measure at once, competing for the cores like workers do
+            probe.stdin.write("go\n")
+            probe.stdin.flush()
+        measured = [json.loads(probe.stdout.readline()) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.stdin.close()
+            probe.wait(60)
+    return {
+        "images_per_s": sum(m["images_per_s"] for m in measured),
+        "batch_ms_p50": statistics.median(m["batch_ms_p50"] for m in measured),
+    }
+
+
+# --- The pipeline ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[None]:
+    """A fresh database for this run, like the test runner's, dropped afterwards."""
+    old_name = connection.settings_dict["NAME"]
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    try:
+        yield
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+
+
+def make_token() -> str:
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    user = get_user_model().objects.create_user("bench", password=uuid.uuid4().hex)
+    return Token.objects.create(user=user).key
+
+
+def process_env(**overrides: str) -> dict:
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="inferencehub.bench_settings",
+        INFERENCEHUB_BENCH_RUN_ID=settings.BENCH_RUN_ID,
+        DATABASE_URL=(
+            f"mysql://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        ),
+        PYTHONUNBUFFERED="1",
+        **overrides,
+    )
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def web_server(options: Options, log_dir: Path) -> Iterator[ManagedProcess]:
+    """gunicorn as `make run` starts it, on a free port; yields it with its base_url set."""
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "inferencehub.wsgi:application"]
+    argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(options.web_workers)]
+    argv += ["--threads", "4", "--timeout", "120"]
+    web = ManagedProcess("web", argv, process_env(), log_dir).start()
+    try:
+        web.wait_for_log("Booting worker")
+        web.base_url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{web.base_url}/healthz")
+        yield web
+    finally:
+        web.stop()
+
+
+def wait_for_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=5).status_code < 500:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
+@contextlib.contextmanager
+def pipeline_processes(
+    config: PipelineConfig, options: Options, log_dir: Path
+) -> Iterator[list[ManagedProcess]]:
+    """Celery, the inference workers and the bridge, on this configuration's own topics."""
+    prefix = f"bench-{settings.BENCH_RUN_ID}-{config.name}"
+    topics = {
+        "KAFKA_REQUESTS_TOPIC": f"{prefix}-requests",
+        "KAFKA_RESULTS_TOPIC": f"{prefix}-results",
+        "KAFKA_DEAD_LETTER_TOPIC": f"{prefix}-dead-letters",
+        "KAFKA_WORKER_GROUP": f"{prefix}-workers",
+        "KAFKA_BRIDGE_GROUP": f"{prefix}-bridge",
+    }
+    with override_settings(**topics):
+        ensure_topics()
+    env = process_env(**topics, MODEL_NAME=config.model, REQUEST_DTYPE=config.request_dtype)
+    worker_argv = manage("run_worker")
+    worker_argv += ["--max-batch-size", str(config.max_batch_size or options.max_batch_size)]
+    worker_argv += ["--max-batch-delay-ms", str(options.batch_delay_ms)]
+    if options.threads:
+        worker_argv += ["--threads", str(options.threads)]
+    started: list[ManagedProcess] = []
+    try:
+        wanted = [
+            ("celery", celery_worker_argv("bench", options.celery_concurrency), "ready."),
+            ("bridge", manage("consume_results"), "starting with"),
+        ] + [(f"worker{i}", worker_argv, "starting with") for i in range(1, options.workers + 1)]
+        for name, argv, _ in wanted:
+            started.append(ManagedProcess(f"{config.name}-{name}", argv, env, log_dir).start())
+        for process, (_, _, ready_text) in zip(started, wanted, strict=True):
+            process.wait_for_log(ready_text, timeout=180)
+        yield started
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    options: Options,
+    images: list[tuple[str, bytes]],
+    web: ManagedProcess,
+    token: str,
+    out: Path,
+) -> dict:
+    base_url = web.base_url
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {token}"
+    with pipeline_processes(config, options, out / "logs") as processes:
+        # A few jobs first, so every process has its connections and caches warm.
+        warm_up = [upload(session, base_url, images[i % len(images)])[0] for i in range(4)]
+        wait_until_finished(warm_up)
+        components = {"web": [web]}
+        for process in processes:
+            components.setdefault(process.name.split("-")[-1].rstrip("0123456789"), []).append(
+                process
+            )
+        cpu_before = {name: cpu_seconds(group) for name, group in components.items()}
+        load_before = load_average()
+        profilers = start_profilers(config, components, out) if options.profile else []
+        started = time.time()
+        job_ids = upload_concurrently(base_url, token, images, options.images, options.clients)
+        wait_until_finished(job_ids)
+        stop_profilers(profilers)
+        saturation = pipeline_figures(job_ids, started)
+        saturation["load_before"] = load_before
+        saturation["load_after"] = load_average()
+        saturation["cpu_ms_per_job"] = {
+            name: (cpu_seconds(group) - cpu_before[name]) * 1000 / len(job_ids)
+            for name, group in components.items()
+        }
+        latencies, stages = measure_latency(session, base_url, images, options.latency_images)
+    return {
+        "title": config.title,
+        "unit": "jobs" if config.model == "instant" else "images",
+        **saturation,
+        "latency_ms": percentiles(latencies),
+        "latencies_ms": latencies,
+        "stages_ms": stages,
+    }
+
+
+def cpu_seconds(processes: list[ManagedProcess]) -> float:
+    """CPU time (user + system) used so far by these processes and their children."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total = 0.0
+    pending = [process.popen.pid for process in processes]
+    while pending:
+        pid = pending.pop()
+        pending += children.get(pid, [])
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def start_profilers(
+    config: PipelineConfig, components: dict[str, list[ManagedProcess]], out: Path
+) -> list[subprocess.Popen]:
+    """py-spy, sampling each process and its children, until stop_profilers."""
+    profilers = []
+    (out / "profiles").mkdir(exist_ok=True)
+    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    for group in components.values():
+        for process in group:
+            path = out / "profiles" / f"{config.name}-{process.name.split('-')[-1]}.txt"
+            argv = [py_spy, "record", "--pid", str(process.popen.pid), "--subprocesses"]
+            argv += ["--rate", "50", "--format", "raw", "--nonblocking", "--output", str(path)]
+            profilers.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+    return profilers
+
+
+def stop_profilers(profilers: list[subprocess.Popen]) -> None:
+    for profiler in profilers:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    for profiler in profilers:
+        profiler.wait(60)
+
+
+def upload(session: requests.Session, base_url: str, image: tuple[str, bytes]) -> tuple[str, float]:
+    """Upload one image; returns its job id and when the upload was accepted."""
+    name, data = image
+    response = session.post(
+        f"{base_url}/api/jobs/", files=[("image", (name, data, "image/jpeg"))], timeout=120
+    )
+    accepted = time.time()
+    if response.status_code != 202:
+        raise RuntimeError(f"upload refused: {response.status_code} {response.text[:500]}")
+    return response.json()["id"], accepted
+
+
+def upload_concurrently(
+    base_url: str, token: str, images: list[tuple[str, bytes]], count: int, clients: int
+) -> list[str]:
+    """Upload count images with `clients` concurrent clients, as fast as they are accepted."""
+    local = threading.local()
+
+    def one(index: int) -> str:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+            local.session.headers["Authorization"] = f"Token {token}"
+        return upload(local.session, base_url, images[index % len(images)])[0]
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def wait_until_finished(job_ids: list[str], timeout: float = 900, poll_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while Job.objects.filter(pk__in=job_ids).exclude(status__in=Job.FINISHED).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"jobs not finished within {timeout}s")
+        time.sleep(poll_s)
+
+
+def pipeline_figures(job_ids: list[str], started: float) -> dict:
+    jobs = list(Job.objects.filter(pk__in=job_ids))
+    last = max(job.finished_at for job in jobs).timestamp()
+    batch_sizes = [job.inference_batch_size for job in jobs if job.inference_batch_size]
+    return {
+        "count": len(jobs),
+        "failed": sum(job.status != Job.Status.SUCCEEDED for job in jobs),
+        "seconds": last - started,
+        "throughput_per_s": len(jobs) / (last - started),
+        "average_batch": statistics.mean(batch_sizes) if batch_sizes else 0,
+        "preprocess_ms_p50": statistics.median(job.preprocess_ms or 0 for job in jobs),
+    }
+
+
+def measure_latency(
+    session: requests.Session, base_url: str, images: list[tuple[str, bytes]], count: int
+) -> tuple[list[float], dict]:
+    """One image at a time: from upload accepted to result stored (so queryable), and the
+    time in each stage from the job's own timestamps."""
+    latencies = []
+    job_ids = []
+    for index in range(count):
+        job_id, accepted = upload(session, base_url, images[index % len(images)])
+        # The database is polled rather than the API, so the polling itself does not
+        # load the web server; a stored result is what the API returns.
+        wait_until_finished([job_id], poll_s=0.002)
+        latencies.append((time.time() - accepted) * 1000)
+        job_ids.append(job_id)
+    jobs = Job.objects.filter(pk__in=job_ids)
+    stages = {}
+    for stage, start, end in STAGES:
+        durations = [
+            (getattr(job, end) - getattr(job, start)).total_seconds() * 1000 for job in jobs
+        ]
+        stages[stage] = statistics.median(durations)
+    stages["preprocess (in queued)"] = statistics.median(job.preprocess_ms or 0 for job in jobs)
+    stages["predict (in inference)"] = statistics.median(job.inference_ms or 0 for job in jobs)
+    return latencies, stages
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "count": len(values)}
+
+
+# --- The Ray Serve peer ----------------------------------------------------------------
+
+
+def ray_unavailable() -> str:
+    """Why the Ray Serve peer cannot run here, or "" when it can."""
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError:
+        return (
+            "ray[serve] is not installed: it is a benchmark-only dependency "
+            "(requirements-bench.txt), installed by `make bench`, not by `make test`"
+        )
+    return ""
+
+
+def run_ray(options: Options, images: list[tuple[str, bytes]], out: Path) -> dict:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.ray_peer", "--port", str(port)]
+    argv += ["--max-batch-size", str(options.max_batch_size)]
+    argv += ["--batch-wait-ms", str(options.batch_delay_ms), "--threads", str(options.threads)]
+    peer = ManagedProcess("ray-peer", argv, dict(os.environ), out / "logs").start()
+    url = f"http://127.0.0.1:{port}/classify"
+    try:
+        peer.wait_for_log("ray peer ready", timeout=300)
+        session = requests.Session()
+        for index in range(4):
+            classify(session, url, images[index % len(images)])
+        load_before = load_average()
+        local = threading.local()
+
+        def one(index: int) -> None:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+            classify(local.session, url, images[index % len(images)])
+
+        started = time.time()
+        with ThreadPoolExecutor(options.clients) as pool:
+            list(pool.map(one, range(options.images)))
+        seconds = time.time() - started
+        load_after = load_average()
+        latencies = []
+        for index in range(options.latency_images):
+            before = time.time()
+            classify(session, url, images[index % len(images)])
+            latencies.append((time.time() - before) * 1000)
+    finally:
+        peer.stop(timeout=60)
+    return {
+        "title": "Ray Serve peer (@serve.batch, same model)",
+        "unit": "images",
+        "count": options.images,
+        "failed": 0,
+        "seconds": seconds,
+        "throughput_per_s": options.images / seconds,
+        "load_before": load_before,
+        "load_after": load_after,
+        "latency_ms": percentiles(latencies),
+        "latencies_ms": latencies,
+    }
+
+
+def classify(session: requests.Session, url: str, image: tuple[str, bytes]) -> None:
+    response = session.post(url, data=image[1], timeout=120)
+    if response.status_code != 200:
+        raise RuntimeError(f"Ray Serve answered {response.status_code}: {response.text[:500]}")

@@ -1,0 +1,29 @@
+"""Benchmark overrides (`manage.py benchmark`, `make bench`). Like the test settings, each
+run has its own Kafka topics, Celery queue, database and media folder, so a benchmark does
+not disturb a `make run` stack or a test run on the same services. The processes the
+benchmark starts get the same values through their environment."""
+
+import os
+import uuid
+
+BENCH_RUN_ID = RUN_ID = os.environ.setdefault("INFERENCEHUB_BENCH_RUN_ID", uuid.uuid4().hex[:8])
+# Each configuration of a run gets its own topics (see bench/run.py); these are the defaults.
+os.environ.setdefault("KAFKA_REQUESTS_TOPIC", f"bench-{RUN_ID}-requests")
+os.environ.setdefault("KAFKA_RESULTS_TOPIC", f"bench-{RUN_ID}-results")
+os.environ.setdefault("KAFKA_DEAD_LETTER_TOPIC", f"bench-{RUN_ID}-dead-letters")
+os.environ.setdefault("KAFKA_WORKER_GROUP", f"bench-{RUN_ID}-workers")
+os.environ.setdefault("KAFKA_BRIDGE_GROUP", f"bench-{RUN_ID}-bridge")
+# Set, not defaulted: the benchmark deletes this folder when it ends.
+os.environ["MEDIA_ROOT"] = f"/tmp/inferencehub-bench-{RUN_ID}/media"
+os.environ.setdefault("MODEL_WEIGHTS", "random")
+# The benchmark's clients upload far faster than any person.
+os.environ.setdefault("API_THROTTLE_USER", "100000000/hour")
+os.environ.setdefault("API_THROTTLE_ANON", "100000000/hour")
+
+from inferencehub.settings import *  # noqa: E402,F403
+from inferencehub.settings import DATABASES  # noqa: E402
+
+# The benchmark creates this database when it starts and drops it when it ends; the
+# test_ prefix is the one the stack grants the project user the right to create.
+DATABASES["default"]["TEST"]["NAME"] = f"test_inferencehub_bench_{RUN_ID}"
+CELERY_TASK_DEFAULT_QUEUE = f"bench-{RUN_ID}"

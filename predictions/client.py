@@ -1,0 +1,120 @@
+"""A small Python client of the REST API, for scripts; `manage.py submit` is built on it.
+
+    client = InferenceHubClient("http://127.0.0.1:8000", token)
+    uploaded = client.upload([Path("cat.jpg")], top_k=3)
+    jobs = client.wait([job["id"] for job in uploaded if "id" in job])
+
+It needs only `requests`, not Django.
+"""
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+REQUEST_TIMEOUT_S = 120.0
+FINISHED = ("succeeded", "failed")
+
+
+class InferenceHubError(Exception):
+    """The server refused a request, or could not be reached."""
+
+
+class ServerUnreachable(InferenceHubError):
+    pass
+
+
+class InferenceHubClient:
+    def __init__(self, server: str, token: str | None = None) -> None:
+        self.server = server.rstrip("/")
+        self.headers = {"Authorization": f"Token {token}"} if token else {}
+
+    def request(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            response = requests.request(
+                method,
+                self.server + path,
+                headers=self.headers,
+                timeout=REQUEST_TIMEOUT_S,
+                **kwargs,
+            )
+        except requests.RequestException as exc:
+            raise ServerUnreachable(f"cannot reach {self.server}: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            raise InferenceHubError(f"HTTP {response.status_code}: {message}")
+        return response.json()
+
+    def create_batch(self) -> str:
+        return self.request("POST", "/api/batches/")["id"]
+
+    def upload_file(self, path: Path, *, top_k: int = 5, batch: str | None = None) -> dict:
+        """Upload one image; returns its job. Raises InferenceHubError when refused."""
+        data = {"top_k": str(top_k)}
+        if batch:
+            data["batch"] = batch
+        with open(path, "rb") as file:
+            return self.request("POST", "/api/jobs/", files={"image": (path.name, file)}, data=data)
+
+    def upload(
+        self,
+        paths: list[Path],
+        *,
+        top_k: int = 5,
+        batch: str | None = None,
+        concurrency: int = 4,
+    ) -> list[dict]:
+        """Upload each file in its own request, so one refused file does not stop the rest.
+
+        Returns, in the order of paths, each job with "file" added, or for a refused file
+        {"file": ..., "status": "rejected", "error": ...}. Raises ServerUnreachable.
+        """
+
+        def one(path: Path) -> dict:
+            try:
+                return {"file": str(path), **self.upload_file(path, top_k=top_k, batch=batch)}
+            except ServerUnreachable:
+                raise
+            except (InferenceHubError, OSError) as exc:
+                return {"file": str(path), "status": "rejected", "error": str(exc)}
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(one, paths))
+
+    def job(self, job_id: str) -> dict:
+        return self.request("GET", f"/api/jobs/{job_id}/")
+
+    def wait(
+        self,
+        job_ids: list[str],
+        *,
+        timeout_s: float = 600.0,
+        poll_interval_s: float = 0.5,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, dict]:
+        """Poll until every job has finished; returns each job by id.
+
+        on_progress(finished, total) is called after every round. Raises InferenceHubError
+        when some job has not finished within timeout_s."""
+        jobs: dict[str, dict] = {}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for job_id in job_ids:
+                if jobs.get(job_id, {}).get("status") not in FINISHED:
+                    jobs[job_id] = self.job(job_id)
+            finished = sum(job["status"] in FINISHED for job in jobs.values())
+            if on_progress:
+                on_progress(finished, len(job_ids))
+            if finished == len(job_ids):
+                return jobs
+            if time.monotonic() > deadline:
+                raise InferenceHubError(
+                    f"{len(job_ids) - finished} of {len(job_ids)} jobs unfinished "
+                    f"after {timeout_s:.0f} s"
+                )
+            time.sleep(poll_interval_s)

@@ -1,0 +1,495 @@
+"""Fault tests: real processes, real kills, against the fault tests' own data services.
+
+They stop and kill MariaDB, Redis and Kafka, so they never touch the shared stack other
+test runs use: stack/stack.py runs a second stack under .stack/faults/ on other ports
+(STACK_DIR, STACK_*_PORT), and every process started here is pointed at it through its
+environment (DATABASE_URL, CELERY_BROKER_URL, KAFKA_BOOTSTRAP_SERVERS, ...).
+
+Each scenario runs a stream of uploads through gunicorn, breaks something, repairs it, and
+then counts what became of every job: an Outcome, also appended to
+.stack/logs/faults/outcomes.jsonl for docs/reliability.md.
+"""
+
+import contextlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import MySQLdb
+import psutil
+import pytest
+import requests
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from inferencehub.processes import ManagedProcess
+from tests.conftest import DATA, REPO, celery_worker_argv, manage, started_processes
+
+LOG_DIR = REPO / ".stack" / "logs" / "faults"
+OUTCOMES = LOG_DIR / "outcomes.jsonl"
+STACK_ENV = {
+    "STACK_DIR": ".stack/faults",
+    "STACK_MARIADB_PORT": "23306",
+    "STACK_REDIS_PORT": "26379",
+    "STACK_KAFKA_PORT": "28092",
+    "STACK_KAFKA_CONTROLLER_PORT": "28093",
+    # Brokers on 29092-29094, controllers on 29192-29194.
+    "STACK_KAFKA_CLUSTER_PORT": "29092",
+}
+DATABASE = {
+    "host": "127.0.0.1",
+    "port": 23306,
+    "user": "inferencehub",
+    "password": "inferencehub",
+    "database": "inferencehub",
+}
+SINGLE_KAFKA = "127.0.0.1:28092"
+CLUSTER_KAFKA = "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094"
+WEB_PORT = 28000
+PHOTOS = [(name, (DATA / name).read_bytes()) for name in ("bolete.jpg", "fox.png", "toaster.png")]
+
+
+def stack_script():
+    """stack/stack.py as a module, for its app command lines (the web's gunicorn flags)."""
+    spec = importlib.util.spec_from_file_location("stack_script", REPO / "stack" / "stack.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FaultStack:
+    """The fault tests' MariaDB, Redis and Kafka, driven through stack/stack.py."""
+
+    def run(self, *args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, str(REPO / "stack" / "stack.py"), *args],
+            env={**os.environ, **STACK_ENV},
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"stack.py {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+    def up(self, *names: str) -> None:
+        self.run("up", *names)
+
+    def down(self, *names: str) -> None:
+        """A clean stop (SIGTERM), as an operator or an orchestrator would do it."""
+        self.run("down", *names)
+
+    def pid(self, name: str) -> int:
+        return int((REPO / STACK_ENV["STACK_DIR"] / "run" / f"{name}.pid").read_text().split()[0])
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the service's whole process group: a crash, not a stop."""
+        pid = self.pid(name)
+        os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).wait(30)
+
+
+@dataclass
+class App:
+    """One scenario's app processes (web, celery, two workers, bridge) and its API user."""
+
+    name: str
+    env: dict
+    url: str
+    token: str
+    username: str
+    start: Callable[..., ManagedProcess]
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def start_process(self, role: str, argv: list[str], ready_text: str) -> ManagedProcess:
+        # A restarted role gets a fresh log (bridge.log, then bridge-2.log, ...).
+        runs = sum(1 for name in self.processes if name.split("-")[0] == role)
+        name = role if runs == 0 else f"{role}-{runs + 1}"
+        process = self.start(f"{self.name}-{name}", argv, ready_text)
+        self.processes[name] = process
+        return process
+
+    def start_celery(self) -> ManagedProcess:
+        schedule = LOG_DIR / f"{self.name}-beat-schedule"
+        return self.start_process(
+            "celery",
+            [*celery_worker_argv(self.name), "--beat", "--schedule", str(schedule)],
+            "ready.",
+        )
+
+    def start_worker(self, role: str) -> ManagedProcess:
+        return self.start_process(role, manage("run_worker"), "starting with")
+
+    def start_bridge(self) -> ManagedProcess:
+        return self.start_process("bridge", manage("consume_results"), "starting with")
+
+    def current(self, role: str) -> ManagedProcess:
+        """The latest process started for a role."""
+        return [p for name, p in self.processes.items() if name.split("-")[0] == role][-1]
+
+    def log_text(self) -> str:
+        return "\n".join(p.log_path.read_text(errors="replace") for p in self.processes.values())
+
+
+@pytest.fixture(scope="session")
+def fault_stack() -> Iterator[FaultStack]:
+    """Started for the session and stopped after it (the cluster too, if a test started it)."""
+    stack = FaultStack()
+    stack.up()
+    migrated = subprocess.run(
+        manage("migrate", "--noinput"), env=app_env("migrate", SINGLE_KAFKA), capture_output=True
+    )
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    yield stack
+    stack.run("cluster", "down")
+    stack.down()
+
+
+def app_env(name: str, kafka: str, **overrides: str) -> dict:
+    """Settings for one scenario's processes: the fault stack, and topics of its own."""
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="inferencehub.settings",
+        DATABASE_URL="mysql://{user}:{password}@{host}:{port}/{database}".format(**DATABASE),
+        CELERY_BROKER_URL="redis://127.0.0.1:26379/0",
+        KAFKA_BOOTSTRAP_SERVERS=kafka,
+        KAFKA_REQUESTS_TOPIC=f"{name}-requests",
+        KAFKA_RESULTS_TOPIC=f"{name}-results",
+        KAFKA_DEAD_LETTER_TOPIC=f"{name}-dead-letters",
+        KAFKA_WORKER_GROUP=f"{name}-workers",
+        KAFKA_BRIDGE_GROUP=f"{name}-bridge",
+        MEDIA_ROOT=str(REPO / STACK_ENV["STACK_DIR"] / "media"),
+        MODEL_WEIGHTS="random",
+        PYTHONUNBUFFERED="1",
+        **overrides,
+    )
+    return env
+
+
+@pytest.fixture
+def start_app(fault_stack) -> Iterator[Callable[..., App]]:
+    """start_app(name, kafka=..., **settings) starts one scenario's app; stopped after the test."""
+    with started_processes({}, log_dir=LOG_DIR) as start:
+
+        def start_app(scenario: str, kafka: str = SINGLE_KAFKA, **overrides: str) -> App:
+            name = f"faults-{scenario}-{uuid.uuid4().hex[:6]}"
+            env = app_env(name, kafka, **overrides)
+            # A previous scenario's leftover tasks would run in this one.
+            subprocess.run(
+                ["redis-cli", "-p", "26379", "flushall"], check=True, capture_output=True
+            )
+            for argv in (
+                manage("kafka_topics", "create"),
+                manage("ensure_demo_user", "--username", name),
+            ):
+                done = subprocess.run(argv, env=env, capture_output=True, text=True)
+                assert done.returncode == 0, done.stdout + done.stderr
+            token = re.search(r"API token: (\w+)", done.stdout).group(1)
+            bound = lambda n, argv, ready: start(n, argv, ready, **env)  # noqa: E731
+            app = App(name, env, f"http://127.0.0.1:{WEB_PORT}", token, name, bound)
+            web = [
+                f"127.0.0.1:{WEB_PORT}" if arg == "0.0.0.0:8000" else arg
+                for arg in stack_script().APP_PROCESSES["web"]
+            ]
+            app.start_process("web", web, "Booting worker")
+            app.start_celery()
+            app.start_worker("worker1")
+            app.start_worker("worker2")
+            app.start_bridge()
+            return app
+
+        yield start_app
+
+
+class JobStream:
+    """Uploads photos through the API from background threads and records every answer.
+
+    rate: uploads per second in all (None: as fast as the threads go); limit: stop after
+    this many uploads. A 503 must carry Retry-After; it counts as refused, not lost."""
+
+    def __init__(
+        self, app: App, *, rate: float | None = 4.0, threads: int = 1, limit: int | None = None
+    ) -> None:
+        self.app = app
+        self.interval = threads / rate if rate else 0.0
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+        self.limit = limit
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.counter = itertools.count()
+        self.accepted: list[str] = []
+        self.refused = 0
+        self.refused_without_retry_after = 0
+        self.errors: Counter[str] = Counter()
+        self.connection_retries: Counter[str] = Counter()
+
+    @property
+    def sent(self) -> int:
+        return len(self.accepted) + self.refused + sum(self.errors.values())
+
+    def __enter__(self) -> "JobStream":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join()
+
+    def done(self) -> bool:
+        return all(not thread.is_alive() for thread in self.threads)
+
+    def run(self) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {self.app.token}"
+        while not self.stopping.is_set():
+            number = next(self.counter)
+            if self.limit is not None and number >= self.limit:
+                return
+            name, content = PHOTOS[number % len(PHOTOS)]
+            started = time.monotonic()
+            self.upload(session, name, content)
+            self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def upload(self, session: requests.Session, name: str, content: bytes) -> None:
+        for attempt in (1, 2):
+            try:
+                response = session.post(
+                    f"{self.app.url}/api/jobs/",
+                    files={"image": (name, content)},
+                    data={"top_k": "3"},
+                    timeout=120,
+                )
+                break
+            except requests.ConnectionError as error:
+                # Like any HTTP client, once more on a fresh connection: a kept-alive one
+                # may have been closed by the server just as the request went out. Had the
+                # first try been stored, it would show up as an unacknowledged job.
+                with self.lock:
+                    self.connection_retries[str(error)[:160]] += 1
+                if attempt == 2:
+                    with self.lock:
+                        self.errors[type(error).__name__] += 1
+                    return
+            except requests.RequestException as error:
+                with self.lock:
+                    self.errors[type(error).__name__] += 1
+                return
+        with self.lock:
+            if response.status_code == 202:
+                self.accepted.append(response.json()["id"])
+            elif response.status_code == 503:
+                self.refused += 1
+                self.refused_without_retry_after += "Retry-After" not in response.headers
+            else:
+                self.errors[f"{response.status_code} {response.text[:120]}"] += 1
+
+    def snapshot(self) -> list[str]:
+        with self.lock:
+            return list(self.accepted)
+
+
+def job_states(username: str) -> dict[str, tuple[str, str, int, int]]:
+    """Every job of the scenario's user: id -> (status, error, top_k, number of predictions)."""
+    connection = MySQLdb.connect(**DATABASE)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT j.id, j.status, j.error, j.top_k, COUNT(p.id)"
+            " FROM predictions_job j JOIN auth_user u ON u.id = j.owner_id"
+            " LEFT JOIN predictions_prediction p ON p.job_id = j.id"
+            " WHERE u.username = %s GROUP BY j.id",
+            [username],
+        )
+        # The id column is a native uuid or 32 hex digits depending on the server version.
+        return {str(uuid.UUID(str(row[0]))): row[1:] for row in cursor.fetchall()}
+    finally:
+        connection.close()
+
+
+FINISHED = ("succeeded", "failed")
+
+
+def wait_until_finished(app: App, job_ids: list[str], timeout: float) -> float | None:
+    """Seconds until every job is finished, or None at the timeout."""
+    started = time.monotonic()
+    wanted = set(job_ids)
+    while time.monotonic() - started < timeout:
+        states = job_states(app.username)
+        if all(job in states and states[job][0] in FINISHED for job in wanted):
+            return time.monotonic() - started
+        time.sleep(2)
+    return None
+
+
+def result_key_counts(app: App) -> Counter:
+    """How many results the results topic holds per job id (more than one: a redelivery)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": app.env["KAFKA_BOOTSTRAP_SERVERS"],
+            "group.id": f"{app.name}-audit",
+            "enable.auto.commit": False,
+        }
+    )
+    topic = app.env["KAFKA_RESULTS_TOPIC"]
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        counts: Counter = Counter()
+        remaining = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + 300
+        while remaining and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=1):
+                if message.error() is None:
+                    counts[message.key().decode()] += 1
+                    if message.offset() + 1 >= ends[message.partition()]:
+                        remaining.discard(message.partition())
+        return counts
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    sent: int
+    accepted: int
+    refused_503: int
+    succeeded: int
+    failed: int
+    lost: int
+    duplicated: int
+    redeliveries: int
+    recovery_s: float | None
+    errors: dict
+    connection_retries: dict
+    failure_reasons: dict
+    unacknowledged_jobs: int
+    notes: str = ""
+
+
+def settle(
+    scenario: str,
+    app: App,
+    stream: JobStream,
+    *,
+    fault_at: float,
+    timeout: float = 600,
+    notes: str = "",
+) -> Outcome:
+    """Wait for every accepted job, count what became of each, record and print the outcome.
+
+    recovery_s: from the fault until every job accepted so far had finished."""
+    waited = wait_until_finished(app, stream.snapshot(), timeout)
+    recovery = None if waited is None else time.monotonic() - fault_at
+    states = job_states(app.username)
+    accepted = set(stream.accepted)
+    finished = {job: s for job, s in states.items() if job in accepted and s[0] in FINISHED}
+    duplicated = sum(1 for status, _, top_k, count in finished.values() if count > top_k)
+    redeliveries = sum(n - 1 for job, n in result_key_counts(app).items() if job in accepted)
+    outcome = Outcome(
+        scenario=scenario,
+        sent=stream.sent,
+        accepted=len(accepted),
+        refused_503=stream.refused,
+        succeeded=sum(1 for s in finished.values() if s[0] == "succeeded"),
+        failed=sum(1 for s in finished.values() if s[0] == "failed"),
+        lost=len(accepted) - len(finished),
+        duplicated=duplicated,
+        redeliveries=redeliveries,
+        recovery_s=None if recovery is None else round(recovery, 1),
+        errors=dict(stream.errors),
+        connection_retries=dict(stream.connection_retries),
+        failure_reasons=dict(Counter(s[1][:100] for s in finished.values() if s[0] == "failed")),
+        # Jobs stored although their upload was not answered 202: a client would not know them.
+        unacknowledged_jobs=len(set(states) - accepted),
+        notes=notes,
+    )
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    with OUTCOMES.open("a") as file:
+        file.write(json.dumps({"at": time.strftime("%Y-%m-%d %H:%M:%S"), **asdict(outcome)}) + "\n")
+    print(json.dumps(asdict(outcome), indent=1))
+    assert stream.refused_without_retry_after == 0
+    return outcome
+
+
+def wait_for_progress(app: App, count: int, timeout: float = 300) -> None:
+    """Until at least `count` of the scenario's jobs succeeded: the pipeline is warm."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(1 for s in job_states(app.username).values() if s[0] == "succeeded") >= count:
+            return
+        time.sleep(1)
+    raise AssertionError(f"fewer than {count} jobs succeeded within {timeout}s")
+
+
+def assert_nothing_lost(outcome: Outcome, *, failures_allowed: bool = False) -> None:
+    assert outcome.lost == 0, outcome
+    assert outcome.duplicated == 0, outcome
+    assert outcome.unacknowledged_jobs == 0, outcome
+    if not failures_allowed:
+        assert outcome.failed == 0, outcome
+    assert not outcome.errors, outcome
+
+
+def rss_of_tree(process: ManagedProcess) -> int:
+    """Resident memory of a started process and all its children, in bytes."""
+    try:
+        root = psutil.Process(process.popen.pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.NoSuchProcess:
+        return 0
+
+
+class MemorySampler:
+    """Samples the RSS of the app's processes and of the data services every few seconds."""
+
+    def __init__(self, app: App, stack: FaultStack, services: tuple[str, ...], every: float = 5):
+        self.app, self.stack, self.services, self.every = app, stack, services, every
+        self.samples: dict[str, list[int]] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> "MemorySampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            for name, process in self.app.processes.items():
+                self.samples.setdefault(name, []).append(rss_of_tree(process))
+            for name in self.services:
+                with contextlib.suppress(FileNotFoundError, psutil.NoSuchProcess):
+                    rss = psutil.Process(self.stack.pid(name)).memory_info().rss
+                    self.samples.setdefault(name, []).append(rss)
+            self.stopping.wait(self.every)
+
+    def report(self) -> dict[str, dict[str, int]]:
+        """start / peak / end RSS per process, in MB."""
+        mb = 1024 * 1024
+        return {
+            name: {"start": s[0] // mb, "peak": max(s) // mb, "end": s[-1] // mb}
+            for name, s in self.samples.items()
+            if s
+        }

@@ -1,0 +1,208 @@
+"""The Django admin as operators use it: access, fast lists, search, filters and actions."""
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from predictions import services
+from predictions.models import Batch, Job, Prediction
+from tests.conftest import DATA
+from tests.factories import BatchFactory, JobFactory, PredictionFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+JOBS_URL = "/admin/predictions/job/"
+
+
+@pytest.fixture
+def operator(client):
+    """A staff user with the app's permissions (not a superuser), signed in."""
+    user = UserFactory(is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="predictions"))
+    client.force_login(user)
+    return user
+
+
+def many_jobs(count: int) -> list[Job]:
+    owners = [UserFactory(), UserFactory()]
+    batch = BatchFactory(owner=owners[0])
+    jobs = Job.objects.bulk_create(
+        JobFactory.build(
+            owner=owners[i % 2],
+            batch=batch if i % 3 == 0 else None,
+            seq=i if i % 3 == 0 else None,
+            status=Job.Status.SUCCEEDED,
+            model_name="resnet50",
+            worker=f"worker{i % 2}",
+        )
+        for i in range(count)
+    )
+    Prediction.objects.bulk_create(
+        PredictionFactory.build(job=job, rank=rank, label=f"class {rank}", score=1 / (rank + 1))
+        for job in jobs
+        for rank in range(1, 6)
+    )
+    return jobs
+
+
+def stored_job(owner, status: str = Job.Status.FAILED) -> Job:
+    upload = SimpleUploadedFile("fox.png", (DATA / "fox.png").read_bytes())
+    job = services.create_jobs(owner=owner, uploads=[upload], top_k=5)[0]
+    Job.objects.filter(pk=job.pk).update(status=status, error="boom" if status == "failed" else "")
+    return Job.objects.get(pk=job.pk)
+
+
+def changelist_queries(client, url: str = JOBS_URL) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    return len(queries)
+
+
+def test_non_staff_users_cannot_use_the_admin(client):
+    job = JobFactory()
+    client.force_login(UserFactory())
+    for url in ("/admin/", JOBS_URL, f"{JOBS_URL}{job.pk}/change/"):
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/admin/login/")
+
+
+def test_staff_browse_jobs_batches_and_predictions(client, operator):
+    job = JobFactory(status=Job.Status.SUCCEEDED, batch=BatchFactory(), seq=0)
+    PredictionFactory(job=job, label="bolete", score=0.9)
+    for url in (
+        JOBS_URL,
+        f"{JOBS_URL}{job.pk}/change/",
+        "/admin/predictions/batch/",
+        f"/admin/predictions/batch/{job.batch_id}/change/",
+        "/admin/predictions/prediction/",
+    ):
+        assert client.get(url).status_code == 200, url
+
+
+def test_the_job_list_shows_thumbnail_top_1_and_latency(client, operator):
+    job = many_jobs(1)[0]
+    page = client.get(JOBS_URL).content.decode()
+    assert f'src="/jobs/{job.pk}/image/96/"' in page
+    assert "class 1" in page and "0.500" in page
+    assert "worker0" in page and "resnet50" in page
+
+
+def test_the_job_list_takes_the_same_few_queries_for_200_jobs_as_for_20(
+    client, operator, django_assert_max_num_queries
+):
+    many_jobs(20)
+    with_20 = changelist_queries(client)
+    many_jobs(180)
+    with django_assert_max_num_queries(12):
+        assert client.get(JOBS_URL).status_code == 200
+    assert changelist_queries(client) == with_20
+    print(f"job changelist: {with_20} queries for 20 and for 200 jobs")
+
+
+def test_batch_and_prediction_lists_take_few_queries(client, operator):
+    many_jobs(200)
+    batches = changelist_queries(client, "/admin/predictions/batch/")
+    predictions = changelist_queries(client, "/admin/predictions/prediction/")
+    assert batches <= 12 and predictions <= 12
+    print(f"batch changelist: {batches} queries, prediction changelist: {predictions} queries")
+
+
+def test_search_finds_a_job_by_id_or_by_label(client, operator):
+    job, other = JobFactory(), JobFactory()
+    PredictionFactory(job=job, label="hen-of-the-woods")
+    PredictionFactory(job=other, label="goldfish")
+    by_id = client.get(JOBS_URL, {"q": str(job.pk)}).context["cl"].result_list
+    by_label = client.get(JOBS_URL, {"q": "hen-of"}).context["cl"].result_list
+    assert [j.pk for j in by_id] == [j.pk for j in by_label] == [job.pk]
+
+
+def test_filters_by_status_batch_and_owner(client, operator):
+    batch = BatchFactory()
+    in_batch = JobFactory(batch=batch, seq=0, status=Job.Status.FAILED)
+    JobFactory(status=Job.Status.SUCCEEDED)
+
+    def listed(**params):
+        return {j.pk for j in client.get(JOBS_URL, params).context["cl"].result_list}
+
+    assert listed(status__exact="failed") == {in_batch.pk}
+    assert listed(batch=str(batch.pk)) == {in_batch.pk}
+    assert listed(batch="not-a-uuid") == set()
+    assert listed(owner=in_batch.owner.username) == {in_batch.pk}
+
+
+def test_the_job_page_shows_the_image_predictions_and_stage_timings(client, operator):
+    job = stored_job(operator, Job.Status.SUCCEEDED)
+    PredictionFactory(job=job, label="red fox")
+    page = client.get(f"{JOBS_URL}{job.pk}/change/").content.decode()
+    assert f'src="/jobs/{job.pk}/image/480/"' in page
+    assert "red fox" in page
+    assert "submitted to Kafka" in page
+    assert client.get(f"/jobs/{job.pk}/image/480/")["Content-Type"] == "image/jpeg"
+
+
+def test_retry_puts_failed_jobs_back_in_the_queue(
+    client, operator, django_capture_on_commit_callbacks
+):
+    failed = stored_job(operator)
+    PredictionFactory(job=failed)
+    succeeded = stored_job(operator, Job.Status.SUCCEEDED)
+    with django_capture_on_commit_callbacks() as callbacks:
+        client.post(
+            JOBS_URL,
+            {"action": "retry_failed", "_selected_action": [failed.pk, succeeded.pk]},
+        )
+    failed.refresh_from_db()
+    succeeded.refresh_from_db()
+    assert (failed.status, failed.attempts, failed.error) == (Job.Status.QUEUED, 2, "")
+    assert not failed.predictions.exists()
+    assert succeeded.status == Job.Status.SUCCEEDED
+    assert len(callbacks) == 1  # preprocessing is enqueued once the reset is committed
+
+
+def test_re_run_restarts_finished_jobs_with_the_top_k_given(client, operator):
+    job = stored_job(operator, Job.Status.SUCCEEDED)
+    client.post(JOBS_URL, {"action": "rerun_with_top_k", "_selected_action": [job.pk], "top_k": 3})
+    job.refresh_from_db()
+    assert (job.status, job.top_k, job.attempts) == (Job.Status.QUEUED, 3, 2)
+
+
+def test_re_run_without_a_valid_top_k_changes_nothing(client, operator):
+    job = stored_job(operator, Job.Status.SUCCEEDED)
+    response = client.post(
+        JOBS_URL,
+        {"action": "rerun_with_top_k", "_selected_action": [job.pk], "top_k": "0"},
+        follow=True,
+    )
+    assert "top-k" in response.content.decode()
+    job.refresh_from_db()
+    assert (job.status, job.top_k) == (Job.Status.SUCCEEDED, 5)
+
+
+def test_deleting_jobs_removes_their_stored_images(
+    client, operator, django_capture_on_commit_callbacks
+):
+    jobs = [stored_job(operator), stored_job(operator)]
+    storage = jobs[0].image.storage
+    assert all(storage.exists(job.image.name) for job in jobs)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            JOBS_URL,
+            {"action": "delete_selected", "_selected_action": [j.pk for j in jobs], "post": "yes"},
+        )
+    assert not Job.objects.exists()
+    assert not any(storage.exists(job.image.name) for job in jobs)
+
+
+def test_deleting_a_batch_removes_its_jobs_stored_images(
+    client, operator, django_capture_on_commit_callbacks
+):
+    batch = services.create_batch(owner=operator)
+    upload = SimpleUploadedFile("fox.png", (DATA / "fox.png").read_bytes())
+    job = services.create_jobs(owner=operator, uploads=[upload], top_k=5, batch=batch)[0]
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(f"/admin/predictions/batch/{batch.pk}/delete/", {"post": "yes"})
+    assert not Batch.objects.exists()
+    assert not job.image.storage.exists(job.image.name)

@@ -1,0 +1,55 @@
+"""A small run of `manage.py benchmark`: every part runs and writes its figures and files.
+
+How fast anything is, is not asserted: the machine is shared and the figures are for people
+(docs/performance.md)."""
+
+import json
+import subprocess
+
+import pytest
+
+from inferencehub.processes import REPO, manage
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
+    completed = subprocess.run(
+        manage(
+            "benchmark",
+            "--images", "6",
+            "--clients", "2",
+            "--latency-images", "3",
+            "--workers", "1",
+            "--ceiling-seconds", "1",
+            "--out-dir", str(tmp_path),
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    [out] = tmp_path.iterdir()
+    results = json.loads((out / "results.json").read_text())
+    assert results["ceiling"]["images_per_s"] > 0
+    assert results["ceiling"]["single_predict_ms"] > 0
+    for name in ("pipeline", "seed", "plumbing"):
+        run = results["runs"][name]
+        assert (run["count"], run["failed"]) == (6, 0), name
+        assert run["throughput_per_s"] > 0
+        assert run["latency_ms"]["count"] == 3
+        assert set(run["stages_ms"]) >= {"queued", "to Kafka", "inference", "storing"}
+        assert run["cpu_ms_per_job"]["worker"] > 0
+    assert results["runs"]["seed"]["average_batch"] == 1
+    # Ray Serve is a benchmark-only dependency: without it the run says so, never silently.
+    if "ray" in results["runs"]:
+        assert results["runs"]["ray"]["throughput_per_s"] > 0
+    else:
+        assert "not installed" in results["skipped"]["ray"]
+        assert "SKIPPED" in completed.stdout
+    table = (out / "results.md").read_text()
+    for text in ("ceiling", "seed-style baseline", "plumbing ceiling", "| target |"):
+        assert text in table
+    for plot in ("throughput.png", "latency.png", "stages.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot

@@ -1,0 +1,161 @@
+"""Management commands against the real services: submit through the live server and
+pipeline, purge_images on real stored files, stack_status, and a bridge's clean stop."""
+
+import json
+import signal
+import subprocess
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from predictions import services
+from predictions.models import Job
+from tests.conftest import DATA, REPO, manage
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_submit_uploads_a_folder_and_prints_one_json_line_per_photo(
+    pipeline, live_server, user, process_env
+):
+    token = Token.objects.create(user=user).key
+    completed = subprocess.run(
+        manage("submit", str(DATA), "--server", live_server.url, "--top-k", "3", "--json")
+        + ["--batch", "new", "--concurrency", "2"],
+        cwd=REPO,
+        env={**process_env, "INFERENCEHUB_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    results = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert sorted(r["file"].rsplit("/", 1)[1] for r in results) == [
+        "bolete.jpg",
+        "fox.png",
+        "toaster.png",
+    ]
+    assert all(r["status"] == "succeeded" and len(r["predictions"]) == 3 for r in results)
+    assert len({r["batch"] for r in results}) == 1
+    assert "3/3 finished" in completed.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_submit_prints_a_table_with_the_top_label_and_score(pipeline, live_server, user, capsys):
+    token = Token.objects.create(user=user).key
+    call_command("submit", str(DATA / "fox.png"), server=live_server.url, token=token)
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["file", "status", "top-1", "label", "score"]
+    assert row.startswith(str(DATA / "fox.png")) and "succeeded" in row
+    assert 0 <= float(row.split()[-1]) <= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([str(DATA)], "API token is needed"),
+        ([str(DATA / "missing.jpg"), "--token", "t"], "no such file or folder"),
+        ([str(DATA), "--token", "t", "--top-k", "0"], "--top-k must be between 1 and 1000"),
+        ([str(REPO / "docs"), "--token", "t"], "no image files found"),
+        ([str(DATA), "--token", "t", "--server", "http://127.0.0.1:9"], "cannot reach"),
+    ],
+)
+def test_submit_refuses_bad_arguments_with_a_clear_message(args, message, monkeypatch):
+    monkeypatch.delenv("INFERENCEHUB_TOKEN", raising=False)
+    with pytest.raises(CommandError, match=message):
+        call_command("submit", *args)
+
+
+def test_one_shot_commands_exit_non_zero_on_bad_arguments(process_env):
+    completed = subprocess.run(
+        manage("purge_images", "--older-than", "-1"),
+        cwd=REPO,
+        env=process_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    assert "--older-than must be 0 or more days" in completed.stderr
+
+
+def stored_job(name: str) -> Job:
+    upload = SimpleUploadedFile(name, (DATA / name).read_bytes())
+    (job,) = services.create_jobs(owner=None, uploads=[upload], top_k=1)
+    return job
+
+
+@pytest.mark.django_db
+def test_purge_images_deletes_old_originals_and_keeps_the_jobs():
+    old, recent, unfinished = (
+        stored_job("fox.png"),
+        stored_job("toaster.png"),
+        stored_job("fox.png"),
+    )
+    storage = old.image.storage
+    long_ago = timezone.now() - timedelta(days=40)
+    Job.objects.filter(pk=old.pk).update(status=Job.Status.SUCCEEDED, finished_at=long_ago)
+    Job.objects.filter(pk=recent.pk).update(
+        status=Job.Status.SUCCEEDED, finished_at=timezone.now() - timedelta(days=2)
+    )
+    Job.objects.filter(pk=unfinished.pk).update(created_at=long_ago)
+    old_name = old.image.name
+
+    call_command("purge_images", "--older-than", "30")
+
+    old.refresh_from_db()
+    assert old.image.name == "" and old.status == Job.Status.SUCCEEDED
+    assert not storage.exists(old_name)
+    for kept in (recent, unfinished):
+        kept.refresh_from_db()
+        assert storage.exists(kept.image.name)
+
+
+@pytest.mark.django_db
+def test_purge_images_with_zero_days_keeps_everything(capsys):
+    job = stored_job("fox.png")
+    Job.objects.filter(pk=job.pk).update(
+        status=Job.Status.SUCCEEDED, finished_at=timezone.now() - timedelta(days=400)
+    )
+    call_command("purge_images", "--older-than", "0")
+    assert "kept forever" in capsys.readouterr().out
+    assert job.image.storage.exists(job.image.name)
+
+
+@pytest.mark.django_db
+def test_stack_status_shows_services_topics_groups_and_jobs(kafka_topics, capsys):
+    stored_job("fox.png")
+    call_command("stack_status")
+    out = capsys.readouterr().out
+    for line in ("database   ok", "kafka      ok", "redis      ok", "queued        1"):
+        assert line in out
+    requests_topic, results_topic = kafka_topics
+    assert f"{requests_topic}[0]" in out and f"{results_topic}[3]" in out
+    assert "workers " in out and "bridge " in out
+
+
+@pytest.mark.django_db
+def test_stack_status_exits_1_naming_an_unreachable_service(capsys):
+    with (
+        override_settings(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9"),
+        pytest.raises(CommandError, match="unreachable: kafka"),
+    ):
+        call_command("stack_status")
+    assert "kafka      UNREACHABLE" in capsys.readouterr().out
+
+
+def test_consume_results_stops_on_sigterm_with_exit_0(kafka_topics, start_process):
+    bridge = start_process(
+        "bridge-sigterm",
+        manage("consume_results", "--group-id", f"test-sigterm-{uuid.uuid4().hex[:6]}"),
+        "starting with",
+    )
+    assert bridge.stop(signal.SIGTERM, timeout=60) == 0
+    assert "result-bridge: stopped" in bridge.log_path.read_text()

@@ -1,0 +1,100 @@
+"""Prometheus metrics of the web process and of a real inference worker; JSON logs."""
+
+import json
+import logging
+import sys
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from inferencehub.logs import JsonFormatter
+from tests.conftest import DATA
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.django_db
+def test_web_metrics_show_jobs_by_status_request_latency_and_upload_to_stored(client):
+    client.get("/healthz")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    scraped = samples(response.content.decode())
+    assert scraped[("inferencehub_jobs", (("status", "queued"),))] == 0
+    assert (
+        scraped[
+            (
+                "inferencehub_http_request_duration_seconds_count",
+                (("method", "GET"), ("route", "healthz"), ("status", "200")),
+            )
+        ]
+        >= 1
+    )
+    assert ("inferencehub_upload_to_stored_seconds_count", ()) in scraped
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_worker_metrics_count_batches_and_messages_after_real_work(pipeline, api):
+    files = [("image", (n, (DATA / n).read_bytes())) for n in ("fox.png", "toaster.png")]
+    created = api.post(f"{api.base_url}/api/jobs/", files=files).json()["jobs"]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        statuses = {api.get(job["url"]).json()["status"] for job in created}
+        if statuses == {"succeeded"}:
+            break
+        time.sleep(0.5)
+    assert statuses == {"succeeded"}
+
+    totals = {"batches": 0.0, "messages": 0.0, "inferences": 0.0}
+    lag_series = []
+    for port in pipeline["worker_metrics_ports"]:
+        scraped = samples(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        worker = (("consumer", "inference worker"),)
+        totals["batches"] += scraped.get(("inferencehub_batch_size_count", worker), 0)
+        totals["messages"] += scraped.get(("inferencehub_messages_consumed_total", worker), 0)
+        totals["inferences"] += scraped.get(
+            ("inferencehub_inference_duration_seconds_count", ()), 0
+        )
+        lag_series += [key for key in scraped if key[0] == "inferencehub_consumer_lag"]
+    assert totals["batches"] >= 1
+    assert totals["messages"] >= 2
+    assert totals["inferences"] >= 1
+    assert lag_series, "a worker that handled a batch reports its lag"
+
+
+def test_json_log_lines_carry_the_job_id_and_the_exception():
+    logger = logging.getLogger("test.json")
+    record = logger.makeRecord(
+        "test.json",
+        logging.WARNING,
+        __file__,
+        1,
+        "job %s failed",
+        ("abc",),
+        None,
+        extra={"job_id": "abc"},
+    )
+    line = JsonFormatter().format(record)
+    entry = json.loads(line)
+    assert "\n" not in line
+    assert entry["message"] == "job abc failed"
+    assert entry["job_id"] == "abc"
+    assert entry["level"] == "WARNING" and entry["logger"] == "test.json"
+
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        failed = logger.makeRecord(
+            "test.json", logging.ERROR, __file__, 1, "no job here", (), sys.exc_info()
+        )
+    entry = json.loads(JsonFormatter().format(failed))
+    assert "job_id" not in entry
+    assert "RuntimeError: boom" in entry["exception"]

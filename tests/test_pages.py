@@ -1,0 +1,154 @@
+"""The server-rendered pages: sign-in, the upload page, result pages and job images."""
+
+import io
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+
+from predictions import services
+from predictions.models import Job
+from tests.conftest import DATA
+from tests.factories import BatchFactory, JobFactory, PredictionFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def stored_job(owner, name: str = "fox.png") -> Job:
+    """A job with a real stored original (its preprocessing is never enqueued: the test's
+    transaction is rolled back, so on_commit callbacks do not run)."""
+    upload = SimpleUploadedFile(name, (DATA / name).read_bytes())
+    return services.create_jobs(owner=owner, uploads=[upload], top_k=5)[0]
+
+
+def test_the_upload_page_sends_anonymous_visitors_to_the_login_page(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/login/?next=/"
+
+
+def test_signing_in_on_the_login_page_leads_to_the_upload_page(client):
+    UserFactory(username="carol", password="carol-password")
+    page = client.get("/accounts/login/")
+    assert b'name="password"' in page.content
+    response = client.post(
+        "/accounts/login/", {"username": "carol", "password": "carol-password", "next": "/"}
+    )
+    assert response.status_code == 302 and response["Location"] == "/"
+    upload_page = client.get("/")
+    assert b'type="file"' in upload_page.content
+    assert b"carol" in upload_page.content
+
+
+def test_a_wrong_password_is_refused_with_a_message(client):
+    UserFactory(username="carol", password="carol-password")
+    response = client.post("/accounts/login/", {"username": "carol", "password": "nope"})
+    assert response.status_code == 200
+    assert b'role="alert"' in response.content
+    assert "_auth_user_id" not in client.session
+
+
+def test_signing_out_takes_a_post(client):
+    client.force_login(UserFactory())
+    assert client.get("/accounts/logout/").status_code == 405
+    assert client.post("/accounts/logout/").status_code == 302
+    assert "_auth_user_id" not in client.session
+
+
+def test_the_upload_page_warns_about_random_weights(client, settings):
+    settings.MODEL_WEIGHTS = "random"
+    client.force_login(UserFactory())
+    assert b"random weights" in client.get("/").content
+    settings.MODEL_WEIGHTS = "imagenet"
+    assert b"random weights" not in client.get("/").content
+
+
+def test_anonymous_visitors_get_the_upload_page_when_anonymous_uploads_are_on(client, settings):
+    settings.ALLOW_ANONYMOUS_UPLOADS = True
+    assert client.get("/").status_code == 200
+
+
+def test_the_job_page_shows_top_k_timings_and_the_random_weights_warning(client):
+    owner = UserFactory()
+    job = JobFactory(owner=owner, status=Job.Status.SUCCEEDED, model_weights="random")
+    PredictionFactory(job=job, rank=1, label="red fox", score=0.75)
+    PredictionFactory(job=job, rank=2, label="kit fox", score=0.2)
+    client.force_login(owner)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert page.index("red fox") < page.index("kit fox")
+    assert "width:75%" in page
+    assert "random weights" in page
+    assert "preprocessed" in page and "stored" in page
+    assert "data-live" not in page  # finished: the page stops refreshing itself
+
+
+def test_an_unfinished_job_page_refreshes_itself(client):
+    owner = UserFactory()
+    job = JobFactory(owner=owner, status=Job.Status.SUBMITTED)
+    client.force_login(owner)
+    assert b"data-live" in client.get(f"/jobs/{job.pk}/").content
+
+
+def test_the_batch_page_counts_jobs_per_status_and_refreshes_while_unfinished(client):
+    owner = UserFactory()
+    batch = BatchFactory(owner=owner)
+    done = JobFactory(owner=owner, batch=batch, seq=0, status=Job.Status.SUCCEEDED)
+    PredictionFactory(job=done, label="toaster")
+    failed = JobFactory(owner=owner, batch=batch, seq=1, status=Job.Status.FAILED)
+    failed.error = "preprocessing failed: truncated"
+    failed.save()
+    running = JobFactory(owner=owner, batch=batch, seq=2, status=Job.Status.QUEUED)
+    client.force_login(owner)
+    page = client.get(f"/batches/{batch.pk}/").content.decode()
+    assert "data-live" in page
+    assert 'data-summary="1 queued, 0 preprocessed, 0 submitted, 1 succeeded, 1 failed"' in page
+    assert "toaster" in page and "preprocessing failed: truncated" in page
+    running.status = Job.Status.SUCCEEDED
+    running.save()
+    assert "data-live" not in client.get(f"/batches/{batch.pk}/").content.decode()
+
+
+def test_pages_and_images_are_hidden_from_other_users_but_shown_to_staff(client):
+    owner = UserFactory()
+    job = stored_job(owner)
+    batch = BatchFactory(owner=owner)
+    urls = [f"/jobs/{job.pk}/", f"/batches/{batch.pk}/", f"/jobs/{job.pk}/image/96/"]
+    client.force_login(UserFactory())
+    assert [client.get(url).status_code for url in urls] == [404, 404, 404]
+    client.force_login(UserFactory(is_staff=True))
+    assert [client.get(url).status_code for url in urls] == [200, 200, 200]
+    client.logout()
+    assert [client.get(url).status_code for url in urls] == [404, 404, 404]
+
+
+def test_an_anonymous_job_is_shown_to_whoever_has_its_id(client):
+    job = stored_job(None)
+    assert client.get(f"/jobs/{job.pk}/").status_code == 200
+    assert client.get(f"/jobs/{job.pk}/image/480/").status_code == 200
+
+
+def test_the_job_image_is_a_small_jpeg_of_the_stored_original(client):
+    owner = UserFactory()
+    job = stored_job(owner, "toaster.png")  # an RGBA PNG: flattened for the JPEG
+    client.force_login(owner)
+    response = client.get(f"/jobs/{job.pk}/image/96/")
+    assert response["Content-Type"] == "image/jpeg"
+    assert response["Cache-Control"] == "private, max-age=86400"
+    with Image.open(io.BytesIO(response.content)) as image:
+        assert image.format == "JPEG"
+        assert max(image.size) == 96
+    assert client.get(f"/jobs/{job.pk}/image/5000/").status_code == 404
+
+
+def test_stored_originals_are_not_served_as_media_files(client):
+    owner = UserFactory()
+    job = stored_job(owner)
+    client.force_login(owner)
+    assert client.get(f"/media/{job.image.name}").status_code == 404
+
+
+def test_the_pages_style_sheet_and_scripts_are_served(client):
+    for path in ("site.css", "upload.js", "live.js"):
+        response = client.get(f"/static/predictions/{path}")
+        assert response.status_code == 200, path
+        response.close()
