@@ -20,6 +20,7 @@ services: install ## Start MariaDB, Redis and Kafka (idempotent)
 
 run: services ## Migrate, create topics and demo user, start web/celery/workers/bridge
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py kafka_topics create
 	$(PY) manage.py ensure_demo_user
 	@echo "Checking that the workers' model weights load (falls back to random weights)..."

@@ -89,6 +89,8 @@ class Job(models.Model):
             models.Index(fields=["owner", "-created_at"]),
             models.Index(fields=["status", "attempt_started_at"]),
             models.Index(fields=["-created_at"]),
+            # The admin's model filter lists the distinct model names.
+            models.Index(fields=["model_name"]),
         ]
 
     def __str__(self) -> str:

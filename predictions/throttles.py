@@ -4,11 +4,29 @@ A module of its own: DRF imports the throttle classes while defining APIView, so
 cannot live in a module that defines views.
 """
 
+import logging
+
 from django.conf import settings
+from redis.exceptions import RedisError
 from rest_framework import throttling
 
+log = logging.getLogger(__name__)
 
-class UserThrottle(throttling.UserRateThrottle):
+
+class OpenWhenCacheIsDown:
+    """Lets requests through while Redis is away: throttling guards against abuse, and an
+    outage of its counter store must not turn every API request into a 500. Uploads then
+    get 503 from the task queue being away too (services.create_jobs)."""
+
+    def allow_request(self, request, view) -> bool:
+        try:
+            return super().allow_request(request, view)
+        except RedisError as exc:
+            log.warning("throttling skipped, the cache is unavailable: %s", exc)
+            return True
+
+
+class UserThrottle(OpenWhenCacheIsDown, throttling.UserRateThrottle):
     """Requests per signed-in user (or per address when anonymous), API_THROTTLE_USER."""
 
     def get_rate(self) -> str:
@@ -16,7 +34,7 @@ class UserThrottle(throttling.UserRateThrottle):
         return settings.API_THROTTLE_USER
 
 
-class AnonThrottle(throttling.AnonRateThrottle):
+class AnonThrottle(OpenWhenCacheIsDown, throttling.AnonRateThrottle):
     """Requests per anonymous client address, API_THROTTLE_ANON."""
 
     def get_rate(self) -> str:
