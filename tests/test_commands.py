@@ -63,7 +63,7 @@ def test_submit_prints_a_table_with_the_top_label_and_score(pipeline, live_serve
         ([str(DATA)], "API token is needed"),
         ([str(DATA / "missing.jpg"), "--token", "t"], "no such file or folder"),
         ([str(DATA), "--token", "t", "--top-k", "0"], "--top-k must be between 1 and 1000"),
-        ([str(REPO / "docs"), "--token", "t"], "no image files found"),
+        ([str(REPO / "kafka_bridge"), "--token", "t"], "no image files found"),
         ([str(DATA), "--token", "t", "--server", "http://127.0.0.1:9"], "cannot reach"),
     ],
 )

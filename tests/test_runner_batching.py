@@ -73,6 +73,10 @@ class FakeConsumer:
     def seek(self, position):
         self.seeks.append((position.topic, position.partition, position.offset))
 
+    def get_watermark_offsets(self, partition, cached=False):
+        # As librdkafka answers before its first fetch statistics: unknown.
+        return (-1, -1)
+
     def close(self):
         self.closed = True
 
