@@ -14,7 +14,7 @@ os.environ.setdefault("KAFKA_DEAD_LETTER_TOPIC", f"bench-{RUN_ID}-dead-letters")
 os.environ.setdefault("KAFKA_WORKER_GROUP", f"bench-{RUN_ID}-workers")
 os.environ.setdefault("KAFKA_BRIDGE_GROUP", f"bench-{RUN_ID}-bridge")
 # Set, not defaulted: the benchmark deletes this folder when it ends.
-os.environ["MEDIA_ROOT"] = f"/tmp/inferencehub-bench-{RUN_ID}/media"
+os.environ["MEDIA_ROOT"] = f"/tmp/inferencehub-bench-{RUN_ID}"
 os.environ.setdefault("MODEL_WEIGHTS", "random")
 # The benchmark's clients upload far faster than any person.
 os.environ.setdefault("API_THROTTLE_USER", "100000000/hour")

@@ -81,25 +81,6 @@ def test_celery_task_runs_on_a_real_worker_through_redis(celery_worker, django_u
     assert result.id
 
 
-def stack(*args: str) -> None:
-    subprocess.run([sys.executable, str(REPO / "stack" / "stack.py"), *args], check=True)
-
-
-@pytest.mark.django_db
-def test_readyz_turns_503_when_redis_stops_and_200_when_it_returns(client):
-    assert client.get("/readyz").status_code == 200
-    stack("down", "redis")
-    try:
-        response = client.get("/readyz")
-        assert response.status_code == 503
-        body = response.json()
-        assert body["services"]["redis"]["ok"] is False
-        assert body["services"]["database"]["ok"] and body["services"]["kafka"]["ok"]
-    finally:
-        stack("up", "redis")
-    assert client.get("/readyz").status_code == 200
-
-
 def test_healthz_answers_without_dependencies(client):
     assert client.get("/healthz").json() == {"status": "ok"}
 
