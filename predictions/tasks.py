@@ -29,13 +29,6 @@ def store_results(results: list[dict]) -> None:
     services.record_results(results=[result_from_dict(result) for result in results])
 
 
-# Kept for the store_result tasks an earlier bridge may have left in Redis; the bridge
-# now sends store_results, one task per batch.
-@shared_task(**RETRY_POLICY)
-def store_result(result: dict) -> None:
-    services.record_result(result=result_from_dict(result))
-
-
 def result_from_dict(result: dict) -> InferenceResult:
     predictions = [Prediction(**p) for p in result["predictions"]]
     return InferenceResult(**{**result, "predictions": predictions})
