@@ -5,15 +5,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('predictions', '0001_initial'),
+        ("predictions", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['model_name'], name='predictions_model_n_3b21ad_idx'),
+            model_name="job",
+            index=models.Index(fields=["model_name"], name="predictions_model_n_3b21ad_idx"),
         ),
     ]
