@@ -1,5 +1,6 @@
 """Creating the project's topics and reporting how far each consumer group has read them."""
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -94,8 +95,8 @@ def describe_topics() -> list[PartitionLag]:
         try:
             committed = {}
             if group is not None:
-                for position in consumer.committed(
-                    [TopicPartition(topic, p) for p in partitions], timeout=ADMIN_TIMEOUT_S
+                for position in committed_offsets(
+                    consumer, [TopicPartition(topic, p) for p in partitions]
                 ):
                     committed[position.partition] = (
                         position.offset if position.offset >= 0 else None
@@ -112,3 +113,23 @@ def describe_topics() -> list[PartitionLag]:
         finally:
             consumer.close()
     return rows
+
+
+# A young cluster answers these while it creates __consumer_offsets and elects the
+# group's coordinator; the answer comes a moment later.
+COORDINATOR_NOT_READY = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
+def committed_offsets(consumer: Consumer, partitions: list[TopicPartition]) -> list:
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while True:
+        try:
+            return consumer.committed(partitions, timeout=ADMIN_TIMEOUT_S)
+        except KafkaException as error:
+            if error.args[0].code() not in COORDINATOR_NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
