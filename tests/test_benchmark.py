@@ -40,8 +40,10 @@ def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
         assert run["throughput_per_s"] > 0
         assert run["latency_ms"]["count"] == 3
         assert set(run["stages_ms"]) >= {"queued", "to Kafka", "inference", "storing"}
-        assert run["cpu_ms_per_job"]["worker"] > 0
+        # The instant model's CPU per job can be below the clock's 10 ms tick over 6 jobs.
+        assert run["cpu_ms_per_job"]["worker"] >= 0
     assert results["runs"]["seed"]["average_batch"] == 1
+    assert results["runs"]["pipeline"]["cpu_ms_per_job"]["worker"] > 0
     # Ray Serve is a benchmark-only dependency: without it the run says so, never silently.
     if "ray" in results["runs"]:
         assert results["runs"]["ray"]["throughput_per_s"] > 0
