@@ -9,21 +9,9 @@ from rest_framework.test import APIClient
 
 from predictions.models import Job
 from tests.conftest import DATA
-from tests.factories import BatchFactory, UserFactory
+from tests.factories import BatchFactory, JobFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
-
-
-def make_job(owner, batch=None) -> Job:
-    return Job.objects.create(
-        owner=owner,
-        batch=batch,
-        image="originals/none",
-        image_format="PNG",
-        image_width=1,
-        image_height=1,
-        image_bytes=1,
-    )
 
 
 def client_for(user) -> APIClient:
@@ -34,7 +22,7 @@ def client_for(user) -> APIClient:
 
 def test_a_user_lists_only_their_own_jobs_and_batches():
     alice, bob = UserFactory(), UserFactory()
-    alices_job, bobs_job = make_job(alice), make_job(bob)
+    alices_job, bobs_job = JobFactory(owner=alice), JobFactory(owner=bob)
     BatchFactory(owner=bob)
     client = client_for(alice)
     assert [j["id"] for j in client.get("/api/jobs/").json()["results"]] == [str(alices_job.pk)]
@@ -45,7 +33,7 @@ def test_a_user_lists_only_their_own_jobs_and_batches():
 def test_a_user_cannot_read_or_delete_another_users_job_or_batch():
     alice, bob = UserFactory(), UserFactory()
     batch = BatchFactory(owner=bob)
-    job = make_job(bob, batch)
+    job = JobFactory(owner=bob, batch=batch)
     client = client_for(alice)
     assert client.get(f"/api/jobs/{job.pk}/").status_code == 404
     assert client.delete(f"/api/jobs/{job.pk}/").status_code == 404
@@ -56,15 +44,15 @@ def test_a_user_cannot_read_or_delete_another_users_job_or_batch():
 
 
 def test_staff_see_every_job():
-    make_job(UserFactory())
-    make_job(UserFactory())
+    JobFactory(owner=UserFactory())
+    JobFactory(owner=UserFactory())
     staff = client_for(UserFactory(is_staff=True))
     assert staff.get("/api/jobs/").json()["count"] == 2
 
 
 def test_the_owner_deletes_a_job_with_its_predictions():
     alice = UserFactory()
-    job = make_job(alice)
+    job = JobFactory(owner=alice)
     job.predictions.create(rank=1, class_id=1, label="goldfish", score=0.5)
     assert client_for(alice).delete(f"/api/jobs/{job.pk}/").status_code == 204
     assert not Job.objects.exists()
@@ -75,7 +63,7 @@ def test_listing_needs_a_signed_in_user():
 
 
 def test_an_anonymous_job_is_readable_by_its_id_but_never_listed():
-    job = make_job(None)
+    job = JobFactory(owner=None)
     client = client_for(UserFactory())
     assert client.get(f"/api/jobs/{job.pk}/").status_code == 200
     assert APIClient().get(f"/api/jobs/{job.pk}/").status_code == 200
@@ -91,7 +79,7 @@ def test_list_rejects_an_unknown_status_filter():
 def test_a_user_cannot_upload_into_list_or_read_another_users_batch():
     alice, bob = UserFactory(), UserFactory()
     batch = BatchFactory(owner=bob)
-    make_job(bob, batch)
+    JobFactory(owner=bob, batch=batch)
     client = client_for(alice)
     photo = SimpleUploadedFile("a.png", (DATA / "fox.png").read_bytes())
     uploaded = client.post(
@@ -106,7 +94,7 @@ def test_a_user_cannot_upload_into_list_or_read_another_users_batch():
 
 def test_the_seed_api_serves_a_batch_to_whoever_holds_its_uuid_and_no_one_else():
     batch = BatchFactory(owner=UserFactory())
-    job = make_job(batch.owner, batch)
+    job = JobFactory(owner=batch.owner, batch=batch)
     Job.objects.filter(pk=job.pk).update(seq=0, status=Job.Status.SUCCEEDED)
     anonymous = APIClient()
     holder = anonymous.get("/result", {"uuid": str(batch.pk), "seqStart": 0, "seqEnd": 9})

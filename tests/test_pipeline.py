@@ -1,6 +1,7 @@
 """The whole pipeline through real processes: upload -> Celery -> Kafka -> two ResNet50
 workers -> Kafka -> bridge -> Celery -> MariaDB, with random weights."""
 
+import functools
 import json
 import subprocess
 import time
@@ -22,6 +23,7 @@ from kafka_bridge.contract import (
 from predictions import services
 from predictions.models import Job
 from tests.conftest import DATA, REPO
+from tests.factories import JobFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -149,17 +151,8 @@ def test_node_client_registers_uploads_and_prints_every_result(pipeline, live_se
     assert lines[-1]["type"] == "summary" and lines[-1]["done"] == 6
 
 
-def make_job(**fields) -> Job:
-    defaults = dict(
-        top_k=3,
-        image="originals/none",
-        image_format="PNG",
-        image_width=1,
-        image_height=1,
-        image_bytes=1,
-        status=Job.Status.SUBMITTED,
-    )
-    return Job.objects.create(**{**defaults, **fields})
+# Jobs already handed to Kafka, so the test can produce their messages itself.
+make_job = functools.partial(JobFactory, top_k=3, status=Job.Status.SUBMITTED)
 
 
 def produce(topic: str, key: bytes, value: bytes) -> None:

@@ -1,5 +1,6 @@
 """The services' own guarantees, against the real database."""
 
+import functools
 from datetime import timedelta
 
 import pytest
@@ -9,21 +10,13 @@ from django.utils import timezone
 from kafka_bridge.contract import InferenceResult, Prediction
 from predictions import services
 from predictions.models import Job
+from tests.factories import JobFactory
 
 pytestmark = pytest.mark.django_db
 
 
-def make_job(**fields) -> Job:
-    defaults = dict(
-        top_k=2,
-        image="originals/none",
-        image_format="PNG",
-        image_width=1,
-        image_height=1,
-        image_bytes=1,
-        status=Job.Status.SUBMITTED,
-    )
-    return Job.objects.create(**{**defaults, **fields})
+# Jobs waiting for their worker result, as the bridge finds them.
+make_job = functools.partial(JobFactory, top_k=2, status=Job.Status.SUBMITTED)
 
 
 def ok_result(job: Job, *labels: str) -> InferenceResult:

@@ -17,6 +17,7 @@ from django.utils import timezone
 from kafka_bridge.config import consumer_config, producer_config
 from predictions.models import Job
 from tests.conftest import REPO
+from tests.factories import JobFactory
 
 
 @pytest.mark.django_db
@@ -59,16 +60,7 @@ def test_celery_task_runs_on_a_real_worker_through_redis(celery_worker, django_u
     from predictions.tasks import sweep_stuck_jobs
 
     old = timezone.now() - timedelta(seconds=settings.JOB_TIMEOUT_SECONDS + 60)
-    job = Job.objects.create(
-        top_k=1,
-        image="originals/none",
-        image_format="JPEG",
-        image_width=1,
-        image_height=1,
-        image_bytes=1,
-        attempts=settings.JOB_MAX_ATTEMPTS,
-        attempt_started_at=old,
-    )
+    job = JobFactory(attempts=settings.JOB_MAX_ATTEMPTS, attempt_started_at=old)
     result = sweep_stuck_jobs.apply_async(ignore_result=False)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
