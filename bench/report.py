@@ -46,6 +46,12 @@ def summarize_profiles(folder: Path, top: int = 15) -> str:
     return "\n".join(lines)
 
 
+# The runs that the throughput targets apply to: the pipeline and the plumbing, each with
+# one image per upload request (as the seed's clients sent them) and with several.
+PIPELINE_RUNS = ("pipeline", "pipeline-multi")
+PLUMBING_RUNS = ("plumbing", "plumbing-multi")
+
+
 def targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
     """(target, measured, required, met) for each target that this run has figures for."""
     ceiling = data["ceiling"]
@@ -53,15 +59,6 @@ def targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
     rows = []
     pipeline = runs.get("pipeline")
     if pipeline and ceiling:
-        rows.append(
-            (
-                "pipeline at saturation ≥ 0.90 × ceiling",
-                f"{pipeline['throughput_per_s']:.1f} images/s "
-                f"= {pipeline['throughput_per_s'] / ceiling['images_per_s']:.2f} ×",
-                f"≥ {0.9 * ceiling['images_per_s']:.1f} images/s",
-                pipeline["throughput_per_s"] >= 0.9 * ceiling["images_per_s"],
-            )
-        )
         p50 = pipeline["latency_ms"]["p50"]
         rows.append(
             (
@@ -76,26 +73,38 @@ def targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
         rows.append(
             ("light-load p99 ≤ 2 × p50", f"{p99:.0f} ms", f"≤ {2 * p50:.0f} ms", p99 <= 2 * p50)
         )
-    for name, factor, label in (("seed", 1.2, "seed-style baseline"), ("ray", 1.0, "Ray Serve")):
-        if pipeline and name in runs:
-            ratio = pipeline["throughput_per_s"] / runs[name]["throughput_per_s"]
+    for name in PIPELINE_RUNS:
+        run = runs.get(name)
+        if not run:
+            continue
+        label = run["title"].split(" (")[0]
+        if ceiling:
             rows.append(
                 (
-                    f"pipeline ≥ {factor:g} × {label}",
-                    f"{ratio:.2f} ×",
-                    f"≥ {factor:g} ×",
-                    ratio >= factor,
+                    f"{label} ≥ 0.90 × ceiling",
+                    f"{run['throughput_per_s']:.1f} images/s "
+                    f"= {run['throughput_per_s'] / ceiling['images_per_s']:.2f} ×",
+                    f"≥ {0.9 * ceiling['images_per_s']:.1f} images/s",
+                    run["throughput_per_s"] >= 0.9 * ceiling["images_per_s"],
                 )
             )
-        elif pipeline and name in data["skipped"]:
+        for other, factor, other_label in (
+            ("seed", 1.2, "seed-style baseline"),
+            ("ray", 1.0, "Ray Serve"),
+        ):
+            target = f"{label} ≥ {factor:g} × {other_label}"
+            if other in runs:
+                ratio = run["throughput_per_s"] / runs[other]["throughput_per_s"]
+                rows.append((target, f"{ratio:.2f} ×", f"≥ {factor:g} ×", ratio >= factor))
+            elif other in data["skipped"]:
+                rows.append((target, "not measured", f"≥ {factor:g} ×", None))
+    for name in PLUMBING_RUNS:
+        if name in runs:
+            jobs = runs[name]["throughput_per_s"]
+            label = runs[name]["title"].split(" (")[0]
             rows.append(
-                (f"pipeline ≥ {factor:g} × {label}", "not measured", f"≥ {factor:g} ×", None)
+                (f"{label} ≥ 500 jobs/s", f"{jobs:.0f} jobs/s", "≥ 500 jobs/s", jobs >= 500)
             )
-    if "plumbing" in runs:
-        jobs = runs["plumbing"]["throughput_per_s"]
-        rows.append(
-            ("plumbing ceiling ≥ 500 jobs/s", f"{jobs:.0f} jobs/s", "≥ 500 jobs/s", jobs >= 500)
-        )
     return rows
 
 
@@ -147,18 +156,19 @@ def markdown(data: dict) -> str:
         names = list(next(iter(cpu_runs.values()))["cpu_ms_per_job"])
         lines += [
             "",
-            "CPU time per job at saturation, by process (ms; MariaDB, Redis and Kafka not "
-            "counted):",
+            'CPU time per job at saturation, by process (ms; "other" is the rest of the '
+            "machine: MariaDB, Redis, Kafka, the benchmark's clients, the system), and how "
+            "busy the machine's cores were:",
             "",
-            "| configuration | " + " | ".join(names) + " | total |",
-            "| --- |" + " --- |" * (len(names) + 1),
+            "| configuration | " + " | ".join(names) + " | total | cores busy |",
+            "| --- |" + " --- |" * (len(names) + 2),
         ]
         for run in cpu_runs.values():
             cpu = run["cpu_ms_per_job"]
             lines.append(
                 f"| {run['title']} | "
                 + " | ".join(f"{cpu[n]:.1f}" for n in names)
-                + f" | {sum(cpu.values()):.1f} |"
+                + f" | {sum(cpu.values()):.1f} | {run['machine_busy']:.0%} |"
             )
     stage_runs = {name: run for name, run in data["runs"].items() if run.get("stages_ms")}
     if stage_runs:
@@ -187,12 +197,12 @@ def plot_throughput(data: dict, path: Path) -> None:
         values += [ceiling["single_images_per_s"], ceiling["images_per_s"]]
         colours += ["grey", "grey"]
     for name, run in data["runs"].items():
-        if name == "plumbing":
+        if name in PLUMBING_RUNS:
             continue  # jobs/s of an instant model: a different scale, in the table
         labels.append(run["title"].split(" (")[0].replace(" ", "\n", 1))
         values.append(run["throughput_per_s"])
-        colours.append("tab:blue" if name == "pipeline" else "tab:orange")
-    figure, axes = plt.subplots(figsize=(7, 3.5))
+        colours.append("tab:blue" if name in PIPELINE_RUNS else "tab:orange")
+    figure, axes = plt.subplots(figsize=(9, 3.5))
     bars = axes.bar(labels, values, color=colours)
     axes.bar_label(bars, fmt="%.1f")
     axes.set_ylabel("images/s")

@@ -44,7 +44,7 @@ STAGES = (
 
 @dataclass
 class Options:
-    images: int = 200
+    images: int = 600
     clients: int = 8
     latency_images: int = 50
     workers: int = 2
@@ -55,7 +55,15 @@ class Options:
     web_workers: int = 2
     ceiling_seconds: float = 15.0
     profile: bool = False  # py-spy every pipeline process during the saturation run
-    parts: tuple[str, ...] = ("ceiling", "pipeline", "seed", "plumbing", "ray")
+    parts: tuple[str, ...] = (
+        "ceiling",
+        "pipeline",
+        "pipeline-multi",
+        "seed",
+        "plumbing",
+        "plumbing-multi",
+        "ray",
+    )
     out_dir: Path = REPO / "bench-results"
 
 
@@ -66,14 +74,24 @@ class PipelineConfig:
     model: str = "resnet50"
     request_dtype: str = "uint8"
     max_batch_size: int | None = None  # None: Options.max_batch_size
+    images_per_request: int = 1
 
 
 CONFIGS = {
     "pipeline": PipelineConfig("pipeline", "pipeline (production settings)"),
+    "pipeline-multi": PipelineConfig(
+        "pipeline-multi", "pipeline, 8 images per upload", images_per_request=8
+    ),
     "seed": PipelineConfig(
         "seed", "seed-style baseline (batch 1, float32)", request_dtype="float32", max_batch_size=1
     ),
     "plumbing": PipelineConfig("plumbing", "plumbing ceiling (instant model)", model="instant"),
+    "plumbing-multi": PipelineConfig(
+        "plumbing-multi",
+        "plumbing ceiling, 8 images per upload",
+        model="instant",
+        images_per_request=8,
+    ),
 }
 
 
@@ -349,10 +367,13 @@ def run_pipeline(
                 process
             )
         cpu_before = {name: cpu_seconds(group) for name, group in components.items()}
+        machine_before = machine_cpu_seconds()
         load_before = load_average()
         profilers = start_profilers(config, components, out) if options.profile else []
         started = time.time()
-        job_ids = upload_concurrently(base_url, token, images, options.images, options.clients)
+        job_ids = upload_concurrently(
+            base_url, token, images, options.images, options.clients, config.images_per_request
+        )
         wait_until_finished(job_ids)
         stop_profilers(profilers)
         saturation = pipeline_figures(job_ids, started)
@@ -362,7 +383,20 @@ def run_pipeline(
             name: (cpu_seconds(group) - cpu_before[name]) * 1000 / len(job_ids)
             for name, group in components.items()
         }
-        latencies, stages = measure_latency(session, base_url, images, options.latency_images)
+        machine_after = machine_cpu_seconds()
+        busy, idle = (
+            after - before for after, before in zip(machine_after, machine_before, strict=True)
+        )
+        # Everything else: MariaDB, Redis, Kafka, the benchmark's own clients, the system.
+        saturation["cpu_ms_per_job"]["other"] = busy * 1000 / len(job_ids) - sum(
+            saturation["cpu_ms_per_job"].values()
+        )
+        saturation["machine_busy"] = busy / (busy + idle)
+        # Light load is one image at a time, the same whatever the uploads carry.
+        if config.images_per_request == 1:
+            latencies, stages = measure_latency(session, base_url, images, options.latency_images)
+        else:
+            latencies, stages = [], {}
     return {
         "title": config.title,
         "unit": "jobs" if config.model == "instant" else "images",
@@ -392,6 +426,14 @@ def cpu_seconds(processes: list[ManagedProcess]) -> float:
     return total
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, all cores, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - idle) / tick, idle / tick
+
+
 def start_profilers(
     config: PipelineConfig, components: dict[str, list[ManagedProcess]], out: Path
 ) -> list[subprocess.Popen]:
@@ -419,30 +461,44 @@ def stop_profilers(profilers: list[subprocess.Popen]) -> None:
 
 def upload(session: requests.Session, base_url: str, image: tuple[str, bytes]) -> tuple[str, float]:
     """Upload one image; returns its job id and when the upload was accepted."""
-    name, data = image
-    response = session.post(
-        f"{base_url}/api/jobs/", files=[("image", (name, data, "image/jpeg"))], timeout=120
-    )
+    [job_id], accepted = upload_many(session, base_url, [image])
+    return job_id, accepted
+
+
+def upload_many(
+    session: requests.Session, base_url: str, images: list[tuple[str, bytes]]
+) -> tuple[list[str], float]:
+    """Upload images in one request; returns their job ids and when they were accepted."""
+    files = [("image", (name, data, "image/jpeg")) for name, data in images]
+    response = session.post(f"{base_url}/api/jobs/", files=files, timeout=120)
     accepted = time.time()
     if response.status_code != 202:
         raise RuntimeError(f"upload refused: {response.status_code} {response.text[:500]}")
-    return response.json()["id"], accepted
+    body = response.json()
+    return [job["id"] for job in body["jobs"]] if "jobs" in body else [body["id"]], accepted
 
 
 def upload_concurrently(
-    base_url: str, token: str, images: list[tuple[str, bytes]], count: int, clients: int
+    base_url: str,
+    token: str,
+    images: list[tuple[str, bytes]],
+    count: int,
+    clients: int,
+    per_request: int = 1,
 ) -> list[str]:
-    """Upload count images with `clients` concurrent clients, as fast as they are accepted."""
+    """Upload count images, per_request in each request, with `clients` concurrent
+    clients, as fast as they are accepted."""
     local = threading.local()
 
-    def one(index: int) -> str:
+    def one(start: int) -> list[str]:
         if not hasattr(local, "session"):
             local.session = requests.Session()
             local.session.headers["Authorization"] = f"Token {token}"
-        return upload(local.session, base_url, images[index % len(images)])[0]
+        chunk = [images[i % len(images)] for i in range(start, min(start + per_request, count))]
+        return upload_many(local.session, base_url, chunk)[0]
 
     with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(one, range(count)))
+        return [job_id for ids in pool.map(one, range(0, count, per_request)) for job_id in ids]
 
 
 def wait_until_finished(job_ids: list[str], timeout: float = 900, poll_s: float = 0.2) -> None:

@@ -16,6 +16,11 @@ os.environ.setdefault("KAFKA_BRIDGE_GROUP", f"bench-{RUN_ID}-bridge")
 # Set, not defaulted: the benchmark deletes this folder when it ends.
 os.environ["MEDIA_ROOT"] = f"/tmp/inferencehub-bench-{RUN_ID}"
 os.environ.setdefault("MODEL_WEIGHTS", "random")
+# Production settings: DEBUG off (with it, every query is recorded and formatted). The
+# processes serve plain HTTP on 127.0.0.1, so no HTTPS redirect.
+os.environ.setdefault("DJANGO_DEBUG", "false")
+os.environ.setdefault("DJANGO_SECRET_KEY", uuid.uuid4().hex * 2)
+os.environ.setdefault("DJANGO_SECURE_SSL_REDIRECT", "false")
 # The benchmark's clients upload far faster than any person.
 os.environ.setdefault("API_THROTTLE_USER", "100000000/hour")
 os.environ.setdefault("API_THROTTLE_ANON", "100000000/hour")

@@ -2,6 +2,8 @@ import logging
 import os
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
+from django.db import close_old_connections
 from kombu.transport import redis as kombu_redis
 
 logger = logging.getLogger(__name__)
@@ -11,6 +13,15 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inferencehub.settings")
 app = Celery("inferencehub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _close_broken_or_expired_connections(task, **_kwargs) -> None:
+    """What Django does at the start and end of a request (see CELERY_DB_REUSE_MAX).
+    An eager task runs inside its caller's transaction, which must stay open."""
+    if not task.request.is_eager:
+        close_old_connections()
 
 
 def _restore_unacked_or_leave_them(self, client=None):

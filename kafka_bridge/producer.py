@@ -24,8 +24,8 @@ def get_producer() -> Producer:
         return _producer
 
 
-def publish_request(request: InferenceRequest, *, timeout: float = 15.0) -> None:
-    """Produce one request and wait until the broker has it (acks=all), or raise."""
+def publish_requests(requests: list[InferenceRequest], *, timeout: float = 15.0) -> None:
+    """Produce the requests and wait until the broker has every one (acks=all), or raise."""
     errors: list[KafkaError] = []
 
     def on_delivery(err, _msg):
@@ -33,16 +33,17 @@ def publish_request(request: InferenceRequest, *, timeout: float = 15.0) -> None
             errors.append(err)
 
     producer = get_producer()
-    producer.produce(
-        settings.KAFKA_REQUESTS_TOPIC,
-        key=encode_key(request.job_id),
-        value=encode_request(request),
-        on_delivery=on_delivery,
-    )
+    for request in requests:
+        producer.produce(
+            settings.KAFKA_REQUESTS_TOPIC,
+            key=encode_key(request.job_id),
+            value=encode_request(request),
+            on_delivery=on_delivery,
+        )
     remaining = producer.flush(timeout)
     if errors:
         raise KafkaException(errors[0])
     if remaining:
         raise KafkaException(
-            KafkaError(KafkaError._MSG_TIMED_OUT, f"request not delivered within {timeout}s")
+            KafkaError(KafkaError._MSG_TIMED_OUT, f"requests not delivered within {timeout}s")
         )

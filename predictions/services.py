@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from kafka_bridge.contract import InferenceRequest, InferenceResult
-from kafka_bridge.producer import publish_request
+from kafka_bridge.producer import publish_requests
 from predictions.images import ImageRejected, inspect_image, prepare_for_model
 from predictions.models import Batch, Job, Prediction
 
@@ -163,41 +163,59 @@ def _enqueue_or_withdraw(jobs: list[Job]) -> None:
         ) from None
 
 
+# Jobs per preprocessing task: an upload of many images is one Celery task and one Kafka
+# flush per this many, rather than one of each per image.
+PREPROCESS_CHUNK = 32
+
+
 def _enqueue_preprocess(job_ids: list) -> None:
-    from predictions.tasks import preprocess_job
+    from predictions.tasks import preprocess_jobs
 
-    for job_id in job_ids:
-        preprocess_job.delay(str(job_id))
+    ids = [str(job_id) for job_id in job_ids]
+    for start in range(0, len(ids), PREPROCESS_CHUNK):
+        preprocess_jobs.delay(ids[start : start + PREPROCESS_CHUNK])
 
 
-def preprocess_and_submit(*, job_id: str) -> None:
-    """Turn the stored original into a model-ready tensor and hand it to Kafka."""
-    job = Job.objects.filter(pk=job_id).first()
+def preprocess_and_submit(*, job_ids: list[str]) -> None:
+    """Turn the jobs' stored originals into model-ready tensors and hand them to Kafka.
+
+    A job whose image cannot be decoded fails with the reason; the others go on. Kafka
+    refusing raises, and a retry resubmits every job of the call not yet submitted.
+    """
     # PREPROCESSED means an earlier run of this task could not hand the request to Kafka:
     # that retry must go on. Anything later was handled by an earlier delivery.
-    if job is None or job.status not in (Job.Status.QUEUED, Job.Status.PREPROCESSED):
-        return
-    started = time.perf_counter()
-    try:
-        with job.image.open("rb") as file:
-            tensor = prepare_for_model(file, size=settings.MODEL_INPUT_SIZE)
-    except (OSError, ValueError) as exc:
-        fail_job(job_id=job.pk, reason=f"preprocessing failed: {exc}")
-        return
-    preprocess_ms = (time.perf_counter() - started) * 1000
-    Job.objects.filter(pk=job.pk, status__in=(Job.Status.QUEUED, Job.Status.PREPROCESSED)).update(
-        status=Job.Status.PREPROCESSED, preprocessed_at=timezone.now(), preprocess_ms=preprocess_ms
-    )
-    publish_request(
-        InferenceRequest(
-            job_id=str(job.pk),
-            top_k=job.top_k,
-            image=tensor if settings.REQUEST_DTYPE == "uint8" else tensor.astype(np.float32),
-            submitted_at_ms=int(time.time() * 1000),
-            attempt=job.attempts,
+    waiting = (Job.Status.QUEUED, Job.Status.PREPROCESSED)
+    jobs = list(Job.objects.filter(pk__in=job_ids, status__in=waiting))
+    requests: list[InferenceRequest] = []
+    prepared: list[Job] = []
+    for job in jobs:
+        started = time.perf_counter()
+        try:
+            with job.image.open("rb") as file:
+                tensor = prepare_for_model(file, size=settings.MODEL_INPUT_SIZE)
+        except (OSError, ValueError) as exc:
+            fail_job(job_id=job.pk, reason=f"preprocessing failed: {exc}")
+            continue
+        job.status = Job.Status.PREPROCESSED
+        job.preprocessed_at = timezone.now()
+        job.preprocess_ms = (time.perf_counter() - started) * 1000
+        prepared.append(job)
+        requests.append(
+            InferenceRequest(
+                job_id=str(job.pk),
+                top_k=job.top_k,
+                image=tensor if settings.REQUEST_DTYPE == "uint8" else tensor.astype(np.float32),
+                submitted_at_ms=int(time.time() * 1000),
+                attempt=job.attempts,
+            )
         )
+    if not prepared:
+        return
+    Job.objects.filter(status__in=waiting).bulk_update(
+        prepared, ["status", "preprocessed_at", "preprocess_ms"]
     )
-    Job.objects.filter(pk=job.pk, status=Job.Status.PREPROCESSED).update(
+    publish_requests(requests)
+    Job.objects.filter(pk__in=[job.pk for job in prepared], status=Job.Status.PREPROCESSED).update(
         status=Job.Status.SUBMITTED, submitted_at=timezone.now()
     )
 

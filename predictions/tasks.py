@@ -20,8 +20,8 @@ RETRY_POLICY = {
 
 
 @shared_task(**RETRY_POLICY)
-def preprocess_job(job_id: str) -> None:
-    services.preprocess_and_submit(job_id=job_id)
+def preprocess_jobs(job_ids: list[str]) -> None:
+    services.preprocess_and_submit(job_ids=job_ids)
 
 
 @shared_task(**RETRY_POLICY)

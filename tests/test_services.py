@@ -117,7 +117,7 @@ def test_preprocessing_retried_after_kafka_refused_still_submits(kafka_topics, s
     settings.MEDIA_ROOT = str(tmp_path)
     job = make_job(status=Job.Status.PREPROCESSED)
     job.image.save(str(job.pk), ContentFile((DATA / "fox.png").read_bytes()))
-    services.preprocess_and_submit(job_id=str(job.pk))
+    services.preprocess_and_submit(job_ids=[str(job.pk)])
     job.refresh_from_db()
     assert job.status == Job.Status.SUBMITTED
     assert job.submitted_at is not None
@@ -125,6 +125,30 @@ def test_preprocessing_retried_after_kafka_refused_still_submits(kafka_topics, s
 
 def test_preprocessing_skips_a_job_already_submitted(kafka_topics):
     job = make_job(status=Job.Status.SUBMITTED)
-    services.preprocess_and_submit(job_id=str(job.pk))  # its image does not exist: not opened
+    services.preprocess_and_submit(job_ids=[str(job.pk)])  # its image does not exist: not opened
     job.refresh_from_db()
     assert job.status == Job.Status.SUBMITTED
+
+
+def test_preprocessing_fails_an_undecodable_image_and_submits_the_others(
+    kafka_topics, settings, tmp_path
+):
+    from django.core.files.base import ContentFile
+
+    from tests.conftest import DATA
+
+    settings.MEDIA_ROOT = str(tmp_path)
+    jpeg = (DATA / "bolete.jpg").read_bytes()
+    scan = jpeg.index(b"\xff\xda")
+    # Whole, so it passes the upload check, but its scan header is garbage.
+    garbled = jpeg[: scan + 4] + b"\xff" * 8 + jpeg[scan + 12 :]
+    broken, good = make_job(status=Job.Status.QUEUED), make_job(status=Job.Status.QUEUED)
+    broken.image.save(str(broken.pk), ContentFile(garbled))
+    good.image.save(str(good.pk), ContentFile((DATA / "fox.png").read_bytes()))
+    services.preprocess_and_submit(job_ids=[str(broken.pk), str(good.pk)])
+    broken.refresh_from_db()
+    good.refresh_from_db()
+    assert broken.status == Job.Status.FAILED
+    assert broken.error.startswith("preprocessing failed: ")
+    assert good.status == Job.Status.SUBMITTED
+    assert good.preprocess_ms is not None and good.submitted_at is not None

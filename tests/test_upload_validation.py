@@ -67,6 +67,14 @@ def zip_bytes() -> bytes:
 BOLETE = (DATA / "bolete.jpg").read_bytes()
 FOX = (DATA / "fox.png").read_bytes()
 
+
+def with_end_marker_before_scan(jpeg: bytes) -> bytes:
+    """The JPEG with an end-of-image marker in a comment before its scan data, where an
+    EXIF thumbnail's would be: a marker that is not the end of the image."""
+    segment = b"\xff\xfe" + struct.pack(">H", 6) + b"\xff\xd8\xff\xd9"
+    return jpeg[:2] + segment + jpeg[2:]
+
+
 BAD_FILES = {
     "empty": (b"", "empty"),
     "text": (b"just some words\n" * 10, "not an image"),
@@ -76,6 +84,10 @@ BAD_FILES = {
     "zip renamed .jpg": (zip_bytes(), "not an image"),
     "truncated jpeg": (BOLETE[: len(BOLETE) // 2], "could not be decoded"),
     "truncated png": (FOX[: len(FOX) // 2], "could not be decoded"),
+    "truncated jpeg, end marker before its scan": (
+        with_end_marker_before_scan(BOLETE)[: len(BOLETE) // 2],
+        "truncated",
+    ),
     "decompression bomb": (huge_png(30_000, 30_000), "pixels"),
 }
 
