@@ -1,4 +1,5 @@
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from predictions.models import Batch, Job, Prediction
@@ -12,7 +13,7 @@ class PredictionSerializer(serializers.ModelSerializer):
 
 class JobSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
-    predictions = PredictionSerializer(many=True, read_only=True)
+    predictions = serializers.SerializerMethodField()
     model = serializers.SerializerMethodField()
     image = serializers.SerializerMethodField()
     timings = serializers.SerializerMethodField()
@@ -38,6 +39,14 @@ class JobSerializer(serializers.ModelSerializer):
 
     def get_url(self, job: Job) -> str:
         return self._absolute(job.get_absolute_url())
+
+    @extend_schema_field(PredictionSerializer(many=True))
+    def get_predictions(self, job: Job) -> list:
+        # Only a succeeded job has predictions: not asking for the others' saves a query
+        # per job, e.g. for every job an upload answers with.
+        if job.status != Job.Status.SUCCEEDED:
+            return []
+        return PredictionSerializer(job.predictions.all(), many=True).data
 
     def get_model(self, job: Job) -> dict:
         return {

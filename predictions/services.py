@@ -187,7 +187,6 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
     waiting = (Job.Status.QUEUED, Job.Status.PREPROCESSED)
     jobs = list(Job.objects.filter(pk__in=job_ids, status__in=waiting))
     requests: list[InferenceRequest] = []
-    prepared: list[Job] = []
     for job in jobs:
         started = time.perf_counter()
         try:
@@ -196,10 +195,12 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
         except (OSError, ValueError) as exc:
             fail_job(job_id=job.pk, reason=f"preprocessing failed: {exc}")
             continue
-        job.status = Job.Status.PREPROCESSED
-        job.preprocessed_at = timezone.now()
-        job.preprocess_ms = (time.perf_counter() - started) * 1000
-        prepared.append(job)
+        # One plain UPDATE per job: cheaper to build than one bulk_update of the chunk.
+        Job.objects.filter(pk=job.pk, status__in=waiting).update(
+            status=Job.Status.PREPROCESSED,
+            preprocessed_at=timezone.now(),
+            preprocess_ms=(time.perf_counter() - started) * 1000,
+        )
         requests.append(
             InferenceRequest(
                 job_id=str(job.pk),
@@ -209,13 +210,11 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
                 attempt=job.attempts,
             )
         )
-    if not prepared:
+    if not requests:
         return
-    Job.objects.filter(status__in=waiting).bulk_update(
-        prepared, ["status", "preprocessed_at", "preprocess_ms"]
-    )
     publish_requests(requests)
-    Job.objects.filter(pk__in=[job.pk for job in prepared], status=Job.Status.PREPROCESSED).update(
+    submitted = [request.job_id for request in requests]
+    Job.objects.filter(pk__in=submitted, status=Job.Status.PREPROCESSED).update(
         status=Job.Status.SUBMITTED, submitted_at=timezone.now()
     )
 
