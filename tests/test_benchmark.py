@@ -42,6 +42,10 @@ def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
         assert set(run["stages_ms"]) >= {"queued", "to Kafka", "inference", "storing"}
         # The instant model's CPU per job can be below the clock's 10 ms tick over 6 jobs.
         assert run["cpu_ms_per_job"]["worker"] >= 0
+    for name in ("pipeline-multi", "plumbing-multi"):  # 8 images per upload request
+        run = results["runs"][name]
+        assert (run["count"], run["failed"]) == (6, 0), name
+        assert 0 < run["machine_busy"] <= 1
     assert results["runs"]["seed"]["average_batch"] == 1
     assert results["runs"]["pipeline"]["cpu_ms_per_job"]["worker"] > 0
     # Ray Serve is a benchmark-only dependency: without it the run says so, never silently.
