@@ -205,6 +205,7 @@ def plot_throughput(data: dict, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(9, 3.5))
     bars = axes.bar(labels, values, color=colours)
     axes.bar_label(bars, fmt="%.1f")
+    axes.margins(y=0.12)  # room for the tallest bar's label under the title
     axes.set_ylabel("images/s")
     axes.set_title("Throughput at saturation (plumbing ceiling: see the table)")
     figure.tight_layout()
