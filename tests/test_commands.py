@@ -48,6 +48,35 @@ def test_submit_uploads_a_folder_and_prints_one_json_line_per_photo(
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
+def test_submit_sends_several_images_per_upload_and_a_bad_file_refuses_only_itself(
+    pipeline, live_server, user, process_env, tmp_path
+):
+    for name in ("bolete.jpg", "fox.png", "toaster.png"):
+        (tmp_path / name).write_bytes((DATA / name).read_bytes())
+    (tmp_path / "notes.jpg").write_text("not a photo\n")
+    token = Token.objects.create(user=user).key
+    completed = subprocess.run(
+        manage("submit", str(tmp_path), "--server", live_server.url, "--json"),
+        cwd=REPO,
+        env={**process_env, "INFERENCEHUB_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    results = {
+        r["file"].rsplit("/", 1)[1]: r for r in map(json.loads, completed.stdout.splitlines())
+    }
+    assert results["notes.jpg"]["status"] == "rejected"
+    assert "not an image" in results["notes.jpg"]["error"]
+    assert {results[name]["status"] for name in ("bolete.jpg", "fox.png", "toaster.png")} == {
+        "succeeded"
+    }
+    assert Job.objects.count() == 3
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
 def test_submit_prints_a_table_with_the_top_label_and_score(pipeline, live_server, user, capsys):
     token = Token.objects.create(user=user).key
     call_command("submit", str(DATA / "fox.png"), server=live_server.url, token=token)
@@ -63,6 +92,7 @@ def test_submit_prints_a_table_with_the_top_label_and_score(pipeline, live_serve
         ([str(DATA)], "API token is needed"),
         ([str(DATA / "missing.jpg"), "--token", "t"], "no such file or folder"),
         ([str(DATA), "--token", "t", "--top-k", "0"], "--top-k must be between 1 and 1000"),
+        ([str(DATA), "--token", "t", "--per-request", "0"], "--per-request must be 1 or more"),
         ([str(REPO / "kafka_bridge"), "--token", "t"], "no image files found"),
         ([str(DATA), "--token", "t", "--server", "http://127.0.0.1:9"], "cannot reach"),
     ],

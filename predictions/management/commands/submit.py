@@ -5,7 +5,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from predictions.client import InferenceHubClient, InferenceHubError
+from predictions.client import IMAGES_PER_REQUEST, InferenceHubClient, InferenceHubError
 
 # Folders are searched for these; files named on the command line are sent whatever
 # their name, and the server judges them by their bytes.
@@ -52,23 +52,42 @@ class Command(BaseCommand):
         parser.add_argument("--top-k", type=int, default=5)
         parser.add_argument("--batch", help="a batch id, or 'new' to create one")
         parser.add_argument("--concurrency", type=int, default=4, help="uploads at once")
+        parser.add_argument(
+            "--per-request", type=int, default=IMAGES_PER_REQUEST, help="images per upload"
+        )
         parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
         parser.add_argument("--json", action="store_true", help="one JSON line per file")
 
-    def handle(self, *args, paths, server, token, top_k, batch, concurrency, timeout, **options):
+    def handle(
+        self,
+        *args,
+        paths,
+        server,
+        token,
+        top_k,
+        batch,
+        concurrency,
+        per_request,
+        timeout,
+        **options,
+    ):
         if not token:
             raise CommandError("an API token is needed: --token or INFERENCEHUB_TOKEN")
         if not 1 <= top_k <= 1000:
             raise CommandError(f"--top-k must be between 1 and 1000, got {top_k}")
         if concurrency < 1:
             raise CommandError(f"--concurrency must be 1 or more, got {concurrency}")
+        if per_request < 1:
+            raise CommandError(f"--per-request must be 1 or more, got {per_request}")
         files = image_files(paths)
         client = InferenceHubClient(server, token)
         try:
             if batch == "new":
                 batch = client.create_batch()
                 self.stderr.write(f"batch {batch}")
-            uploaded = client.upload(files, top_k=top_k, batch=batch, concurrency=concurrency)
+            uploaded = client.upload(
+                files, top_k=top_k, batch=batch, concurrency=concurrency, per_request=per_request
+            )
             job_ids = [job["id"] for job in uploaded if "id" in job]
             finished = client.wait(job_ids, timeout_s=timeout, on_progress=show_progress)
         except InferenceHubError as exc:
