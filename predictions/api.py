@@ -12,6 +12,7 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -199,6 +200,20 @@ class JobViewSet(
                 data[0], status=status.HTTP_202_ACCEPTED, headers={"Location": data[0]["url"]}
             )
         return Response({"jobs": data}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: JobSerializer, **errors(404, 409)})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Run a failed job again from the start, as a new attempt of the same image."""
+        job = self.get_object()
+        if not services.retry_jobs(jobs=[job]):
+            job.refresh_from_db()
+            return error_response(
+                f"only a failed job can be retried; this one is {job.status}", 409
+            )
+        job.refresh_from_db()
+        data = JobSerializer(job, context=self.get_serializer_context()).data
+        return Response(data, status=status.HTTP_202_ACCEPTED)
 
     def perform_destroy(self, instance: Job) -> None:
         services.delete_job(job=instance)

@@ -37,6 +37,7 @@ def test_a_user_cannot_read_or_delete_another_users_job_or_batch():
     client = client_for(alice)
     assert client.get(f"/api/jobs/{job.pk}/").status_code == 404
     assert client.delete(f"/api/jobs/{job.pk}/").status_code == 404
+    assert client.post(f"/api/jobs/{job.pk}/retry/").status_code == 404
     assert client.get(f"/api/batches/{batch.pk}/").status_code == 404
     assert client.get(f"/jobs/{job.pk}/").status_code == 404
     assert client.get(f"/batches/{batch.pk}/").status_code == 404
@@ -60,6 +61,14 @@ def test_the_owner_deletes_a_job_with_its_predictions():
 
 def test_listing_needs_a_signed_in_user():
     assert APIClient().get("/api/jobs/").status_code in (401, 403)
+
+
+def test_retrying_needs_a_signed_in_owner_even_for_an_anonymous_job():
+    job = JobFactory(owner=None, status=Job.Status.FAILED)
+    assert APIClient().post(f"/api/jobs/{job.pk}/retry/").status_code == 401
+    assert client_for(UserFactory()).post(f"/api/jobs/{job.pk}/retry/").status_code == 404
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
 
 
 def test_an_anonymous_job_is_readable_by_its_id_but_never_listed():

@@ -253,3 +253,24 @@ def test_request_for_a_job_that_was_deleted_is_ignored(pipeline):
     )
     (job,) = wait_until_finished([job.pk], timeout=60)
     assert job.status == Job.Status.SUCCEEDED
+
+
+def test_a_failed_job_retried_through_the_api_runs_again_and_succeeds(pipeline, api, user):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.db import transaction
+
+    with transaction.atomic():  # failed before its preprocessing is enqueued
+        [job] = services.create_jobs(
+            owner=user,
+            uploads=[SimpleUploadedFile("fox.png", (DATA / "fox.png").read_bytes())],
+            top_k=2,
+        )
+        services.fail_job(job_id=job.pk, reason="inference failed: out of memory")
+    response = api.post(f"{api.base_url}/api/jobs/{job.pk}/retry/")
+    assert response.status_code == 202, response.text
+    assert (response.json()["status"], response.json()["attempts"]) == ("queued", 2)
+    [job] = wait_until_finished([job.pk])
+    assert (job.status, job.error, job.predictions.count()) == ("succeeded", "", 2)
+    again = api.post(f"{api.base_url}/api/jobs/{job.pk}/retry/")
+    assert again.status_code == 409
+    assert again.json()["error"] == "only a failed job can be retried; this one is succeeded"
