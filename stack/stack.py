@@ -39,10 +39,13 @@ APP_PROCESSES = {
             "--workers", "2", "--threads", "4", "--timeout", "120",
             "--limit-request-line", "4094", "--limit-request-fields", "100",
             "--limit-request-field_size", "8190"],
-    # --schedule keeps celery beat's state file out of the work tree.
-    "celery": [".venv/bin/celery", "-A", "inferencehub", "worker", "--beat", "--loglevel", "INFO",
-               "--concurrency", "2", "--hostname", "celery@%h",
-               "--schedule", ".stack/celery-beat-schedule"],
+    "celery": [".venv/bin/celery", "-A", "inferencehub", "worker", "--loglevel", "INFO",
+               "--concurrency", "2", "--hostname", "celery@%h"],
+    # Its own process, as in production: the schedule (the sweep of stuck jobs) keeps
+    # running while a Celery worker is restarted. Exactly one beat may run per cluster.
+    # --schedule keeps beat's state file out of the work tree.
+    "beat": [".venv/bin/celery", "-A", "inferencehub", "beat", "--loglevel", "INFO",
+             "--schedule", ".stack/celery-beat-schedule"],
     "worker1": [".venv/bin/python", "manage.py", "run_worker"],
     "worker2": [".venv/bin/python", "manage.py", "run_worker"],
     "bridge": [".venv/bin/python", "manage.py", "consume_results"],
