@@ -1,5 +1,8 @@
 """The REST API under /api/: jobs and batches."""
 
+import re
+from collections.abc import Sequence
+
 from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Count, Q, QuerySet
@@ -49,6 +52,9 @@ def exception_handler(exc, context):
         response.data = {"error": " ".join(map(str, detail))}
     return response
 
+
+# An Idempotency-Key: what clients send (UUIDs, hashes) and what fits the column.
+UPLOAD_KEY = re.compile(r"[\x21-\x7e]{1,100}")
 
 # What a 503 tells the client to wait before trying again: outages of the database or
 # the task queue are expected to last seconds to minutes.
@@ -156,6 +162,17 @@ class JobViewSet(
                 "required": ["image"],
             }
         },
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                description="any 1 to 100 printable ASCII characters, e.g. a UUID, new for "
+                "each upload: the same upload sent again answers with the first one's jobs "
+                "(header Idempotent-Replayed: true)",
+                pattern=r"^[\x21-\x7e]{1,100}$",
+            )
+        ],
         responses={
             202: PolymorphicProxySerializer(
                 component_name="JobsCreated",
@@ -168,13 +185,31 @@ class JobViewSet(
     def create(self, request, *args, **kwargs):
         """Upload one or more images (`image` repeated); each becomes a queued job.
 
-        One image answers with the job; several answer with `{"jobs": [...]}`.
+        One image answers with the job; several answer with `{"jobs": [...]}`. With an
+        `Idempotency-Key` header, sending the same upload again (say, after a lost answer)
+        answers with the jobs of the first instead of making new ones.
         """
         params = JobCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         uploads = request.FILES.getlist("image")
         if not uploads:
             raise ValidationError({"image": ["no image was uploaded"]})
+        upload_key = request.headers.get("Idempotency-Key")
+        if upload_key is not None:
+            if not UPLOAD_KEY.fullmatch(upload_key):
+                return error_response(
+                    "Idempotency-Key must be 1 to 100 printable ASCII characters", 400
+                )
+            if request.user.is_authenticated and (
+                earlier := services.jobs_of_upload(owner=request.user, upload_key=upload_key)
+            ):
+                if len(earlier) != len(uploads):
+                    return error_response(
+                        f"Idempotency-Key {upload_key} was used for an upload of "
+                        f"{len(earlier)} image(s); this one has {len(uploads)}",
+                        409,
+                    )
+                return self.jobs_accepted(earlier, replayed=True)
         batch = None
         if batch_id := params.validated_data.get("batch"):
             batch = (
@@ -191,15 +226,20 @@ class JobViewSet(
                 top_k=params.validated_data["top_k"],
                 batch=batch,
                 seq=params.validated_data.get("seq"),
+                upload_key=upload_key,
             )
         except services.UploadError as exc:
             return error_response(str(exc), exc.status)
+        return self.jobs_accepted(jobs, replayed=False)
+
+    # Sequence: inside this class, `list` is the list action.
+    def jobs_accepted(self, jobs: Sequence[Job], *, replayed: bool) -> Response:
         data = JobSerializer(jobs, many=True, context=self.get_serializer_context()).data
+        headers = {"Idempotent-Replayed": "true"} if replayed else {}
         if len(jobs) == 1:
-            return Response(
-                data[0], status=status.HTTP_202_ACCEPTED, headers={"Location": data[0]["url"]}
-            )
-        return Response({"jobs": data}, status=status.HTTP_202_ACCEPTED)
+            headers["Location"] = data[0]["url"]
+            return Response(data[0], status=status.HTTP_202_ACCEPTED, headers=headers)
+        return Response({"jobs": data}, status=status.HTTP_202_ACCEPTED, headers=headers)
 
     @extend_schema(request=None, responses={202: JobSerializer, **errors(404, 409)})
     @action(detail=True, methods=["post"])

@@ -9,6 +9,7 @@ It needs only `requests`, not Django.
 
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,11 +18,20 @@ import requests
 
 REQUEST_TIMEOUT_S = 120.0
 IMAGES_PER_REQUEST = 8
+# An upload whose answer was lost, or that met a briefly unavailable server, is sent again
+# with the same Idempotency-Key, so it never makes its jobs twice.
+UPLOAD_ATTEMPTS = 4
+RETRY_BACKOFF_S = 0.5
+UNAVAILABLE = (502, 503, 504)
 FINISHED = ("succeeded", "failed")
 
 
 class InferenceHubError(Exception):
-    """The server refused a request, or could not be reached."""
+    """The server refused a request (status is its HTTP code), or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ServerUnreachable(InferenceHubError):
@@ -33,12 +43,12 @@ class InferenceHubClient:
         self.server = server.rstrip("/")
         self.headers = {"Authorization": f"Token {token}"} if token else {}
 
-    def request(self, method: str, path: str, **kwargs) -> dict:
+    def request(self, method: str, path: str, *, headers: dict | None = None, **kwargs) -> dict:
         try:
             response = requests.request(
                 method,
                 self.server + path,
-                headers=self.headers,
+                headers={**self.headers, **(headers or {})},
                 timeout=REQUEST_TIMEOUT_S,
                 **kwargs,
             )
@@ -49,7 +59,7 @@ class InferenceHubClient:
                 message = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 message = response.text[:200]
-            raise InferenceHubError(f"HTTP {response.status_code}: {message}")
+            raise InferenceHubError(f"HTTP {response.status_code}: {message}", response.status_code)
         return response.json()
 
     def create_batch(self) -> str:
@@ -59,16 +69,44 @@ class InferenceHubClient:
         self, paths: list[Path], *, top_k: int = 5, batch: str | None = None
     ) -> list[dict]:
         """Upload images in one request, all or nothing; returns their jobs in order.
-        Raises InferenceHubError when refused."""
+
+        The request carries an Idempotency-Key and is sent again, up to UPLOAD_ATTEMPTS
+        times, when the server cannot be reached, drops the connection or is briefly
+        unavailable: the server then answers with the jobs of whichever attempt it got.
+        Raises InferenceHubError when refused, ServerUnreachable after the last attempt.
+        Without a token there is no key (the server takes keys from signed-in users only),
+        so there is one attempt.
+        """
         data = {"top_k": str(top_k)}
         if batch:
             data["batch"] = batch
-        with contextlib.ExitStack() as stack:
-            files = [
-                ("image", (path.name, stack.enter_context(open(path, "rb")))) for path in paths
-            ]
-            body = self.request("POST", "/api/jobs/", files=files, data=data)
-        return body.get("jobs", [body])
+        keyed = bool(self.headers)
+        headers = {"Idempotency-Key": uuid.uuid4().hex} if keyed else {}
+        attempts = UPLOAD_ATTEMPTS if keyed else 1
+        attempt = 1
+        while True:
+            try:
+                with contextlib.ExitStack() as stack:
+                    files = [
+                        ("image", (path.name, stack.enter_context(open(path, "rb"))))
+                        for path in paths
+                    ]
+                    body = self.request(
+                        "POST", "/api/jobs/", files=files, data=data, headers=headers
+                    )
+                return body.get("jobs", [body])
+            except InferenceHubError as exc:
+                # After a lost answer, 409 means our own earlier attempt is still being
+                # stored; the next attempt gets its jobs.
+                retry = (
+                    isinstance(exc, ServerUnreachable)
+                    or exc.status in UNAVAILABLE
+                    or (exc.status == 409 and attempt > 1)
+                )
+                if not retry or attempt == attempts:
+                    raise
+            time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+            attempt += 1
 
     def upload(
         self,

@@ -58,6 +58,12 @@ class Job(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=1)
+    # The client's Idempotency-Key for the upload that made this job, and the image's place
+    # in that upload: a retried upload finds its jobs instead of making new ones. NULL
+    # without a key, so that the unique constraint below leaves those jobs alone (MariaDB
+    # has no partial indexes; NULLs never collide).
+    upload_key = models.CharField(max_length=100, null=True, blank=True)
+    upload_index = models.PositiveSmallIntegerField(default=0)
 
     image = models.FileField(upload_to=original_image_path, max_length=200)
     original_name = models.CharField(max_length=255, blank=True)
@@ -84,6 +90,9 @@ class Job(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["batch", "seq"], name="unique_seq_per_batch"),
+            models.UniqueConstraint(
+                fields=["owner", "upload_key", "upload_index"], name="unique_upload_key_per_owner"
+            ),
         ]
         indexes = [
             models.Index(fields=["owner", "-created_at"]),

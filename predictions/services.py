@@ -76,12 +76,17 @@ def create_jobs(
     top_k: int,
     batch: Batch | None = None,
     seq: int | None = None,
+    upload_key: str | None = None,
 ) -> list[Job]:
     """Check every upload, then store them and create one queued job each, all or nothing.
 
     With a batch, the images take the sequence numbers seq, seq+1, ... (seq defaults to
-    the batch's next free number).
+    the batch's next free number). upload_key is the client's Idempotency-Key: an owner's
+    second upload with the same key is refused with 409 (the caller answers a retry with
+    jobs_of_upload before calling this).
     """
+    if upload_key is not None and owner is None:
+        raise UploadError("an Idempotency-Key is only accepted from a signed-in user")
     if not uploads:
         raise UploadError("no image was uploaded")
     if not 1 <= top_k <= 1000:
@@ -122,6 +127,8 @@ def create_jobs(
                     image_width=upload.width,
                     image_height=upload.height,
                     image_bytes=upload.file.size,
+                    upload_key=upload_key,
+                    upload_index=index,
                 )
                 upload.file.seek(0)
                 job.image.save(str(job.id), upload.file, save=False)
@@ -130,11 +137,22 @@ def create_jobs(
             transaction.on_commit(lambda: _enqueue_or_withdraw(jobs))
     except IntegrityError:
         _delete_images(jobs)
+        if upload_key is not None and jobs_of_upload(owner=owner, upload_key=upload_key):
+            raise UploadError(
+                "another upload with this Idempotency-Key was accepted meanwhile; "
+                "send it again to get its jobs",
+                status=409,
+            ) from None
         raise UploadError("seq already used in this batch", status=409) from None
     except BaseException:
         _delete_images(jobs)
         raise
     return jobs
+
+
+def jobs_of_upload(*, owner: AbstractBaseUser, upload_key: str) -> list[Job]:
+    """The jobs an earlier upload with this Idempotency-Key created, in upload order."""
+    return list(Job.objects.filter(owner=owner, upload_key=upload_key).order_by("upload_index"))
 
 
 def _delete_images(jobs: list[Job]) -> None:
