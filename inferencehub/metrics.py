@@ -1,13 +1,14 @@
 """Prometheus metrics.
 
-The web process serves /metrics. Under gunicorn each worker process has its own counts
-for the request histogram, so a scrape sees one process's requests; the jobs gauge and the
-upload-to-stored histogram are read from the database at scrape time and are the same from
-every process. Inference workers and the result bridge serve their metrics on their own
-port (`--metrics-port`).
+The web process serves /metrics. Under gunicorn (gunicorn.conf.py sets
+PROMETHEUS_MULTIPROC_DIR) every worker process writes its request counts to files there,
+and a scrape adds up all of them; the jobs gauge and the upload-to-stored histogram are read
+from the database at scrape time. Inference workers and the result bridge serve their
+metrics on their own port (`--metrics-port`).
 """
 
 import logging
+import os
 import time
 from datetime import timedelta
 
@@ -22,6 +23,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -99,8 +101,13 @@ JOBS_REGISTRY.register(JobsCollector())
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:  # one process, e.g. runserver
+        registry = REGISTRY
     return HttpResponse(
-        generate_latest(REGISTRY) + generate_latest(JOBS_REGISTRY), content_type=CONTENT_TYPE_LATEST
+        generate_latest(registry) + generate_latest(JOBS_REGISTRY), content_type=CONTENT_TYPE_LATEST
     )
 
 

@@ -10,7 +10,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferencehub.logs import JsonFormatter
-from tests.conftest import DATA
+from tests.conftest import DATA, free_port, started_processes
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -38,6 +38,32 @@ def test_web_metrics_show_jobs_by_status_request_latency_and_upload_to_stored(cl
         >= 1
     )
     assert ("inferencehub_upload_to_stored_seconds_count", ()) in scraped
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_metrics_add_up_the_requests_of_every_worker_process(process_env, tmp_path):
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "inferencehub.wsgi:application"]
+    argv += ["--bind", f"127.0.0.1:{port}", "--workers", "3"]
+    url = f"http://127.0.0.1:{port}"
+    with started_processes(process_env) as start:
+        # gunicorn.conf.py makes the metrics folder, in TMPDIR.
+        web = start("web-metrics", argv, "Booting worker", TMPDIR=str(tmp_path))
+        deadline = time.monotonic() + 60
+        while web.log_path.read_text().count("Booting worker") < 3:
+            assert time.monotonic() < deadline, web.log_path.read_text()[-2000:]
+            time.sleep(0.1)
+        for _ in range(30):  # a new connection each, so the workers share them
+            assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+        key = (
+            "inferencehub_http_request_duration_seconds_count",
+            (("method", "GET"), ("route", "healthz"), ("status", "200")),
+        )
+        seen = {samples(requests.get(f"{url}/metrics", timeout=10).text)[key] for _ in range(6)}
+        writers = {path.name for path in tmp_path.glob("inferencehub-web-metrics-*/histogram_*")}
+    assert len(writers) >= 2, writers  # more than one process answered
+    assert seen == {30}
 
 
 @pytest.mark.e2e
