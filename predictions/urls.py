@@ -6,6 +6,7 @@ from predictions import views
 urlpatterns = [
     path("", views.upload_page, name="upload"),
     path("jobs/<uuid:pk>/", views.job_page, name="job-page"),
+    path("jobs/<uuid:pk>/retry/", views.job_retry, name="job-retry"),
     path("jobs/<uuid:pk>/image/<int:size>/", views.job_image, name="job-image"),
     path("batches/<uuid:pk>/", views.batch_page, name="batch-page"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),

@@ -4,8 +4,10 @@ from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
+from predictions import services
 from predictions.api import visible_to
 from predictions.images import thumbnail_jpeg
 from predictions.models import Batch, Job
@@ -23,7 +25,23 @@ def upload_page(request: HttpRequest) -> HttpResponse:
 def job_page(request: HttpRequest, pk) -> HttpResponse:
     jobs = visible_to(Job.objects, request.user, include_anonymous=True)
     job = get_object_or_404(jobs.prefetch_related("predictions"), pk=pk)
-    return render(request, "predictions/job.html", {"job": job})
+    can_retry = (
+        job.status == Job.Status.FAILED
+        and request.user.is_authenticated
+        and (request.user.is_staff or job.owner_id == request.user.pk)
+    )
+    return render(request, "predictions/job.html", {"job": job, "can_retry": can_retry})
+
+
+@require_POST
+def job_retry(request: HttpRequest, pk) -> HttpResponse:
+    """Run a failed job of one's own again, from the job page's button."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    jobs = visible_to(Job.objects, request.user, include_anonymous=False)
+    job = get_object_or_404(jobs, pk=pk)
+    services.retry_jobs(jobs=[job])  # a job that has not failed (any more) is left as it is
+    return redirect("job-page", pk=job.pk)
 
 
 def batch_page(request: HttpRequest, pk) -> HttpResponse:

@@ -108,6 +108,28 @@ def test_the_batch_page_counts_jobs_per_status_and_refreshes_while_unfinished(cl
     assert "data-live" not in client.get(f"/batches/{batch.pk}/").content.decode()
 
 
+def test_the_owner_of_a_failed_job_tries_it_again_from_its_page(client):
+    owner = UserFactory()
+    job = JobFactory(owner=owner, status=Job.Status.FAILED, error="inference failed: boom")
+    client.force_login(owner)
+    assert "Try again" in client.get(f"/jobs/{job.pk}/").content.decode()
+    response = client.post(f"/jobs/{job.pk}/retry/")
+    assert (response.status_code, response["Location"]) == (302, f"/jobs/{job.pk}/")
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.error) == (Job.Status.QUEUED, 2, "")
+    assert "Try again" not in client.get(f"/jobs/{job.pk}/").content.decode()
+
+
+def test_only_the_owner_may_try_a_failed_job_again(client):
+    job = JobFactory(owner=UserFactory(), status=Job.Status.FAILED)
+    assert client.post(f"/jobs/{job.pk}/retry/").status_code == 302  # to the login page
+    client.force_login(UserFactory())
+    assert client.post(f"/jobs/{job.pk}/retry/").status_code == 404
+    assert client.get(f"/jobs/{job.pk}/retry/").status_code == 405
+    job.refresh_from_db()
+    assert job.status == Job.Status.FAILED
+
+
 def test_pages_and_images_are_hidden_from_other_users_but_shown_to_staff(client):
     owner = UserFactory()
     job = stored_job(owner)
