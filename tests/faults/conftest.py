@@ -118,6 +118,13 @@ class App:
         self.processes[name] = process
         return process
 
+    def start_web(self) -> ManagedProcess:
+        argv = [
+            f"127.0.0.1:{WEB_PORT}" if arg == "0.0.0.0:8000" else arg
+            for arg in stack_script().APP_PROCESSES["web"]
+        ]
+        return self.start_process("web", argv, "Booting worker")
+
     def start_celery(self) -> ManagedProcess:
         schedule = LOG_DIR / f"{self.name}-beat-schedule"
         return self.start_process(
@@ -196,11 +203,7 @@ def start_app(fault_stack) -> Iterator[Callable[..., App]]:
             token = re.search(r"API token: (\w+)", done.stdout).group(1)
             bound = lambda n, argv, ready: start(n, argv, ready, **env)  # noqa: E731
             app = App(name, env, f"http://127.0.0.1:{WEB_PORT}", token, name, bound)
-            web = [
-                f"127.0.0.1:{WEB_PORT}" if arg == "0.0.0.0:8000" else arg
-                for arg in stack_script().APP_PROCESSES["web"]
-            ]
-            app.start_process("web", web, "Booting worker")
+            app.start_web()
             app.start_celery()
             app.start_worker("worker1")
             app.start_worker("worker2")
@@ -214,12 +217,21 @@ class JobStream:
     """Uploads photos through the API from background threads and records every answer.
 
     rate: uploads per second in all (None: as fast as the threads go); limit: stop after
-    this many uploads. A 503 must carry Retry-After; it counts as refused, not lost."""
+    this many uploads. A 503 must carry Retry-After; it counts as refused, not lost.
+    resend_for: seconds to keep sending an unanswered upload again, with the same
+    Idempotency-Key (as predictions/client.py does); 0: once more only, without a key."""
 
     def __init__(
-        self, app: App, *, rate: float | None = 4.0, threads: int = 1, limit: int | None = None
+        self,
+        app: App,
+        *,
+        rate: float | None = 4.0,
+        threads: int = 1,
+        limit: int | None = None,
+        resend_for: float = 0,
     ) -> None:
         self.app = app
+        self.resend_for = resend_for
         self.interval = threads / rate if rate else 0.0
         self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
         self.limit = limit
@@ -265,14 +277,24 @@ class JobStream:
             self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def upload(self, session: requests.Session, name: str, content: bytes) -> None:
-        for attempt in (1, 2):
+        headers = {"Idempotency-Key": uuid.uuid4().hex} if self.resend_for else {}
+        resend_until = time.monotonic() + self.resend_for
+        attempt = 0
+        while True:
+            attempt += 1
+            may_resend = attempt == 1 or time.monotonic() < resend_until
             try:
                 response = session.post(
                     f"{self.app.url}/api/jobs/",
                     files={"image": (name, content)},
                     data={"top_k": "3"},
+                    headers=headers,
                     timeout=120,
                 )
+                # After an unanswered attempt, 409 means that attempt is still being stored.
+                if response.status_code == 409 and headers and attempt > 1 and may_resend:
+                    time.sleep(0.5)
+                    continue
                 break
             except requests.ConnectionError as error:
                 # Like any HTTP client, once more on a fresh connection: a kept-alive one
@@ -280,10 +302,12 @@ class JobStream:
                 # first try been stored, it would show up as an unacknowledged job.
                 with self.lock:
                     self.connection_retries[str(error)[:160]] += 1
-                if attempt == 2:
+                if not may_resend:
                     with self.lock:
                         self.errors[type(error).__name__] += 1
                     return
+                if attempt > 1:
+                    time.sleep(0.5)
             except requests.RequestException as error:
                 with self.lock:
                     self.errors[type(error).__name__] += 1

@@ -54,6 +54,31 @@ def test_a_killed_result_bridge_restarted_stores_every_result_once(start_app):
     assert_nothing_lost(outcome)
 
 
+def test_a_killed_web_server_loses_no_upload_its_clients_send_again(start_app):
+    # Short timeouts: a job committed by a request killed before it enqueued the job's
+    # preprocessing is left to the sweep.
+    app = start_app("web-kill", JOB_TIMEOUT_SECONDS="20", SWEEP_INTERVAL_SECONDS="5")
+    with JobStream(app, rate=8, threads=4, resend_for=60) as stream:
+        wait_for_progress(app, 10)
+        web = psutil.Process(app.current("web").popen.pid)
+        for process in [*web.children(recursive=True), web]:
+            process.kill()  # gunicorn and its workers, whatever request they are in
+        killed_at = time.monotonic()
+        time.sleep(5)
+        app.start_web()
+        time.sleep(20)
+    outcome = settle(
+        "SIGKILL the web server (gunicorn and its workers), restart it; clients send "
+        "unanswered uploads again with the same Idempotency-Key",
+        app,
+        stream,
+        fault_at=killed_at,
+        notes=f"jobs resubmitted by the sweep: {resubmitted(app)}; job timeout 20 s here",
+    )
+    assert outcome.connection_retries, "no upload met the outage"
+    assert_nothing_lost(outcome)
+
+
 def test_a_celery_worker_killed_mid_task_still_finishes_every_job(start_app):
     # Short enough that the restarted node gets the dead node's unacked tasks back, and the
     # sweep resubmits a job whose task died with the node, within the test; production keeps
