@@ -296,10 +296,11 @@ class JobStream:
                     time.sleep(0.5)
                     continue
                 break
-            except requests.ConnectionError as error:
-                # Like any HTTP client, once more on a fresh connection: a kept-alive one
-                # may have been closed by the server just as the request went out. Had the
-                # first try been stored, it would show up as an unacknowledged job.
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
+                # No answer, or half of one (the server died while sending it). Like any
+                # HTTP client, once more on a fresh connection: a kept-alive one may have
+                # been closed by the server just as the request went out. Had the first
+                # try been stored, it would show up as an unacknowledged job.
                 with self.lock:
                     self.connection_retries[str(error)[:160]] += 1
                 if not may_resend:
