@@ -475,7 +475,7 @@ def upload_many(
     if response.status_code != 202:
         raise RuntimeError(f"upload refused: {response.status_code} {response.text[:500]}")
     body = response.json()
-    return [job["id"] for job in body["jobs"]] if "jobs" in body else [body["id"]], accepted
+    return [job["id"] for job in body.get("jobs", [body])], accepted
 
 
 def upload_concurrently(

@@ -170,7 +170,7 @@ class JobViewSet(
                 description="any 1 to 100 printable ASCII characters, e.g. a UUID, new for "
                 "each upload: the same upload sent again answers with the first one's jobs "
                 "(header Idempotent-Replayed: true)",
-                pattern=r"^[\x21-\x7e]{1,100}$",
+                pattern=f"^{UPLOAD_KEY.pattern}$",
             )
         ],
         responses={
@@ -246,12 +246,12 @@ class JobViewSet(
     def retry(self, request, pk=None):
         """Run a failed job again from the start, as a new attempt of the same image."""
         job = self.get_object()
-        if not services.retry_jobs(jobs=[job]):
-            job.refresh_from_db()
+        retried = services.retry_jobs(jobs=[job])
+        job.refresh_from_db()
+        if not retried:
             return error_response(
                 f"only a failed job can be retried; this one is {job.status}", 409
             )
-        job.refresh_from_db()
         data = JobSerializer(job, context=self.get_serializer_context()).data
         return Response(data, status=status.HTTP_202_ACCEPTED)
 

@@ -19,20 +19,29 @@ from predictions.models import Job
 from tests.conftest import DATA, REPO, manage
 
 
-@pytest.mark.e2e
-@pytest.mark.django_db(transaction=True)
-def test_submit_uploads_a_folder_and_prints_one_json_line_per_photo(
-    pipeline, live_server, user, process_env
-):
+def run_submit(user, process_env, *args: str) -> subprocess.CompletedProcess:
+    """`manage.py submit ARGS` in a process of its own, with a token of the user's."""
     token = Token.objects.create(user=user).key
-    completed = subprocess.run(
-        manage("submit", str(DATA), "--server", live_server.url, "--top-k", "3", "--json")
-        + ["--batch", "new", "--concurrency", "2"],
+    return subprocess.run(
+        manage("submit", *args),
         cwd=REPO,
         env={**process_env, "INFERENCEHUB_TOKEN": token},
         capture_output=True,
         text=True,
         timeout=300,
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_submit_uploads_a_folder_and_prints_one_json_line_per_photo(
+    pipeline, live_server, user, process_env
+):
+    completed = run_submit(
+        user,
+        process_env,
+        *(str(DATA), "--server", live_server.url, "--top-k", "3", "--json"),
+        *("--batch", "new", "--concurrency", "2"),
     )
     assert completed.returncode == 0, completed.stderr
     results = [json.loads(line) for line in completed.stdout.splitlines()]
@@ -54,15 +63,7 @@ def test_submit_sends_several_images_per_upload_and_a_bad_file_refuses_only_itse
     for name in ("bolete.jpg", "fox.png", "toaster.png"):
         (tmp_path / name).write_bytes((DATA / name).read_bytes())
     (tmp_path / "notes.jpg").write_text("not a photo\n")
-    token = Token.objects.create(user=user).key
-    completed = subprocess.run(
-        manage("submit", str(tmp_path), "--server", live_server.url, "--json"),
-        cwd=REPO,
-        env={**process_env, "INFERENCEHUB_TOKEN": token},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    completed = run_submit(user, process_env, str(tmp_path), "--server", live_server.url, "--json")
     assert completed.returncode == 0, completed.stderr
     results = {
         r["file"].rsplit("/", 1)[1]: r for r in map(json.loads, completed.stdout.splitlines())
