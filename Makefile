@@ -1,16 +1,17 @@
 # Local development and CI entry points; `make help` lists them.
-# stack/stack.py does the work: it installs packages and manages MariaDB, Redis,
-# Kafka and the app processes, with all their state in .stack/.
+# stack/ does the work (python3 stack/stack.py): it installs packages and manages MariaDB,
+# Redis, Kafka and the app processes (under supervisord), with all their state in .stack/.
 STACK := python3 stack/stack.py
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+WEB_URL = http://127.0.0.1:$(or $(STACK_WEB_PORT),8000)
 
 .DEFAULT_GOAL := help
-.PHONY: help install services run test test-faults bench stop status lint format clean
+.PHONY: help install services run test test-fast test-faults test-distributed bench k8s-render stop status lint format clean
 
 help: ## Show this list of targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-11s %s\n", $$1, $$2}'
 
 install: ## Install apt packages, .venv with requirements, Kafka jars (skips what is done)
 	$(STACK) install
@@ -18,39 +19,50 @@ install: ## Install apt packages, .venv with requirements, Kafka jars (skips wha
 services: install ## Start MariaDB, Redis and Kafka (idempotent)
 	$(STACK) up
 
-run: services ## Migrate, create topics and demo user, start web/celery/workers/bridge
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py collectstatic --noinput --verbosity 0
-	$(PY) manage.py kafka_topics create
-	$(PY) manage.py ensure_demo_user
+run: services ## Bootstrap (schema, static, topics, demo user), start the app under supervisord
+	$(PY) manage.py bootstrap
 	@echo "Checking that the workers' model weights load (falls back to random weights)..."
-	MODEL_WEIGHTS=$$($(PY) manage.py resolve_weights) $(STACK) up all
+	@echo "Exporting the fastest model package that passes the faithfulness gate (once, cached in .stack/)..."
+	weights=$$($(PY) manage.py resolve_weights) && \
+	  MODEL_WEIGHTS=$$weights MODEL_PACKAGE=$$($(PY) manage.py ensure_model_package --weights $$weights) \
+	  $(STACK) up all && \
+	  echo "" && echo "Workers serve: $$($(PY) manage.py ensure_model_package --weights $$weights --describe)"
 	@echo ""
-	@echo "InferenceHub is running:"
-	@echo "  upload page  http://127.0.0.1:8000/"
-	@echo "  API          http://127.0.0.1:8000/api/"
-	@echo "  admin        http://127.0.0.1:8000/admin/"
-	@echo "  readiness    http://127.0.0.1:8000/readyz"
-	@echo "Logs in .stack/logs/, stop with 'make stop'."
+	@echo "InferenceHub is running on $(WEB_URL) (loopback only unless STACK_WEB_HOST is set):"
+	@echo "  upload page  $(WEB_URL)/"
+	@echo "  API          $(WEB_URL)/api/"
+	@echo "  admin        $(WEB_URL)/admin/"
+	@echo "  readiness    $(WEB_URL)/readyz"
+	@$(PY) manage.py ensure_demo_user
+	@echo "Logs in $(or $(STACK_DIR),.stack)/logs/, stop with 'make stop'."
 
-test: services ## Run the tests (extra pytest args: make test PYTEST_ARGS="-k upload -x")
+test: install ## Run the tests, starting the services they need (extra pytest args: make test PYTEST_ARGS="-k upload -x")
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: ## Run only the tests that need no data service; starts nothing
+	$(PY) -m pytest --no-services $(PYTEST_ARGS)
 
 test-faults: install ## Kill and stop services on purpose, on a stack of their own (.stack/faults/)
 	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
+
+test-distributed: install ## Several hosts in network namespaces, links cut (docs/distributed.md)
+	$(PY) -m pytest -m distributed tests/distributed $(PYTEST_ARGS)
 
 bench: services ## Benchmark against the model's ceiling, the seed and Ray Serve (docs/performance.md)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) manage.py benchmark $(BENCH_ARGS)
 
+k8s-render: ## Render the Kubernetes manifests (OVERLAY=dev|production; installs kustomize)
+	deploy/kubernetes/render.sh $(or $(OVERLAY),production)
+
 stop: ## Stop the app processes and the data services
 	$(STACK) down all
 
-status: ## Show each service as running/stopped with port and pid
+status: ## Show each service and app process; exits 1 if one is down or restarting
 	$(STACK) status
 
-lint: ## Check code style with ruff
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+lint: ## Check code style with ruff, and the import arrows with import-linter (pyproject.toml)
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports
 
 format: ## Reformat code and apply safe ruff fixes
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .

@@ -1,14 +1,30 @@
 """gunicorn's settings, read from the working directory by every `gunicorn` started from
-the repository root (`make run`, the benchmark, the Docker image).
+the repository root (`make run`, the tests, the benchmark, the Docker image). The command
+line (stack/processes.py) gives only the address; GUNICORN_CMD_ARGS overrides any of these
+for one run (the benchmark sets --workers that way).
 
 The web's Prometheus metrics are counted across all worker processes: each process writes
 its counts to files in PROMETHEUS_MULTIPROC_DIR and /metrics adds them up
 (inferencehub/metrics.py), so a scrape does not see only the process that answered it.
+
+Each worker process runs `threads` threads. A held request (a job's `?wait=`, a batch's
+event stream) keeps one for up to 30 s, well under `timeout`; at most WEB_HELD_REQUESTS (2)
+are held per process (inferencehub/holding.py), so the other threads stay free for the rest
+of the API. Raise both together; with threads = 1 set WEB_HELD_REQUESTS=0.
 """
 
 import os
 import shutil
 import tempfile
+
+workers = 2
+threads = 4
+timeout = 120
+# Oversized request heads are refused before Django runs; bodies are capped by
+# REQUEST_MAX_BYTES (inferencehub/limits.py) from their Content-Length.
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
 
 # Set before any worker imports prometheus_client, which reads it at import time.
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

@@ -1,17 +1,24 @@
 """The model's own predict throughput on preprocessed tensors: the pipeline's ceiling.
 
-Run as `python -m bench.ceiling --batch-size 32 --threads 2 --seconds 10`, once per worker
-process the pipeline would run, all started together: each loads the model, prints
-"ready", waits for a line on stdin so that all measure at the same time, then prints one
-JSON line with what it measured.
+Run as `python -m bench.ceiling --batch-size 32 --threads 2 --seconds 10` (add
+`--runtime openvino --precision fp32` or `--model-package DIR`), once per worker process
+the pipeline would run, all started together: each loads the model as a worker does,
+prints "loaded" (the parent times the start from it), then "ready", waits for a line on
+stdin so that all measure at the same time, then prints one JSON line with what it
+measured, its resident memory included.
 """
 
 import argparse
 import json
+import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+from inferencehub.processes import REPO
 
 
 def main() -> None:
@@ -20,11 +27,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: TensorFlow's default")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--runtime", default="tensorflow")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--model-package", default="")
     args = parser.parse_args()
 
-    from workers.serving import load_model
+    from workers.loading import load_served
 
-    served = load_model(name=args.model, weights="random", threads=args.threads or None)
+    served = load_served(
+        package=args.model_package,
+        runtime=args.runtime,
+        precision=args.precision,
+        name=args.model,
+        weights="random",
+        threads=args.threads or None,
+    )
+    print("loaded", flush=True)
     rng = np.random.default_rng(0)
     size = served.input_size
     images = list(rng.integers(0, 256, (args.batch_size, size, size, 3), dtype=np.uint8))
@@ -48,10 +66,72 @@ def main() -> None:
                 "batches": len(batch_seconds),
                 "images_per_s": len(batch_seconds) * args.batch_size / elapsed,
                 "batch_ms_p50": float(np.percentile(batch_seconds, 50) * 1000),
+                "rss_mib": resident_mib(),
             }
         ),
         flush=True,
     )
+
+
+def resident_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_ceiling_probes(
+    processes: int,
+    batch_size: int,
+    threads: int,
+    seconds: float,
+    log_dir: Path,
+    model_args: tuple[str, ...] = (),
+    name: str = "",
+) -> dict:
+    """model_args: how the probe loads the model (bench.ceiling's --runtime, --precision,
+    --model-package); the default is the workers' TensorFlow fp32."""
+    argv = [sys.executable, "-m", "bench.ceiling", "--batch-size", str(batch_size)]
+    argv += ["--threads", str(threads), "--seconds", str(seconds), *model_args]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    probes = []
+    spawned = time.monotonic()
+    for index in range(processes):
+        with open(log_dir / f"ceiling{name}-b{batch_size}-{index}.log", "wb") as stderr:
+            probes.append(
+                subprocess.Popen(
+                    argv,
+                    cwd=REPO,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    text=True,
+                )
+            )
+    start_s = []
+    try:
+        for probe in probes:
+            if probe.stdout.readline().strip() != "loaded":
+                raise RuntimeError(f"ceiling probe failed, see {log_dir}")
+            start_s.append(time.monotonic() - spawned)
+            if probe.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"ceiling probe failed, see {log_dir}")
+        for probe in probes:  # all measure at once, competing for the cores like workers do
+            probe.stdin.write("go\n")
+            probe.stdin.flush()
+        measured = [json.loads(probe.stdout.readline()) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.stdin.close()
+            probe.wait(60)
+    return {
+        "images_per_s": sum(m["images_per_s"] for m in measured),
+        "batch_ms_p50": statistics.median(m["batch_ms_p50"] for m in measured),
+        "rss_mib": max(m["rss_mib"] for m in measured),
+        # With several probes starting together, the last to load waited on the others.
+        "start_s": min(start_s),
+    }
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=0, help="0: TensorFlow's default")
+    parser.add_argument("--threads", type=int, default=0, help="0: the runtime's default")
+    parser.add_argument("--model-package", default="", help="serve this OpenVINO package")
     args = parser.parse_args()
 
     import ray
@@ -33,9 +34,14 @@ def main() -> None:
     @serve.deployment(max_ongoing_requests=256)
     class Classifier:
         def __init__(self) -> None:
-            from workers.serving import load_model
+            from workers.loading import load_served
 
-            self.model = load_model(name="resnet50", weights="random", threads=args.threads or None)
+            self.model = load_served(
+                package=args.model_package,
+                name="resnet50",
+                weights="random",
+                threads=args.threads or None,
+            )
 
         @serve.batch(
             max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000
@@ -48,7 +54,7 @@ def main() -> None:
             ]
 
         async def __call__(self, request: Request) -> list[dict]:
-            from predictions.images import prepare_for_model
+            from inferencehub.images import prepare_for_model
 
             body = await request.body()
             return await self.classify(prepare_for_model(io.BytesIO(body), size=224))

@@ -98,6 +98,7 @@ def targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
                 rows.append((target, f"{ratio:.2f} ×", f"≥ {factor:g} ×", ratio >= factor))
             elif other in data["skipped"]:
                 rows.append((target, "not measured", f"≥ {factor:g} ×", None))
+    rows += runtime_targets(data)
     for name in PLUMBING_RUNS:
         if name in runs:
             jobs = runs[name]["throughput_per_s"]
@@ -106,6 +107,72 @@ def targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
                 (f"{label} ≥ 500 jobs/s", f"{jobs:.0f} jobs/s", "≥ 500 jobs/s", jobs >= 500)
             )
     return rows
+
+
+def runtime_targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
+    runtimes, runs = data.get("runtimes") or {}, data["runs"]
+    rows = []
+    for name, factor in (("openvino int8", 4.5), ("openvino bf16", 2.5)):
+        if name in runtimes:
+            ratio = runtimes[name]["x_tensorflow_fp32"]
+            target = f"{name} ceiling ≥ {factor:g} × tensorflow fp32"
+            rows.append((target, f"{ratio:.2f} ×", f"≥ {factor:g} ×", ratio >= factor))
+        elif runtimes:
+            rows.append(
+                (f"{name} ceiling ≥ {factor:g} × tensorflow fp32", "not measured", "", None)
+            )
+    if "openvino int8" in runtimes:
+        rss = runtimes["openvino int8"]["rss_mib"]
+        rows.append(("openvino int8 worker RSS ≤ 400 MiB", f"{rss:.0f} MiB", "≤ 400", rss <= 400))
+    if "pipeline-multi-package" in runs and "pipeline-multi" in runs:
+        ratio = (
+            runs["pipeline-multi-package"]["throughput_per_s"]
+            / runs["pipeline-multi"]["throughput_per_s"]
+        )
+        rows.append(
+            (
+                "8 per upload: make run's package ≥ 2 × tensorflow fp32",
+                f"{ratio:.2f} ×",
+                "≥ 2 ×",
+                ratio >= 2,
+            )
+        )
+    return rows
+
+
+def runtime_lines(data: dict) -> list[str]:
+    runtimes, packages = data.get("runtimes") or {}, data.get("packages") or {}
+    if not runtimes:
+        return []
+    lines = [
+        "",
+        f"Runtimes (ResNet50, random weights; make run would serve openvino "
+        f"{packages.get('make_run', '?')}):",
+        "",
+        "| runtime | batch 1 images/s | batch 1 ms | batch N images/s (N processes) "
+        "| × tensorflow fp32 | RSS MiB | start s | top-1 agreement | top-5 overlap "
+        "| max prob diff |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in runtimes.items():
+        figures = (
+            packages.get(name.split()[-1], {}).get("faithfulness") if "openvino" in name else None
+        )
+        gate = (
+            f"{figures['top1_agreement']:.1%} | {figures['top5_overlap']:.1%} | "
+            f"{figures['max_probability_difference']:.4f}"
+            if figures
+            else "reference | | "
+        )
+        lines.append(
+            f"| {name} | {r['batch_1_images_per_s']:.1f} | {r['batch_1_ms']:.0f} | "
+            f"{r['images_per_s']:.1f} (batch {r['batch_size']}, {r['processes']}) | "
+            f"{r['x_tensorflow_fp32']:.2f} | {r['rss_mib']:.0f} | {r['start_s']:.1f} | {gate} |"
+        )
+    for precision, package in packages.items():
+        if isinstance(package, dict) and "skipped" in package:
+            lines.append(f"| openvino {precision}: SKIPPED, {package['skipped']} |" + " |" * 9)
+    return lines
 
 
 def markdown(data: dict) -> str:
@@ -147,6 +214,7 @@ def markdown(data: dict) -> str:
         )
     for name, reason in data["skipped"].items():
         lines.append(f"| {name}: SKIPPED, {reason} | | | | | | | |")
+    lines += runtime_lines(data)
     lines += ["", "| target | measured | required | met |", "| --- | --- | --- | --- |"]
     for target, measured, required, met in targets(data):
         verdict = "not measured" if met is None else ("yes" if met else "**no**")

@@ -11,7 +11,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,10 +28,22 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import override_settings
 
+from bench.ceiling import run_ceiling_probes
 from bench.images import make_images
-from inferencehub.processes import REPO, ManagedProcess, celery_worker_argv, manage
-from kafka_bridge.topics import ensure_topics
+from bench.runtimes import export_packages, make_run_choice, measure_runtimes
+from inferencehub.processes import (
+    PYTHON,
+    REPO,
+    ManagedProcess,
+    child_env,
+    database_url,
+    free_port,
+    unique_celery_hostname,
+)
+from kafka_wire.config import kafka_names
+from kafka_wire.topics import ensure_topics
 from predictions.models import Job
+from stack import processes
 
 STAGES = (
     ("queued", "created_at", "preprocessed_at"),
@@ -57,14 +68,19 @@ class Options:
     profile: bool = False  # py-spy every pipeline process during the saturation run
     parts: tuple[str, ...] = (
         "ceiling",
+        "runtimes",
         "pipeline",
         "pipeline-multi",
         "seed",
         "plumbing",
         "plumbing-multi",
+        "pipeline-multi-package",
         "ray",
+        "ray-package",
     )
     out_dir: Path = REPO / "bench-results"
+    # The model package make run would serve, exported by the run (bench/runtimes.py).
+    package: str = ""
 
 
 @dataclass
@@ -75,6 +91,7 @@ class PipelineConfig:
     request_dtype: str = "uint8"
     max_batch_size: int | None = None  # None: Options.max_batch_size
     images_per_request: int = 1
+    package: bool = False  # serve Options.package instead of TensorFlow fp32
 
 
 CONFIGS = {
@@ -92,7 +109,15 @@ CONFIGS = {
         model="instant",
         images_per_request=8,
     ),
+    "pipeline-multi-package": PipelineConfig(
+        "pipeline-multi-package",
+        "pipeline, 8 images per upload, make run's model package",
+        images_per_request=8,
+        package=True,
+    ),
 }
+# Parts that need the model packages exported at the start of the run.
+PACKAGE_PARTS = ("runtimes", "pipeline-multi-package", "ray-package")
 
 
 @dataclass
@@ -101,6 +126,8 @@ class Results:
     machine: dict
     options: dict
     ceiling: dict = field(default_factory=dict)
+    packages: dict = field(default_factory=dict)
+    runtimes: dict = field(default_factory=dict)
     runs: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
 
@@ -123,6 +150,16 @@ def run_benchmark(options: Options, log=print) -> Path:
         log("ceiling: the model's own predict throughput ...")
         results.ceiling = measure_ceiling(options, out / "logs")
         log(f"  {json.dumps(results.ceiling)}")
+    if any(part in options.parts for part in PACKAGE_PARTS):
+        log("model packages: exporting ResNet50 (random weights) at every precision ...")
+        results.packages = export_packages(out / "packages", log)
+        chosen = make_run_choice(results.packages) or "fp32"
+        results.packages["make_run"] = chosen
+        options.package = results.packages[chosen].get("path", "")
+        log(f"  make run would serve: openvino {chosen} ({options.package})")
+    if "runtimes" in options.parts:
+        log("runtimes: every runtime and precision's ceiling, memory and start time ...")
+        results.runtimes = measure_runtimes(options, results.packages, out / "logs", log)
     if any(name in options.parts for name in CONFIGS):
         with bench_database(), web_server(options, out / "logs") as web:
             token = make_token()
@@ -140,6 +177,14 @@ def run_benchmark(options: Options, log=print) -> Path:
             log("Ray Serve peer ...")
             results.runs["ray"] = run_ray(options, images, out)
             log(f"  {summary_line(results.runs['ray'])}")
+    if "ray-package" in options.parts and options.package:
+        reason = ray_unavailable()
+        if reason:
+            results.skipped["ray-package"] = reason
+        else:
+            log("Ray Serve peer with make run's model package ...")
+            results.runs["ray-package"] = run_ray(options, images, out, options.package)
+            log(f"  {summary_line(results.runs['ray-package'])}")
     results.machine["load_after"] = load_average()
     write_report(results, out)
     shutil.rmtree(settings.MEDIA_ROOT, ignore_errors=True)
@@ -202,43 +247,6 @@ def measure_ceiling(options: Options, log_dir: Path) -> dict:
     }
 
 
-def run_ceiling_probes(
-    processes: int, batch_size: int, threads: int, seconds: float, log_dir: Path
-) -> dict:
-    argv = [sys.executable, "-m", "bench.ceiling", "--batch-size", str(batch_size)]
-    argv += ["--threads", str(threads), "--seconds", str(seconds)]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    probes = []
-    for index in range(processes):
-        with open(log_dir / f"ceiling-b{batch_size}-{index}.log", "wb") as stderr:
-            probes.append(
-                subprocess.Popen(
-                    argv,
-                    cwd=REPO,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=stderr,
-                    text=True,
-                )
-            )
-    try:
-        for probe in probes:
-            if probe.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"ceiling probe failed, see {log_dir}")
-        for probe in probes:  # all measure at once, competing for the cores like workers do
-            probe.stdin.write("go\n")
-            probe.stdin.flush()
-        measured = [json.loads(probe.stdout.readline()) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.stdin.close()
-            probe.wait(60)
-    return {
-        "images_per_s": sum(m["images_per_s"] for m in measured),
-        "batch_ms_p50": statistics.median(m["batch_ms_p50"] for m in measured),
-    }
-
-
 # --- The pipeline ----------------------------------------------------------------------
 
 
@@ -262,36 +270,24 @@ def make_token() -> str:
 
 
 def process_env(**overrides: str) -> dict:
-    db = connection.settings_dict
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="inferencehub.bench_settings",
+    return child_env(
+        settings_module="inferencehub.bench_settings",
+        database_url=database_url(connection.settings_dict),
         INFERENCEHUB_BENCH_RUN_ID=settings.BENCH_RUN_ID,
-        DATABASE_URL=(
-            f"mysql://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        ),
-        PYTHONUNBUFFERED="1",
         **overrides,
     )
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
 def web_server(options: Options, log_dir: Path) -> Iterator[ManagedProcess]:
     """gunicorn as `make run` starts it, on a free port; yields it with its base_url set."""
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "inferencehub.wsgi:application"]
-    argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(options.web_workers)]
-    argv += ["--threads", "4", "--timeout", "120"]
-    web = ManagedProcess("web", argv, process_env(), log_dir).start()
+    process = processes.web(PYTHON, port=port)
+    # gunicorn.conf.py's other settings, as under `make run`; the worker count is measured.
+    env = process_env(GUNICORN_CMD_ARGS=f"--workers {options.web_workers}")
+    web = ManagedProcess(process.name, process.argv, env, log_dir).start()
     try:
-        web.wait_for_log("Booting worker")
+        web.wait_for_log(process.ready_text)
         web.base_url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{web.base_url}/healthz")
         yield web
@@ -314,32 +310,34 @@ def pipeline_processes(
     config: PipelineConfig, options: Options, log_dir: Path
 ) -> Iterator[list[ManagedProcess]]:
     """Celery, the inference workers and the bridge, on this configuration's own topics."""
-    prefix = f"bench-{settings.BENCH_RUN_ID}-{config.name}"
-    topics = {
-        "KAFKA_REQUESTS_TOPIC": f"{prefix}-requests",
-        "KAFKA_RESULTS_TOPIC": f"{prefix}-results",
-        "KAFKA_DEAD_LETTER_TOPIC": f"{prefix}-dead-letters",
-        "KAFKA_WORKER_GROUP": f"{prefix}-workers",
-        "KAFKA_BRIDGE_GROUP": f"{prefix}-bridge",
-    }
+    topics = kafka_names(f"bench-{settings.BENCH_RUN_ID}-{config.name}")
     with override_settings(**topics):
         ensure_topics()
-    env = process_env(**topics, MODEL_NAME=config.model, REQUEST_DTYPE=config.request_dtype)
-    worker_argv = manage("run_worker")
-    worker_argv += ["--max-batch-size", str(config.max_batch_size or options.max_batch_size)]
-    worker_argv += ["--max-batch-delay-ms", str(options.batch_delay_ms)]
+    env = process_env(
+        **topics,
+        MODEL_NAME=config.model,
+        REQUEST_DTYPE=config.request_dtype,
+        MODEL_PACKAGE=options.package if config.package else "",
+    )
+    worker_options = ["--max-batch-size", str(config.max_batch_size or options.max_batch_size)]
+    worker_options += ["--max-batch-delay-ms", str(options.batch_delay_ms)]
     if options.threads:
-        worker_argv += ["--threads", str(options.threads)]
+        worker_options += ["--threads", str(options.threads)]
+    celery = processes.celery(
+        PYTHON, hostname=unique_celery_hostname("bench"), concurrency=options.celery_concurrency
+    )
+    wanted = [celery, processes.bridge(PYTHON)] + [
+        processes.worker(PYTHON, f"worker{i}", *worker_options)
+        for i in range(1, options.workers + 1)
+    ]
     started: list[ManagedProcess] = []
     try:
-        wanted = [
-            ("celery", celery_worker_argv("bench", options.celery_concurrency), "ready."),
-            ("bridge", manage("consume_results"), "starting with"),
-        ] + [(f"worker{i}", worker_argv, "starting with") for i in range(1, options.workers + 1)]
-        for name, argv, _ in wanted:
-            started.append(ManagedProcess(f"{config.name}-{name}", argv, env, log_dir).start())
-        for process, (_, _, ready_text) in zip(started, wanted, strict=True):
-            process.wait_for_log(ready_text, timeout=180)
+        # All started first, then waited for: they load their models side by side.
+        for process in wanted:
+            name = f"{config.name}-{process.name}"
+            started.append(ManagedProcess(name, process.argv, env, log_dir).start())
+        for managed, process in zip(started, wanted, strict=True):
+            managed.wait_for_log(process.ready_text, timeout=180)
         yield started
     finally:
         for process in reversed(started):
@@ -575,9 +573,12 @@ def ray_unavailable() -> str:
     return ""
 
 
-def run_ray(options: Options, images: list[tuple[str, bytes]], out: Path) -> dict:
+def run_ray(
+    options: Options, images: list[tuple[str, bytes]], out: Path, package: str = ""
+) -> dict:
     port = free_port()
     argv = [sys.executable, "-m", "bench.ray_peer", "--port", str(port)]
+    argv += ["--model-package", package]
     argv += ["--max-batch-size", str(options.max_batch_size)]
     argv += ["--batch-wait-ms", str(options.batch_delay_ms), "--threads", str(options.threads)]
     peer = ManagedProcess("ray-peer", argv, dict(os.environ), out / "logs").start()
@@ -608,7 +609,8 @@ def run_ray(options: Options, images: list[tuple[str, bytes]], out: Path) -> dic
     finally:
         peer.stop(timeout=60)
     return {
-        "title": "Ray Serve peer (@serve.batch, same model)",
+        "title": "Ray Serve peer (@serve.batch, same model"
+        + (", make run's model package)" if package else ", TensorFlow fp32)"),
         "unit": "images",
         "count": options.images,
         "failed": 0,

@@ -6,13 +6,12 @@ benchmark starts get the same values through their environment."""
 import os
 import uuid
 
+from kafka_wire.config import kafka_names
+
 BENCH_RUN_ID = RUN_ID = os.environ.setdefault("INFERENCEHUB_BENCH_RUN_ID", uuid.uuid4().hex[:8])
 # Each configuration of a run gets its own topics (see bench/run.py); these are the defaults.
-os.environ.setdefault("KAFKA_REQUESTS_TOPIC", f"bench-{RUN_ID}-requests")
-os.environ.setdefault("KAFKA_RESULTS_TOPIC", f"bench-{RUN_ID}-results")
-os.environ.setdefault("KAFKA_DEAD_LETTER_TOPIC", f"bench-{RUN_ID}-dead-letters")
-os.environ.setdefault("KAFKA_WORKER_GROUP", f"bench-{RUN_ID}-workers")
-os.environ.setdefault("KAFKA_BRIDGE_GROUP", f"bench-{RUN_ID}-bridge")
+for name, value in kafka_names(f"bench-{RUN_ID}").items():
+    os.environ.setdefault(name, value)
 # Set, not defaulted: the benchmark deletes this folder when it ends.
 os.environ["MEDIA_ROOT"] = f"/tmp/inferencehub-bench-{RUN_ID}"
 os.environ.setdefault("MODEL_WEIGHTS", "random")

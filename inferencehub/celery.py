@@ -4,6 +4,7 @@ import os
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
 from django.db import close_old_connections
+from kombu import __version__ as kombu_version
 from kombu.transport import redis as kombu_redis
 
 logger = logging.getLogger(__name__)
@@ -24,14 +25,26 @@ def _close_broken_or_expired_connections(task, **_kwargs) -> None:
         close_old_connections()
 
 
+# The kombu versions the patch below is for. tests/test_kombu_patch.py reproduces the bug
+# against the unpatched method and fails, saying to drop the patch, once kombu is fixed.
+KOMBU_VERSIONS_NEEDING_PATCH = ("5.7.0",)
+
+
 def _restore_unacked_or_leave_them(self, client=None):
-    """kombu 5.7.0 stops the whole worker ("Unrecoverable error: AttributeError ... 'hostname'")
-    when the Redis connection is lost while it holds unacked tasks: closing the channel tries
-    to requeue them through a connection that is already gone. Leaving them is safe: they stay
-    in Redis's unacked set and are handed out again after the visibility timeout, while the
-    worker reconnects and carries on (tests/faults: stop redis for 30 s)."""
+    """When Redis is lost, the worker closes its broker connection: closing the channel that
+    waits on BRPOP raises, so the connection lets go of its transport with the channel still
+    open. Closing that channel afterwards requeues its unacked tasks through the released
+    connection, and kombu raises AttributeError ("'NoneType' object has no attribute
+    'hostname'", in Channel._connparams), which Celery treats as an unrecoverable error: the
+    worker exits. No upstream report of this for kombu 5.x was found; the same failure on
+    older kombu: https://github.com/celery/kombu/issues/582 (closing a channel after its
+    connection) and https://github.com/celery/kombu/issues/970 (restore_unacked on close).
+
+    Leaving the tasks is safe: they stay in Redis's unacked set and are handed out again
+    after the visibility timeout, while the worker reconnects and carries on (tests/faults:
+    stop redis for 30 s)."""
     try:
-        return _restore_unacked(self, client)
+        return unpatched_restore_unacked(self, client)
     except AttributeError:
         logger.warning(
             "broker connection lost: %d unacked task(s) left to the visibility timeout",
@@ -40,5 +53,33 @@ def _restore_unacked_or_leave_them(self, client=None):
         return None
 
 
-_restore_unacked = kombu_redis.QoS.restore_unacked
-kombu_redis.QoS.restore_unacked = _restore_unacked_or_leave_them
+def _ack_or_leave_it(self, delivery_tag):
+    """The same loss seen from the other side: a task that finishes while the worker is
+    reconnecting acks through a channel whose connection is already released, and kombu
+    raises AttributeError ("'NoneType' object has no attribute 'client'", in
+    Channel._create_client), again an unrecoverable error for Celery (seen in tests/faults,
+    stop redis for 30 s, under load). Leaving the ack is safe for the same reason: the task
+    stays unacked in Redis and runs again after the visibility timeout, and every task is
+    idempotent."""
+    try:
+        return unpatched_ack(self, delivery_tag)
+    except AttributeError:
+        logger.warning(
+            "broker connection lost: the ack of task %s is left to the visibility timeout",
+            delivery_tag,
+        )
+        return None
+
+
+unpatched_restore_unacked = kombu_redis.QoS.restore_unacked
+unpatched_ack = kombu_redis.QoS.ack
+if kombu_version in KOMBU_VERSIONS_NEEDING_PATCH:
+    kombu_redis.QoS.restore_unacked = _restore_unacked_or_leave_them
+    kombu_redis.QoS.ack = _ack_or_leave_it
+else:
+    logger.warning(
+        "kombu %s: the restore_unacked patch (for kombu %s) is not applied; "
+        "tests/test_kombu_patch.py shows whether this version still needs it",
+        kombu_version,
+        ", ".join(KOMBU_VERSIONS_NEEDING_PATCH),
+    )

@@ -1,10 +1,11 @@
 """Liveness (/healthz) and readiness (/readyz: database, Kafka and Redis reachable)."""
 
 import redis
-from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+
+from kafka_wire.topics import check_reachable
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -31,12 +32,7 @@ def check_redis() -> None:
 
 
 def check_kafka() -> None:
-    admin = AdminClient(
-        {"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "socket.timeout.ms": 2000}
-    )
-    metadata = admin.list_topics(timeout=CHECK_TIMEOUT_SECONDS)
-    if not metadata.brokers:
-        raise ConnectionError("no broker answered")
+    check_reachable(CHECK_TIMEOUT_SECONDS)
 
 
 CHECKS = {"database": check_database, "kafka": check_kafka, "redis": check_redis}

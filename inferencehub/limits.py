@@ -1,7 +1,15 @@
-"""Refuse a request whose declared body is too large before anything reads the body."""
+"""Limits of what a request may ask for: the top_k range, and a declared body too large
+to read."""
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
+
+from inferencehub.errors import error_response
+
+# How many classes a job may ask for: every form, serializer, schema and check reads these.
+TOP_K_MIN = 1
+TOP_K_MAX = 1000
+TOP_K_DEFAULT = 5
 
 
 class RequestSizeLimitMiddleware:
@@ -19,13 +27,21 @@ class RequestSizeLimitMiddleware:
         try:
             declared = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return JsonResponse({"error": "Content-Length is not a number"}, status=400)
+            return error_response("Content-Length is not a number", 400)
         if declared > settings.REQUEST_MAX_BYTES:
-            return JsonResponse(
-                {
-                    "error": f"the request body is {declared} bytes; "
-                    f"the limit is {settings.REQUEST_MAX_BYTES}"
-                },
-                status=413,
+            return error_response(
+                f"the request body is {declared} bytes; the limit is {settings.REQUEST_MAX_BYTES}",
+                413,
             )
         return self.get_response(request)
+
+
+# Jobs per page of a list (the API's page_size, the pages' pagination).
+PAGE_SIZE_DEFAULT = 50
+PAGE_SIZE_MAX = 500
+
+# How long GET /api/jobs/{id}/?wait=N may hold its answer until the job finishes; under
+# gunicorn's --timeout (120 s), and short enough that a proxy does not cut it off.
+WAIT_MAX_SECONDS = 30
+# How often a held request looks at the database for a change.
+HELD_POLL_SECONDS = 0.5

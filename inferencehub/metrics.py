@@ -3,17 +3,20 @@
 The web process serves /metrics. Under gunicorn (gunicorn.conf.py sets
 PROMETHEUS_MULTIPROC_DIR) every worker process writes its request counts to files there,
 and a scrape adds up all of them; the jobs gauge and the upload-to-stored histogram are read
-from the database at scrape time. Inference workers and the result bridge serve their
-metrics on their own port (`--metrics-port`).
+from the database at scrape time (predictions/metrics.py). Inference workers and the result
+bridge serve their metrics on their own port (`--metrics-port`), with /healthz beside /metrics:
+it fails when the consumer loop has not polled Kafka for CONSUMER_STALL_SECONDS.
 """
 
+import json
 import logging
 import os
+import threading
 import time
-from datetime import timedelta
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from django.conf import settings
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,10 +26,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    make_wsgi_app,
     multiprocess,
-    start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +37,9 @@ logger = logging.getLogger(__name__)
 
 REQUEST_SECONDS = Histogram(
     "inferencehub_http_request_duration_seconds",
-    "Time to answer an HTTP request, by route pattern (not path, to bound the label count).",
+    "Time to answer an HTTP request, by route name (not path, to bound the label count).",
     ["method", "route", "status"],
 )
-UPLOAD_TO_STORED_BUCKETS_S = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
 class RequestMetricsMiddleware:
@@ -47,71 +49,58 @@ class RequestMetricsMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
         response = self.get_response(request)
-        match = request.resolver_match
         REQUEST_SECONDS.labels(
-            request.method, match.route if match else "unmatched", str(response.status_code)
+            request.method, route_label(request), str(response.status_code)
         ).observe(time.perf_counter() - started)
         return response
 
 
-class JobsCollector:
-    """Jobs per status, and upload-to-stored latency of finished jobs, counted in the
-    database at scrape time: results are stored by Celery processes, which serve no
-    metrics, and the database is the one place that sees every job."""
+# Collectors that read the database at scrape time; the predictions app registers its own
+# here (predictions/metrics.py), so this module needs no models.
+SCRAPE_TIME_REGISTRY = CollectorRegistry(auto_describe=False)
+
+
+def route_label(request: HttpRequest) -> str:
+    """The URL pattern's name, e.g. "job-detail": the router's patterns are regexes,
+    unreadable in a dashboard. An unnamed pattern keeps its route."""
+    match = request.resolver_match
+    if match is None:
+        return "unmatched"
+    return match.view_name if match.url_name else match.route
+
+
+class WebOnlyCollector:
+    """Every metric of a source but the consumers' (below): the web process imports this
+    module and so makes them too, but only inference workers and the bridge count them,
+    and the web's would always read 0."""
+
+    def __init__(self, source) -> None:
+        self.source = source
 
     def collect(self):
-        from predictions.models import Job
-
-        by_status = dict(Job.objects.values_list("status").annotate(n=Count("pk")).order_by())
-        jobs = GaugeMetricFamily("inferencehub_jobs", "Jobs by status.", labels=["status"])
-        for status in Job.Status.values:
-            jobs.add_metric([status], by_status.get(status, 0))
-        yield jobs
-
-        latency = ExpressionWrapper(
-            F("finished_at") - F("created_at"), output_field=DurationField()
-        )
-        buckets = {
-            f"le_{index}": Count(
-                "pk", filter=Q(finished_at__lte=F("created_at") + timedelta(seconds=bound))
-            )
-            for index, bound in enumerate(UPLOAD_TO_STORED_BUCKETS_S)
+        consumer_metrics = {
+            family.name for metric in CONSUMER_METRICS for family in metric.describe()
         }
-        totals = Job.objects.filter(finished_at__isnull=False).aggregate(
-            count=Count("pk"), total=Sum(latency), **buckets
-        )
-        histogram = HistogramMetricFamily(
-            "inferencehub_upload_to_stored_seconds",
-            "Time from upload to stored result of every finished job (from the database).",
-        )
-        histogram.add_metric(
-            [],
-            buckets=[
-                (str(bound), totals[f"le_{index}"])
-                for index, bound in enumerate(UPLOAD_TO_STORED_BUCKETS_S)
-            ]
-            + [("+Inf", totals["count"])],
-            sum_value=totals["total"].total_seconds() if totals["total"] else 0.0,
-        )
-        yield histogram
-
-
-JOBS_REGISTRY = CollectorRegistry(auto_describe=False)
-JOBS_REGISTRY.register(JobsCollector())
+        for family in self.source.collect():
+            if family.name not in consumer_metrics:
+                yield family
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        source = CollectorRegistry()
+        multiprocess.MultiProcessCollector(source)
     else:  # one process, e.g. runserver
-        registry = REGISTRY
+        source = REGISTRY
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WebOnlyCollector(source))
     return HttpResponse(
-        generate_latest(registry) + generate_latest(JOBS_REGISTRY), content_type=CONTENT_TYPE_LATEST
+        generate_latest(registry) + generate_latest(SCRAPE_TIME_REGISTRY),
+        content_type=CONTENT_TYPE_LATEST,
     )
 
 
-# --- Inference workers and result bridge (kafka_bridge.runner, workers.worker) ----------
+# --- Inference workers and result bridge (kafka_wire.runner, workers.worker) -------------
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -137,6 +126,7 @@ INFERENCE_SECONDS = Histogram(
     "Time of one model predict call over a batch.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+CONSUMER_METRICS = (BATCH_SIZE, MESSAGES_CONSUMED, CONSUMER_LAG, DEAD_LETTERS, INFERENCE_SECONDS)
 
 
 def add_metrics_port_argument(parser) -> None:
@@ -149,8 +139,72 @@ def add_metrics_port_argument(parser) -> None:
     )
 
 
-def serve_metrics(port: int) -> None:
-    """Serve the default registry over HTTP from a daemon thread; 0 serves nothing."""
-    if port:
-        start_http_server(port)
-        logger.info("metrics on http://0.0.0.0:%d/metrics", port)
+class ConsumerHealth:
+    """When the process's consumer loop last polled Kafka (kafka_wire.runner stamps it)."""
+
+    def __init__(self) -> None:
+        self.last_poll = time.monotonic()
+
+    def polled(self) -> None:
+        self.last_poll = time.monotonic()
+
+    def seconds_since_poll(self) -> float:
+        return time.monotonic() - self.last_poll
+
+
+CONSUMER_HEALTH = ConsumerHealth()
+METRICS_PATH = "/metrics"
+HEALTH_PATH = "/healthz"
+
+
+def health_app(environ, start_response) -> list[bytes]:
+    """200 while the consumer loop polls; 503 once it has not for CONSUMER_STALL_SECONDS
+    (a handler or a delivery that hangs), so that the orchestrator restarts the process."""
+    since = CONSUMER_HEALTH.seconds_since_poll()
+    limit = settings.CONSUMER_STALL_SECONDS
+    healthy = since <= limit
+    body = {
+        "status": "ok" if healthy else "stalled",
+        "seconds_since_poll": round(since, 1),
+        "limit_seconds": limit,
+    }
+    start_response(
+        "200 OK" if healthy else "503 Service Unavailable", [("Content-Type", "application/json")]
+    )
+    return [json.dumps(body).encode()]
+
+
+def consumer_http_app() -> Callable:
+    """/metrics (the default registry) and /healthz of a worker or the bridge; 404 elsewhere."""
+    metrics_app = make_wsgi_app()
+
+    def app(environ, start_response) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        if path == HEALTH_PATH:
+            return health_app(environ, start_response)
+        if path == METRICS_PATH:
+            return metrics_app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [f"no such path; try {METRICS_PATH} or {HEALTH_PATH}\n".encode()]
+
+    return app
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    # Probes and scrapes every few seconds would flood the log.
+    def log_message(self, format, *args) -> None:
+        pass
+
+
+def serve_metrics(port: int) -> WSGIServer | None:
+    """Serve /metrics and /healthz over HTTP from a daemon thread; 0 serves nothing."""
+    if not port:
+        return None
+    # The stall clock starts here: loading the model before is not a stall.
+    CONSUMER_HEALTH.polled()
+    server = make_server(
+        "0.0.0.0", port, consumer_http_app(), ThreadingWSGIServer, QuietRequestHandler
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    logger.info("metrics on http://0.0.0.0:%d%s, health on %s", port, METRICS_PATH, HEALTH_PATH)
+    return server

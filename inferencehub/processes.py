@@ -1,14 +1,22 @@
-"""Starting and stopping the project's own processes (Celery, workers, bridge, web) from
-Python, for the end-to-end tests and the benchmark."""
+"""Starting and stopping the project's own processes from Python, for the tests, the fault
+suite and the benchmark. What to start (command lines, readiness signs) is the process
+table, stack/processes.py; this module runs its entries and gives them their environment."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from stack.processes import AppProcess
+
 REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+# A worker imports TensorFlow and warms its model up before it is ready: over two minutes
+# when the machine is busy, and a slow start is not a failure.
+READY_TIMEOUT_S = 300
 
 
 class ManagedProcess:
@@ -29,7 +37,7 @@ class ManagedProcess:
             )
         return self
 
-    def wait_for_log(self, text: str, timeout: float = 120) -> None:
+    def wait_for_log(self, text: str, timeout: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in self.log_path.read_text(errors="replace"):
@@ -51,24 +59,52 @@ class ManagedProcess:
             return self.popen.wait()
 
 
+def start_ready(
+    process: AppProcess,
+    env: dict,
+    log_dir: Path,
+    *,
+    name: str = "",
+    timeout: float = READY_TIMEOUT_S,
+) -> ManagedProcess:
+    """Start a process of the table and wait for its readiness sign in its log."""
+    managed = ManagedProcess(name or process.name, process.argv, env, log_dir).start()
+    try:
+        managed.wait_for_log(process.ready_text, timeout)
+    except RuntimeError:
+        managed.stop()
+        raise
+    return managed
+
+
 def manage(*args: str) -> list[str]:
-    return [sys.executable, str(REPO / "manage.py"), *args]
+    """A one-off management command (the long-running ones are in the process table)."""
+    return [PYTHON, str(REPO / "manage.py"), *args]
 
 
-def celery_worker_argv(name: str, concurrency: int = 2) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "inferencehub",
-        "worker",
-        "--loglevel",
-        "INFO",
-        "--concurrency",
-        str(concurrency),
-        "--hostname",
-        f"{name}-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-    ]
+def unique_celery_hostname(name: str) -> str:
+    """Celery nodes of parallel runs on one machine must not share a name."""
+    return f"{name}-{os.getpid()}@%h"
+
+
+def database_url(db: dict) -> str:
+    """A Django DATABASES entry as the DATABASE_URL a child process reads."""
+    return f"mysql://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def child_env(*, settings_module: str, database_url: str, **overrides: str) -> dict:
+    """This process's environment for a child: given settings and database, output unbuffered
+    (it goes to a log file, which Python would otherwise block-buffer)."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings_module,
+        "DATABASE_URL": database_url,
+        "PYTHONUNBUFFERED": "1",
+        **overrides,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

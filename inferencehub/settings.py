@@ -54,6 +54,15 @@ def env_positive_int(name: str, default: int) -> int:
     return value
 
 
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env(name, str, default)
+    if value not in choices:
+        raise ImproperlyConfigured(
+            f"Setting {name} must be one of {', '.join(choices)}, got {value!r}"
+        )
+    return value
+
+
 def env_rate(name: str, default: str) -> str:
     """A DRF throttle rate such as 100/hour; checked here because DRF would only fail on
     the first request."""
@@ -64,6 +73,19 @@ def env_rate(name: str, default: str) -> str:
             f"Setting {name} must look like 100/hour (second, minute, hour or day), got {value!r}"
         )
     return value
+
+
+def env_file(name: str, default: str = "") -> str:
+    """A path to a file that must exist and be readable; empty means none."""
+    path = env(name, str, default)
+    if path:
+        try:
+            Path(path).open("rb").close()
+        except OSError as exc:
+            raise ImproperlyConfigured(
+                f"Setting {name} names a file that cannot be read: {exc}"
+            ) from None
+    return path
 
 
 def env_database(name: str, default: str) -> dict:
@@ -115,6 +137,7 @@ INSTALLED_APPS = [
     "predictions",
     "kafka_bridge",
     "workers",
+    "bench",
 ]
 
 MIDDLEWARE = [
@@ -130,9 +153,12 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: it sees Django's own error answers (debug pages included) and gives them ours.
+    "inferencehub.errors.ErrorPagesMiddleware",
 ]
 
 ROOT_URLCONF = "inferencehub.urls"
+CSRF_FAILURE_VIEW = "inferencehub.errors.csrf_failure"
 WSGI_APPLICATION = "inferencehub.wsgi.application"
 
 TEMPLATES = [
@@ -192,21 +218,48 @@ MEDIA_URL = "/media/"
 MEDIA_ROOT = env("MEDIA_ROOT", str, str(BASE_DIR / ".stack" / "media"))
 
 # --- Stored originals: local files by default, S3-compatible storage when configured
-AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME", str, "")
-if AWS_STORAGE_BUCKET_NAME:
-    _default_storage = {
+
+
+def s3_storage(
+    *, bucket: str, endpoint_url: str, region_name: str, access_key: str, secret_key: str
+) -> dict:
+    """The storage of originals in an S3 bucket (empty values: boto3's own defaults)."""
+    from botocore.config import Config
+
+    return {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
-            "bucket_name": AWS_STORAGE_BUCKET_NAME,
-            "endpoint_url": env("AWS_S3_ENDPOINT_URL", str, "") or None,
-            "region_name": env("AWS_S3_REGION_NAME", str, "") or None,
-            "access_key": env("AWS_ACCESS_KEY_ID", str, "") or None,
-            "secret_key": env("AWS_SECRET_ACCESS_KEY", str, "") or None,
+            "bucket_name": bucket,
+            "endpoint_url": endpoint_url or None,
+            "region_name": region_name or None,
+            "access_key": access_key or None,
+            "secret_key": secret_key or None,
             "default_acl": None,
             "querystring_auth": True,
             "file_overwrite": False,
+            "client_config": Config(
+                # An unreachable store fails an upload in seconds (503), not minutes.
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"max_attempts": 3, "mode": "standard"},
+                # Checksum headers only where S3 requires them: S3-compatible servers such
+                # as s3proxy refuse the newer ones botocore sends by default.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
         },
     }
+
+
+AWS_STORAGE_BUCKET_NAME = env("AWS_STORAGE_BUCKET_NAME", str, "")
+if AWS_STORAGE_BUCKET_NAME:
+    _default_storage = s3_storage(
+        bucket=AWS_STORAGE_BUCKET_NAME,
+        endpoint_url=env("AWS_S3_ENDPOINT_URL", str, ""),
+        region_name=env("AWS_S3_REGION_NAME", str, ""),
+        access_key=env("AWS_ACCESS_KEY_ID", str, ""),
+        secret_key=env("AWS_SECRET_ACCESS_KEY", str, ""),
+    )
 else:
     _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 STORAGES = {
@@ -253,6 +306,53 @@ KAFKA_WORKER_GROUP = env("KAFKA_WORKER_GROUP", str, "inferencehub-workers")
 KAFKA_BRIDGE_GROUP = env("KAFKA_BRIDGE_GROUP", str, "inferencehub-bridge")
 KAFKA_COMPRESSION = env("KAFKA_COMPRESSION", str, "zstd")
 KAFKA_LINGER_MS = env("KAFKA_LINGER_MS", int, 5)
+# How long a consumer (worker, bridge) may go unheard before the group gives its partitions
+# to the others: librdkafka's default; shorter moves them sooner off a cut-off host.
+KAFKA_SESSION_TIMEOUT_MS = env_positive_int("KAFKA_SESSION_TIMEOUT_MS", 45_000)
+# How long a client waits for a broker's answer before it gives the request up and retries
+# it elsewhere: librdkafka's default; shorter keeps a client going when a broker falls silent
+# (its host cut off) instead of waiting on it.
+KAFKA_SOCKET_TIMEOUT_MS = env_positive_int("KAFKA_SOCKET_TIMEOUT_MS", 60_000)
+
+# --- Kafka security: how every client proves who it is and checks the brokers ----------
+KAFKA_SECURITY_PROTOCOL = env_choice(
+    "KAFKA_SECURITY_PROTOCOL", ("PLAINTEXT", "SSL", "SASL_SSL"), "PLAINTEXT"
+)
+KAFKA_SASL_MECHANISM = env_choice(
+    "KAFKA_SASL_MECHANISM", ("SCRAM-SHA-512", "PLAIN"), "SCRAM-SHA-512"
+)
+KAFKA_SASL_USERNAME = env("KAFKA_SASL_USERNAME", str, "")
+KAFKA_SASL_PASSWORD = env("KAFKA_SASL_PASSWORD", str, "")
+# Empty: the system's certificate authorities are trusted.
+KAFKA_SSL_CA_LOCATION = env_file("KAFKA_SSL_CA_LOCATION", "")
+# A client certificate and its key, for brokers that ask for one (mutual TLS).
+KAFKA_SSL_CERTIFICATE_LOCATION = env_file("KAFKA_SSL_CERTIFICATE_LOCATION", "")
+KAFKA_SSL_KEY_LOCATION = env_file("KAFKA_SSL_KEY_LOCATION", "")
+KAFKA_SSL_KEY_PASSWORD = env("KAFKA_SSL_KEY_PASSWORD", str, "")
+if KAFKA_SECURITY_PROTOCOL == "SASL_SSL":
+    for _name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        if not globals()[_name]:
+            raise ImproperlyConfigured(
+                f"Setting {_name} is required when KAFKA_SECURITY_PROTOCOL is SASL_SSL"
+            )
+elif KAFKA_SASL_USERNAME or KAFKA_SASL_PASSWORD:
+    # Credentials that would silently go unused mean the protocol was forgotten.
+    raise ImproperlyConfigured(
+        "Settings KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD are set but KAFKA_SECURITY_PROTOCOL "
+        f"is {KAFKA_SECURITY_PROTOCOL}, which sends no credentials; set it to SASL_SSL"
+    )
+if bool(KAFKA_SSL_CERTIFICATE_LOCATION) != bool(KAFKA_SSL_KEY_LOCATION):
+    raise ImproperlyConfigured(
+        "Settings KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together: "
+        "set both or neither"
+    )
+if KAFKA_SECURITY_PROTOCOL == "PLAINTEXT" and (
+    KAFKA_SSL_CA_LOCATION or KAFKA_SSL_CERTIFICATE_LOCATION
+):
+    raise ImproperlyConfigured(
+        "Settings KAFKA_SSL_* are set but KAFKA_SECURITY_PROTOCOL is PLAINTEXT, which uses no "
+        "TLS; set it to SSL or SASL_SSL"
+    )
 
 # --- Model served by the workers ------------------------------------------------------
 MODEL_NAME = env("MODEL_NAME", str, "resnet50")
@@ -260,6 +360,13 @@ MODEL_WEIGHTS = env("MODEL_WEIGHTS", str, "imagenet")
 MODEL_FILE = env("MODEL_FILE", str, "")
 MODEL_LABELS_FILE = env("MODEL_LABELS_FILE", str, "")
 MODEL_INPUT_SIZE = env_positive_int("MODEL_INPUT_SIZE", 224)
+# A model package folder (manage.py export_model); when set, MODEL_NAME, MODEL_WEIGHTS,
+# MODEL_FILE, MODEL_RUNTIME and MODEL_PRECISION are not used by the workers.
+MODEL_PACKAGE = env("MODEL_PACKAGE", str, "")
+MODEL_RUNTIME = env_choice("MODEL_RUNTIME", ("tensorflow", "openvino"), "tensorflow")
+MODEL_PRECISION = env_choice("MODEL_PRECISION", ("fp32", "bf16", "int8"), "fp32")
+# bf16 asked for on a CPU without bf16 refuses to start unless this allows fp32 instead.
+MODEL_BF16_FALLBACK = env_bool("MODEL_BF16_FALLBACK", False)
 WORKER_MAX_BATCH_SIZE = env_positive_int("WORKER_MAX_BATCH_SIZE", 32)
 # Short: a lone request waits this long for company, while under load batches fill from
 # what arrives during the previous predict anyway (docs/performance.md).
@@ -314,9 +421,18 @@ CACHES = {
 }
 
 # --- REST API ------------------------------------------------------------------------
+# Requests each web process may hold open at once (a job's ?wait=, a batch's event
+# stream; inferencehub/holding.py). Keep it below gunicorn.conf.py's threads (4), so that
+# threads stay free for the rest of the API; 0 holds none.
+WEB_HELD_REQUESTS = env("WEB_HELD_REQUESTS", int, 2)
+if WEB_HELD_REQUESTS < 0:
+    raise ImproperlyConfigured(
+        f"Setting WEB_HELD_REQUESTS must be 0 or more, got {WEB_HELD_REQUESTS}"
+    )
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
+        "predictions.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -341,13 +457,17 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "predictions.seed_api.add_to_schema",
+        "predictions.openapi.add_to_schema",
     ],
 }
 
 # --- Observability -------------------------------------------------------------------
 # Port of the Prometheus endpoint of run_worker and consume_results; 0 serves none.
 METRICS_PORT = env("METRICS_PORT", int, 0)
+# That port's /healthz fails once the consumer loop has not polled Kafka for this long.
+# Above the longest pause of a healthy loop: a batch's delivery wait (90 s, runner
+# flush_or_raise) plus the longest retry backoff (30 s) plus its predict.
+CONSUMER_STALL_SECONDS = env_positive_int("CONSUMER_STALL_SECONDS", 180)
 
 LOG_LEVEL = env("LOG_LEVEL", str, "INFO")
 LOG_FORMAT = env("LOG_FORMAT", str, "plain")

@@ -4,14 +4,13 @@ through their environment: see tests/conftest.py."""
 import os
 import uuid
 
+from kafka_wire.config import kafka_names
+
 # One run's topics are its own, so a `make run` stack on the same services is not
 # disturbed and a previous run's leftovers are not read.
 RUN_ID = os.environ.setdefault("INFERENCEHUB_TEST_RUN_ID", uuid.uuid4().hex[:8])
-os.environ.setdefault("KAFKA_REQUESTS_TOPIC", f"test-{RUN_ID}-requests")
-os.environ.setdefault("KAFKA_RESULTS_TOPIC", f"test-{RUN_ID}-results")
-os.environ.setdefault("KAFKA_DEAD_LETTER_TOPIC", f"test-{RUN_ID}-dead-letters")
-os.environ.setdefault("KAFKA_WORKER_GROUP", f"test-{RUN_ID}-workers")
-os.environ.setdefault("KAFKA_BRIDGE_GROUP", f"test-{RUN_ID}-bridge")
+for name, value in kafka_names(f"test-{RUN_ID}").items():
+    os.environ.setdefault(name, value)
 os.environ.setdefault("KAFKA_TOPIC_PARTITIONS", "4")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:16379/1")
 os.environ.setdefault("MEDIA_ROOT", f"/tmp/inferencehub-test-{RUN_ID}/media")

@@ -1,19 +1,46 @@
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.routers import DefaultRouter
+from rest_framework.routers import DefaultRouter, SimpleRouter
 
-from inferencehub import health, metrics
+from inferencehub import errors, health, metrics
 from predictions import seed_api
-from predictions.api import BatchViewSet, JobViewSet
+from predictions.api import BatchViewSet, JobViewSet, ModelViewSet
+
+
+class WithoutTrailingSlashRouter(SimpleRouter):
+    """The same routes without their trailing slash, so that `POST /api/jobs` works:
+    Django's APPEND_SLASH can only redirect, which loses a POST's or DELETE's body.
+    Unnamed, so URLs are always reversed to the slashed form, and left out of the schema."""
+
+    def __init__(self) -> None:
+        super().__init__(trailing_slash="")
+
+    def get_routes(self, viewset) -> list:
+        routes = super().get_routes(viewset)
+        return [route._replace(initkwargs={**route.initkwargs, "schema": None}) for route in routes]
+
+    def get_urls(self) -> list:
+        urls = super().get_urls()
+        for url in urls:
+            url.name = None
+        return urls
+
 
 router = DefaultRouter()
-router.register("jobs", JobViewSet, basename="job")
-router.register("batches", BatchViewSet, basename="batch")
+without_slash = WithoutTrailingSlashRouter()
+for prefix, viewset, basename in (
+    ("jobs", JobViewSet, "job"),
+    ("batches", BatchViewSet, "batch"),
+    ("models", ModelViewSet, "model"),
+):
+    router.register(prefix, viewset, basename=basename)
+    without_slash.register(prefix, viewset, basename=basename)
 
 urlpatterns = [
     path("", include("predictions.urls")),
     path("api/", include(router.urls)),
+    path("api/", include(without_slash.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api-auth/", include("rest_framework.urls")),
@@ -26,3 +53,9 @@ urlpatterns = [
     path("image", seed_api.image, name="seed-image"),
     path("result", seed_api.result, name="seed-result"),
 ]
+
+# With DEBUG off Django calls these itself; with it on, ErrorPagesMiddleware does the same.
+handler400 = errors.bad_request
+handler403 = errors.permission_denied
+handler404 = errors.not_found
+handler500 = errors.server_error

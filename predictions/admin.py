@@ -14,12 +14,21 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.text import Truncator
 
+from inferencehub.limits import TOP_K_MAX, TOP_K_MIN
 from predictions import services
 from predictions.models import Batch, Job, Prediction
 
-TOP_K_FIELD = forms.IntegerField(min_value=1, max_value=1000)
+TOP_K_FIELD = forms.IntegerField(min_value=TOP_K_MIN, max_value=TOP_K_MAX)
+
+admin.site.site_header = admin.site.site_title = "InferenceHub"
+admin.site.index_title = "Jobs, batches and predictions"
+# The job list needs the width at 1280 px; the header's breadcrumbs lead back anyway.
+admin.site.enable_nav_sidebar = False
 
 
 class InputFilter(admin.SimpleListFilter):
@@ -79,7 +88,7 @@ class SearchByIdMixin:
 
 class JobActionForm(ActionForm):
     top_k = forms.IntegerField(
-        min_value=1, max_value=1000, required=False, label="top-k (for re-run):"
+        min_value=TOP_K_MIN, max_value=TOP_K_MAX, required=False, label="top-k (for re-run):"
     )
 
 
@@ -87,13 +96,19 @@ class PredictionInline(admin.TabularInline):
     model = Prediction
     extra = 0
     can_delete = False
-    fields = readonly_fields = ["rank", "label", "score", "class_id"]
+    fields = readonly_fields = ["rank", "label", "rounded_score", "class_id"]
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
+    @admin.display(description="score")
+    def rounded_score(self, prediction: Prediction) -> str:
+        return f"{prediction.score:.3f}"
+
 
 def thumbnail(job: Job, size: int = 96, shown: int = 48) -> str:
+    if not job.image.name:
+        return "purged"  # purge_images deleted the original; the results stay
     # Served by a view that checks access; stored originals are never public MEDIA files.
     return format_html(
         '<img src="{}" alt="" width="{}" height="{}" loading="lazy" style="object-fit:cover">',
@@ -107,33 +122,57 @@ def thumbnail(job: Job, size: int = 96, shown: int = 48) -> str:
 class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     list_display = [
         "thumb",
-        "id",
+        "short_id",
+        "file_name",
         "status",
         "top_label",
         "top_score",
-        "model_name",
+        "model_and_weights",
         "worker",
         "latency",
         "owner",
-        "created_at",
+        "created",
     ]
-    list_display_links = ["thumb", "id"]
-    list_filter = ["status", "model_name", "created_at", BatchFilter, OwnerFilter]
+    list_display_links = ["thumb", "short_id"]
+    list_filter = [
+        "status",
+        "model_name",
+        "model_version",
+        "runtime",
+        "precision",
+        "created_at",
+        BatchFilter,
+        OwnerFilter,
+    ]
     list_select_related = ["owner"]
-    search_fields = ["predictions__label"]
-    search_help_text = "A job id, or part of a predicted label."
+    search_fields = ["predictions__label", "original_name"]
+    search_help_text = "A job id, or part of a predicted label or of a file name."
     date_hierarchy = "created_at"
     show_full_result_count = False
     inlines = [PredictionInline]
     action_form = JobActionForm
     actions = ["retry_failed", "rerun_with_top_k"]
-    readonly_fields = ["image_preview", "timings", "batch_link"] + [
+    readonly_fields = ["image_preview", "original", "timings", "batch_link"] + [
         f.name for f in Job._meta.fields if f.name != "batch"
     ]
     fieldsets = [
         (None, {"fields": ["id", "status", "error", "attempts", "top_k", "owner", "batch_link"]}),
-        ("Image", {"fields": ["image_preview", "original_name", "image_format", "image"]}),
-        ("Model", {"fields": ["model_name", "model_weights", "worker", "inference_batch_size"]}),
+        ("Image", {"fields": ["image_preview", "original_name", "image_format", "original"]}),
+        (
+            "Model",
+            {
+                "fields": [
+                    "routed_to",
+                    "model_name",
+                    "model_version",
+                    "model_weights",
+                    "runtime",
+                    "precision",
+                    "worker",
+                    "inference_batch_size",
+                ]
+            },
+        ),
         ("Timings", {"fields": ["timings"]}),
     ]
 
@@ -151,9 +190,32 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # jobs come from uploads
 
+    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        # A job is read, never edited: its page has no Save buttons. The list's actions
+        # (retry, re-run) still need the change permission.
+        return obj is None and super().has_change_permission(request)
+
     @admin.display(description="image")
     def thumb(self, job: Job) -> str:
         return thumbnail(job)
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, job: Job) -> str:
+        # Enough to tell jobs apart at a glance; the full id is on the job's page.
+        return format_html('<span title="{}">{}</span>', job.pk, str(job.pk)[:8])
+
+    @admin.display(description="file name", ordering="original_name")
+    def file_name(self, job: Job) -> str:
+        return Truncator(job.original_name).chars(32) or "–"
+
+    @admin.display(description="model", ordering="model_name")
+    def model_and_weights(self, job: Job) -> str:
+        name = job.model_name
+        if name and job.model_version:
+            name = f"{name}:{job.model_version}"
+        if job.random_weights:
+            return format_html("{} <strong>random weights</strong>", name)
+        return name or "–"
 
     @admin.display(description="top-1 label")
     def top_label(self, job: Job) -> str:
@@ -163,6 +225,11 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     def top_score(self, job: Job) -> str:
         return "–" if job.top_score is None else f"{job.top_score:.3f}"
 
+    @admin.display(description="created", ordering="created_at")
+    def created(self, job: Job) -> str:
+        # Narrower than the default "Nov. 26, 2026, 3:10 p.m.".
+        return f"{timezone.localtime(job.created_at):%Y-%m-%d %H:%M}"
+
     @admin.display(description="total ms", ordering="finished_at")
     def latency(self, job: Job) -> str:
         if job.finished_at is None:
@@ -171,8 +238,22 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
 
     @admin.display(description="image")
     def image_preview(self, job: Job) -> str:
+        if not job.image.name:
+            return "The original was purged; the results are kept."
         return format_html(
             '<a href="{}">{}</a>', reverse("job-page", args=[job.pk]), thumbnail(job, 480, 320)
+        )
+
+    @admin.display(description="original")
+    def original(self, job: Job) -> str:
+        # Through the view that checks access: stored originals are not public MEDIA files.
+        if not job.image.name:
+            return "deleted (IMAGE_RETENTION_DAYS)"
+        return format_html(
+            '<a href="{}">{} ({} bytes)</a>',
+            reverse("job-original", args=[job.pk]),
+            job.original_name or job.pk,
+            job.image_bytes,
         )
 
     @admin.display(description="batch")
@@ -279,12 +360,23 @@ class BatchAdmin(SearchByIdMixin, admin.ModelAdmin):
 
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
-    list_display = ["label", "score", "rank", "class_id", "job"]
+    list_display = ["label", "rounded_score", "rank", "class_id", "job", "weights"]
     list_filter = ["rank"]
     list_select_related = ["job"]
     search_fields = ["label"]
     show_full_result_count = False
-    readonly_fields = ["job", "rank", "class_id", "label", "score"]
+    readonly_fields = ["job", "rank", "class_id", "label", "rounded_score"]
+    fields = readonly_fields
+
+    @admin.display(description="score", ordering="score")
+    def rounded_score(self, prediction: Prediction) -> str:
+        return f"{prediction.score:.3f}"
+
+    @admin.display(description="weights")
+    def weights(self, prediction: Prediction) -> str:
+        if prediction.job.random_weights:
+            return mark_safe("<strong>random weights</strong>")
+        return prediction.job.model_weights or "–"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

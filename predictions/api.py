@@ -1,36 +1,58 @@
-"""The REST API under /api/: jobs and batches."""
+"""The REST API under /api/: jobs, batches and the models served."""
 
-import re
+import csv
+import io
+import json
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Count, Q, QuerySet
-from django.utils.dateparse import parse_datetime
+from django.http import HttpResponse, StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
-    OpenApiParameter,
     PolymorphicProxySerializer,
     extend_schema,
     extend_schema_view,
 )
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from predictions import services
-from predictions.models import Batch, Job
+from inferencehub import holding
+from inferencehub.errors import error_body, error_response
+from inferencehub.limits import (
+    HELD_POLL_SECONDS,
+    PAGE_SIZE_DEFAULT,
+    PAGE_SIZE_MAX,
+    WAIT_MAX_SECONDS,
+)
+from predictions import selectors, services
+from predictions.models import Job
+from predictions.openapi import IDEMPOTENCY_KEY, UPLOAD_REQUEST, errors
 from predictions.serializers import (
     BatchDetailQuerySerializer,
     BatchDetailSerializer,
+    BatchEventsQuerySerializer,
+    BatchExportQuerySerializer,
     BatchSerializer,
-    ErrorSerializer,
     JobCreateSerializer,
+    JobDetailQuerySerializer,
+    JobListQuerySerializer,
     JobListSerializer,
     JobSerializer,
+    ModelMetadataSerializer,
+    ModelStatusSerializer,
 )
+from workers import selectors as registry
+from workers.models import ModelVersion
 
 
 def exception_handler(exc, context):
@@ -44,32 +66,13 @@ def exception_handler(exc, context):
         return None
     detail = response.data
     if isinstance(detail, dict) and set(detail) == {"detail"}:
-        response.data = {"error": str(detail["detail"])}
+        response.data = error_body(str(detail["detail"]))
     elif isinstance(detail, dict):
         messages = [f"{field}: {' '.join(map(str, errors))}" for field, errors in detail.items()]
-        response.data = {"error": "; ".join(messages), "fields": detail}
+        response.data = error_body("; ".join(messages), detail)
     else:
-        response.data = {"error": " ".join(map(str, detail))}
+        response.data = error_body(" ".join(map(str, detail)))
     return response
-
-
-# An Idempotency-Key: what clients send (UUIDs, hashes) and what fits the column.
-UPLOAD_KEY = re.compile(r"[\x21-\x7e]{1,100}")
-
-# What a 503 tells the client to wait before trying again: outages of the database or
-# the task queue are expected to last seconds to minutes.
-RETRY_AFTER_SECONDS = "5"
-
-
-def error_response(message: str, code: int) -> Response:
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if code == 503 else None
-    return Response({"error": message}, status=code, headers=headers)
-
-
-def errors(*codes: int) -> dict:
-    """Schema of the error responses an operation can give, besides those of every one:
-    401 (bad or missing token), 403 (session without CSRF token) and 429 (throttled)."""
-    return {code: ErrorSerializer for code in sorted({401, 403, 429, *codes})}
 
 
 class CanUpload(permissions.BasePermission):
@@ -83,12 +86,29 @@ class CanUpload(permissions.BasePermission):
         return request.user.is_authenticated
 
 
-def visible_to(queryset: QuerySet, user, *, include_anonymous: bool) -> QuerySet:
-    """Staff see everything; users their own; anonymous items are reachable by id only."""
-    if user.is_staff:
-        return queryset
-    mine = Q(owner=user) if user.is_authenticated else Q(pk__in=[])
-    return queryset.filter(mine | Q(owner__isnull=True) if include_anonymous else mine)
+def _wait_until_finished(job_id, seconds: int) -> None:
+    """Look at the job's status every HELD_POLL_SECONDS (one primary-key query) until it
+    has finished, is gone, or the time is up."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(HELD_POLL_SECONDS, left))
+        status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        if status is None or status in Job.FINISHED:
+            return
+
+
+class AnyAccept(DefaultContentNegotiation):
+    """For views that answer in their own content type (CSV, an event stream): DRF's
+    renderer choice, by Accept and ?format=, does not apply to them."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+class JobPagination(PageNumberPagination):
+    page_size = PAGE_SIZE_DEFAULT
+    page_size_query_param = "page_size"
+    max_page_size = PAGE_SIZE_MAX
 
 
 @extend_schema_view(
@@ -103,83 +123,55 @@ class JobViewSet(
 ):
     serializer_class = JobSerializer
     permission_classes = [CanUpload]
+    pagination_class = JobPagination
 
     def get_queryset(self) -> QuerySet:
-        jobs = Job.objects.prefetch_related("predictions")
-        jobs = visible_to(jobs, self.request.user, include_anonymous=self.action == "retrieve")
+        jobs = selectors.visible_jobs(self.request.user, by_id=self.action == "retrieve")
+        jobs = jobs.select_related("routed_to__model").prefetch_related("predictions")
         if self.action != "list":
             return jobs
-        params = self.request.query_params
-        if status_filter := params.get("status"):
-            if status_filter not in Job.Status.values:
-                raise ValidationError(
-                    {"status": [f"must be one of {', '.join(Job.Status.values)}"]}
-                )
-            jobs = jobs.filter(status=status_filter)
-        if batch := params.get("batch"):
-            jobs = jobs.filter(batch_id=_uuid_param("batch", batch))
-        for name, lookup in (
-            ("created_after", "created_at__gte"),
-            ("created_before", "created_at__lt"),
-        ):
-            if value := params.get(name):
-                try:
-                    moment = parse_datetime(value)
-                except ValueError:  # well formed but not a date, e.g. month 13
-                    moment = None
-                if moment is None:
-                    raise ValidationError({name: ["must be an ISO 8601 date-time"]})
-                jobs = jobs.filter(**{lookup: moment})
-        return jobs
+        query = JobListQuerySerializer.from_query(
+            self.request.query_params, context={"request": self.request}
+        )
+        query.is_valid(raise_exception=True)
+        return selectors.search_jobs(jobs, self.request.user, query.validated_data)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("status", str, enum=Job.Status.values),
-            OpenApiParameter("batch", OpenApiTypes.UUID),
-            OpenApiParameter("created_after", OpenApiTypes.DATETIME),
-            OpenApiParameter("created_before", OpenApiTypes.DATETIME),
-        ],
+        parameters=[JobListQuerySerializer],
         # 404: a page number past the end.
         responses={200: JobSerializer(many=True), **errors(400, 404)},
     )
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
+    @extend_schema(parameters=[JobDetailQuerySerializer])
+    def retrieve(self, request, *args, **kwargs):
+        """The job. With `wait=N` (at most 30), the answer is held up to N seconds until
+        the job has finished; when every holding slot of the web process is taken, it
+        comes at once, with `Retry-After: 1`."""
+        query = JobDetailQuerySerializer.from_query(request.query_params)
+        query.is_valid(raise_exception=True)
+        job = self.get_object()
+        headers = {}
+        if query.validated_data["wait"] and not job.is_finished:
+            with holding.held_slot() as held:
+                if held:
+                    _wait_until_finished(job.pk, query.validated_data["wait"])
+                    job = self.get_object()
+                else:
+                    headers["Retry-After"] = "1"
+        return Response(self.get_serializer(job).data, headers=headers)
+
     @extend_schema(
-        request={
-            "multipart/form-data": {
-                "type": "object",
-                "properties": {
-                    "image": {
-                        "type": "array",
-                        "items": {"type": "string", "format": "binary"},
-                        "minItems": 1,
-                    },
-                    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5},
-                    "batch": {"type": "string", "format": "uuid"},
-                    "seq": {"type": "integer", "minimum": 0},
-                },
-                "required": ["image"],
-            }
-        },
-        parameters=[
-            OpenApiParameter(
-                "Idempotency-Key",
-                str,
-                OpenApiParameter.HEADER,
-                description="any 1 to 100 printable ASCII characters, e.g. a UUID, new for "
-                "each upload: the same upload sent again answers with the first one's jobs "
-                "(header Idempotent-Replayed: true)",
-                pattern=f"^{UPLOAD_KEY.pattern}$",
-            )
-        ],
+        request=UPLOAD_REQUEST,
+        parameters=[IDEMPOTENCY_KEY],
         responses={
             202: PolymorphicProxySerializer(
                 component_name="JobsCreated",
                 serializers=[JobSerializer, JobListSerializer],
                 resource_type_field_name=None,
             ),
-            **errors(400, 409, 413),
+            **errors(400, 409, 413, 422),
         },
     )
     def create(self, request, *args, **kwargs):
@@ -191,50 +183,31 @@ class JobViewSet(
         """
         params = JobCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        uploads = request.FILES.getlist("image")
-        if not uploads:
-            raise ValidationError({"image": ["no image was uploaded"]})
-        upload_key = request.headers.get("Idempotency-Key")
-        if upload_key is not None:
-            if not UPLOAD_KEY.fullmatch(upload_key):
-                return error_response(
-                    "Idempotency-Key must be 1 to 100 printable ASCII characters", 400
-                )
-            if request.user.is_authenticated and (
-                earlier := services.jobs_of_upload(owner=request.user, upload_key=upload_key)
-            ):
-                if len(earlier) != len(uploads):
-                    return error_response(
-                        f"Idempotency-Key {upload_key} was used for an upload of "
-                        f"{len(earlier)} image(s); this one has {len(uploads)}",
-                        409,
-                    )
-                return self.jobs_accepted(earlier, replayed=True)
-        batch = None
-        if batch_id := params.validated_data.get("batch"):
-            batch = (
-                visible_to(Batch.objects, request.user, include_anonymous=False)
-                .filter(pk=batch_id)
-                .first()
-            )
-            if batch is None:
-                raise ValidationError({"batch": [f"unknown batch {batch_id}"]})
         try:
-            jobs = services.create_jobs(
-                owner=request.user if request.user.is_authenticated else None,
-                uploads=uploads,
+            upload = services.upload_images(
+                uploader=request.user,
+                files=request.FILES.getlist("image"),
                 top_k=params.validated_data["top_k"],
-                batch=batch,
+                batch_id=params.validated_data.get("batch"),
                 seq=params.validated_data.get("seq"),
-                upload_key=upload_key,
+                upload_key=request.headers.get("Idempotency-Key"),
+                model=params.validated_data.get("model"),
+                model_version=params.validated_data.get("model_version"),
             )
         except services.UploadError as exc:
             return error_response(str(exc), exc.status)
-        return self.jobs_accepted(jobs, replayed=False)
+        return self.jobs_accepted(upload.jobs, replayed=upload.replayed)
 
     # Sequence: inside this class, `list` is the list action.
     def jobs_accepted(self, jobs: Sequence[Job], *, replayed: bool) -> Response:
-        data = JobSerializer(jobs, many=True, context=self.get_serializer_context()).data
+        context = self.get_serializer_context()
+        # The answer says whether the chosen model has a live worker: the job is accepted
+        # either way (Kafka holds it until one starts).
+        versions = list({job.routed_to_id: job.routed_to for job in jobs if job.routed_to}.values())
+        if versions:
+            states = registry.serving_states(versions)
+            context["model_ready"] = {v.pk: registry.is_ready(v, states) for v in versions}
+        data = JobSerializer(jobs, many=True, context=context).data
         headers = {"Idempotent-Replayed": "true"} if replayed else {}
         if len(jobs) == 1:
             headers["Location"] = data[0]["url"]
@@ -273,45 +246,278 @@ class BatchViewSet(
     permission_classes = [CanUpload]
 
     def get_queryset(self) -> QuerySet:
-        return visible_to(
-            Batch.objects.all(), self.request.user, include_anonymous=self.action == "retrieve"
-        )
+        return selectors.visible_batches(self.request.user, by_id=self.action == "retrieve")
 
     def perform_create(self, serializer) -> None:
         owner = self.request.user if self.request.user.is_authenticated else None
         serializer.instance = services.create_batch(owner=owner)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("seq_start", int, description="first seq to include (inclusive)"),
-            OpenApiParameter("seq_end", int, description="last seq to include (inclusive)"),
-        ],
+        parameters=[BatchDetailQuerySerializer],
         responses={200: BatchDetailSerializer, **errors(400, 404)},
     )
     def retrieve(self, request, *args, **kwargs):
-        """The batch with job counts per status and its jobs with seq in [seq_start, seq_end]."""
+        """The batch with job counts per status and a page of its jobs (seq order) with
+        seq in [seq_start, seq_end]; `next` and `previous` link the other pages."""
         batch = self.get_object()
-        query = BatchDetailQuerySerializer(data=request.query_params)
+        query = BatchDetailQuerySerializer.from_query(request.query_params)
         query.is_valid(raise_exception=True)
-        counts = dict(
-            batch.jobs.values_list("status").annotate(n=Count("pk")).values_list("status", "n")
-        )
-        jobs = batch.jobs.prefetch_related("predictions").order_by("seq")
+        jobs = batch.jobs.prefetch_related("predictions").order_by("seq", "pk")
         if "seq_start" in query.validated_data:
             jobs = jobs.filter(seq__gte=query.validated_data["seq_start"])
         if "seq_end" in query.validated_data:
             jobs = jobs.filter(seq__lte=query.validated_data["seq_end"])
-        data = BatchSerializer(batch, context=self.get_serializer_context()).data
-        data["counts"] = {s: counts.get(s, 0) for s in Job.Status.values}
-        data["total"] = sum(counts.values())
-        data["jobs"] = JobSerializer(jobs, many=True, context=self.get_serializer_context()).data
+        paginator = JobPagination()
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        context = self.get_serializer_context()
+        data = BatchSerializer(batch, context=context).data
+        data.update(batch_counts(batch))
+        data["jobs_count"] = paginator.page.paginator.count
+        data["next"] = paginator.get_next_link()
+        data["previous"] = paginator.get_previous_link()
+        data["jobs"] = JobSerializer(page, many=True, context=context).data
         return Response(data)
 
+    @extend_schema(
+        parameters=[BatchExportQuerySerializer],
+        responses={
+            (200, "text/csv"): OpenApiTypes.STR,
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            **errors(400, 404),
+        },
+    )
+    @action(detail=True, methods=["get"], content_negotiation_class=AnyAccept)
+    def export(self, request, pk=None):
+        """Every job of the batch in seq order, to download: CSV (one row per job with its
+        top-1 result) or JSON (with every prediction)."""
+        batch = self.get_object()
+        query = BatchExportQuerySerializer.from_query(request.query_params)
+        query.is_valid(raise_exception=True)
+        jobs = batch.jobs.prefetch_related("predictions").order_by("seq", "pk")
+        kind = query.validated_data["format"]
+        if kind == "csv":
+            response = HttpResponse(export_csv(jobs), content_type="text/csv; charset=utf-8")
+        else:
+            rows = [export_row(job, all_predictions=True) for job in jobs.iterator(500)]
+            body = json.dumps({"batch": batch.pk, "jobs": rows}, indent=1, cls=JSONEncoder)
+            response = HttpResponse(body, content_type="application/json")
+        response["Content-Disposition"] = f'attachment; filename="batch-{batch.pk}.{kind}"'
+        return response
 
-def _uuid_param(name: str, value: str):
-    import uuid
+    @extend_schema(
+        parameters=[BatchEventsQuerySerializer],
+        responses={(200, "text/event-stream"): OpenApiTypes.STR, **errors(400, 404)},
+    )
+    @action(detail=True, methods=["get"], content_negotiation_class=AnyAccept)
+    def events(self, request, pk=None):
+        """Server-Sent Events of the batch's jobs: a `job` event (the job as
+        GET /api/jobs/{id}/ shows it) for each job that changed since `since` (epoch ms)
+        or the `Last-Event-ID` (none with `jobs=false`), then a `counts` event (as in the
+        batch's detail); then the same whenever jobs change, for up to 30 s. The
+        browser's EventSource then reconnects by itself, from the last event's id."""
+        batch = self.get_object()
+        query = BatchEventsQuerySerializer.from_query(request.query_params)
+        query.is_valid(raise_exception=True)
+        since_ms = query.validated_data.get("since", 0)
+        last_id = request.headers.get("Last-Event-ID", "")
+        if last_id.isdigit():
+            since_ms = int(last_id)
+        events = batch_events(
+            batch,
+            since_ms,
+            self.get_serializer_context() if query.validated_data["jobs"] else None,
+        )
+        response = StreamingHttpResponse(events, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # a proxy must pass each event on at once
+        return response
 
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise ValidationError({name: ["must be a UUID"]}) from None
+
+def batch_counts(batch) -> dict:
+    counts = dict(
+        batch.jobs.values_list("status").annotate(n=Count("pk")).values_list("status", "n")
+    )
+    return {
+        "counts": {s: counts.get(s, 0) for s in Job.Status.values},
+        "total": sum(counts.values()),
+    }
+
+
+# How long one event stream lasts: the browser then reconnects, so a held thread is
+# handed back regularly.
+STREAM_SECONDS = WAIT_MAX_SECONDS
+# How often a stream looks for changed jobs.
+STREAM_POLL_SECONDS = 2 * HELD_POLL_SECONDS
+# A comment this often keeps proxies from closing a quiet stream.
+KEEPALIVE_SECONDS = 10
+
+
+def _event(kind: str, event_id: int, data) -> str:
+    return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, cls=JSONEncoder)}\n\n"
+
+
+def batch_events(batch, since_ms: int, context: dict | None):
+    """The event stream's text: the jobs changed since since_ms, then changes as they
+    come; with no serializer context, only the counts. Each look is one query of the
+    batch's unfinished and just finished jobs."""
+    with holding.held_slot() as held:
+        if not held:
+            yield "retry: 5000\n: every held request of this process is taken\n\n"
+            return
+        yield f"retry: 1000\n: batch {batch.pk}\n\n"
+        known: dict = {}
+        first = True
+        since = datetime.fromtimestamp(since_ms / 1000, tz=UTC)
+        deadline = quiet_since = time.monotonic()
+        deadline += STREAM_SECONDS
+        while True:
+            now = timezone.now()
+            # Finished jobs do not change until retried, which unsets finished_at.
+            looked_at = batch.jobs.filter(Q(finished_at__isnull=True) | Q(finished_at__gte=since))
+            changed = [
+                job
+                for job in looked_at.prefetch_related("predictions").order_by("seq", "pk")
+                if known.get(job.pk) != (job.status, job.attempts)
+            ]
+            event_id = int(now.timestamp() * 1000)
+            for job in changed:
+                known[job.pk] = (job.status, job.attempts)
+                if context is not None:
+                    yield _event("job", event_id, JobSerializer(job, context=context).data)
+            if changed or first:
+                yield _event("counts", event_id, batch_counts(batch))
+                quiet_since = time.monotonic()
+                first = False
+            elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+                yield ": keep-alive\n\n"
+                quiet_since = time.monotonic()
+            if time.monotonic() >= deadline:
+                return
+            # A second of overlap: a job finishing during this look is seen by the next.
+            since = now - timedelta(seconds=1)
+            time.sleep(STREAM_POLL_SECONDS)
+
+
+EXPORT_FIELDS = [
+    "seq",
+    "id",
+    "file_name",
+    "status",
+    "label",
+    "score",
+    "random_weights",
+    "error",
+    "uploaded_at",
+    "finished_at",
+]
+
+
+def export_row(job: Job, *, all_predictions: bool = False) -> dict:
+    predictions = list(job.predictions.all()) if job.status == Job.Status.SUCCEEDED else []
+    row = {
+        "seq": job.seq,
+        "id": str(job.pk),
+        "file_name": job.original_name,
+        "status": job.status,
+        "label": predictions[0].label if predictions else "",
+        "score": predictions[0].score if predictions else None,
+        "random_weights": job.random_weights,
+        "error": job.error,
+        "uploaded_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    if all_predictions:
+        del row["label"], row["score"]
+        row["predictions"] = [
+            {"class_id": p.class_id, "label": p.label, "score": p.score} for p in predictions
+        ]
+    return row
+
+
+def export_csv(jobs: QuerySet[Job]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+    writer.writeheader()
+    for job in jobs.iterator(500):
+        writer.writerow(export_row(job))
+    return out.getvalue()
+
+
+class CanReadModels(permissions.BasePermission):
+    """Whoever may upload may see which models there are to choose from."""
+
+    def has_permission(self, request, view) -> bool:
+        return settings.ALLOW_ANONYMOUS_UPLOADS or request.user.is_authenticated
+
+
+# The Open Inference Protocol's name for what runs each kind of version.
+PLATFORMS = {"openvino": "openvino_ir", "tensorflow": "tensorflow_keras"}
+
+
+class ModelViewSet(viewsets.ViewSet):
+    """The registered models, their versions and how each is served right now."""
+
+    permission_classes = [CanReadModels]
+    lookup_field = "name"
+    lookup_value_regex = "[a-z0-9][a-z0-9-]*"
+
+    @extend_schema(responses={200: ModelStatusSerializer(many=True)})
+    def list(self, request):
+        """Every registered version, with its live workers and lag read from Kafka."""
+        versions = list(ModelVersion.objects.select_related("model"))
+        states = registry.serving_states(versions) if versions else {}
+        rows = []
+        for version in versions:
+            state = None if states is None else states[version.pk]
+            rows.append(
+                {
+                    "name": version.model.name,
+                    "version": version.version,
+                    "source": version.source,
+                    "runtime": version.runtime,
+                    "precision": version.precision,
+                    "input_size": version.input_size,
+                    "classes": version.classes,
+                    "enabled": version.enabled,
+                    "default": version.model.is_default,
+                    "ready": registry.is_ready(version, states),
+                    "workers": None if state is None else state.members,
+                    "lag": None if state is None else state.lag,
+                    "requests_topic": version.route.requests_topic,
+                    "worker_group": version.route.worker_group,
+                }
+            )
+        return Response(rows)
+
+    @extend_schema(responses={200: ModelMetadataSerializer, **errors(404)})
+    def retrieve(self, request, name=None):
+        """The model's metadata in the Open Inference Protocol's shape; inputs and outputs
+        are those of its latest enabled version (its latest, when none is enabled)."""
+        versions = list(
+            ModelVersion.objects.filter(model__name=name)
+            .select_related("model")
+            .order_by("version")
+        )
+        if not versions:
+            return error_response(
+                f"no model {name!r}; available: {registry.available() or 'none'}", 404
+            )
+        enabled = [version for version in versions if version.enabled]
+        current = (enabled or versions)[-1]
+        return Response(
+            {
+                "name": name,
+                "versions": [str(version.version) for version in enabled],
+                "platform": PLATFORMS.get(current.runtime, current.runtime),
+                "inputs": [
+                    {
+                        "name": "image",
+                        "datatype": "UINT8",
+                        "shape": [-1, current.input_size, current.input_size, 3],
+                    }
+                ],
+                "outputs": [
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, current.classes]}
+                ],
+            }
+        )

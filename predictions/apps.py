@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class PredictionsConfig(AppConfig):
     name = "predictions"
     verbose_name = "Predictions"
+
+    def ready(self) -> None:
+        from inferencehub.metrics import SCRAPE_TIME_REGISTRY
+        from predictions.metrics import JobsCollector
+
+        SCRAPE_TIME_REGISTRY.register(JobsCollector())

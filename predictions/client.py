@@ -8,6 +8,7 @@ It needs only `requests`, not Django.
 """
 
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -27,15 +28,31 @@ FINISHED = ("succeeded", "failed")
 
 
 class InferenceHubError(Exception):
-    """The server refused a request (status is its HTTP code), or could not be reached."""
+    """The server refused a request (status is its HTTP code; fields, the form fields it
+    named), or could not be reached."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, fields: dict | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.fields = fields or {}
+
+    @property
+    def about_one_file(self) -> bool:
+        """The refusal may be about one file of the request (not an image, too big),
+        rather than about the credentials or a form field that every request shares."""
+        return self.status in (400, 413) and set(self.fields) <= {"image"}
 
 
 class ServerUnreachable(InferenceHubError):
     pass
+
+
+class WaitTimeout(InferenceHubError):
+    """Some jobs had not finished in time; jobs holds every job as last seen."""
+
+    def __init__(self, message: str, jobs: dict[str, dict]) -> None:
+        super().__init__(message)
+        self.jobs = jobs
 
 
 class InferenceHubClient:
@@ -56,17 +73,25 @@ class InferenceHubClient:
             raise ServerUnreachable(f"cannot reach {self.server}: {exc}") from None
         if response.status_code >= 400:
             try:
-                message = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            raise InferenceHubError(f"HTTP {response.status_code}: {message}", response.status_code)
+                body = response.json()
+                message, fields = body["error"], body.get("fields")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                message, fields = response.text[:200], None
+            raise InferenceHubError(
+                f"HTTP {response.status_code}: {message}", response.status_code, fields
+            )
         return response.json()
 
     def create_batch(self) -> str:
         return self.request("POST", "/api/batches/")["id"]
 
     def upload_files(
-        self, paths: list[Path], *, top_k: int = 5, batch: str | None = None
+        self,
+        paths: list[Path],
+        *,
+        top_k: int = 5,
+        batch: str | None = None,
+        model: str | None = None,
     ) -> list[dict]:
         """Upload images in one request, all or nothing; returns their jobs in order.
 
@@ -80,6 +105,11 @@ class InferenceHubClient:
         data = {"top_k": str(top_k)}
         if batch:
             data["batch"] = batch
+        if model:  # NAME or NAME:VERSION
+            name, _, version = model.partition(":")
+            data["model"] = name
+            if version:
+                data["model_version"] = version
         keyed = bool(self.headers)
         headers = {"Idempotency-Key": uuid.uuid4().hex} if keyed else {}
         attempts = UPLOAD_ATTEMPTS if keyed else 1
@@ -114,28 +144,50 @@ class InferenceHubClient:
         *,
         top_k: int = 5,
         batch: str | None = None,
+        model: str | None = None,
         concurrency: int = 4,
         per_request: int = IMAGES_PER_REQUEST,
+        on_uploaded: Callable[[list[dict]], None] | None = None,
     ) -> list[dict]:
         """Upload the files, per_request in each request: several images per request cost
-        the server far less per image than one each (docs/performance.md). A refused
-        request stored nothing, so its files are sent again one by one and only a bad file
-        is refused.
+        the server far less per image than one each (docs/performance.md). A request
+        refused for one of its files stored nothing, so its files are sent again one by
+        one and only a bad file is refused. A refusal that every request would get (a
+        wrong token, a bad batch id) refuses the files not yet sent without sending them.
 
         Returns, in the order of paths, each job with "file" added, or for a refused file
-        {"file": ..., "status": "rejected", "error": ...}. Raises ServerUnreachable.
+        {"file": ..., "status": "rejected", "error": ...}; on_uploaded(results) is called
+        as each request's results come in, from the uploading threads. Raises
+        ServerUnreachable.
         """
+        refused_all: list[str] = []  # the message of a refusal every request would get
+        lock = threading.Lock()
 
-        def send(chunk: list[Path]) -> list[dict]:
+        def rejected(chunk: list[Path], error: str) -> list[dict]:
+            return [{"file": str(path), "status": "rejected", "error": error} for path in chunk]
+
+        def attempt(chunk: list[Path]) -> list[dict]:
+            if refused_all:
+                return rejected(chunk, refused_all[0])
             try:
-                jobs = self.upload_files(chunk, top_k=top_k, batch=batch)
+                jobs = self.upload_files(chunk, top_k=top_k, batch=batch, model=model)
             except ServerUnreachable:
                 raise
             except (InferenceHubError, OSError) as exc:
+                if isinstance(exc, InferenceHubError) and not exc.about_one_file:
+                    with lock:
+                        refused_all.append(str(exc))
+                    return rejected(chunk, str(exc))
                 if len(chunk) > 1:
-                    return [job for path in chunk for job in send([path])]
-                return [{"file": str(chunk[0]), "status": "rejected", "error": str(exc)}]
+                    return [job for path in chunk for job in attempt([path])]
+                return rejected(chunk, str(exc))
             return [{"file": str(path), **job} for path, job in zip(chunk, jobs, strict=True)]
+
+        def send(chunk: list[Path]) -> list[dict]:
+            results = attempt(chunk)
+            if on_uploaded:
+                on_uploaded(results)
+            return results
 
         chunks = [paths[start : start + per_request] for start in range(0, len(paths), per_request)]
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -150,12 +202,13 @@ class InferenceHubClient:
         *,
         timeout_s: float = 600.0,
         poll_interval_s: float = 0.5,
-        on_progress: Callable[[int, int], None] | None = None,
+        on_progress: Callable[[dict[str, dict]], None] | None = None,
     ) -> dict[str, dict]:
         """Poll until every job has finished; returns each job by id.
 
-        on_progress(finished, total) is called after every round. Raises InferenceHubError
-        when some job has not finished within timeout_s."""
+        on_progress(jobs) is called after every round with every job as last seen. Raises
+        WaitTimeout, which holds them too, when some job has not finished within
+        timeout_s."""
         jobs: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
         while True:
@@ -164,12 +217,13 @@ class InferenceHubClient:
                     jobs[job_id] = self.job(job_id)
             finished = sum(job["status"] in FINISHED for job in jobs.values())
             if on_progress:
-                on_progress(finished, len(job_ids))
+                on_progress(jobs)
             if finished == len(job_ids):
                 return jobs
             if time.monotonic() > deadline:
-                raise InferenceHubError(
+                raise WaitTimeout(
                     f"{len(job_ids) - finished} of {len(job_ids)} jobs unfinished "
-                    f"after {timeout_s:.0f} s"
+                    f"after {timeout_s:g} s",
+                    jobs,
                 )
             time.sleep(poll_interval_s)

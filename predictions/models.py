@@ -64,6 +64,9 @@ class Job(models.Model):
     # has no partial indexes; NULLs never collide).
     upload_key = models.CharField(max_length=100, null=True, blank=True)
     upload_index = models.PositiveSmallIntegerField(default=0)
+    # What that upload was (this image's SHA-256, top_k, batch, seq), so that the key sent
+    # again with another upload is refused rather than answered with these jobs.
+    upload_fingerprint = models.JSONField(null=True, blank=True)
 
     image = models.FileField(upload_to=original_image_path, max_length=200)
     original_name = models.CharField(max_length=255, blank=True)
@@ -72,8 +75,23 @@ class Job(models.Model):
     image_height = models.PositiveIntegerField()
     image_bytes = models.PositiveIntegerField()
 
+    # The registered model version the upload chose (or the default's); NULL for the
+    # unregistered path. PROTECT: a version with jobs is retired by disabling it.
+    routed_to = models.ForeignKey(
+        "workers.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="jobs",
+        verbose_name="model version asked for",
+    )
     model_name = models.CharField(max_length=100, blank=True)
+    # The registered version that answered, as the worker's result said.
+    model_version = models.PositiveIntegerField(null=True, blank=True)
     model_weights = models.CharField(max_length=255, blank=True)
+    # What ran the model and at which precision, as the worker's result said.
+    runtime = models.CharField(max_length=16, blank=True)
+    precision = models.CharField(max_length=8, blank=True)
     worker = models.CharField(max_length=255, blank=True)
     inference_batch_size = models.PositiveSmallIntegerField(null=True, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)
@@ -111,6 +129,12 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def random_weights(self) -> bool:
+        """Its predictions came from an untrained model: they show the pipeline working,
+        not what the image shows."""
+        return self.model_weights == "random"
 
 
 class Prediction(models.Model):

@@ -1,23 +1,22 @@
 """The seed system's HTTP API (/register, /image, /result), kept so its clients move over
-unchanged. The batch uuid is the capability: whoever holds it may upload and read."""
+unchanged. The uuid of a batch /register made is the capability: whoever holds it may
+upload and read. A batch a user made elsewhere answers only to that user's credentials.
+Its schema is in predictions/openapi.py."""
 
 import json
 import uuid
 
 from django.conf import settings
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
+from rest_framework.exceptions import APIException
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
 
-from predictions import services
-from predictions.models import Batch, Job
-
-
-def _error(message: str, status: int = 400) -> JsonResponse:
-    response = JsonResponse({"error": message}, status=status)
-    if status == 503:
-        response["Retry-After"] = "5"
-    return response
+from inferencehub.errors import error_response
+from predictions import selectors, services
+from predictions.models import Job
 
 
 def _require_enabled() -> None:
@@ -35,60 +34,79 @@ def _int_field(data, name: str) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
-def _batch(raw) -> Batch:
+def _batch_id(raw) -> uuid.UUID:
     try:
-        batch_id = uuid.UUID(str(raw))
+        return uuid.UUID(str(raw))
     except ValueError:
         raise ValueError(f"uuid {raw!r} is not a registered uuid") from None
-    batch = Batch.objects.filter(pk=batch_id).first()
-    if batch is None:
-        raise ValueError(f"uuid {raw} is not registered")
-    return batch
 
 
-# csrf_exempt: the seed clients are scripts that never held a CSRF cookie, and these views
-# act on no session-held authority: uploads and reads are allowed to whoever knows the
-# batch uuid (the capability), so a cross-site request gains nothing it could not do itself.
+def _not_usable(raw) -> str:
+    # One message for unknown and for someone else's batch, so a guess learns nothing.
+    return f"uuid {raw} is not registered, or belongs to a user: send that user's token"
+
+
+def _user(request: HttpRequest):
+    """The caller, authenticated as the REST API does: a token, or a session with its CSRF
+    token (the views are csrf_exempt for the seed's scripts, so the check happens here).
+    Raises APIException for a bad token or a missing CSRF token."""
+    authenticators = [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    return Request(request, authenticators=authenticators).user
+
+
+# csrf_exempt: the seed clients are scripts that never held a CSRF cookie. A registered
+# batch belongs to no one, so a cross-site request gains nothing it could not do itself;
+# a session is only honoured, for a user's own batch, with its CSRF token (_user).
 @csrf_exempt
 @require_POST
 def register(request):
     _require_enabled()
-    owner = request.user if request.user.is_authenticated else None
-    return JsonResponse({"uuid": str(services.create_batch(owner=owner).pk)})
+    # Never the caller's: the uuid is the capability, and batch ids show in page URLs.
+    return JsonResponse({"uuid": str(services.create_batch(owner=None).pk)})
 
 
 @csrf_exempt
 @require_POST
 def image(request):
     _require_enabled()
+    raw = request.POST.get("uuid")
     try:
-        batch = _batch(request.POST.get("uuid"))
-        seq = _int_field(request.POST, "seq")
-        top_k = _int_field(request.POST, "topk")
-        services.create_jobs(
-            owner=batch.owner,
-            uploads=[request.FILES["payload"]] if "payload" in request.FILES else [],
-            top_k=top_k,
-            batch=batch,
-            seq=seq,
+        services.upload_images(
+            uploader=_user(request),
+            files=[request.FILES["payload"]] if "payload" in request.FILES else [],
+            top_k=_int_field(request.POST, "topk"),
+            batch_id=_batch_id(raw),
+            seq=_int_field(request.POST, "seq"),
         )
+    except services.UnknownBatch:
+        return error_response(_not_usable(raw), 400)
     except services.UploadError as exc:
-        return _error(str(exc), exc.status)
+        return error_response(str(exc), exc.status)
     except ValueError as exc:
-        return _error(str(exc))
+        return error_response(str(exc), 400)
+    except APIException as exc:
+        return error_response(str(exc.detail), exc.status_code)
     return HttpResponse(status=200)
 
 
+# csrf_exempt: it only reads, and a POST should hear that /result takes GET, not that a
+# CSRF token is missing.
+@csrf_exempt
 @require_GET
 def result(request):
     """Finished items with seqStart <= seq <= seqEnd; labels only, short names, best first."""
     _require_enabled()
+    raw = request.GET.get("uuid")
     try:
-        batch = _batch(request.GET.get("uuid"))
+        batch = selectors.usable_batch(_batch_id(raw), _user(request))
         seq_start = _int_field(request.GET, "seqStart")
         seq_end = _int_field(request.GET, "seqEnd")
     except ValueError as exc:
-        return _error(str(exc))
+        return error_response(str(exc), 400)
+    except APIException as exc:
+        return error_response(str(exc.detail), exc.status_code)
+    if batch is None:
+        return error_response(_not_usable(raw), 400)
     jobs = (
         batch.jobs.filter(seq__gte=seq_start, seq__lte=seq_end, status__in=Job.FINISHED)
         .prefetch_related("predictions")
@@ -101,121 +119,3 @@ def result(request):
             item["error"] = job.error
         items.append(item)
     return HttpResponse(json.dumps({"items": items}), content_type="application/json")
-
-
-def _error_response(description: str) -> dict:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
-SEED_API_PATHS = {
-    "/register": {
-        "post": {
-            "operationId": "seed_register",
-            "summary": "Register a batch; its uuid is the capability to upload to and read it.",
-            "tags": ["seed-compatible"],
-            "security": [{}],
-            "responses": {
-                "200": {
-                    "description": "The new batch.",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"uuid": {"type": "string", "format": "uuid"}},
-                                "required": ["uuid"],
-                            }
-                        }
-                    },
-                }
-            },
-        }
-    },
-    "/image": {
-        "post": {
-            "operationId": "seed_image",
-            "summary": "Upload one image as item `seq` of a batch; answers 200 with an empty body.",
-            "tags": ["seed-compatible"],
-            "security": [{}],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "uuid": {"type": "string", "format": "uuid"},
-                                "seq": {"type": "integer", "minimum": 0},
-                                "topk": {"type": "integer", "minimum": 1, "maximum": 1000},
-                                "payload": {"type": "string", "format": "binary"},
-                            },
-                            "required": ["uuid", "seq", "topk", "payload"],
-                        }
-                    }
-                },
-            },
-            "responses": {
-                "200": {"description": "Stored and queued; the body is empty."},
-                "400": _error_response("A bad field or image, or an unknown uuid."),
-                "409": _error_response("The seq is already used in the batch."),
-                "413": _error_response("The image is over UPLOAD_MAX_BYTES."),
-            },
-        }
-    },
-    "/result": {
-        "get": {
-            "operationId": "seed_result",
-            "summary": "Finished items with seqStart <= seq <= seqEnd, best label first.",
-            "tags": ["seed-compatible"],
-            "security": [{}],
-            "parameters": [
-                {"name": name, "in": "query", "required": True, "schema": schema}
-                for name, schema in (
-                    ("uuid", {"type": "string", "format": "uuid"}),
-                    ("seqStart", {"type": "integer"}),
-                    ("seqEnd", {"type": "integer"}),
-                )
-            ],
-            "responses": {
-                "200": {
-                    "description": "The finished items; `error` only on failed ones.",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "items": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "properties": {
-                                                "seq": {"type": "integer"},
-                                                "predictions": {
-                                                    "type": "array",
-                                                    "items": {"type": "string"},
-                                                },
-                                                "error": {"type": "string"},
-                                            },
-                                            "required": ["seq", "predictions"],
-                                        },
-                                    }
-                                },
-                                "required": ["items"],
-                            }
-                        }
-                    },
-                },
-                "400": _error_response("A missing or malformed field, or an unknown uuid."),
-            },
-        }
-    },
-}
-
-
-def add_to_schema(result: dict, generator, request, public: bool) -> dict:
-    """drf-spectacular postprocessing hook: these plain Django views are invisible to it."""
-    if settings.SEED_API_ENABLED:
-        result["paths"].update(SEED_API_PATHS)
-    return result

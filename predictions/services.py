@@ -1,33 +1,46 @@
 """Every write to jobs, batches and predictions goes through these functions.
 
 Views, Celery tasks and Kafka handlers call them; they never call back into those layers
-except to enqueue work after commit.
+except to enqueue work after commit, which they do by task name (PREPROCESS_TASK) so that
+this module does not import the tasks that import it.
 """
 
+import hashlib
 import logging
+import re
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from celery import current_app
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from kafka_bridge.contract import InferenceRequest, InferenceResult
-from kafka_bridge.producer import publish_requests
-from predictions.images import ImageRejected, inspect_image, prepare_for_model
+from inferencehub.images import ImageRejected, inspect_image, prepare_for_model
+from inferencehub.limits import TOP_K_MAX, TOP_K_MIN
+from kafka_bridge.requests import publish_requests
+from kafka_wire.contract import InferenceRequest, InferenceResult
+from predictions import selectors
 from predictions.models import Batch, Job, Prediction
+from predictions.storage import STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
+from workers.models import ModelVersion
+from workers.selectors import UnknownModel, servable_version
 
 log = logging.getLogger(__name__)
 
 
 # The seq column is an unsigned 32-bit integer on MariaDB.
 MAX_SEQ = 2**32 - 1
+
+# An Idempotency-Key: what clients send (UUIDs, hashes) and what fits the column.
+UPLOAD_KEY = re.compile(r"[\x21-\x7e]{1,100}")
 
 
 class UploadError(ValueError):
@@ -36,6 +49,137 @@ class UploadError(ValueError):
     def __init__(self, message: str, *, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UnknownBatch(UploadError):
+    """The batch does not exist, or this uploader may not use it (the same to them)."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    jobs: list[Job]
+    # True when the jobs are those of an earlier upload with the same Idempotency-Key.
+    replayed: bool
+
+
+def upload_images(
+    *,
+    uploader: AbstractBaseUser | AnonymousUser,
+    files: list[UploadedFile],
+    top_k: int,
+    batch_id: uuid.UUID | None = None,
+    seq: int | None = None,
+    upload_key: str | None = None,
+    model: str | None = None,
+    model_version: int | None = None,
+) -> Upload:
+    """The one way in for uploads, from the REST API (and so the upload page) and the seed
+    API: check the Idempotency-Key and answer a resent upload with its first jobs, find
+    the batch the uploader may use and the model version (workers.selectors.servable_version:
+    the named or default model, the given or latest enabled version), then check and store
+    every file (create_jobs).
+
+    The jobs belong to the uploader, or to no one for an anonymous upload. Raises
+    UploadError naming the problem; nothing is stored then."""
+    owner = uploader if uploader.is_authenticated else None
+    fingerprints = None
+    if upload_key is not None:
+        if not UPLOAD_KEY.fullmatch(upload_key):
+            raise UploadError("Idempotency-Key must be 1 to 100 printable ASCII characters")
+        if owner is None:
+            raise UploadError("an Idempotency-Key is only accepted from a signed-in user")
+        fingerprints = _upload_fingerprints(
+            files,
+            top_k=top_k,
+            batch_id=batch_id,
+            seq=seq,
+            model=_model_reference(model, model_version),
+        )
+        if earlier := jobs_of_upload(owner=owner, upload_key=upload_key):
+            if mismatch := _upload_mismatch(earlier, fingerprints, files):
+                # 422, as the IETF Idempotency-Key draft says: answering with the first
+                # upload's jobs would hand the client another image's result.
+                raise UploadError(
+                    f"Idempotency-Key {upload_key} was used for another upload: {mismatch}",
+                    status=422,
+                )
+            return Upload(jobs=earlier, replayed=True)
+    try:
+        routed_to = servable_version(model, model_version)
+    except UnknownModel as error:
+        raise UploadError(str(error)) from None
+    batch = None
+    if batch_id is not None:
+        batch = selectors.usable_batch(batch_id, uploader)
+        if batch is None:
+            raise UnknownBatch(f"unknown batch {batch_id}")
+    jobs = create_jobs(
+        owner=owner,
+        uploads=files,
+        top_k=top_k,
+        batch=batch,
+        seq=seq,
+        upload_key=upload_key,
+        fingerprints=fingerprints,
+        routed_to=routed_to,
+    )
+    return Upload(jobs=jobs, replayed=False)
+
+
+def _model_reference(model: str | None, version: int | None) -> str | None:
+    """The model an upload asked for, as sent: "name", "name:2", ":2" or None."""
+    if model is None and version is None:
+        return None
+    return (model or "") + ("" if version is None else f":{version}")
+
+
+def _upload_fingerprints(
+    files: list[UploadedFile],
+    *,
+    top_k: int,
+    batch_id: uuid.UUID | None,
+    seq: int | None,
+    model: str | None = None,
+) -> list[dict]:
+    """Per image, what an upload sent again with the same Idempotency-Key must match:
+    the image's SHA-256 and the upload's fields as sent (seq None: the batch's next; model
+    None: the default)."""
+    shared = {
+        "top_k": top_k,
+        "batch": None if batch_id is None else str(batch_id),
+        "seq": seq,
+        "model": model,
+    }
+    fingerprints = []
+    for file in files:
+        digest = hashlib.sha256()
+        for chunk in file.chunks():
+            digest.update(chunk)
+        fingerprints.append({"sha256": digest.hexdigest(), **shared})
+    return fingerprints
+
+
+def _upload_mismatch(earlier: list[Job], fingerprints: list[dict], files) -> str | None:
+    """How this upload differs from the one that made the earlier jobs, or None."""
+    if len(earlier) != len(fingerprints):
+        return f"{len(earlier)} image(s) then; this one has {len(fingerprints)}"
+    first = earlier[0].upload_fingerprint
+    if first is None:  # stored before fingerprints were kept: only the count can tell
+        return None
+    for field in ("top_k", "batch", "seq", "model"):
+        # .get: fingerprints stored before the model was chosen per upload have no "model".
+        if first.get(field) != fingerprints[0][field]:
+            then, now = first.get(field), fingerprints[0][field]
+            return f"{_field(field, then)} then; this upload has {_field(field, now)}"
+    for index, (job, fingerprint) in enumerate(zip(earlier, fingerprints, strict=True)):
+        if job.upload_fingerprint["sha256"] != fingerprint["sha256"]:
+            name = files[index].name or "upload"
+            return f"image {index + 1} ({name}) differs from the one sent then"
+    return None
+
+
+def _field(name: str, value) -> str:
+    return f"no {name}" if value is None else f"{name} {value}"
 
 
 @dataclass(frozen=True)
@@ -77,20 +221,23 @@ def create_jobs(
     batch: Batch | None = None,
     seq: int | None = None,
     upload_key: str | None = None,
+    fingerprints: list[dict] | None = None,
+    routed_to: ModelVersion | None = None,
 ) -> list[Job]:
     """Check every upload, then store them and create one queued job each, all or nothing.
 
     With a batch, the images take the sequence numbers seq, seq+1, ... (seq defaults to
     the batch's next free number). upload_key is the client's Idempotency-Key: an owner's
-    second upload with the same key is refused with 409 (the caller answers a retry with
-    jobs_of_upload before calling this).
+    second upload with the same key is refused with 409 (upload_images answers a resent
+    upload before calling this). Callers hold the batch already: uploads from outside go
+    through upload_images, which decides who may use which batch.
     """
     if upload_key is not None and owner is None:
         raise UploadError("an Idempotency-Key is only accepted from a signed-in user")
     if not uploads:
         raise UploadError("no image was uploaded")
-    if not 1 <= top_k <= 1000:
-        raise UploadError(f"top_k must be between 1 and 1000, got {top_k}")
+    if not TOP_K_MIN <= top_k <= TOP_K_MAX:
+        raise UploadError(f"top_k must be between {TOP_K_MIN} and {TOP_K_MAX}, got {top_k}")
     if seq is not None and batch is None:
         raise UploadError("seq needs a batch")
     if seq is not None and seq < 0:
@@ -129,9 +276,15 @@ def create_jobs(
                     image_bytes=upload.file.size,
                     upload_key=upload_key,
                     upload_index=index,
+                    upload_fingerprint=None if fingerprints is None else fingerprints[index],
+                    routed_to=routed_to,
                 )
                 upload.file.seek(0)
-                job.image.save(str(job.id), upload.file, save=False)
+                try:
+                    job.image.save(str(job.id), upload.file, save=False)
+                except STORE_UNAVAILABLE as exc:
+                    log.warning("image store unavailable, upload refused: %s", exc)
+                    raise UploadError(STORE_UNAVAILABLE_MESSAGE, status=503) from None
                 jobs.append(job)
                 job.save(force_insert=True)
             transaction.on_commit(lambda: _enqueue_or_withdraw(jobs))
@@ -158,7 +311,12 @@ def jobs_of_upload(*, owner: AbstractBaseUser, upload_key: str) -> list[Job]:
 def _delete_images(jobs: list[Job]) -> None:
     for job in jobs:
         if job.image.name:
-            job.image.storage.delete(job.image.name)
+            try:
+                job.image.storage.delete(job.image.name)
+            except STORE_UNAVAILABLE as exc:
+                # The refusal being raised matters more; the purge of old images or a
+                # bucket lifecycle rule removes what is left.
+                log.warning("stored original %s left behind: %s", job.image.name, exc)
 
 
 def _enqueue_or_withdraw(jobs: list[Job]) -> None:
@@ -184,14 +342,14 @@ def _enqueue_or_withdraw(jobs: list[Job]) -> None:
 # Jobs per preprocessing task: an upload of many images is one Celery task and one Kafka
 # flush per this many, rather than one of each per image.
 PREPROCESS_CHUNK = 32
+# The Celery task that calls preprocess_and_submit (predictions/tasks.py registers it so).
+PREPROCESS_TASK = "predictions.tasks.preprocess_jobs"
 
 
 def _enqueue_preprocess(job_ids: list) -> None:
-    from predictions.tasks import preprocess_jobs
-
     ids = [str(job_id) for job_id in job_ids]
     for start in range(0, len(ids), PREPROCESS_CHUNK):
-        preprocess_jobs.delay(ids[start : start + PREPROCESS_CHUNK])
+        current_app.send_task(PREPROCESS_TASK, args=[ids[start : start + PREPROCESS_CHUNK]])
 
 
 def preprocess_and_submit(*, job_ids: list[str]) -> None:
@@ -203,13 +361,20 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
     # PREPROCESSED means an earlier run of this task could not hand the request to Kafka:
     # that retry must go on. Anything later was handled by an earlier delivery.
     waiting = (Job.Status.QUEUED, Job.Status.PREPROCESSED)
-    jobs = list(Job.objects.filter(pk__in=job_ids, status__in=waiting))
-    requests: list[InferenceRequest] = []
+    jobs = list(
+        Job.objects.filter(pk__in=job_ids, status__in=waiting).select_related("routed_to__model")
+    )
+    # Each job goes to its model version's topic at that model's input size; a job of no
+    # registered model takes the unregistered requests topic and MODEL_INPUT_SIZE.
+    by_topic: dict[str, list[InferenceRequest]] = {}
     for job in jobs:
+        route = job.routed_to
+        size = route.input_size if route else settings.MODEL_INPUT_SIZE
+        topic = route.route.requests_topic if route else settings.KAFKA_REQUESTS_TOPIC
         started = time.perf_counter()
         try:
             with job.image.open("rb") as file:
-                tensor = prepare_for_model(file, size=settings.MODEL_INPUT_SIZE)
+                tensor = prepare_for_model(file, size=size)
         except (OSError, ValueError) as exc:
             fail_job(job_id=job.pk, reason=f"preprocessing failed: {exc}")
             continue
@@ -219,7 +384,7 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
             preprocessed_at=timezone.now(),
             preprocess_ms=(time.perf_counter() - started) * 1000,
         )
-        requests.append(
+        by_topic.setdefault(topic, []).append(
             InferenceRequest(
                 job_id=str(job.pk),
                 top_k=job.top_k,
@@ -228,24 +393,22 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
                 attempt=job.attempts,
             )
         )
-    if not requests:
+    if not by_topic:
         return
-    publish_requests(requests)
-    submitted = [request.job_id for request in requests]
+    publish_requests(by_topic)
+    submitted = [request.job_id for requests in by_topic.values() for request in requests]
     Job.objects.filter(pk__in=submitted, status=Job.Status.PREPROCESSED).update(
         status=Job.Status.SUBMITTED, submitted_at=timezone.now()
     )
 
 
-def record_result(*, result: InferenceResult) -> bool:
-    """Store a worker's result; returns False when the job had already finished (a redelivery)."""
-    return record_results(results=[result]) == 1
-
-
 # Job fields a result sets, for bulk_update.
 RESULT_FIELDS = [
     "model_name",
+    "model_version",
     "model_weights",
+    "runtime",
+    "precision",
     "worker",
     "inference_batch_size",
     "inference_ms",
@@ -280,7 +443,10 @@ def record_results(*, results: list[InferenceResult]) -> int:
                 continue
             result = by_job[str(job.pk)]
             job.model_name = result.model[:100]
+            job.model_version = result.model_version or None
             job.model_weights = result.weights[:255]
+            job.runtime = result.runtime[:16]
+            job.precision = result.precision[:8]
             job.worker = result.worker[:255]
             job.inference_batch_size = result.batch_size or None
             job.inference_ms = result.inference_ms
@@ -387,8 +553,8 @@ def retry_jobs(*, jobs: Iterable[Job]) -> int:
 
 def rerun_jobs(*, jobs: Iterable[Job], top_k: int) -> int:
     """Run finished jobs again with another top_k; returns how many were restarted."""
-    if not 1 <= top_k <= 1000:
-        raise ValueError(f"top_k must be between 1 and 1000, got {top_k}")
+    if not TOP_K_MIN <= top_k <= TOP_K_MAX:
+        raise ValueError(f"top_k must be between {TOP_K_MIN} and {TOP_K_MAX}, got {top_k}")
     return _restart_jobs([job.pk for job in jobs], statuses=Job.FINISHED, top_k=top_k)
 
 
@@ -418,7 +584,10 @@ def _restart_jobs(job_ids: list, *, statuses, top_k: int | None = None) -> int:
             inference_ms=None,
             inference_batch_size=None,
             model_name="",
+            model_version=None,
             model_weights="",
+            runtime="",
+            precision="",
             worker="",
             **changes,
         )

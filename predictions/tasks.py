@@ -1,15 +1,17 @@
 """Thin Celery tasks: they take ids or plain data and call a service."""
 
 from celery import shared_task
-from confluent_kafka import KafkaException
 from django.conf import settings
 from django.db import DatabaseError
 
-from kafka_bridge.contract import InferenceResult, Prediction
+from kafka_wire.contract import InferenceResult
+from kafka_wire.producer import TRANSIENT_ERRORS as KAFKA_TRANSIENT_ERRORS
 from predictions import services
+from predictions.storage import STORE_UNAVAILABLE
 
-# Kafka or the database being briefly away is waited out, not turned into a failed job.
-TRANSIENT_ERRORS = (KafkaException, DatabaseError)
+# Kafka, the database or the image store being briefly away is waited out, not turned
+# into a failed job.
+TRANSIENT_ERRORS = (*KAFKA_TRANSIENT_ERRORS, DatabaseError, *STORE_UNAVAILABLE)
 RETRY_POLICY = {
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": 1,
@@ -19,19 +21,15 @@ RETRY_POLICY = {
 }
 
 
-@shared_task(**RETRY_POLICY)
+# Named by services, which enqueue it after commit without importing this module.
+@shared_task(name=services.PREPROCESS_TASK, **RETRY_POLICY)
 def preprocess_jobs(job_ids: list[str]) -> None:
     services.preprocess_and_submit(job_ids=job_ids)
 
 
 @shared_task(**RETRY_POLICY)
 def store_results(results: list[dict]) -> None:
-    services.record_results(results=[result_from_dict(result) for result in results])
-
-
-def result_from_dict(result: dict) -> InferenceResult:
-    predictions = [Prediction(**p) for p in result["predictions"]]
-    return InferenceResult(**{**result, "predictions": predictions})
+    services.record_results(results=[InferenceResult.from_dict(result) for result in results])
 
 
 @shared_task(**RETRY_POLICY)

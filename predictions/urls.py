@@ -5,9 +5,11 @@ from predictions import views
 
 urlpatterns = [
     path("", views.upload_page, name="upload"),
+    path("my/jobs/", views.my_jobs_page, name="my-jobs"),
     path("jobs/<uuid:pk>/", views.job_page, name="job-page"),
-    path("jobs/<uuid:pk>/retry/", views.job_retry, name="job-retry"),
+    path("jobs/<uuid:pk>/retry/", views.job_retry, name="job-page-retry"),
     path("jobs/<uuid:pk>/image/<int:size>/", views.job_image, name="job-image"),
+    path("jobs/<uuid:pk>/original/", views.job_original, name="job-original"),
     path("batches/<uuid:pk>/", views.batch_page, name="batch-page"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -1,35 +1,108 @@
 """Server-rendered pages: the upload page, shareable result pages and job images."""
 
+import time
+
 from django.conf import settings
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
+from django.core.paginator import Paginator
 from django.db.models import Count
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
+from PIL import Image
 
-from predictions import services
-from predictions.api import visible_to
-from predictions.images import thumbnail_jpeg
-from predictions.models import Batch, Job
+from inferencehub.errors import error_response
+from inferencehub.images import ACCEPTED_FORMATS, thumbnail_jpeg
+from inferencehub.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
+from predictions import selectors, services
+from predictions.models import Job
+from predictions.serializers import JobListQuerySerializer
+from predictions.storage import STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
+from workers.models import ModelVersion
+
+# Jobs per page of a batch's page: a big batch is read a page at a time.
+BATCH_PAGE_SIZE = 50
+# Jobs per page of the My jobs page (?page_size= up to PAGE_SIZE_MAX changes it).
+MY_JOBS_PAGE_SIZE = 25
 
 # Only these sizes are made, so a request cannot ask for an arbitrarily large image.
 IMAGE_SIZES = (96, 480)
 
 
 def upload_page(request: HttpRequest) -> HttpResponse:
+    """The page uploads through the REST API (predictions/static/predictions/upload.js)."""
     if not (request.user.is_authenticated or settings.ALLOW_ANONYMOUS_UPLOADS):
         return redirect_to_login(request.get_full_path())
-    return render(request, "predictions/upload.html", {"model_weights": settings.MODEL_WEIGHTS})
+    top_k = {"min": TOP_K_MIN, "max": TOP_K_MAX, "default": TOP_K_DEFAULT}
+    return render(
+        request,
+        "predictions/upload.html",
+        {
+            "model_weights": settings.MODEL_WEIGHTS,
+            "top_k": top_k,
+            "accepted_formats": ACCEPTED_FORMATS,
+            "max_bytes": settings.UPLOAD_MAX_BYTES,
+            "max_megapixels": f"{settings.UPLOAD_MAX_PIXELS / 1e6:g}",
+            # The enabled versions, the default model's first (newest first per model).
+            "model_choices": sorted(
+                ModelVersion.objects.filter(enabled=True).select_related("model"),
+                key=lambda v: (not v.model.is_default, v.model.name, -v.version),
+            ),
+        },
+    )
+
+
+@login_required
+def my_jobs_page(request: HttpRequest) -> HttpResponse:
+    """The signed-in user's own jobs, staff included, filtered as the API's list is."""
+    query = JobListQuerySerializer.from_query(request.GET, context={"request": request})
+    valid = query.is_valid()
+    criteria = {**(query.validated_data if valid else {}), "mine": True}
+    jobs = selectors.search_jobs(
+        selectors.visible_jobs(request.user, by_id=False), request.user, criteria
+    ).prefetch_related("predictions")
+    paginator = Paginator(jobs, criteria.get("page_size", MY_JOBS_PAGE_SIZE))
+    page = paginator.get_page(criteria.get("page", 1))
+    # The filters again, without the page: the pagination links add their own.
+    filters = request.GET.copy()
+    filters.pop("page", None)
+    return render(
+        request,
+        "predictions/my_jobs.html",
+        {
+            "page": page,
+            "errors": [] if valid else _error_lines(query.errors),
+            "statuses": Job.Status.values,
+            "chosen": criteria.get("status", []),
+            "filters": filters.urlencode(),
+            "values": request.GET,
+        },
+    )
+
+
+def _error_lines(errors: dict) -> list[str]:
+    return [f"{field}: {' '.join(map(str, messages))}" for field, messages in errors.items()]
+
+
+def _visible_or_sign_in(queryset, request: HttpRequest, pk):
+    """The object, or a redirect to sign in for a signed-out visitor (a link to one's own
+    job, opened in another browser), or 404."""
+    found = queryset.filter(pk=pk).first()
+    if found is None and not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if found is None:
+        raise Http404("no such page, or it is not yours")
+    return found
 
 
 def job_page(request: HttpRequest, pk) -> HttpResponse:
-    jobs = visible_to(Job.objects, request.user, include_anonymous=True)
-    job = get_object_or_404(jobs.prefetch_related("predictions"), pk=pk)
-    can_retry = (
-        job.status == Job.Status.FAILED
-        and request.user.is_authenticated
-        and (request.user.is_staff or job.owner_id == request.user.pk)
-    )
+    jobs = selectors.visible_jobs(request.user, by_id=True).prefetch_related("predictions")
+    job = _visible_or_sign_in(jobs, request, pk)
+    if isinstance(job, HttpResponse):
+        return job
+    can_retry = selectors.may_retry(job, request.user)
     return render(request, "predictions/job.html", {"job": job, "can_retry": can_retry})
 
 
@@ -38,25 +111,28 @@ def job_retry(request: HttpRequest, pk) -> HttpResponse:
     """Run a failed job of one's own again, from the job page's button."""
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
-    jobs = visible_to(Job.objects, request.user, include_anonymous=False)
-    job = get_object_or_404(jobs, pk=pk)
+    job = get_object_or_404(selectors.retryable_jobs(request.user), pk=pk)
     services.retry_jobs(jobs=[job])  # a job that has not failed (any more) is left as it is
     return redirect("job-page", pk=job.pk)
 
 
 def batch_page(request: HttpRequest, pk) -> HttpResponse:
-    batches = visible_to(Batch.objects, request.user, include_anonymous=True)
-    batch = get_object_or_404(batches, pk=pk)
-    jobs = batch.jobs.prefetch_related("predictions").order_by("seq")
+    batch = _visible_or_sign_in(selectors.visible_batches(request.user, by_id=True), request, pk)
+    if isinstance(batch, HttpResponse):
+        return batch
+    jobs = batch.jobs.prefetch_related("predictions").order_by("seq", "pk")
+    page = Paginator(jobs, BATCH_PAGE_SIZE).get_page(request.GET.get("page"))
     counts = dict(batch.jobs.values_list("status").annotate(n=Count("pk")))
     return render(
         request,
         "predictions/batch.html",
         {
             "batch": batch,
-            "jobs": jobs,
+            "page": page,
             "counts": [(status, counts.get(status, 0)) for status in Job.Status.values],
             "unfinished": any(status not in Job.FINISHED for status in counts),
+            # The event stream reports only what changed after this page was made.
+            "rendered_ms": int(time.time() * 1000),
         },
     )
 
@@ -69,13 +145,40 @@ def job_image(request: HttpRequest, pk, size: int) -> HttpResponse:
     """
     if size not in IMAGE_SIZES:
         raise Http404("no such image size")
-    jobs = visible_to(Job.objects, request.user, include_anonymous=True)
-    job = get_object_or_404(jobs, pk=pk)
+    job = get_object_or_404(selectors.visible_jobs(request.user, by_id=True), pk=pk)
     try:
         with job.image.open("rb") as file:
             data = thumbnail_jpeg(file, size=size)
     except (OSError, ValueError):
         raise Http404("the stored image cannot be read") from None
+    except STORE_UNAVAILABLE:
+        return error_response(STORE_UNAVAILABLE_MESSAGE, 503)
     response = HttpResponse(data, content_type="image/jpeg")
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+def job_original(request: HttpRequest, pk) -> HttpResponseBase:
+    """The job's stored original as uploaded, to whoever may see the job (its owner and
+    staff), for the admin's link: the same view under `make run` and in production, since
+    stored originals are never public MEDIA files."""
+    job = get_object_or_404(selectors.visible_jobs(request.user, by_id=True), pk=pk)
+    if not job.image.name:
+        raise Http404("the original was deleted after IMAGE_RETENTION_DAYS")
+    try:
+        file = job.image.open("rb")
+    except OSError:
+        raise Http404("the stored image cannot be read") from None
+    except STORE_UNAVAILABLE:
+        return error_response(STORE_UNAVAILABLE_MESSAGE, 503)
+    # The bytes were judged an image of this format on upload (inferencehub/images.py);
+    # nosniff (SecurityMiddleware) and the sandbox keep a browser from treating them as
+    # anything else.
+    response = FileResponse(
+        file,
+        content_type=Image.MIME.get(job.image_format, "application/octet-stream"),
+        filename=job.original_name or str(job.pk),
+    )
+    response["Content-Security-Policy"] = "sandbox"
     response["Cache-Control"] = "private, max-age=86400"
     return response

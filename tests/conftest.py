@@ -1,10 +1,18 @@
 """Real services for the suite: MariaDB, Redis and Kafka are started once per run by the
-project's own stack script; Celery, inference workers and the result bridge run as real
-processes against the test database and this run's own topics."""
+project's own stack script, and only when a selected test needs them; Celery, inference
+workers and the result bridge run as real processes against the test database and this
+run's own topics.
+
+A test needs the data services when it has one of SERVICE_MARKERS or uses one of
+SERVICE_FIXTURES (directly or through another fixture); such tests are marked `services`
+at collection. `--no-services` (make test-fast) leaves them out and points the services'
+settings at an address where nothing listens, so a test that reaches for one anyway fails
+instead of quietly using a running stack."""
 
 import contextlib
+import functools
 import os
-import socket
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -15,15 +23,123 @@ import requests
 from django.conf import settings
 from django.db import connection
 
-# Imported from here by other test modules too.
-from inferencehub.processes import ManagedProcess, celery_worker_argv, manage  # noqa: F401
+from inferencehub.processes import (
+    PYTHON,
+    ManagedProcess,
+    child_env,
+    database_url,
+    free_port,  # noqa: F401 (imported from here by other test modules)
+    manage,  # noqa: F401
+    start_ready,
+    unique_celery_hostname,
+)
+from stack import processes
+from stack.processes import AppProcess
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 LOGS = REPO / ".stack" / "logs" / "tests"
 
 
-def pytest_sessionstart(session):
+# Markers and fixtures of tests that reach MariaDB, Redis or Kafka.
+SERVICE_MARKERS = ("services", "e2e", "faults", "django_db")
+SERVICE_FIXTURES = {"django_db_setup", "live_server", "kafka_topics"}
+# In the fast tier, what the tests' own settings point at instead of the data services:
+# nothing listens there, so a connection is refused at once.
+NO_SERVICE = "127.0.0.1:9"
+# A fast-tier test still running after this long is waiting for something that is not
+# there; it is failed rather than left to hang. Generous: the slowest fast test (ResNet50
+# weights saved and loaded) takes over a minute on a busy two-core machine.
+FAST_TEST_LIMIT_S = 300
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--no-services",
+        action="store_true",
+        help="run only the tests that need no data service (make test-fast)",
+    )
+
+
+def needs_services(item: pytest.Item) -> bool:
+    if any(item.get_closest_marker(name) for name in SERVICE_MARKERS):
+        return True
+    return not SERVICE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if needs_services(item):
+            item.add_marker(pytest.mark.services)
+    if config.getoption("no_services"):
+        deselected = [item for item in items if item.get_closest_marker("services")]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if not item.get_closest_marker("services")]
+
+
+def pytest_configure(config):
+    if config.getoption("no_services"):
+        from django.test import override_settings
+
+        # Processes the tests start inherit these.
+        os.environ.update(
+            DATABASE_URL=f"mysql://nobody@{NO_SERVICE}/nothing",
+            CELERY_BROKER_URL=f"redis://{NO_SERVICE}/1",
+            KAFKA_BOOTSTRAP_SERVERS=NO_SERVICE,
+        )
+        override_settings(
+            CELERY_BROKER_URL=f"redis://{NO_SERVICE}/1",
+            CACHES={
+                "default": {
+                    "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                    "LOCATION": f"redis://{NO_SERVICE}/2",
+                }
+            },
+            KAFKA_BOOTSTRAP_SERVERS=NO_SERVICE,
+        ).enable()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("services"):
+        start_data_services()
+    with fast_tier_limit(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with fast_tier_limit(item):
+        return (yield)
+
+
+@contextlib.contextmanager
+def fast_tier_limit(item: pytest.Item) -> Iterator[None]:
+    """In the fast tier, a test (or its set-up) still running after FAST_TEST_LIMIT_S
+    fails, naming the likely reason."""
+    if not item.config.getoption("no_services"):
+        yield
+        return
+
+    def give_up(_signum, _frame):
+        raise TimeoutError(
+            f"{item.nodeid} ran over {FAST_TEST_LIMIT_S} s in the fast tier (--no-services): "
+            "if it waits for MariaDB, Redis or Kafka, mark it `services`"
+        )
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(FAST_TEST_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@functools.cache
+def start_data_services() -> None:
     started = subprocess.run(
         [sys.executable, str(REPO / "stack" / "stack.py"), "up"], capture_output=True, text=True
     )
@@ -38,7 +154,7 @@ def pytest_sessionstart(session):
 
 @pytest.fixture(scope="session")
 def kafka_topics(django_db_blocker):
-    from kafka_bridge.topics import ensure_topics
+    from kafka_wire.topics import ensure_topics
 
     ensure_topics()
     return settings.KAFKA_REQUESTS_TOPIC, settings.KAFKA_RESULTS_TOPIC
@@ -47,30 +163,23 @@ def kafka_topics(django_db_blocker):
 @pytest.fixture(scope="session")
 def process_env(django_db_setup) -> dict:
     """Environment for processes the tests start: same settings, the test database."""
-    db = connection.settings_dict
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="inferencehub.test_settings",
-        DATABASE_URL=(
-            f"mysql://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        ),
-        PYTHONUNBUFFERED="1",
+    return child_env(
+        settings_module="inferencehub.test_settings",
+        database_url=database_url(connection.settings_dict),
     )
-    return env
 
 
 @contextlib.contextmanager
 def started_processes(base_env: dict, log_dir: Path = LOGS) -> Iterator[Callable]:
-    """A start(name, argv, ready_text, **env) function; everything it started is stopped
+    """A start(process, name=..., **env) function that starts a process of the table (or
+    another AppProcess) and waits for its readiness sign; everything it started is stopped
     on leaving the block, newest first."""
     started: list[ManagedProcess] = []
 
-    def start(name: str, argv: list[str], ready_text: str, **env_overrides) -> ManagedProcess:
-        env = {**base_env, **env_overrides}
-        process = ManagedProcess(name, argv, env, log_dir=log_dir).start()
-        started.append(process)
-        process.wait_for_log(ready_text)
-        return process
+    def start(process: AppProcess, name: str = "", **env_overrides: str) -> ManagedProcess:
+        managed = start_ready(process, {**base_env, **env_overrides}, log_dir, name=name)
+        started.append(managed)
+        return managed
 
     try:
         yield start
@@ -87,7 +196,7 @@ def start_process(process_env):
 
 @pytest.fixture(scope="session")
 def celery_worker(start_process):
-    return start_process("celery", celery_worker_argv("test"), "ready.")
+    return start_process(processes.celery(PYTHON, hostname=unique_celery_hostname("test")))
 
 
 @pytest.fixture(scope="session")
@@ -97,24 +206,16 @@ def pipeline(kafka_topics, celery_worker, start_process):
     Each worker serves Prometheus metrics on the port in "worker_metrics_ports"."""
     ports = [free_port(), free_port()]
     workers = [
-        start_process(
-            f"worker{i}", manage("run_worker", "--metrics-port", str(port)), "starting with"
-        )
+        start_process(processes.worker(PYTHON, f"worker{i}", "--metrics-port", str(port)))
         for i, port in zip((1, 2), ports, strict=True)
     ]
-    bridge = start_process("bridge", manage("consume_results"), "starting with")
+    bridge = start_process(processes.bridge(PYTHON))
     return {
         "celery": celery_worker,
         "workers": workers,
         "bridge": bridge,
         "worker_metrics_ports": ports,
     }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

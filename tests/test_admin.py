@@ -1,5 +1,7 @@
 """The Django admin as operators use it: access, fast lists, search, filters and actions."""
 
+import re
+
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -143,6 +145,17 @@ def test_the_job_page_shows_the_image_predictions_and_stage_timings(client, oper
     assert client.get(f"/jobs/{job.pk}/image/480/")["Content-Type"] == "image/jpeg"
 
 
+def test_every_link_on_a_jobs_admin_page_to_its_original_serves_it(client, operator):
+    job = stored_job(UserFactory())
+    page = client.get(f"{JOBS_URL}{job.pk}/change/").content.decode()
+    links = re.findall(r'href="([^"]*(?:original|media)[^"]*)"', page)
+    assert links, "no link to the original"
+    for link in links:
+        response = client.get(link)
+        assert response.status_code == 200, link
+        assert b"".join(response.streaming_content) == (DATA / "fox.png").read_bytes()
+
+
 def test_retry_puts_failed_jobs_back_in_the_queue(
     client, operator, django_capture_on_commit_callbacks
 ):
@@ -206,3 +219,54 @@ def test_deleting_a_batch_removes_its_jobs_stored_images(
         client.post(f"/admin/predictions/batch/{batch.pk}/delete/", {"post": "yes"})
     assert not Batch.objects.exists()
     assert not job.image.storage.exists(job.image.name)
+
+
+def test_the_admin_is_headed_inferencehub(client, operator):
+    page = client.get("/admin/").content.decode()
+    assert '<a href="/admin/">InferenceHub</a>' in page
+    assert "<title>Jobs, batches and predictions | InferenceHub</title>" in page
+
+
+def test_the_job_list_shows_short_ids_file_names_and_random_weights(client, operator):
+    job = JobFactory(original_name="garden-fox.png", model_name="resnet50", model_weights="random")
+    page = client.get(JOBS_URL).content.decode()
+    assert f'<span title="{job.pk}">{str(job.pk)[:8]}</span>' in page
+    assert f">{job.pk}</a>" not in page  # the full id would widen the list
+    assert "garden-fox.png" in page
+    assert "resnet50 <strong>random weights</strong>" in page
+
+
+def test_search_finds_a_job_by_file_name(client, operator):
+    job = JobFactory(original_name="garden-fox.png")
+    JobFactory(original_name="toaster.png")
+    found = client.get(JOBS_URL, {"q": "garden-fox"}).context["cl"].result_list
+    assert [j.pk for j in found] == [job.pk]
+
+
+def test_the_job_page_is_read_only_without_save_buttons(client, operator):
+    job = stored_job(operator, Job.Status.SUCCEEDED)
+    PredictionFactory(job=job, score=0.123456789)
+    url = f"{JOBS_URL}{job.pk}/change/"
+    page = client.get(url).content.decode()
+    assert 'name="_save"' not in page and 'name="_continue"' not in page
+    assert "0.123" in page and "0.1234" not in page
+    client.post(url, {"status": "queued", "top_k": "9"})
+    job.refresh_from_db()
+    assert (job.status, job.top_k) == (Job.Status.SUCCEEDED, 5)
+
+
+def test_the_prediction_list_rounds_scores_and_says_random_weights(client, operator):
+    PredictionFactory(job=JobFactory(model_weights="random"), score=0.987654321)
+    page = client.get("/admin/predictions/prediction/").content.decode()
+    assert "0.988" in page and "0.9876" not in page
+    assert "<strong>random weights</strong>" in page
+
+
+def test_a_job_whose_original_was_purged_shows_no_image(client, operator):
+    job = stored_job(operator, Job.Status.SUCCEEDED)
+    Job.objects.filter(pk=job.pk).update(image="")
+    listed = client.get(JOBS_URL).content.decode()
+    detail = client.get(f"{JOBS_URL}{job.pk}/change/").content.decode()
+    for page in (listed, detail):
+        assert f"/jobs/{job.pk}/image/" not in page
+    assert "The original was purged" in detail

@@ -1,12 +1,15 @@
 """The upload page in a real headless Chromium (Debian's, driven by Playwright) against the
 live server and the whole pipeline: sign in, upload the three photos, watch them succeed."""
 
+import re
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from predictions.models import Job
 from tests.conftest import DATA, REPO
+from tests.factories import BatchFactory, JobFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -90,11 +93,16 @@ def test_three_photos_uploaded_through_the_page_succeed_with_labels(pipeline, pa
     for label in page.locator("#jobs .preds .label").all_inner_texts():
         assert label.strip()
     expect(page.locator("#announce")).not_to_be_empty()
+    expect(page.locator("#overall")).to_have_text("3/3 done")
     screenshot(page, "upload-page")
 
     page.locator("#batch-link a").click()
     expect(page.locator("tbody tr")).to_have_count(3)
     expect(page.locator(".counts")).to_contain_text("succeeded 3")
+    expect(page.locator("tbody .note")).to_have_count(3)
+    expect(page.locator("tbody .note").first).to_have_text(
+        "random weights: not a real classification"
+    )
     screenshot(page, "batch-page")
 
     page.locator("tbody tr a").first.click()
@@ -137,5 +145,266 @@ def test_a_refused_upload_shows_its_reason(page, tmp_path: Path):
     page.keyboard.press("Tab")  # leave the picker; submitting is the button's job
     page.get_by_role("button", name="Upload").click()
     item = page.locator("#jobs > li")
-    expect(item.locator(".status")).to_have_text("failed")
+    expect(item.locator(".status")).to_have_text("refused")
     expect(item.locator(".error")).to_contain_text("notes.jpg: file is not an image")
+    expect(page.locator("#overall")).to_have_text("1/1 done, 1 refused")
+    screenshot(page, "upload-refused")
+
+
+def test_the_upload_page_states_accepted_formats_and_limits(page, settings):
+    # The live server's settings are these too: one source for the page and the checks.
+    formats = "JPEG, PNG, WEBP, BMP, GIF, TIFF"
+    megabytes = settings.UPLOAD_MAX_BYTES // (1024 * 1024)
+    megapixels = f"{settings.UPLOAD_MAX_PIXELS / 1e6:g}"
+    expect(page.locator("#limits")).to_have_text(
+        f"Accepted: {formats} images, up to {megabytes}.0 MB and {megapixels} megapixels each."
+    )
+
+
+def test_upload_without_a_file_says_so_on_the_screen(page):
+    page.get_by_role("button", name="Upload").click()
+    message = page.locator("#form-message")
+    expect(message).to_be_visible()
+    expect(message).to_have_text("Choose one or more images first.")
+    expect(page.locator("#jobs > li")).to_have_count(0)
+    screenshot(page, "upload-no-file")
+    page.set_input_files("#files", PHOTOS[1])
+    page.get_by_role("button", name="Upload").click()
+    expect(message).to_be_hidden()
+
+
+@pytest.fixture
+def failed_jobs(browser_user) -> list[Job]:
+    """Two failed jobs of a batch: one whose original was purged, one whose stored file is
+    missing."""
+    batch = BatchFactory(owner=browser_user)
+    common = {"owner": browser_user, "batch": batch, "status": Job.Status.FAILED}
+    return [
+        JobFactory(seq=0, image="", error="the model failed on this image", **common),
+        JobFactory(seq=1, image="originals/missing", error="preprocessing failed", **common),
+    ]
+
+
+# failed_jobs comes first: the browser starts after every database write.
+def test_a_failed_job_shows_no_broken_image_and_a_styled_button(failed_jobs, page):
+    purged, missing = failed_jobs
+    page.goto(f"/jobs/{purged.pk}/")
+    expect(page.locator(".job-detail .placeholder")).to_contain_text("original image was deleted")
+    expect(page.locator(".job-detail img")).to_have_count(0)
+    expect(page.locator(".job-detail")).not_to_contain_text("– (–)")
+    expect(page.locator(".job-detail")).to_contain_text("no result from a model yet")
+    button = page.get_by_role("button", name="Try again")
+    expect(button).to_have_css("background-color", "rgb(47, 111, 181)")
+    expect(button).to_have_css("color", "rgb(255, 255, 255)")
+    screenshot(page, "failed-job-page")
+
+    page.goto(f"/jobs/{missing.pk}/")
+    expect(page.locator(".job-detail .placeholder")).to_have_text("The image cannot be shown.")
+    expect(page.locator(".job-detail img")).to_have_count(0)
+
+    page.goto(f"/batches/{purged.batch_id}/")
+    expect(page.locator("tbody tr")).to_have_count(2)
+    expect(page.locator("tbody img")).to_have_count(0)
+    expect(page.locator("tbody .placeholder")).to_have_text("no image")
+    screenshot(page, "failed-batch-page")
+
+
+@pytest.fixture
+def admin_jobs(browser_user) -> list[Job]:
+    """erin as staff with the app's permissions, and jobs of long file names for the list:
+    one with its original stored, one purged, one failed."""
+    from django.contrib.auth.models import Permission
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from predictions import services
+
+    browser_user.is_staff = True
+    browser_user.save()
+    browser_user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="predictions")
+    )
+    upload = SimpleUploadedFile("a-fox-in-the-garden-at-dusk.png", (DATA / "fox.png").read_bytes())
+    stored = services.create_jobs(owner=browser_user, uploads=[upload], top_k=5)[0]
+    common = {"owner": browser_user, "model_name": "resnet50", "model_weights": "random"}
+    return [
+        stored,
+        JobFactory(original_name="holiday-photo-number-0042.jpeg", image="", **common),
+        JobFactory(status=Job.Status.FAILED, error="preprocessing failed", image="", **common),
+    ]
+
+
+def test_the_admin_job_list_fits_1280_pixels(admin_jobs, page):
+    page.goto("/admin/predictions/job/")
+    expect(page.locator("#site-name")).to_have_text("InferenceHub")
+    expect(page.locator("#result_list tbody tr")).to_have_count(3)
+    expect(page.locator("#result_list")).to_contain_text("holiday-photo-number-0042.jpeg")
+    expect(page.locator("#result_list")).to_contain_text("random weights")
+    # The list scrolls inside its own box when too wide; every column must fit in it.
+    overflow = page.evaluate(
+        "(r => r.scrollWidth - r.clientWidth)(document.querySelector('.results'))"
+    )
+    assert overflow <= 0, f"the job list is {overflow} px wider than its box"
+    screenshot(page, "admin-job-list")
+
+    page.goto(f"/admin/predictions/job/{admin_jobs[1].pk}/change/")
+    expect(page.locator("text=The original was purged")).to_be_visible()
+    expect(page.locator("input[name=_save]")).to_have_count(0)
+    screenshot(page, "admin-job-page")
+
+
+@pytest.fixture
+def failed_job(browser_user) -> Job:
+    # Made before the browser starts (see the browser fixture).
+    return JobFactory(owner=browser_user, status=Job.Status.FAILED, error="inference failed: boom")
+
+
+def test_try_again_on_a_failed_jobs_page_queues_it_and_stays_on_the_page(failed_job, page):
+    page.goto(f"/jobs/{failed_job.pk}/")
+    expect(page.locator(".error")).to_have_text("inference failed: boom")
+    page.get_by_role("button", name="Try again").click()
+    # Back on the job's own page, not on the API's answer.
+    expect(page).to_have_url(re.compile(rf"/jobs/{failed_job.pk}/$"))
+    # A second attempt began. Its outcome depends on whether a Celery worker of the session
+    # is running (this factory job has no stored image, so a worker fails it again).
+    expect(page.locator(".job-detail tr", has_text="attempts").locator("td")).to_have_text("2")
+    expect(page.locator(".job-detail tr", has_text="this attempt started")).to_have_count(1)
+    expect(page.get_by_text("inference failed: boom")).to_have_count(0)
+
+
+def test_swagger_try_it_out_uploads_an_image_as_shipped(page):
+    page.goto("/api/docs/")
+    operation = page.locator("#operations-jobs-jobs_create")
+    operation.locator(".opblock-summary").click()
+    operation.get_by_role("button", name="Try it out").click()
+    operation.locator("input[type=file]").first.set_input_files(PHOTOS[1])
+    operation.get_by_role("button", name="Execute").click()
+    answer = operation.locator(".live-responses-table tbody tr.response")
+    expect(answer.locator(".response-col_status")).to_have_text("202", timeout=30_000)
+    expect(answer.locator(".response-col_description")).to_contain_text('"status": "queued"')
+
+
+@pytest.fixture
+def my_jobs(browser_user) -> list[Job]:
+    """30 jobs of erin's, one in three failed, and one of someone else's."""
+    from django.utils import timezone
+
+    from tests.factories import PredictionFactory
+
+    JobFactory(original_name="not-erins.jpg", image="")
+    jobs = []
+    for n in range(30):
+        failed = n % 3 == 0
+        job = JobFactory(
+            owner=browser_user,
+            image="",
+            original_name=f"garden-{n:02}.jpg",
+            status=Job.Status.FAILED if failed else Job.Status.SUCCEEDED,
+            error="preprocessing failed: truncated file" if failed else "",
+            created_at=timezone.now() - timezone.timedelta(minutes=n),
+        )
+        if not failed:
+            PredictionFactory(job=job, rank=1, label="daisy", score=0.8)
+        jobs.append(job)
+    return jobs
+
+
+def test_my_jobs_lists_filters_and_pages_ones_own_jobs(my_jobs, page):
+    page.get_by_role("link", name="My jobs").click()
+    expect(page.get_by_role("heading", name="My jobs")).to_be_visible()
+    expect(page.locator(".job-list tbody tr")).to_have_count(25)
+    expect(page.locator("main")).to_contain_text("30 jobs")
+    expect(page.locator("main")).not_to_contain_text("not-erins.jpg")
+    expect(page.locator(".pager")).to_contain_text("page 1 of 2")
+    screenshot(page, "my-jobs")
+
+    page.get_by_label("failed").check()
+    page.get_by_label("File name").fill("garden-1")
+    page.get_by_role("button", name="Filter").click()
+    # garden-10 .. garden-19, of which 12, 15 and 18 failed.
+    expect(page.locator(".job-list tbody tr")).to_have_count(3)
+    expect(page.get_by_label("failed")).to_be_checked()
+    expect(page.get_by_role("link", name="next")).to_have_count(0)
+    screenshot(page, "my-jobs-filtered")
+
+
+@pytest.fixture
+def big_batch(browser_user) -> tuple:
+    """A batch of 60 finished jobs and one still being inferred."""
+    batch = BatchFactory(owner=browser_user)
+    for n in range(60):
+        JobFactory(owner=browser_user, batch=batch, seq=n, image="", status=Job.Status.SUCCEEDED)
+    waiting = JobFactory(
+        owner=browser_user, batch=batch, seq=60, image="", status=Job.Status.SUBMITTED
+    )
+    return batch, waiting
+
+
+def test_a_big_batch_page_pages_exports_and_updates_from_its_event_stream(big_batch, page):
+    import threading
+    import time
+
+    from django.utils import timezone
+
+    batch, waiting = big_batch
+    page.goto(f"/batches/{batch.pk}/")
+    expect(page.locator("tbody tr")).to_have_count(50)
+    expect(page.locator(".pager")).to_contain_text("page 1 of 2")
+    expect(page.get_by_role("link", name="CSV")).to_have_attribute(
+        "href", f"/api/batches/{batch.pk}/export/?format=csv"
+    )
+    expect(page.locator(".counts")).to_contain_text("submitted 1")
+
+    def finish():  # as the result bridge would, while the page is open
+        time.sleep(2)
+        Job.objects.filter(pk=waiting.pk).update(
+            status=Job.Status.SUCCEEDED, finished_at=timezone.now()
+        )
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    expect(page.locator(".counts")).to_contain_text("succeeded 61", timeout=20_000)
+    thread.join()
+    expect(page.locator("#announce")).to_contain_text("61 succeeded")
+    screenshot(page, "batch-page-big")
+    page.get_by_role("link", name="next").click()
+    expect(page.locator("tbody tr")).to_have_count(11)
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="CSV").click()
+    assert download.value.suggested_filename == f"batch-{batch.pk}.csv"
+
+
+def test_an_unknown_page_gets_the_branded_page(page):
+    page.goto("/no/such/page/")
+    expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    expect(page.get_by_role("link", name="Back to the upload page")).to_be_visible()
+    screenshot(page, "not-found")
+
+
+@pytest.fixture
+def waiting_job(browser_user) -> Job:
+    return JobFactory(owner=browser_user, image="", status=Job.Status.SUBMITTED)
+
+
+def test_the_job_page_shows_the_result_when_it_is_stored(waiting_job, page):
+    import threading
+    import time
+
+    from django.utils import timezone
+
+    page.goto(f"/jobs/{waiting_job.pk}/")
+    expect(page.locator(".job-detail .status")).to_have_text("submitted")
+
+    def finish():  # as the result bridge would, while the page waits on ?wait=
+        time.sleep(2)
+        waiting_job.predictions.create(rank=1, class_id=277, label="red fox", score=0.9)
+        Job.objects.filter(pk=waiting_job.pk).update(
+            status=Job.Status.SUCCEEDED, finished_at=timezone.now()
+        )
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    expect(page.locator(".job-detail .status")).to_have_text("succeeded", timeout=20_000)
+    thread.join()
+    expect(page.locator(".preds .label")).to_have_text("red fox")
+    expect(page.locator("#announce")).to_have_text("Status: succeeded")

@@ -12,23 +12,34 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
+from prometheus_client import REGISTRY
 from rest_framework.authtoken.models import Token
 
+from inferencehub.processes import PYTHON
 from predictions import services
 from predictions.models import Job
+from stack import processes
 from tests.conftest import DATA, REPO, manage
 
 
-def run_submit(user, process_env, *args: str) -> subprocess.CompletedProcess:
-    """`manage.py submit ARGS` in a process of its own, with a token of the user's."""
-    token = Token.objects.create(user=user).key
+def run_submit(user, process_env, *args: str, token: str = "") -> subprocess.CompletedProcess:
+    """`manage.py submit ARGS` in a process of its own, with a token of the user's unless
+    one is given."""
     return subprocess.run(
         manage("submit", *args),
         cwd=REPO,
-        env={**process_env, "INFERENCEHUB_TOKEN": token},
+        env={**process_env, "INFERENCEHUB_TOKEN": token or Token.objects.create(user=user).key},
         capture_output=True,
         text=True,
         timeout=300,
+    )
+
+
+def uploads_answered(status: int) -> float:
+    """Uploads the live server (a thread of this process) has answered with status."""
+    labels = {"method": "POST", "route": "job-list", "status": str(status)}
+    return (
+        REGISTRY.get_sample_value("inferencehub_http_request_duration_seconds_count", labels) or 0
     )
 
 
@@ -45,14 +56,21 @@ def test_submit_uploads_a_folder_and_prints_one_json_line_per_photo(
     )
     assert completed.returncode == 0, completed.stderr
     results = [json.loads(line) for line in completed.stdout.splitlines()]
-    assert sorted(r["file"].rsplit("/", 1)[1] for r in results) == [
+    photos = [r for r in results if r["status"] != "skipped"]
+    assert sorted(r["file"].rsplit("/", 1)[1] for r in photos) == [
         "bolete.jpg",
         "fox.png",
         "toaster.png",
     ]
-    assert all(r["status"] == "succeeded" and len(r["predictions"]) == 3 for r in results)
-    assert len({r["batch"] for r in results}) == 1
-    assert "3/3 finished" in completed.stderr
+    assert all(r["status"] == "succeeded" and len(r["predictions"]) == 3 for r in photos)
+    assert all(r["random_weights"] for r in photos)
+    # The folder's README is listed, not sent.
+    assert [r["file"] for r in results if r["status"] == "skipped"] == [str(DATA / "README.md")]
+    (batch,) = {r["batch"] for r in photos}
+    assert "uploaded 3/3" in completed.stderr and "3/3 finished, 0 failed" in completed.stderr
+    assert "files/s" in completed.stderr
+    assert "3 succeeded, 1 skipped in " in completed.stderr
+    assert f"batch page: {live_server.url}/batches/{batch}/" in completed.stderr
 
 
 @pytest.mark.e2e
@@ -64,7 +82,8 @@ def test_submit_sends_several_images_per_upload_and_a_bad_file_refuses_only_itse
         (tmp_path / name).write_bytes((DATA / name).read_bytes())
     (tmp_path / "notes.jpg").write_text("not a photo\n")
     completed = run_submit(user, process_env, str(tmp_path), "--server", live_server.url, "--json")
-    assert completed.returncode == 0, completed.stderr
+    assert completed.returncode == 1, completed.stderr  # one file was not classified
+    assert "1 of 4 files not classified" in completed.stderr
     results = {
         r["file"].rsplit("/", 1)[1]: r for r in map(json.loads, completed.stdout.splitlines())
     }
@@ -82,33 +101,101 @@ def test_submit_prints_a_table_with_the_top_label_and_score(pipeline, live_serve
     token = Token.objects.create(user=user).key
     call_command("submit", str(DATA / "fox.png"), server=live_server.url, token=token)
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["file", "status", "top-1", "label", "score"]
-    assert row.startswith(str(DATA / "fox.png")) and "succeeded" in row
-    assert 0 <= float(row.split()[-1]) <= 1
+    assert header.split() == ["file", "job", "id", "status", "top-1", "label", "score", "note"]
+    job = Job.objects.get()
+    assert row.split()[:3] == [str(DATA / "fox.png"), str(job.pk), "succeeded"]
+    assert 0 <= float(row.split()[-3]) <= 1
+    assert row.endswith("random weights")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("args", "token", "error"),
+    [
+        ([], "not-a-token", "HTTP 401: Invalid token."),
+        (["--batch", "123"], "", "HTTP 400: batch: Must be a valid UUID."),
+    ],
+    ids=["wrong token", "bad batch id"],
+)
+def test_submit_stops_at_a_refusal_every_upload_would_get_and_exits_2(
+    live_server, user, process_env, args, token, error
+):
+    refused_before = uploads_answered(401) + uploads_answered(400)
+    completed = run_submit(
+        user,
+        process_env,
+        *(str(DATA), "--server", live_server.url, "--json"),
+        *("--per-request", "2", "--concurrency", "1", *args),
+        token=token,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert "no file could be sent" in completed.stderr
+    results = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert [r["status"] for r in results] == ["rejected", "rejected", "rejected", "skipped"]
+    assert {r["error"] for r in results[:3]} == {error}
+    # One request, not one per request of two files and then one per file.
+    assert uploads_answered(401) + uploads_answered(400) - refused_before == 1
+    assert not Job.objects.exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_submit_out_of_time_prints_every_job_id_and_status_and_exits_1(
+    live_server, user, process_env
+):
+    completed = run_submit(
+        user,
+        process_env,
+        str(DATA / "fox.png"),
+        str(DATA / "toaster.png"),
+        *("--server", live_server.url, "--timeout", "0"),
+    )
+    assert completed.returncode == 1, completed.stderr
+    assert "2 of 2 jobs unfinished after 0 s" in completed.stderr
+    header, *rows = completed.stdout.splitlines()
+    assert header.split()[:4] == ["file", "job", "id", "status"]
+    listed = {row.split()[1]: row.split()[2] for row in rows}
+    assert set(listed) == {str(pk) for pk in Job.objects.values_list("pk", flat=True)}
+    assert all(status not in ("succeeded", "failed") for status in listed.values())
+
+
+def test_submit_help_shows_the_defaults():
+    from predictions.management.commands.submit import Command
+
+    help_text = " ".join(Command().create_parser("manage.py", "submit").format_help().split())
+    for shown in ("(default: 4)", "(default: 8)", "(default: 5)", "(default: 600.0)"):
+        assert shown in help_text, shown
+    assert "Exits with 1 when some file was not classified, and 2 when nothing" in help_text
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "returncode"),
     [
-        ([str(DATA)], "API token is needed"),
-        ([str(DATA / "missing.jpg"), "--token", "t"], "no such file or folder"),
-        ([str(DATA), "--token", "t", "--top-k", "0"], "--top-k must be between 1 and 1000"),
-        ([str(DATA), "--token", "t", "--per-request", "0"], "--per-request must be 1 or more"),
-        ([str(REPO / "kafka_bridge"), "--token", "t"], "no image files found"),
-        ([str(DATA), "--token", "t", "--server", "http://127.0.0.1:9"], "cannot reach"),
+        ([str(DATA)], "API token is needed", 1),
+        ([str(DATA / "missing.jpg"), "--token", "t"], "no such file or folder", 1),
+        ([str(DATA), "--token", "t", "--top-k", "0"], "--top-k must be between 1 and 1000", 1),
+        ([str(DATA), "--token", "t", "--per-request", "0"], "--per-request must be 1 or more", 1),
+        ([str(REPO / "kafka_bridge"), "--token", "t"], "no image files found", 1),
+        ([str(DATA), "--token", "t", "--server", "http://127.0.0.1:9"], "cannot reach", 2),
+        (
+            [str(DATA), "--token", "t", "--server", "http://127.0.0.1:9", "--batch", "new"],
+            "cannot reach",
+            2,
+        ),
     ],
 )
-def test_submit_refuses_bad_arguments_with_a_clear_message(args, message, monkeypatch):
+def test_submit_refuses_bad_arguments_with_a_clear_message(args, message, returncode, monkeypatch):
     monkeypatch.delenv("INFERENCEHUB_TOKEN", raising=False)
-    with pytest.raises(CommandError, match=message):
+    with pytest.raises(CommandError, match=message) as refused:
         call_command("submit", *args)
+    assert refused.value.returncode == returncode
 
 
-def test_one_shot_commands_exit_non_zero_on_bad_arguments(process_env):
+def test_one_shot_commands_exit_non_zero_on_bad_arguments():
     completed = subprocess.run(
         manage("purge_images", "--older-than", "-1"),
         cwd=REPO,
-        env=process_env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -183,10 +270,7 @@ def test_stack_status_exits_1_naming_an_unreachable_service(capsys):
 
 
 def test_consume_results_stops_on_sigterm_with_exit_0(kafka_topics, start_process):
-    bridge = start_process(
-        "bridge-sigterm",
-        manage("consume_results", "--group-id", f"test-sigterm-{uuid.uuid4().hex[:6]}"),
-        "starting with",
-    )
+    group = f"test-sigterm-{uuid.uuid4().hex[:6]}"
+    bridge = start_process(processes.bridge(PYTHON, "--group-id", group), name="bridge-sigterm")
     assert bridge.stop(signal.SIGTERM, timeout=60) == 0
     assert "result-bridge: stopped" in bridge.log_path.read_text()

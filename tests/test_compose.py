@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from stack import processes
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO / "docker"
 COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
@@ -226,27 +228,40 @@ def test_every_depends_on_names_a_defined_service(services):
             assert dependency in services, f"{name} depends on unknown {dependency}"
 
 
-def test_migrate_is_one_off_and_creates_schema_and_topics(services):
+def test_migrate_is_one_off_and_runs_the_bootstrap_command(services):
     migrate = services["migrate"]
     assert str(migrate["restart"]) == "no"
-    assert manage_py_commands(migrate) == ["migrate", "kafka_topics"]
-    assert "kafka_topics create" in " ".join(command_words(migrate))
+    assert manage_py_commands(migrate) == ["bootstrap"]
 
 
-def test_web_runs_gunicorn_on_port_8000(services):
-    web = services["web"]
-    assert command_words(web)[:2] == ["gunicorn", "inferencehub.wsgi:application"]
-    assert "8000:8000" in [str(port) for port in web["ports"]]
+# In the image, "python" is the interpreter and the web listens on every interface of its
+# container; the port is published by compose.
+IMAGE_PROCESSES = {
+    "web": processes.web("python", host="0.0.0.0", port=8000),
+    "celery": processes.celery("python"),
+    "beat": processes.beat("python", schedule="/tmp/celerybeat-schedule"),
+    "worker": processes.worker("python"),
+    "bridge": processes.bridge("python"),
+}
 
 
-def test_celery_and_beat_run_the_inferencehub_celery_app(services):
-    assert command_words(services["celery"])[:4] == ["celery", "-A", "inferencehub", "worker"]
-    assert command_words(services["beat"])[:4] == ["celery", "-A", "inferencehub", "beat"]
+@pytest.mark.parametrize("name", IMAGE_PROCESSES)
+def test_app_service_runs_the_command_of_the_process_table(services, name):
+    assert command_words(services[name]) == IMAGE_PROCESSES[name].argv
 
 
-def test_worker_and_bridge_run_their_management_commands(services):
-    assert manage_py_commands(services["worker"]) == ["run_worker"]
-    assert manage_py_commands(services["bridge"]) == ["consume_results"]
+def test_every_app_process_make_run_supervises_has_its_compose_service():
+    local = processes.local_stack(
+        "python", web_host="0.0.0.0", web_port=8000, beat_schedule="/tmp/celerybeat-schedule"
+    )
+    # worker1 and worker2 are the compose service `worker` with two replicas.
+    assert [p.argv for p in local] == [
+        IMAGE_PROCESSES[name.rstrip("12")].argv for name in (p.name for p in local)
+    ]
+
+
+def test_web_is_published_on_port_8000(services):
+    assert "8000:8000" in [str(port) for port in services["web"]["ports"]]
 
 
 def test_worker_is_scalable_with_no_fixed_name_or_host_port(services):
@@ -285,12 +300,10 @@ def test_every_named_volume_used_is_declared(compose, services):
 # --- Dockerfile ---------------------------------------------------------------------
 
 
-def test_dockerfile_default_cmd_runs_gunicorn_with_inferencehub_wsgi():
+def test_dockerfile_default_cmd_is_the_web_process():
     cmds = [args for instruction, args in dockerfile_instructions() if instruction == "CMD"]
     assert cmds, "Dockerfile has no CMD"
-    cmd = json.loads(cmds[-1])
-    assert cmd[0] == "gunicorn"
-    assert "inferencehub.wsgi:application" in cmd
+    assert json.loads(cmds[-1]) == IMAGE_PROCESSES["web"].argv
 
 
 def test_dockerfile_runs_as_non_root_exposes_8000_and_checks_healthz():
@@ -347,7 +360,7 @@ def _project_command_files(name):
 
 def test_every_manage_py_command_in_compose_exists_in_the_repo(services):
     used = {command for service in services.values() for command in manage_py_commands(service)}
-    assert {"run_worker", "consume_results", "kafka_topics"} <= used
+    assert {"run_worker", "consume_results", "bootstrap"} <= used
     missing = sorted(
         command
         for command in used

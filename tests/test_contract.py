@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kafka_bridge.contract import (
+from kafka_wire.contract import (
     MAX_HEADER_BYTES,
+    ClassScore,
     ContractError,
     InferenceRequest,
     InferenceResult,
-    Prediction,
     decode_key,
     decode_request,
     decode_result,
@@ -43,7 +43,7 @@ def make_result(**changes) -> InferenceResult:
     fields = {
         "job_id": JOB_ID,
         "ok": True,
-        "predictions": [Prediction(3, "tiger shark", 0.75), Prediction(7, "cock", 0.125)],
+        "predictions": [ClassScore(3, "tiger shark", 0.75), ClassScore(7, "cock", 0.125)],
         "worker": "host:42",
         "model": "resnet50",
         "weights": "imagenet",
@@ -133,6 +133,23 @@ def test_result_round_trip_is_equal():
     assert decode_result(encode_result(result)) == result
 
 
+def test_result_dict_round_trip_is_equal_and_plain_json():
+    result = make_result()
+    as_dict = result.to_dict()
+    assert json.loads(json.dumps(as_dict)) == as_dict
+    assert InferenceResult.from_dict(as_dict) == result
+
+
+def test_result_from_dict_names_the_field_that_breaks_the_contract():
+    with pytest.raises(ContractError, match="'score' must be float"):
+        InferenceResult.from_dict(
+            {
+                **make_result().to_dict(),
+                "predictions": [{"class_id": 1, "label": "a", "score": "x"}],
+            }
+        )
+
+
 def test_failed_result_round_trip():
     result = InferenceResult(job_id=JOB_ID, ok=False, error="undecodable request: bad magic")
     value = encode_result(result)
@@ -150,12 +167,12 @@ def test_result_accepts_integer_scores_and_unknown_fields():
         predictions=[{"class_id": 1, "label": "a", "score": 1}], future_field={"x": 1}
     )
     result = decode_result(envelope(header, kind=2))
-    assert result.predictions == [Prediction(1, "a", 1.0)]
+    assert result.predictions == [ClassScore(1, "a", 1.0)]
     assert isinstance(result.predictions[0].score, float)
 
 
 def test_result_keeps_non_ascii_labels():
-    result = make_result(predictions=[Prediction(0, "Äffchen 猿", 1.0)])
+    result = make_result(predictions=[ClassScore(0, "Äffchen 猿", 1.0)])
     assert decode_result(encode_result(result)).predictions[0].label == "Äffchen 猿"
 
 
@@ -289,7 +306,7 @@ def test_malformed_results_are_rejected(value, fragment):
 
 def test_nan_scores_cannot_be_built_or_encoded():
     with pytest.raises(ContractError, match="finite"):
-        Prediction(1, "tench", float("nan"))
+        ClassScore(1, "tench", float("nan"))
 
 
 def test_building_an_invalid_request_fails_before_encoding():
@@ -402,7 +419,7 @@ def test_well_formed_json_with_wrong_field_values_raises_contract_error_only(cha
 def test_header_limit_is_enforced_when_encoding():
     huge_label = "x" * MAX_HEADER_BYTES
     with pytest.raises(ContractError, match="limit"):
-        encode_result(make_result(predictions=[Prediction(0, huge_label, 1.0)]))
+        encode_result(make_result(predictions=[ClassScore(0, huge_label, 1.0)]))
 
 
 def test_a_float32_request_the_benchmark_baseline_sends_round_trips():

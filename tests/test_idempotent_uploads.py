@@ -22,6 +22,7 @@ from tests.factories import UserFactory
 pytestmark = pytest.mark.django_db
 FOX = (DATA / "fox.png").read_bytes()
 BOLETE = (DATA / "bolete.jpg").read_bytes()
+TOASTER = (DATA / "toaster.png").read_bytes()
 
 
 def stored_files() -> set[Path]:
@@ -29,10 +30,12 @@ def stored_files() -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
-def upload(client: APIClient, *images: bytes, key: str | None = None):
+def upload(client: APIClient, *images: bytes, key: str | None = None, **fields):
     headers = {"Idempotency-Key": key} if key is not None else {}
     files = [SimpleUploadedFile(f"photo{i}", image) for i, image in enumerate(images)]
-    return client.post("/api/jobs/", {"image": files}, format="multipart", headers=headers)
+    return client.post(
+        "/api/jobs/", {"image": files, **fields}, format="multipart", headers=headers
+    )
 
 
 @pytest.fixture
@@ -67,12 +70,60 @@ def test_a_key_reused_for_a_different_number_of_images_is_refused(client):
     upload(client, FOX, key="k")
     files = stored_files()
     response = upload(client, FOX, BOLETE, key="k")
-    assert response.status_code == 409
+    assert response.status_code == 422
     assert response.json()["error"] == (
-        "Idempotency-Key k was used for an upload of 1 image(s); this one has 2"
+        "Idempotency-Key k was used for another upload: 1 image(s) then; this one has 2"
     )
     assert Job.objects.count() == 1
     assert stored_files() == files
+
+
+def test_a_key_reused_with_another_image_is_refused_naming_it(client):
+    upload(client, FOX, BOLETE, key="k")
+    files = stored_files()
+    response = upload(client, FOX, TOASTER, key="k")
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "Idempotency-Key k was used for another upload: image 2 (photo1) differs from the "
+        "one sent then"
+    )
+    assert "Idempotent-Replayed" not in response.headers
+    assert Job.objects.count() == 2
+    assert stored_files() == files
+
+
+@pytest.mark.parametrize(
+    ("first", "again", "error"),
+    [
+        ({"top_k": 5}, {"top_k": 3}, "top_k 5 then; this upload has top_k 3"),
+        ({}, {"batch": "mine"}, "no batch then; this upload has batch {batch}"),
+        (
+            {"batch": "mine", "seq": 4},
+            {"batch": "mine", "seq": 7},
+            "seq 4 then; this upload has seq 7",
+        ),
+        ({"batch": "mine", "seq": 4}, {"batch": "mine"}, "seq 4 then; this upload has no seq"),
+    ],
+)
+def test_a_key_reused_with_other_fields_is_refused_naming_the_field(client, first, again, error):
+    batch = client.post("/api/batches/").json()["id"]
+
+    def fields(given: dict) -> dict:
+        return {name: batch if value == "mine" else value for name, value in given.items()}
+
+    assert upload(client, FOX, key="k", **fields(first)).status_code == 202
+    response = upload(client, FOX, key="k", **fields(again))
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "Idempotency-Key k was used for another upload: " + error.format(batch=batch)
+    )
+    assert Job.objects.count() == 1
+
+
+def test_the_same_upload_with_its_default_top_k_spelled_out_is_the_same_upload(client):
+    first = upload(client, FOX, key="k")
+    again = upload(client, FOX, key="k", top_k=5)
+    assert (again.status_code, again.json()["id"]) == (202, first.json()["id"])
 
 
 @pytest.mark.parametrize("key", ["", "x" * 101, "has space", "caf\u00e9"])

@@ -10,7 +10,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferencehub.logs import JsonFormatter
+from inferencehub.processes import PYTHON
+from stack import processes
 from tests.conftest import DATA, free_port, started_processes
+from tests.factories import JobFactory
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -40,16 +43,38 @@ def test_web_metrics_show_jobs_by_status_request_latency_and_upload_to_stored(cl
     assert ("inferencehub_upload_to_stored_seconds_count", ()) in scraped
 
 
+@pytest.mark.django_db
+def test_web_metrics_label_routes_by_name_and_leave_out_the_workers_metrics(client, user):
+    job = JobFactory(owner=user)
+    client.force_login(user)
+    assert client.get(f"/api/jobs/{job.pk}/").status_code == 200
+    assert client.get(f"/jobs/{job.pk}/").status_code == 200
+    scraped = samples(client.get("/metrics").content.decode())
+    routes = {
+        dict(labels)["route"]
+        for name, labels in scraped
+        if name == "inferencehub_http_request_duration_seconds_count"
+    }
+    assert {"job-detail", "job-page"} <= routes
+    assert not any("(?P<" in route or "<uuid" in route for route in routes), routes
+    families = {name for name, _ in scraped}
+    assert not any(name.startswith("inferencehub_inference_duration") for name in families)
+    assert not any(name.startswith("inferencehub_batch_size") for name in families)
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_gunicorn_metrics_add_up_the_requests_of_every_worker_process(process_env, tmp_path):
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "inferencehub.wsgi:application"]
-    argv += ["--bind", f"127.0.0.1:{port}", "--workers", "3"]
     url = f"http://127.0.0.1:{port}"
     with started_processes(process_env) as start:
         # gunicorn.conf.py makes the metrics folder, in TMPDIR.
-        web = start("web-metrics", argv, "Booting worker", TMPDIR=str(tmp_path))
+        web = start(
+            processes.web(PYTHON, port=port),
+            name="web-metrics",
+            TMPDIR=str(tmp_path),
+            GUNICORN_CMD_ARGS="--workers 3",
+        )
         deadline = time.monotonic() + 60
         while web.log_path.read_text().count("Booting worker") < 3:
             assert time.monotonic() < deadline, web.log_path.read_text()[-2000:]
@@ -60,10 +85,12 @@ def test_gunicorn_metrics_add_up_the_requests_of_every_worker_process(process_en
             "inferencehub_http_request_duration_seconds_count",
             (("method", "GET"), ("route", "healthz"), ("status", "200")),
         )
-        seen = {samples(requests.get(f"{url}/metrics", timeout=10).text)[key] for _ in range(6)}
+        scrapes = [samples(requests.get(f"{url}/metrics", timeout=10).text) for _ in range(6)]
         writers = {path.name for path in tmp_path.glob("inferencehub-web-metrics-*/histogram_*")}
     assert len(writers) >= 2, writers  # more than one process answered
-    assert seen == {30}
+    assert {scraped[key] for scraped in scrapes} == {30}
+    # Defined in the web processes too, but counted only by inference workers.
+    assert not any(name.startswith("inferencehub_inference_duration") for name, _ in scrapes[0])
 
 
 @pytest.mark.e2e

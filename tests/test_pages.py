@@ -1,6 +1,7 @@
 """The server-rendered pages: sign-in, the upload page, result pages and job images."""
 
 import io
+from datetime import timedelta
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -140,7 +141,8 @@ def test_pages_and_images_are_hidden_from_other_users_but_shown_to_staff(client)
     client.force_login(UserFactory(is_staff=True))
     assert [client.get(url).status_code for url in urls] == [200, 200, 200]
     client.logout()
-    assert [client.get(url).status_code for url in urls] == [404, 404, 404]
+    # Signed out, the pages ask to sign in (the link may be one's own); the image does not.
+    assert [client.get(url).status_code for url in urls] == [302, 302, 404]
 
 
 def test_an_anonymous_job_is_shown_to_whoever_has_its_id(client):
@@ -169,8 +171,46 @@ def test_stored_originals_are_not_served_as_media_files(client):
     assert client.get(f"/media/{job.image.name}").status_code == 404
 
 
+def test_the_original_is_served_as_uploaded_to_the_owner_and_staff_only(client):
+    owner = UserFactory()
+    job = stored_job(owner, "toaster.png")
+    url = f"/jobs/{job.pk}/original/"
+    client.force_login(owner)
+    response = client.get(url)
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == (DATA / "toaster.png").read_bytes()
+    assert response["Content-Type"] == "image/png"
+    assert response["Content-Disposition"] == 'inline; filename="toaster.png"'
+    assert response["X-Content-Type-Options"] == "nosniff"
+    client.force_login(UserFactory(is_staff=True))
+    assert client.get(url).status_code == 200
+    client.force_login(UserFactory())
+    assert client.get(url).status_code == 404
+    client.logout()
+    assert client.get(url).status_code == 404
+
+
+def test_a_purged_original_is_not_found(client):
+    owner = UserFactory()
+    job = stored_job(owner)
+    Job.objects.filter(pk=job.pk).update(finished_at=job.created_at)
+    assert services.purge_old_images(older_than_days=1, now=job.created_at + timedelta(days=2))
+    client.force_login(owner)
+    assert client.get(f"/jobs/{job.pk}/original/").status_code == 404
+
+
 def test_the_pages_style_sheet_and_scripts_are_served(client):
     for path in ("site.css", "upload.js", "live.js"):
         response = client.get(f"/static/predictions/{path}")
         assert response.status_code == 200, path
         response.close()
+
+
+def test_page_routes_have_names_apart_from_the_apis():
+    # A shared name sent the job page's Try again to the API (reverse takes the last).
+    from inferencehub.urls import router
+    from predictions.urls import urlpatterns
+
+    pages = {url.name for url in urlpatterns}
+    assert "job-page-retry" in pages
+    assert not pages & {url.name for url in router.urls}

@@ -12,11 +12,11 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from django.conf import settings
 
-from kafka_bridge.config import consumer_config, producer_config
-from kafka_bridge.contract import (
+from kafka_wire.config import consumer_config, producer_config
+from kafka_wire.contract import (
+    ClassScore,
     InferenceRequest,
     InferenceResult,
-    Prediction,
     encode_request,
     encode_result,
 )
@@ -205,8 +205,8 @@ def test_a_result_delivered_twice_is_stored_once(pipeline):
         model="resnet50",
         weights="random",
         predictions=[
-            Prediction(class_id=997, label="bolete", score=0.9),
-            Prediction(class_id=1, label="goldfish, Carassius auratus", score=0.05),
+            ClassScore(class_id=997, label="bolete", score=0.9),
+            ClassScore(class_id=1, label="goldfish, Carassius auratus", score=0.05),
         ],
     )
     later = InferenceResult(job_id=str(job.pk), ok=False, error="a late duplicate must not win")
@@ -217,7 +217,7 @@ def test_a_result_delivered_twice_is_stored_once(pipeline):
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
     assert list(job.predictions.values_list("rank", "class_id")) == [(1, 997), (2, 1)]
-    assert services.record_result(result=result) is False
+    assert services.record_results(results=[result]) == 0
 
 
 def test_two_workers_share_the_partitions_and_every_job_finishes_once(pipeline, api):

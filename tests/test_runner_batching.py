@@ -5,7 +5,8 @@ import time
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from kafka_bridge.runner import BatchConsumer, BatchProducer, DeliveryError, send_to_dead_letter
+from kafka_wire.producer import BatchProducer, DeliveryError, send_to_dead_letter
+from kafka_wire.runner import BatchConsumer
 
 
 class FakeMessage:

@@ -23,7 +23,6 @@ def openapi(client) -> dict:
     return response.json()
 
 
-@pytest.mark.django_db
 def test_schema_describes_every_endpoint_and_its_errors_in_the_one_error_shape(openapi):
     paths = openapi["paths"]
     for path in ("/api/jobs/", "/api/jobs/{id}/", "/api/batches/", "/api/batches/{id}/"):

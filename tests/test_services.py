@@ -5,11 +5,13 @@ from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.utils import timezone
 
-from kafka_bridge.contract import InferenceResult, Prediction
+from kafka_wire.contract import ClassScore, InferenceResult
 from predictions import services
 from predictions.models import Job
+from tests.conftest import DATA
 from tests.factories import JobFactory
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +23,7 @@ make_job = functools.partial(JobFactory, top_k=2, status=Job.Status.SUBMITTED)
 
 def ok_result(job: Job, *labels: str) -> InferenceResult:
     predictions = [
-        Prediction(class_id=i, label=label, score=0.5 / (i + 1)) for i, label in enumerate(labels)
+        ClassScore(class_id=i, label=label, score=0.5 / (i + 1)) for i, label in enumerate(labels)
     ]
     return InferenceResult(
         job_id=str(job.pk), ok=True, predictions=predictions, model="m", weights="random"
@@ -30,7 +32,7 @@ def ok_result(job: Job, *labels: str) -> InferenceResult:
 
 def test_a_result_stores_top_k_predictions_and_marks_the_job_succeeded():
     job = make_job()
-    assert services.record_result(result=ok_result(job, "a", "b", "c")) is True
+    assert services.record_results(results=[ok_result(job, "a", "b", "c")]) == 1
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
     assert list(job.predictions.values_list("rank", "label")) == [(1, "a"), (2, "b")]
@@ -39,15 +41,15 @@ def test_a_result_stores_top_k_predictions_and_marks_the_job_succeeded():
 
 def test_a_result_applied_twice_changes_nothing_the_second_time():
     job = make_job()
-    services.record_result(result=ok_result(job, "a", "b"))
-    assert services.record_result(result=ok_result(job, "x", "y")) is False
+    services.record_results(results=[ok_result(job, "a", "b")])
+    assert services.record_results(results=[ok_result(job, "x", "y")]) == 0
     assert list(job.predictions.values_list("label", flat=True)) == ["a", "b"]
 
 
 def test_an_error_result_fails_the_job_with_its_reason():
     job = make_job()
-    services.record_result(
-        result=InferenceResult(job_id=str(job.pk), ok=False, error="model exploded")
+    services.record_results(
+        results=[InferenceResult(job_id=str(job.pk), ok=False, error="model exploded")]
     )
     job.refresh_from_db()
     assert (job.status, job.error) == (Job.Status.FAILED, "model exploded")
@@ -55,12 +57,12 @@ def test_an_error_result_fails_the_job_with_its_reason():
 
 def test_a_result_for_an_unknown_job_is_ignored():
     ghost = InferenceResult(job_id="4c3b1e62-2a49-4f7f-8d8e-6a3f4c2b1a10", ok=False, error="e")
-    assert services.record_result(result=ghost) is False
+    assert services.record_results(results=[ghost]) == 0
 
 
 def test_a_batch_of_results_is_stored_at_once_and_redeliveries_change_nothing():
     first, second, finished = make_job(), make_job(), make_job()
-    services.record_result(result=ok_result(finished, "done"))
+    services.record_results(results=[ok_result(finished, "done")])
     ghost = InferenceResult(job_id="4c3b1e62-2a49-4f7f-8d8e-6a3f4c2b1a10", ok=False, error="e")
     batch = [
         ok_result(first, "a", "b"),
@@ -110,10 +112,6 @@ def test_fail_job_does_not_overwrite_a_finished_job():
 
 
 def test_preprocessing_retried_after_kafka_refused_still_submits(kafka_topics, settings, tmp_path):
-    from django.core.files.base import ContentFile
-
-    from tests.conftest import DATA
-
     settings.MEDIA_ROOT = str(tmp_path)
     job = make_job(status=Job.Status.PREPROCESSED)
     job.image.save(str(job.pk), ContentFile((DATA / "fox.png").read_bytes()))
@@ -133,10 +131,6 @@ def test_preprocessing_skips_a_job_already_submitted(kafka_topics):
 def test_preprocessing_fails_an_undecodable_image_and_submits_the_others(
     kafka_topics, settings, tmp_path
 ):
-    from django.core.files.base import ContentFile
-
-    from tests.conftest import DATA
-
     settings.MEDIA_ROOT = str(tmp_path)
     jpeg = (DATA / "bolete.jpg").read_bytes()
     scan = jpeg.index(b"\xff\xda")

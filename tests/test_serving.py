@@ -8,16 +8,16 @@ import keras
 import numpy as np
 import pytest
 
-from kafka_bridge.contract import (
+from kafka_wire.contract import (
+    ClassScore,
     InferenceRequest,
     InferenceResult,
-    Prediction,
     decode_key,
     decode_result,
     encode_key,
     encode_request,
 )
-from kafka_bridge.runner import DeliveryError
+from kafka_wire.producer import DeliveryError
 from workers.serving import IMAGENET_LABELS_FILE, ModelLoadError, ServedModel, load_model
 from workers.worker import InferenceHandler
 
@@ -32,7 +32,7 @@ def random_images(count: int, height: int, width: int, seed: int = 0) -> np.ndar
     return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
 
 
-def assert_top_k(predictions: list[Prediction], k: int, labels: list[str]) -> None:
+def assert_top_k(predictions: list[ClassScore], k: int, labels: list[str]) -> None:
     assert len(predictions) == k
     scores = [p.score for p in predictions]
     assert scores == sorted(scores, reverse=True)
@@ -184,6 +184,8 @@ class StubModel:
 
     name = "stub"
     weights = "random"
+    runtime = "tensorflow"
+    precision = "fp32"
 
     def __init__(self):
         self.batch_sizes = []
@@ -192,7 +194,7 @@ class StubModel:
         self.batch_sizes.append(len(images))
         if any(image.min() == 255 for image in images):
             raise ValueError("poison image")
-        return [[Prediction(0, "tench", 0.9)][:k] for k in top_k]
+        return [[ClassScore(0, "tench", 0.9)][:k] for k in top_k]
 
 
 class StubMessage:
@@ -256,7 +258,7 @@ def test_handler_runs_one_predict_per_batch_and_answers_every_request(settings):
     results = results_by_job(producer)
     assert set(results) == {decode_key(m.key()) for m in messages}
     for result in results.values():
-        assert result.ok and result.predictions == [Prediction(0, "tench", 0.9)]
+        assert result.ok and result.predictions == [ClassScore(0, "tench", 0.9)]
         assert result.batch_size == 3 and result.model == "stub" and result.weights == "random"
         assert result.worker.endswith(f":{os.getpid()}")
     assert dead_letters(producer) == []

@@ -8,13 +8,14 @@ from datetime import timedelta
 
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 from django.conf import settings
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from kafka_bridge.config import consumer_config, producer_config
+from kafka_wire.config import consumer_config, producer_config
+from kafka_wire.topics import admin_client
 from predictions.models import Job
 from tests.conftest import REPO
 from tests.factories import JobFactory
@@ -34,9 +35,10 @@ def test_migrations_apply_on_mariadb():
     assert "predictions_job" in connection.introspection.table_names()
 
 
+@pytest.mark.services
 def test_message_produced_to_a_topic_is_consumed_back():
     topic = f"test-roundtrip-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS})
+    admin = admin_client()
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
     try:
         producer = Producer(producer_config())

@@ -3,15 +3,17 @@ generated images (which colour dominates), saved as .keras with a labels file, s
 a real worker, and must name the right colour for uploads that went through every hop."""
 
 import io
-import socket
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
+from inferencehub.processes import PYTHON, free_port, unique_celery_hostname
 from predictions.models import Job
-from tests.conftest import celery_worker_argv, manage
+from stack import processes
+from stack.processes import AppProcess
+from tests.conftest import manage
 from tests.test_pipeline import wait_until_finished
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -28,6 +30,12 @@ def noisy_images(rgb, count: int, rng) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def colour_model(tmp_path_factory):
+    return train_colour_model(tmp_path_factory.mktemp("colour-model"))
+
+
+def train_colour_model(folder):
+    """colours.keras and labels.txt in folder: a small CNN trained to name the dominant
+    colour of an image."""
     import keras
 
     rng = np.random.default_rng(0)
@@ -50,50 +58,46 @@ def colour_model(tmp_path_factory):
     )
     history = model.fit(x, y, epochs=15, batch_size=32, verbose=0, shuffle=True)
     assert history.history["accuracy"][-1] > 0.95, history.history["accuracy"]
-    folder = tmp_path_factory.mktemp("colour-model")
     model.save(folder / "colours.keras")
     (folder / "labels.txt").write_text("\n".join(COLOURS) + "\n")
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def colour_stack(colour_model, kafka_topics, start_process, process_env):
     """Web, Celery, one worker serving the colour model and a bridge, on their own topics."""
-    from kafka_bridge.topics import ensure_topics
-
-    run = process_env["INFERENCEHUB_TEST_RUN_ID"]
-    env = {
-        "KAFKA_REQUESTS_TOPIC": f"test-{run}-colours-requests",
-        "KAFKA_RESULTS_TOPIC": f"test-{run}-colours-results",
-        "KAFKA_DEAD_LETTER_TOPIC": f"test-{run}-colours-dead-letters",
-        "KAFKA_WORKER_GROUP": f"test-{run}-colours-workers",
-        "KAFKA_BRIDGE_GROUP": f"test-{run}-colours-bridge",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:16379/2",
+    model_env = {
         "MODEL_NAME": "colours",
         "MODEL_FILE": str(colour_model / "colours.keras"),
         "MODEL_LABELS_FILE": str(colour_model / "labels.txt"),
         "MODEL_INPUT_SIZE": str(SIZE),
+    }
+    return start_stack(start_process, process_env, "colours", model_env)
+
+
+def start_stack(start_process, process_env, prefix: str, model_env: dict) -> str:
+    """Start web, Celery, a worker with model_env and a bridge on topics of their own;
+    returns the web server's URL."""
+    from kafka_wire.config import kafka_names
+    from kafka_wire.topics import ensure_topics
+
+    run = process_env["INFERENCEHUB_TEST_RUN_ID"]
+    env = {
+        **kafka_names(f"test-{run}-{prefix}"),
+        "CELERY_BROKER_URL": "redis://127.0.0.1:16379/2",
+        **model_env,
     }
     from django.test import override_settings
 
     with override_settings(**{k: v for k, v in env.items() if k.startswith("KAFKA_")}):
         ensure_topics()
     port = free_port()
-    start_process(
-        "colours-web",
-        manage("runserver", "--noreload", f"127.0.0.1:{port}"),
-        "Quit the server",
-        **env,
-    )
-    start_process("colours-celery", celery_worker_argv("colours", 1), "ready.", **env)
-    start_process("colours-worker", manage("run_worker"), "starting with", **env)
-    start_process("colours-bridge", manage("consume_results"), "starting with", **env)
+    runserver = manage("runserver", "--noreload", f"127.0.0.1:{port}")
+    start_process(AppProcess(f"{prefix}-web", runserver, "Quit the server"), **env)
+    celery = processes.celery(PYTHON, hostname=unique_celery_hostname(prefix), concurrency=1)
+    start_process(celery, name=f"{prefix}-celery", **env)
+    start_process(processes.worker(PYTHON, f"{prefix}-worker"), **env)
+    start_process(processes.bridge(PYTHON), name=f"{prefix}-bridge", **env)
     return f"http://127.0.0.1:{port}"
 
 

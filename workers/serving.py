@@ -1,4 +1,4 @@
-"""Loading the classifier a worker serves and running batched top-k predictions with it.
+"""Loading a Keras classifier and serving it with TensorFlow.
 
 Two kinds of model can be served:
 - the built-in ResNet50 (name "resnet50"), with ImageNet weights from Keras' download
@@ -8,69 +8,32 @@ Two kinds of model can be served:
 - any saved Keras classifier (model_file, a .keras file) that takes (S, S, 3) float32 pixels
   in 0..255, does its own rescaling/normalisation inside the model, and outputs class
   probabilities (a softmax), one per line of its labels file.
+
+This module imports TensorFlow; workers/inference.py holds what a served model shares with
+the OpenVINO runtime (workers/runtimes.py), which must not import it.
 """
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kafka_bridge.contract import Prediction
+from workers.inference import (
+    IMAGENET_LABELS_FILE,
+    ModelLoadError,
+    ServedModel,
+    check_label_count,
+    read_labels,
+)
+
+__all__ = ["IMAGENET_LABELS_FILE", "ModelLoadError", "ServedModel", "load_model"]
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_LABELS_FILE = Path(__file__).with_name("imagenet_labels.txt")
 RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
-
-
-class ModelLoadError(RuntimeError):
-    """The model, its weights or its labels could not be loaded; the text says what to do."""
-
-
-@dataclass
-class ServedModel:
-    name: str
-    # "imagenet", "random", or the path of the weights or model file.
-    weights: str
-    input_size: int
-    labels: list[str]
-    model: "keras.Model | InstantModel"
-    # True when the model expects raw 0..255 pixels (a saved classifier does its own
-    # preprocessing); False for ResNet50, which needs its Caffe-style mean subtraction.
-    takes_raw_pixels: bool
-
-    def predict(self, images, top_k: list[int]) -> list[list[Prediction]]:
-        """Top-k predictions, best first, for each image of a batch.
-
-        images: a uint8 array (N, H, W, 3) or a list of (H, W, 3) uint8 arrays of any sizes;
-        images whose size differs from the model input are resized. top_k[i] is capped
-        at the number of classes.
-        """
-        if len(images) != len(top_k):
-            raise ValueError(f"{len(images)} images but {len(top_k)} top_k values")
-        batch = np.stack([self.fit_to_input(image) for image in images])
-        if not self.takes_raw_pixels:
-            batch = keras.applications.resnet50.preprocess_input(batch)
-        probabilities = np.asarray(self.model.predict_on_batch(batch))
-        results = []
-        for row, k in zip(probabilities, top_k, strict=True):
-            best = np.argsort(-row, kind="stable")[: min(k, len(self.labels))]
-            results.append(
-                [Prediction(int(index), self.labels[index], float(row[index])) for index in best]
-            )
-        return results
-
-    def fit_to_input(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
-        pixels = image.astype(np.float32)
-        if pixels.shape[:2] != (self.input_size, self.input_size):
-            pixels = tf.image.resize(pixels, (self.input_size, self.input_size)).numpy()
-        return pixels
 
 
 def load_model(
@@ -140,7 +103,7 @@ def load_builtin(name: str, weights: str, labels_file: str, input_size: int) -> 
     if name == "instant":
         labels = read_labels(labels_file or IMAGENET_LABELS_FILE)
         model = InstantModel(len(labels))
-        return ServedModel(name, "none", input_size, labels, model, takes_raw_pixels=True)
+        return keras_served(name, "none", input_size, labels, model, input_transform="raw")
     if name != "resnet50":
         raise ModelLoadError(
             f"unknown built-in model {name!r}: use 'resnet50' (or 'instant', which answers "
@@ -183,8 +146,8 @@ def load_builtin(name: str, weights: str, labels_file: str, input_size: int) -> 
                 f"could not load ResNet50 weights from {weights}: {error}"
             ) from error
     labels = read_labels(labels_file or IMAGENET_LABELS_FILE)
-    check_label_count(labels, model, labels_file or str(IMAGENET_LABELS_FILE))
-    return ServedModel(name, weights, input_size, labels, model, takes_raw_pixels=False)
+    check_label_count(labels, tuple(model.output_shape), labels_file or str(IMAGENET_LABELS_FILE))
+    return keras_served(name, weights, input_size, labels, model, input_transform="caffe")
 
 
 def load_saved_classifier(
@@ -206,27 +169,21 @@ def load_saved_classifier(
     # A model built for any image size gets the configured size.
     served_size = input_shape[1] or input_size
     labels = read_labels(labels_file)
-    check_label_count(labels, model, labels_file)
-    return ServedModel(name, model_file, served_size, labels, model, takes_raw_pixels=True)
+    check_label_count(labels, tuple(model.output_shape), labels_file)
+    return keras_served(name, model_file, served_size, labels, model, input_transform="raw")
 
 
-def read_labels(path) -> list[str]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelLoadError(f"could not read the labels file {path}: {error}") from error
-    labels = [line.split(",")[0].strip() for line in lines]
-    if not all(labels):
-        raise ModelLoadError(f"labels file {path} has an empty line")
-    return labels
-
-
-def check_label_count(labels: list[str], model: keras.Model, labels_file: str) -> None:
-    output_shape = tuple(model.output_shape)
-    if len(output_shape) != 2:
-        raise ModelLoadError(f"the model outputs {output_shape}; a classifier outputs (N, classes)")
-    if output_shape[1] != len(labels):
-        raise ModelLoadError(
-            f"the model has {output_shape[1]} output classes but {labels_file} has "
-            f"{len(labels)} labels"
-        )
+def keras_served(
+    name: str, weights: str, input_size: int, labels: list[str], model, *, input_transform: str
+) -> ServedModel:
+    return ServedModel(
+        name,
+        weights,
+        input_size,
+        labels,
+        run=model.predict_on_batch,
+        input_transform=input_transform,
+        runtime="tensorflow",
+        precision="fp32",
+        model=model,
+    )

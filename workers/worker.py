@@ -1,6 +1,6 @@
 """The inference handler: request messages in, one result message per request out.
 
-It is a plain callable of a list of Kafka messages, run by kafka_bridge.runner.BatchConsumer.
+It is a plain callable of a list of Kafka messages, run by kafka_wire.runner.BatchConsumer.
 A request that cannot be decoded or classified goes to the dead-letter topic and gets an
 error result, so its job is marked failed instead of blocking the partition; the handler
 raises only when its output could not be delivered, so the runner redoes the batch.
@@ -11,21 +11,20 @@ import os
 import socket
 import time
 
-from confluent_kafka import Message
-
 from inferencehub import metrics
-from kafka_bridge.contract import (
+from kafka_wire.contract import (
+    ClassScore,
     ContractError,
     InferenceRequest,
     InferenceResult,
-    Prediction,
     decode_request,
     encode_key,
     encode_result,
     job_id_of_key,
 )
-from kafka_bridge.runner import BatchProducer, send_to_dead_letter
-from workers.serving import ServedModel
+from kafka_wire.producer import BatchProducer, send_to_dead_letter
+from kafka_wire.runner import Message
+from workers.inference import ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,17 @@ def worker_id() -> str:
 
 
 class InferenceHandler:
-    def __init__(self, model: ServedModel, producer: BatchProducer, *, results_topic: str) -> None:
+    def __init__(
+        self,
+        model: ServedModel,
+        producer: BatchProducer,
+        *,
+        results_topic: str,
+        model_version: int = 0,
+    ) -> None:
         self.model = model
+        # The registered version served (0: an unregistered model), named in every result.
+        self.model_version = model_version
         self.producer = producer
         self.results_topic = results_topic
         self.worker = worker_id()
@@ -93,12 +101,15 @@ class InferenceHandler:
                     worker=self.worker,
                     model=self.model.name,
                     weights=self.model.weights,
+                    runtime=self.model.runtime,
+                    precision=self.model.precision,
+                    model_version=self.model_version,
                     inferred_at_ms=int(time.time() * 1000),
                 )
             )
 
     def result(
-        self, job_id: str, predictions: list[Prediction], batch_size: int, inference_ms: float
+        self, job_id: str, predictions: list[ClassScore], batch_size: int, inference_ms: float
     ) -> InferenceResult:
         return InferenceResult(
             job_id=job_id,
@@ -107,6 +118,9 @@ class InferenceHandler:
             worker=self.worker,
             model=self.model.name,
             weights=self.model.weights,
+            runtime=self.model.runtime,
+            precision=self.model.precision,
+            model_version=self.model_version,
             batch_size=batch_size,
             inference_ms=inference_ms,
             inferred_at_ms=int(time.time() * 1000),

@@ -11,7 +11,6 @@ then counts what became of every job: an Outcome, also appended to
 """
 
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
@@ -25,6 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import MySQLdb
 import psutil
@@ -32,8 +32,11 @@ import pytest
 import requests
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from inferencehub.processes import ManagedProcess
-from tests.conftest import DATA, REPO, celery_worker_argv, manage, started_processes
+from inferencehub.processes import PYTHON, ManagedProcess, child_env, manage
+from kafka_wire.config import kafka_names
+from stack import processes
+from stack.processes import AppProcess
+from tests.conftest import DATA, REPO, started_processes
 
 LOG_DIR = REPO / ".stack" / "logs" / "faults"
 OUTCOMES = LOG_DIR / "outcomes.jsonl"
@@ -57,14 +60,6 @@ SINGLE_KAFKA = "127.0.0.1:28092"
 CLUSTER_KAFKA = "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094"
 WEB_PORT = 28000
 PHOTOS = [(name, (DATA / name).read_bytes()) for name in ("bolete.jpg", "fox.png", "toaster.png")]
-
-
-def stack_script():
-    """stack/stack.py as a module, for its app command lines (the web's gunicorn flags)."""
-    spec = importlib.util.spec_from_file_location("stack_script", REPO / "stack" / "stack.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class FaultStack:
@@ -100,7 +95,7 @@ class FaultStack:
 
 @dataclass
 class App:
-    """One scenario's app processes (web, celery, two workers, bridge) and its API user."""
+    """One scenario's app processes (web, celery, beat, two workers, bridge) and its API user."""
 
     name: str
     env: dict
@@ -109,35 +104,34 @@ class App:
     username: str
     start: Callable[..., ManagedProcess]
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    # Where its jobs are counted and its outcomes recorded (the distributed tests' own).
+    database: dict = field(default_factory=lambda: DATABASE)
+    outcomes: Path = OUTCOMES
 
-    def start_process(self, role: str, argv: list[str], ready_text: str) -> ManagedProcess:
+    def start_process(self, process: AppProcess) -> ManagedProcess:
         # A restarted role gets a fresh log (bridge.log, then bridge-2.log, ...).
+        role = process.name
         runs = sum(1 for name in self.processes if name.split("-")[0] == role)
         name = role if runs == 0 else f"{role}-{runs + 1}"
-        process = self.start(f"{self.name}-{name}", argv, ready_text)
-        self.processes[name] = process
-        return process
+        managed = self.start(process, name=f"{self.name}-{name}")
+        self.processes[name] = managed
+        return managed
 
     def start_web(self) -> ManagedProcess:
-        argv = [
-            f"127.0.0.1:{WEB_PORT}" if arg == "0.0.0.0:8000" else arg
-            for arg in stack_script().APP_PROCESSES["web"]
-        ]
-        return self.start_process("web", argv, "Booting worker")
+        return self.start_process(processes.web(PYTHON, port=WEB_PORT))
 
     def start_celery(self) -> ManagedProcess:
-        schedule = LOG_DIR / f"{self.name}-beat-schedule"
-        return self.start_process(
-            "celery",
-            [*celery_worker_argv(self.name), "--beat", "--schedule", str(schedule)],
-            "ready.",
-        )
+        return self.start_process(processes.celery(PYTHON, hostname=f"{self.name}@%h"))
+
+    def start_beat(self) -> ManagedProcess:
+        schedule = str(LOG_DIR / f"{self.name}-beat-schedule")
+        return self.start_process(processes.beat(PYTHON, schedule=schedule))
 
     def start_worker(self, role: str) -> ManagedProcess:
-        return self.start_process(role, manage("run_worker"), "starting with")
+        return self.start_process(processes.worker(PYTHON, role))
 
     def start_bridge(self) -> ManagedProcess:
-        return self.start_process("bridge", manage("consume_results"), "starting with")
+        return self.start_process(processes.bridge(PYTHON))
 
     def current(self, role: str) -> ManagedProcess:
         """The latest process started for a role."""
@@ -152,10 +146,6 @@ def fault_stack() -> Iterator[FaultStack]:
     """Started for the session and stopped after it (the cluster too, if a test started it)."""
     stack = FaultStack()
     stack.up()
-    migrated = subprocess.run(
-        manage("migrate", "--noinput"), env=app_env("migrate", SINGLE_KAFKA), capture_output=True
-    )
-    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     yield stack
     stack.run("cluster", "down")
     stack.down()
@@ -163,23 +153,18 @@ def fault_stack() -> Iterator[FaultStack]:
 
 def app_env(name: str, kafka: str, **overrides: str) -> dict:
     """Settings for one scenario's processes: the fault stack, and topics of its own."""
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="inferencehub.settings",
-        DATABASE_URL="mysql://{user}:{password}@{host}:{port}/{database}".format(**DATABASE),
+    return child_env(
+        settings_module="inferencehub.settings",
+        database_url="mysql://{user}:{password}@{host}:{port}/{database}".format(**DATABASE),
+        # The demo password file of bootstrap goes to the fault stack's folder.
+        STACK_DIR=STACK_ENV["STACK_DIR"],
         CELERY_BROKER_URL="redis://127.0.0.1:26379/0",
         KAFKA_BOOTSTRAP_SERVERS=kafka,
-        KAFKA_REQUESTS_TOPIC=f"{name}-requests",
-        KAFKA_RESULTS_TOPIC=f"{name}-results",
-        KAFKA_DEAD_LETTER_TOPIC=f"{name}-dead-letters",
-        KAFKA_WORKER_GROUP=f"{name}-workers",
-        KAFKA_BRIDGE_GROUP=f"{name}-bridge",
+        **kafka_names(name),
         MEDIA_ROOT=str(REPO / STACK_ENV["STACK_DIR"] / "media"),
         MODEL_WEIGHTS="random",
-        PYTHONUNBUFFERED="1",
         **overrides,
     )
-    return env
 
 
 @pytest.fixture
@@ -194,17 +179,17 @@ def start_app(fault_stack) -> Iterator[Callable[..., App]]:
             subprocess.run(
                 ["redis-cli", "-p", "26379", "flushall"], check=True, capture_output=True
             )
-            for argv in (
-                manage("kafka_topics", "create"),
-                manage("ensure_demo_user", "--username", name),
-            ):
-                done = subprocess.run(argv, env=env, capture_output=True, text=True)
-                assert done.returncode == 0, done.stdout + done.stderr
+            # Schema, static files, this scenario's topics and its user, as under `make run`.
+            done = subprocess.run(
+                manage("bootstrap", "--username", name), env=env, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
             token = re.search(r"API token: (\w+)", done.stdout).group(1)
-            bound = lambda n, argv, ready: start(n, argv, ready, **env)  # noqa: E731
+            bound = lambda process, name: start(process, name=name, **env)  # noqa: E731
             app = App(name, env, f"http://127.0.0.1:{WEB_PORT}", token, name, bound)
             app.start_web()
             app.start_celery()
+            app.start_beat()
             app.start_worker("worker1")
             app.start_worker("worker2")
             app.start_bridge()
@@ -327,9 +312,9 @@ class JobStream:
             return list(self.accepted)
 
 
-def job_states(username: str) -> dict[str, tuple[str, str, int, int]]:
+def job_states(username: str, database: dict = DATABASE) -> dict[str, tuple[str, str, int, int]]:
     """Every job of the scenario's user: id -> (status, error, top_k, number of predictions)."""
-    connection = MySQLdb.connect(**DATABASE)
+    connection = MySQLdb.connect(**database)
     try:
         cursor = connection.cursor()
         cursor.execute(
@@ -353,7 +338,7 @@ def wait_until_finished(app: App, job_ids: list[str], timeout: float) -> float |
     started = time.monotonic()
     wanted = set(job_ids)
     while time.monotonic() - started < timeout:
-        states = job_states(app.username)
+        states = job_states(app.username, app.database)
         if all(job in states and states[job][0] in FINISHED for job in wanted):
             return time.monotonic() - started
         time.sleep(2)
@@ -424,7 +409,7 @@ def settle(
     recovery_s: from the fault until every job accepted so far had finished."""
     waited = wait_until_finished(app, stream.snapshot(), timeout)
     recovery = None if waited is None else time.monotonic() - fault_at
-    states = job_states(app.username)
+    states = job_states(app.username, app.database)
     accepted = set(stream.accepted)
     finished = {job: s for job, s in states.items() if job in accepted and s[0] in FINISHED}
     duplicated = sum(1 for status, _, top_k, count in finished.values() if count > top_k)
@@ -447,8 +432,8 @@ def settle(
         unacknowledged_jobs=len(set(states) - accepted),
         notes=notes,
     )
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with OUTCOMES.open("a") as file:
+    app.outcomes.parent.mkdir(parents=True, exist_ok=True)
+    with app.outcomes.open("a") as file:
         file.write(json.dumps({"at": time.strftime("%Y-%m-%d %H:%M:%S"), **asdict(outcome)}) + "\n")
     print(json.dumps(asdict(outcome), indent=1))
     assert stream.refused_without_retry_after == 0
@@ -459,7 +444,8 @@ def wait_for_progress(app: App, count: int, timeout: float = 300) -> None:
     """Until at least `count` of the scenario's jobs succeeded: the pipeline is warm."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if sum(1 for s in job_states(app.username).values() if s[0] == "succeeded") >= count:
+        states = job_states(app.username, app.database).values()
+        if sum(1 for s in states if s[0] == "succeeded") >= count:
             return
         time.sleep(1)
     raise AssertionError(f"fewer than {count} jobs succeeded within {timeout}s")

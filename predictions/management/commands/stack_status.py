@@ -3,15 +3,19 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 
 from inferencehub import health
-from kafka_bridge.topics import ADMIN_TIMEOUT_S, admin_client, describe_topics
+from kafka_wire.topics import ADMIN_TIMEOUT_S, admin_client, describe_topics, group_states
 from predictions.models import Job
+from stack.common import LOGS, STATE
+from stack.supervise import Supervisor
+from workers.models import ModelVersion
 
 
 class Command(BaseCommand):
     help = (
         "Show whether the database, Redis and Kafka are reachable, the lag of each topic "
-        "partition, the live members of the worker and bridge groups, and jobs per status. "
-        "Exits 1 when a service is unreachable."
+        "partition, the live members of the worker and bridge groups, jobs per status, and "
+        "the state of each app process under supervisord (`make run`). Exits 1 when a "
+        "service is unreachable or an app process is down or restarting."
     )
 
     def handle(self, *args, **options):
@@ -30,18 +34,53 @@ class Command(BaseCommand):
         if reachable["kafka"]:
             self.show_topics()
             self.show_groups()
+            if reachable["database"]:
+                self.show_models()
         if reachable["database"]:
             self.show_jobs()
+        not_running = self.show_app_processes()
 
         down = [name for name, ok in reachable.items() if not ok]
-        if down:
-            raise CommandError(f"unreachable: {', '.join(down)}")
+        problems = [f"unreachable: {', '.join(down)}"] if down else []
+        if not_running:
+            problems.append(f"app processes down or restarting: {', '.join(not_running)}")
+        if problems:
+            raise CommandError("; ".join(problems))
+
+    def show_app_processes(self) -> list[str]:
+        """Print supervisord's view of the app processes; the names not RUNNING."""
+        self.stdout.write("app processes")
+        states = Supervisor(STATE, LOGS).states()
+        if states is None:
+            self.stdout.write("  not supervised here (`make run` runs them under supervisord)")
+            return []
+        for name, state in states.items():
+            self.stdout.write(f"  {name:<10} {state}")
+        return [name for name, state in states.items() if not state.startswith("RUNNING")]
 
     def show_topics(self) -> None:
         self.stdout.write("topics")
         for row in describe_topics():
             lag = "" if row.group is None else f"  group {row.group} lag {row.lag}"
             self.stdout.write(f"  {row.topic}[{row.partition}]  end {row.end_offset}{lag}")
+
+    def show_models(self) -> None:
+        """Each registered model version's live workers and lag, from its consumer group."""
+        versions = list(ModelVersion.objects.select_related("model"))
+        if not versions:
+            return
+        self.stdout.write("models")
+        states = group_states([version.route for version in versions])
+        for version in versions:
+            state = states[version.route]
+            flags = ("" if version.enabled else "  disabled") + (
+                "  default" if version.model.is_default else ""
+            )
+            lag = "-" if state.lag is None else state.lag
+            self.stdout.write(
+                f"  {str(version):<20} {state.members} workers  lag {lag}  "
+                f"group {version.route.worker_group}{flags}"
+            )
 
     def show_groups(self) -> None:
         self.stdout.write("consumer groups")

@@ -1,29 +1,77 @@
-// Result pages refresh themselves while jobs are unfinished: the server renders the page
-// again and only the #live part is swapped, so there is one template and no JSON renderer.
+// Result pages update themselves while jobs are unfinished, without polling: the batch
+// page listens to the batch's event stream (data-events), the job page asks the API to
+// hold its answer until the job finishes (data-wait). On a change the server renders the
+// page again and only the #live part is swapped, so there is one template.
 (function () {
-  const POLL_MS = 1500;
+  // After an answer that could not be had (network, server busy): wait before asking again.
+  const BACKOFF_MS = 3000;
 
-  async function refresh() {
+  async function swap() {
     const live = document.getElementById("live");
-    if (!live || !live.hasAttribute("data-live")) return;
-    try {
-      const response = await fetch(location.href, { headers: { Accept: "text/html" } });
-      if (response.ok) {
-        const page = new DOMParser().parseFromString(await response.text(), "text/html");
-        const fresh = page.getElementById("live");
-        if (fresh) {
-          live.replaceWith(document.adoptNode(fresh));
-          // The swapped part is new to screen readers; the persistent region announces it.
-          if (fresh.dataset.summary !== live.dataset.summary) {
-            document.getElementById("announce").textContent = fresh.dataset.summary;
-          }
-        }
-      }
-    } catch (error) {
-      // A network blip: try again on the next tick.
+    const response = await fetch(location.href, { headers: { Accept: "text/html" } });
+    if (!response.ok) return live;
+    const page = new DOMParser().parseFromString(await response.text(), "text/html");
+    const fresh = page.getElementById("live");
+    if (!fresh) return live;
+    live.replaceWith(document.adoptNode(fresh));
+    // The swapped part is new to screen readers; the persistent region announces it.
+    if (fresh.dataset.summary !== live.dataset.summary) {
+      document.getElementById("announce").textContent = fresh.dataset.summary;
     }
-    setTimeout(refresh, POLL_MS);
+    return fresh;
   }
 
-  setTimeout(refresh, POLL_MS);
+  function listen(url) {
+    const source = new EventSource(url);
+    let swapping = false;
+    // A "counts" event comes when the stream opens and whenever jobs changed.
+    source.addEventListener("counts", async () => {
+      if (swapping) return;
+      swapping = true;
+      try {
+        const fresh = await swap();
+        if (!fresh.hasAttribute("data-live")) source.close();
+      } catch (error) {
+        // A network blip: the next event tries again.
+      }
+      swapping = false;
+    });
+  }
+
+  async function waitForJob(url) {
+    for (;;) {
+      const live = document.getElementById("live");
+      if (!live || !live.hasAttribute("data-live")) return;
+      try {
+        const response = await fetch(url, { headers: { Accept: "application/json" } });
+        const job = response.ok ? await response.json() : null;
+        if (job && response.headers.get("Retry-After") === null) {
+          await swap();
+          continue;
+        }
+      } catch (error) {
+        // A network blip: ask again after the pause.
+      }
+      await new Promise((resolve) => setTimeout(resolve, BACKOFF_MS));
+    }
+  }
+
+  const live = document.getElementById("live");
+  if (live && live.dataset.events) listen(live.dataset.events);
+  else if (live && live.dataset.wait) waitForJob(live.dataset.wait);
+
+  // An image that cannot be shown (its stored original deleted by hand, say) becomes a
+  // note instead of a broken-image icon; images of swapped-in parts are caught too.
+  function replaceBroken(img) {
+    const note = document.createElement("span");
+    note.className = "placeholder";
+    note.textContent = img.dataset.fallback;
+    img.replaceWith(note);
+  }
+  document.addEventListener("error", (e) => {
+    if (e.target instanceof HTMLImageElement && e.target.dataset.fallback) replaceBroken(e.target);
+  }, true);
+  for (const img of document.querySelectorAll("img[data-fallback]")) {
+    if (img.complete && img.naturalWidth === 0) replaceBroken(img);
+  }
 })();

@@ -1,19 +1,22 @@
 // The upload page: each image is posted to the REST API on its own (so each has its own
-// progress bar and its own refusal reason), all into one batch; the batch is then polled
-// until every job has finished.
+// progress bar and its own refusal reason), all into one batch; the batch's event stream
+// then reports each job's changes until every job has finished.
 (function () {
-  const POLL_MS = 1000;
   const FINISHED = ["succeeded", "failed"];
+  const DONE = [...FINISHED, "refused"];
   const form = document.getElementById("upload");
   const picker = document.getElementById("files");
   const dropzone = document.getElementById("dropzone");
   const topK = document.getElementById("top_k");
   const list = document.getElementById("jobs");
   const announcer = document.getElementById("announce");
+  const formMessage = document.getElementById("form-message");
+  const overall = document.getElementById("overall");
+  const allEntries = []; // every upload of this page, refused ones included
   const csrf = form.querySelector("[name=csrfmiddlewaretoken]").value;
   const entries = new Map(); // job id -> the list item's parts
   let batchId = null; // a promise, so images uploaded at once share one batch
-  let polling = false;
+  let stream = null; // the batch's EventSource while some job is unfinished
 
   function element(tag, className, text) {
     const node = document.createElement(tag);
@@ -38,23 +41,36 @@
     return ol;
   }
 
-  function setStatus(entry, status) {
-    entry.status.textContent = status;
-    entry.status.className = `status status-${status}`;
+  function showOverall() {
+    const count = (status) => allEntries.filter((entry) => entry.last === status).length;
+    const done = allEntries.filter((entry) => DONE.includes(entry.last)).length;
+    let text = `${done}/${allEntries.length} done`;
+    for (const status of ["failed", "refused"]) {
+      if (count(status)) text += `, ${count(status)} ${status}`;
+    }
+    overall.textContent = text;
+    overall.hidden = false;
   }
 
-  function fail(entry, reason) {
+  function setStatus(entry, status) {
+    entry.last = status;
+    entry.status.textContent = status;
+    entry.status.className = `status status-${status}`;
+    showOverall();
+  }
+
+  // "refused": the server turned the upload down and made no job; "failed": a job that
+  // ran and failed, or an upload that never reached the server.
+  function fail(entry, reason, status = "failed") {
     entry.progress.hidden = true;
-    entry.last = "failed";
-    setStatus(entry, "failed");
+    setStatus(entry, status);
     entry.result.replaceChildren(element("p", "error", reason));
-    announcer.textContent = `${entry.name}: failed, ${reason}`;
+    announcer.textContent = `${entry.name}: ${status}, ${reason}`;
   }
 
   function show(entry, job) {
     if (entry.last === job.status) return;
     if (job.status === "failed") return fail(entry, job.error);
-    entry.last = job.status;
     setStatus(entry, job.status);
     let message = `${entry.name}: ${job.status}`;
     if (job.status === "succeeded") {
@@ -68,6 +84,8 @@
     const item = element("li", "job");
     const thumb = element("img");
     thumb.alt = "";
+    // A file the browser cannot show (not an image, say) gets a note, not a broken image.
+    thumb.addEventListener("error", () => thumb.replaceWith(element("span", "placeholder", "no preview")));
     thumb.src = URL.createObjectURL(file);
     const body = element("div");
     const entry = {
@@ -84,6 +102,8 @@
     body.append(entry.title, entry.status, entry.progress, entry.result);
     item.append(thumb, body);
     list.prepend(item);
+    allEntries.push(entry);
+    showOverall();
     return entry;
   }
 
@@ -111,6 +131,12 @@
     data.append("image", file);
     data.append("top_k", topK.value);
     data.append("batch", batch);
+    const model = document.getElementById("model");
+    if (model) {
+      const [name, version] = model.value.split(":");
+      data.append("model", name);
+      data.append("model_version", version);
+    }
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/api/jobs/");
     xhr.setRequestHeader("X-CSRFToken", csrf);
@@ -120,48 +146,53 @@
     xhr.onload = () => {
       let job = {};
       try { job = JSON.parse(xhr.responseText); } catch (e) { /* not JSON: reported below */ }
-      if (xhr.status !== 202) return fail(entry, job.error || `upload refused (HTTP ${xhr.status})`);
+      if (xhr.status !== 202) return fail(entry, job.error || `HTTP ${xhr.status}`, "refused");
       entry.progress.hidden = true;
       const link = element("a", null, entry.name);
       link.href = `/jobs/${job.id}/`;
       entry.title.replaceChildren(link);
       entries.set(job.id, entry);
       show(entry, job);
-      poll();
+      listen();
     };
     xhr.send(data);
   }
 
   function upload(files) {
+    formMessage.hidden = true;
     for (const file of files) {
       const entry = addEntry(file);
       ensureBatch().then((batch) => send(file, batch, entry), (error) => fail(entry, error.message));
     }
   }
 
-  async function poll() {
-    if (polling) return;
-    polling = true;
-    while ([...entries.values()].some((entry) => !FINISHED.includes(entry.last))) {
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-      try {
-        const response = await fetch(`/api/batches/${await batchId}/`, { headers: { Accept: "application/json" } });
-        if (!response.ok) continue;
-        for (const job of (await response.json()).jobs) {
-          const entry = entries.get(job.id);
-          if (entry) show(entry, job);
-        }
-      } catch (error) {
-        // A network blip: the next round asks again.
+  function unfinished() {
+    return [...entries.values()].some((entry) => !FINISHED.includes(entry.last));
+  }
+
+  async function listen() {
+    if (stream) return;
+    stream = "opening"; // so that uploads finishing meanwhile do not open a second one
+    // A minute back: a job that finished before the stream opened is still reported.
+    const since = Date.now() - 60000;
+    stream = new EventSource(`/api/batches/${await batchId}/events?since=${since}`);
+    stream.addEventListener("job", (event) => {
+      const job = JSON.parse(event.data);
+      const entry = entries.get(job.id);
+      if (entry) show(entry, job);
+      if (!unfinished()) {
+        stream.close();
+        stream = null;
       }
-    }
-    polling = false;
+    });
   }
 
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     if (!picker.files.length) {
-      announcer.textContent = "Choose one or more images first.";
+      // A visible alert: role="alert" has screen readers read it out too.
+      formMessage.textContent = "Choose one or more images first.";
+      formMessage.hidden = false;
       picker.focus();
       return;
     }

@@ -1,15 +1,23 @@
-"""`manage.py run_worker`: serve the model to the inference-requests topic until SIGTERM."""
+"""`manage.py run_worker`: serve a model to its requests topic until SIGTERM.
 
+Without --model it serves the model the MODEL_* settings (or options) describe on the
+unregistered requests topic; with --model NAME[:VERSION] it serves that registered version
+on its own topic in its own consumer group."""
+
+import dataclasses
 import logging
 
-from confluent_kafka import Consumer, Producer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from inferencehub import metrics
-from kafka_bridge.config import consumer_config, producer_config
-from kafka_bridge.runner import BatchConsumer, BatchProducer
-from workers.serving import ModelLoadError, load_model
+from kafka_wire.producer import BatchProducer, new_producer
+from kafka_wire.runner import BatchConsumer, subscribed_consumer
+from kafka_wire.topics import ADMIN_TIMEOUT_S, KafkaRefused, KafkaUnreachable, check_reachable
+from workers.inference import PRECISIONS, RUNTIMES, ModelLoadError, ServedModel
+from workers.loading import load_served
+from workers.models import ModelVersion
+from workers.selectors import UnknownModel, find_version, parse_reference, servable_version
 from workers.worker import InferenceHandler, worker_id
 
 logger = logging.getLogger(__name__)
@@ -34,6 +42,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
+            "--model",
+            metavar="NAME[:VERSION]",
+            help="serve this registered model version (default: its latest enabled one)",
+        )
+        parser.add_argument(
             "--model-file", default=settings.MODEL_FILE, help="saved .keras classifier"
         )
         parser.add_argument(
@@ -45,6 +58,19 @@ class Command(BaseCommand):
             help="imagenet, random or a weights file path",
         )
         parser.add_argument(
+            "--model-package",
+            default=settings.MODEL_PACKAGE,
+            help="serve this model package (manage.py export_model); TensorFlow is not loaded",
+        )
+        parser.add_argument("--runtime", choices=RUNTIMES, default=settings.MODEL_RUNTIME)
+        parser.add_argument("--precision", choices=PRECISIONS, default=settings.MODEL_PRECISION)
+        parser.add_argument(
+            "--bf16-fallback",
+            action="store_true",
+            default=settings.MODEL_BF16_FALLBACK,
+            help="run fp32 when bf16 is asked for on a CPU without bf16, instead of refusing",
+        )
+        parser.add_argument(
             "--max-batch-size", type=positive_int, default=settings.WORKER_MAX_BATCH_SIZE
         )
         parser.add_argument(
@@ -54,36 +80,63 @@ class Command(BaseCommand):
         )
         parser.add_argument("--group-id", default=settings.KAFKA_WORKER_GROUP)
         parser.add_argument(
-            "--threads", type=positive_int, default=None, help="TensorFlow intra-op threads"
+            "--threads", type=positive_int, default=None, help="inference threads (default all)"
         )
         metrics.add_metrics_port_argument(parser)
 
     def handle(self, *args, **options):
+        # Before the slow model load: a refused login or an untrusted certificate would
+        # otherwise only show as librdkafka retrying in the log, the worker idle forever.
         try:
-            model = load_model(
-                name=settings.MODEL_NAME,
-                weights=options["weights"],
-                model_file=options["model_file"],
-                labels_file=options["labels_file"],
-                input_size=settings.MODEL_INPUT_SIZE,
-                threads=options["threads"],
-            )
+            check_reachable(ADMIN_TIMEOUT_S)
+        except KafkaRefused as error:
+            raise CommandError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {error}") from None
+        except KafkaUnreachable as error:
+            # A broker that is down may come back: the consumer waits for it.
+            logger.warning("Kafka not reachable yet, waiting for it: %s", error)
+        topic = settings.KAFKA_REQUESTS_TOPIC
+        group = options["group_id"]
+        version_number = 0
+        try:
+            if options["model"]:
+                version = registered_version(options["model"])
+                topic, group = version.route.requests_topic, version.route.worker_group
+                version_number = version.version
+                model = load_registered(version, options)
+            else:
+                model = load_served(
+                    package=options["model_package"],
+                    runtime=options["runtime"],
+                    precision=options["precision"],
+                    bf16_fallback=options["bf16_fallback"],
+                    name=settings.MODEL_NAME,
+                    weights=options["weights"],
+                    model_file=options["model_file"],
+                    labels_file=options["labels_file"],
+                    input_size=settings.MODEL_INPUT_SIZE,
+                    threads=options["threads"],
+                )
         except ModelLoadError as error:
             raise CommandError(str(error)) from None
         logger.info(
-            "worker %s: model=%s weights=%s%s input=%d classes=%d topic=%s results=%s "
-            "dead_letters=%s group=%s bootstrap=%s max_batch_size=%d max_batch_delay_ms=%d "
+            "worker %s: model=%s version=%s weights=%s%s runtime=%s precision=%s input=%d "
+            "classes=%d "
+            "topic=%s results=%s dead_letters=%s group=%s bootstrap=%s max_batch_size=%d "
+            "max_batch_delay_ms=%d "
             "threads=%s",
             worker_id(),
             model.name,
+            version_number or "-",
             model.weights,
             " (RANDOM WEIGHTS: predictions are meaningless)" if model.weights == "random" else "",
+            model.runtime,
+            model.precision,
             model.input_size,
             len(model.labels),
-            settings.KAFKA_REQUESTS_TOPIC,
+            topic,
             settings.KAFKA_RESULTS_TOPIC,
             settings.KAFKA_DEAD_LETTER_TOPIC,
-            options["group_id"],
+            group,
             settings.KAFKA_BOOTSTRAP_SERVERS,
             options["max_batch_size"],
             options["max_batch_delay_ms"],
@@ -92,10 +145,14 @@ class Command(BaseCommand):
         metrics.serve_metrics(options["metrics_port"])
         # The model is loaded before joining the group, so no partition waits on a worker
         # that is still starting.
-        consumer = Consumer(consumer_config(options["group_id"]))
-        consumer.subscribe([settings.KAFKA_REQUESTS_TOPIC])
-        producer = BatchProducer(Producer(producer_config()))
-        handler = InferenceHandler(model, producer, results_topic=settings.KAFKA_RESULTS_TOPIC)
+        consumer = subscribed_consumer(group, [topic])
+        producer = BatchProducer(new_producer())
+        handler = InferenceHandler(
+            model,
+            producer,
+            results_topic=settings.KAFKA_RESULTS_TOPIC,
+            model_version=version_number,
+        )
         BatchConsumer(
             consumer,
             handler,
@@ -103,3 +160,35 @@ class Command(BaseCommand):
             max_batch_delay_ms=options["max_batch_delay_ms"],
             name="inference worker",
         ).run()
+
+
+def registered_version(reference: str) -> ModelVersion:
+    """NAME:VERSION, even disabled (its queued jobs still need a worker), or NAME's latest
+    enabled version."""
+    try:
+        name, number = parse_reference(reference)
+        if number is not None and (version := find_version(name, number)) is not None:
+            return version
+        return servable_version(name, number)
+    except (UnknownModel, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
+def load_registered(version: ModelVersion, options: dict) -> ServedModel:
+    """Load a registered version as its registration says; the worker's threads and bf16
+    fallback options still apply."""
+    source = ModelVersion.Source
+    served = load_served(
+        package=version.path if version.source == source.PACKAGE else "",
+        runtime=version.runtime,
+        precision=version.precision,
+        bf16_fallback=options["bf16_fallback"],
+        name="resnet50",  # the built-in one, for a BUILTIN source
+        weights=version.weights if version.source == source.BUILTIN else "",
+        model_file=version.path if version.source == source.KERAS else "",
+        labels_file=version.labels_file,
+        input_size=version.input_size,
+        threads=options["threads"],
+    )
+    # Results name the model as registered, whatever its package or file calls it.
+    return dataclasses.replace(served, name=version.model.name)

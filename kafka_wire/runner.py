@@ -2,8 +2,8 @@
 
 The runner knows nothing about what the messages mean: a handler is a plain function of a
 list of confluent_kafka Messages, testable without a broker. The handler deals with bad
-single messages itself (send_to_dead_letter) and raises only when the whole batch failed,
-e.g. its output could not be delivered; the runner then rewinds and redoes the batch.
+single messages itself (producer.send_to_dead_letter) and raises only when the whole batch
+failed, e.g. its output could not be delivered; the runner then rewinds and redoes the batch.
 Delivery is therefore at least once.
 """
 
@@ -12,10 +12,10 @@ import signal
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from django.conf import settings
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from inferencehub import metrics
+from kafka_wire.config import consumer_config
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +23,13 @@ logger = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 0.5
 THROUGHPUT_LOG_INTERVAL_S = 60.0
 MAX_RETRY_BACKOFF_S = 30.0
-# Dead-letter reasons can hold whole tracebacks; headers should stay small.
-MAX_REASON_CHARS = 2000
+
+
+def subscribed_consumer(group_id: str, topics: list[str]) -> Consumer:
+    """A consumer of the project's settings (config.consumer_config) subscribed to topics."""
+    consumer = Consumer(consumer_config(group_id))
+    consumer.subscribe(topics)
+    return consumer
 
 
 class BatchConsumer:
@@ -120,6 +125,7 @@ class BatchConsumer:
         """Wait briefly for a first message, then gather more until the batch is full or
         max_batch_delay_ms has passed since the first one arrived."""
         first = self.consumer.poll(POLL_TIMEOUT_S)
+        metrics.CONSUMER_HEALTH.polled()
         if not self.is_data(first):
             return []
         batch = [first]
@@ -218,66 +224,3 @@ def next_offsets(batch: list[Message]) -> dict[tuple[str, int], int]:
         key = (message.topic(), message.partition())
         offsets[key] = max(offsets.get(key, 0), message.offset() + 1)
     return offsets
-
-
-class DeliveryError(Exception):
-    """Some message of a batch was not acknowledged by Kafka."""
-
-
-class BatchProducer:
-    """Wraps a Producer so a handler can produce a batch's output and then fail the batch
-    when any of it was not delivered."""
-
-    def __init__(self, producer: Producer) -> None:
-        self.producer = producer
-        self.failures: list[KafkaError] = []
-
-    def produce(
-        self, topic: str, *, key: bytes | None, value: bytes, headers: list | None = None
-    ) -> None:
-        self.producer.produce(
-            topic, key=key, value=value, headers=headers, on_delivery=self.on_delivery
-        )
-
-    def on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            self.failures.append(error)
-
-    def flush_or_raise(self, timeout_s: float = 90.0) -> None:
-        """Wait for every delivery report; DeliveryError if any message failed or is still pending.
-
-        The default outlasts message.timeout.ms, by which librdkafka reports every message."""
-        undelivered = self.producer.flush(timeout_s)
-        failures, self.failures = self.failures, []
-        if failures or undelivered:
-            raise DeliveryError(
-                f"{len(failures)} messages failed and {undelivered} are still pending; "
-                f"first failure: {failures[0] if failures else 'none'}"
-            )
-
-
-def send_to_dead_letter(producer: BatchProducer | Producer, message: Message, reason: str) -> None:
-    """Produce a message that cannot be handled, unchanged, to the dead-letter topic.
-
-    The Kafka headers say why and where it came from (docs/message-contract.md)."""
-    key = message.key()
-    logger.warning(
-        "dead-lettering %s[%d]@%d: %s",
-        message.topic(),
-        message.partition(),
-        message.offset(),
-        reason,
-        # Keys are job ids by the contract; a garbage key is still worth logging.
-        extra={"job_id": key.decode(errors="replace") if key else None},
-    )
-    metrics.DEAD_LETTERS.labels(message.topic()).inc()
-    headers = [
-        ("error", reason[:MAX_REASON_CHARS].encode(errors="replace")),
-        ("source_topic", message.topic().encode()),
-        ("source_partition", str(message.partition()).encode()),
-        ("source_offset", str(message.offset()).encode()),
-        ("failed_at", str(int(time.time() * 1000)).encode()),
-    ]
-    producer.produce(
-        settings.KAFKA_DEAD_LETTER_TOPIC, key=message.key(), value=message.value(), headers=headers
-    )

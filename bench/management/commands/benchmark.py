@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from bench.run import CONFIGS, Options
 
 BENCH_SETTINGS = "inferencehub.bench_settings"
-PARTS = ("ceiling", *CONFIGS, "ray")
+PARTS = ("ceiling", "runtimes", *CONFIGS, "ray", "ray-package")
 
 
 class Command(BaseCommand):

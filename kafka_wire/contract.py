@@ -44,7 +44,9 @@ class ContractError(ValueError):
 
 
 @dataclass(frozen=True)
-class Prediction:
+class ClassScore:
+    """One class of a result's top-k and the model's score for it."""
+
     class_id: int
     label: str
     score: float
@@ -78,11 +80,17 @@ class InferenceRequest:
 class InferenceResult:
     job_id: str
     ok: bool
-    predictions: list[Prediction] = field(default_factory=list)
+    predictions: list[ClassScore] = field(default_factory=list)
     error: str = ""
     worker: str = ""
     model: str = ""
     weights: str = ""
+    # What answered: "tensorflow" or "openvino", and "fp32", "bf16" or "int8".
+    runtime: str = ""
+    precision: str = ""
+    # The registered version the worker serves (run_worker --model); 0 from a worker
+    # serving an unregistered model.
+    model_version: int = 0
     batch_size: int = 0
     inference_ms: float = 0.0
     inferred_at_ms: int = 0
@@ -92,23 +100,78 @@ class InferenceResult:
         if not isinstance(self.ok, bool):
             raise ContractError("ok must be a boolean")
         if not isinstance(self.predictions, list) or not all(
-            isinstance(p, Prediction) for p in self.predictions
+            isinstance(p, ClassScore) for p in self.predictions
         ):
-            raise ContractError("predictions must be a list of Prediction")
+            raise ContractError("predictions must be a list of ClassScore")
         scores = [p.score for p in self.predictions]
         if scores != sorted(scores, reverse=True):
             raise ContractError("predictions must be sorted by score, highest first")
-        for name in ("error", "worker", "model", "weights"):
+        for name in ("error", "worker", "model", "weights", "runtime", "precision"):
             _check_str(name, getattr(self, name))
         if not self.ok and not self.error:
             raise ContractError("a failed result (ok=false) must say why in error")
         if not self.ok and self.predictions:
             raise ContractError("a failed result (ok=false) must not carry predictions")
+        _check_int("model_version", self.model_version, 0, _MAX_INT)
         _check_int("batch_size", self.batch_size, 0, _MAX_INT)
         _check_float("inference_ms", self.inference_ms)
         if self.inference_ms < 0:
             raise ContractError("inference_ms must not be negative")
         _check_int("inferred_at_ms", self.inferred_at_ms, 0, _MAX_INT)
+
+    def to_dict(self) -> dict:
+        """The result as plain JSON types: the header of its message, and what a task queue
+        carries."""
+        return {
+            "job_id": self.job_id,
+            "ok": self.ok,
+            "predictions": [
+                {"class_id": p.class_id, "label": p.label, "score": p.score}
+                for p in self.predictions
+            ],
+            "error": self.error,
+            "worker": self.worker,
+            "model": self.model,
+            "weights": self.weights,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "model_version": self.model_version,
+            "batch_size": self.batch_size,
+            "inference_ms": self.inference_ms,
+            "inferred_at_ms": self.inferred_at_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, header: dict) -> "InferenceResult":
+        """The result a to_dict() mapping (or a message header) describes; ContractError
+        naming the first field that breaks the contract."""
+        raw_predictions = _optional(header, "predictions", list, [])
+        predictions = []
+        for index, raw in enumerate(raw_predictions):
+            if not isinstance(raw, dict):
+                raise ContractError(f"predictions[{index}] must be a JSON object")
+            predictions.append(
+                ClassScore(
+                    class_id=_require(raw, "class_id", int),
+                    label=_require(raw, "label", str),
+                    score=_require(raw, "score", float),
+                )
+            )
+        return cls(
+            job_id=_require(header, "job_id", str),
+            ok=_require(header, "ok", bool),
+            predictions=predictions,
+            error=_optional(header, "error", str, ""),
+            worker=_optional(header, "worker", str, ""),
+            model=_optional(header, "model", str, ""),
+            weights=_optional(header, "weights", str, ""),
+            runtime=_optional(header, "runtime", str, ""),
+            precision=_optional(header, "precision", str, ""),
+            model_version=_optional(header, "model_version", int, 0),
+            batch_size=_optional(header, "batch_size", int, 0),
+            inference_ms=_optional(header, "inference_ms", float, 0.0),
+            inferred_at_ms=_optional(header, "inferred_at_ms", int, 0),
+        )
 
 
 def encode_key(job_id: str) -> bytes:
@@ -172,51 +235,14 @@ def decode_request(value: bytes) -> InferenceRequest:
 
 
 def encode_result(result: InferenceResult) -> bytes:
-    header = {
-        "job_id": result.job_id,
-        "ok": result.ok,
-        "predictions": [
-            {"class_id": p.class_id, "label": p.label, "score": p.score} for p in result.predictions
-        ],
-        "error": result.error,
-        "worker": result.worker,
-        "model": result.model,
-        "weights": result.weights,
-        "batch_size": result.batch_size,
-        "inference_ms": result.inference_ms,
-        "inferred_at_ms": result.inferred_at_ms,
-    }
-    return _encode(KIND_RESULT, header, b"")
+    return _encode(KIND_RESULT, result.to_dict(), b"")
 
 
 def decode_result(value: bytes) -> InferenceResult:
     header, body = _decode(value, KIND_RESULT)
     if body:
         raise ContractError(f"a result must have an empty body, got {len(body)} bytes")
-    raw_predictions = _optional(header, "predictions", list, [])
-    predictions = []
-    for index, raw in enumerate(raw_predictions):
-        if not isinstance(raw, dict):
-            raise ContractError(f"predictions[{index}] must be a JSON object")
-        predictions.append(
-            Prediction(
-                class_id=_require(raw, "class_id", int),
-                label=_require(raw, "label", str),
-                score=_require(raw, "score", float),
-            )
-        )
-    return InferenceResult(
-        job_id=_require(header, "job_id", str),
-        ok=_require(header, "ok", bool),
-        predictions=predictions,
-        error=_optional(header, "error", str, ""),
-        worker=_optional(header, "worker", str, ""),
-        model=_optional(header, "model", str, ""),
-        weights=_optional(header, "weights", str, ""),
-        batch_size=_optional(header, "batch_size", int, 0),
-        inference_ms=_optional(header, "inference_ms", float, 0.0),
-        inferred_at_ms=_optional(header, "inferred_at_ms", int, 0),
-    )
+    return InferenceResult.from_dict(header)
 
 
 def _encode(kind: int, header: dict, body: bytes) -> bytes:

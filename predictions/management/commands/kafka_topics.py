@@ -1,10 +1,17 @@
-"""`manage.py kafka_topics create|describe`: set up the topics, or show partitions and lag."""
+"""`manage.py kafka_topics create|describe`: set up the topics, with every registered model
+version's requests topic, or show partitions and lag."""
 
-from confluent_kafka import KafkaException
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from kafka_bridge.topics import describe_topics, ensure_topics, project_topics
+from kafka_wire.config import ModelRoute
+from kafka_wire.producer import TRANSIENT_ERRORS
+from kafka_wire.topics import describe_topics, ensure_topics, project_topics
+from workers.models import ModelVersion
+
+
+def registered_routes() -> list[ModelRoute]:
+    return [version.route for version in ModelVersion.objects.select_related("model")]
 
 
 class Command(BaseCommand):
@@ -19,14 +26,15 @@ class Command(BaseCommand):
                 self.create()
             else:
                 self.describe()
-        except KafkaException as error:
+        except TRANSIENT_ERRORS as error:
             raise CommandError(
-                f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS} did not answer: {error.args[0]}"
+                f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS} did not answer: {error}"
             ) from None
 
     def create(self) -> None:
-        created = ensure_topics()
-        for name in project_topics():
+        routes = registered_routes()
+        created = ensure_topics(models=routes)
+        for name in project_topics(routes):
             state = "created" if name in created else "exists"
             self.stdout.write(
                 f"{name}: {state} (wanted {settings.KAFKA_TOPIC_PARTITIONS} partitions, "
@@ -34,7 +42,8 @@ class Command(BaseCommand):
             )
 
     def describe(self) -> None:
-        rows = describe_topics()
+        topics = project_topics(registered_routes())
+        rows = describe_topics(topics)
         header = ("topic", "partition", "end offset", "group", "committed", "lag")
         table = [header] + [
             (
@@ -52,7 +61,7 @@ class Command(BaseCommand):
             self.stdout.write(
                 "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
             )
-        missing = sorted(set(project_topics()) - {row.topic for row in rows})
+        missing = sorted(set(topics) - {row.topic for row in rows})
         if missing:
             raise CommandError(
                 f"missing topics: {', '.join(missing)}; run `manage.py kafka_topics create`"

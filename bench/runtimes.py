@@ -1,0 +1,98 @@
+"""Every runtime and precision side by side: model packages exported for this run (with
+their faithfulness figures), then each one's ceiling at batch 1 and at the workers' batch
+size, with its worker-like process's resident memory and start time."""
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+from django.core.management import CommandError, call_command
+
+from bench.ceiling import run_ceiling_probes
+from workers.package import FASTEST_FIRST
+from workers.runtimes import cpu_runs_bf16
+
+
+def export_packages(folder: Path, log) -> dict:
+    """precision -> {"path", "faithfulness", "passed"} or {"skipped": reason}.
+
+    The benchmark's ResNet50 has random weights and no real photos are at hand, so int8
+    calibrates on synthetic images and every package is written (--force) with its figures,
+    whether the gate would pass it or not ("passed" says).
+    """
+    packages = {}
+    for precision in FASTEST_FIRST:
+        if precision == "bf16" and not cpu_runs_bf16():
+            packages[precision] = {"skipped": "this CPU has no bf16 instructions"}
+            log("  bf16 SKIPPED: this CPU has no bf16 instructions")
+            continue
+        output = folder / precision
+        arguments = ["--output", str(output), "--precision", precision, "--weights", "random"]
+        arguments += ["--force"]
+        if precision == "int8":
+            arguments.append("--synthetic-calibration")
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                call_command("export_model", *arguments, stdout=io.StringIO())
+        except CommandError as error:
+            packages[precision] = {"skipped": str(error)}
+            log(f"  {precision} export failed: {error}")
+            continue
+        manifest = json.loads((output / "manifest.json").read_text())
+        figures = manifest["faithfulness"]
+        packages[precision] = {
+            "path": str(output),
+            "faithfulness": figures,
+            "passed": figures["top1_agreement"] >= figures["min_top1_agreement"],
+        }
+        log(f"  {precision}: {json.dumps(figures)}")
+    return packages
+
+
+def make_run_choice(packages: dict) -> str | None:
+    """The precision make run would serve: the fastest package that passes the gate."""
+    for precision in FASTEST_FIRST:
+        if packages.get(precision, {}).get("passed"):
+            return precision
+    return None
+
+
+def measure_runtimes(options, packages: dict, log_dir: Path, log) -> dict:
+    configurations = {"tensorflow fp32": ()}
+    for precision in FASTEST_FIRST[::-1]:
+        if "path" in packages.get(precision, {}):
+            configurations[f"openvino {precision}"] = (
+                "--model-package",
+                packages[precision]["path"],
+            )
+    figures = {}
+    for name, model_args in configurations.items():
+        tag = "-" + name.replace(" ", "-")
+        single = run_ceiling_probes(
+            1, 1, options.threads, options.ceiling_seconds, log_dir, model_args, tag
+        )
+        batched = run_ceiling_probes(
+            options.workers,
+            options.max_batch_size,
+            options.threads,
+            options.ceiling_seconds,
+            log_dir,
+            model_args,
+            tag,
+        )
+        figures[name] = {
+            "batch_1_images_per_s": single["images_per_s"],
+            "batch_1_ms": single["batch_ms_p50"],
+            "batch_size": options.max_batch_size,
+            "processes": options.workers,
+            "images_per_s": batched["images_per_s"],
+            "rss_mib": single["rss_mib"],
+            "start_s": single["start_s"],
+        }
+        log(f"  {name}: {json.dumps(figures[name])}")
+    base = figures["tensorflow fp32"]["images_per_s"]
+    for values in figures.values():
+        values["x_tensorflow_fp32"] = values["images_per_s"] / base
+    return figures

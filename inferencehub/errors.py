@@ -1,0 +1,117 @@
+"""The one shape of every error answer: JSON {"error": ...} for the API and the seed API,
+a branded page for the web pages.
+
+Django answers some errors itself (an unknown URL, a wrong method, a failed CSRF check,
+an exception), with its debug pages under DEBUG: ErrorPagesMiddleware and the handlers in
+inferencehub/urls.py turn those into ours, so no visitor sees a debug page or an empty 405.
+"""
+
+import logging
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
+
+log = logging.getLogger(__name__)
+
+# What a 503 tells the client to wait before trying again: outages of the database or
+# the task queue are expected to last seconds to minutes.
+RETRY_AFTER_SECONDS = "5"
+
+# The seed system's API paths (inferencehub/urls.py); they answer errors in JSON too.
+SEED_API_PATHS = ("/register", "/image", "/result")
+
+# Django's own error answers that are replaced by ours.
+REPLACED_STATUSES = {
+    400: "the request is malformed",
+    403: "you may not do this",
+    404: "there is nothing here",
+    405: "this method is not allowed here",
+    500: "the server failed; the error was logged",
+}
+TITLES = {400: "Bad request", 403: "Forbidden", 404: "Page not found", 405: "Not allowed"}
+
+
+def error_body(message: str, fields: dict | None = None) -> dict:
+    """{"error": "<what is wrong>"}, plus "fields" (errors per form field) for form errors."""
+    return {"error": message} if fields is None else {"error": message, "fields": fields}
+
+
+def error_response(message: str, status: int) -> JsonResponse:
+    response = JsonResponse(error_body(message), status=status)
+    if status == 503:
+        response["Retry-After"] = RETRY_AFTER_SECONDS
+    response.error_shape = True
+    return response
+
+
+def wants_json(request: HttpRequest) -> bool:
+    """Whether the request went to the API or the seed API rather than to a page."""
+    path = request.path_info
+    return path.startswith("/api/") or path.rstrip("/") in SEED_API_PATHS
+
+
+def error_answer(request: HttpRequest, status: int, message: str) -> HttpResponse:
+    """The error in the shape the request's part of the site answers in."""
+    if wants_json(request):
+        return error_response(message, status)
+    # A standalone template without the signed-in user: a 500 may come from the database
+    # being away, and the page must still render.
+    html = render_to_string(
+        "error.html",
+        {"status": status, "title": TITLES.get(status, "Server error"), "message": message},
+    )
+    response = HttpResponse(html, status=status)
+    response.error_shape = True
+    return response
+
+
+def _message(request: HttpRequest, status: int) -> str:
+    if status == 404:
+        return f"{REPLACED_STATUSES[404]}: {request.path}"
+    return REPLACED_STATUSES[status]
+
+
+def bad_request(request: HttpRequest, exception=None) -> HttpResponse:
+    return error_answer(request, 400, _message(request, 400))
+
+
+def permission_denied(request: HttpRequest, exception=None) -> HttpResponse:
+    return error_answer(request, 403, _message(request, 403))
+
+
+def not_found(request: HttpRequest, exception=None) -> HttpResponse:
+    return error_answer(request, 404, _message(request, 404))
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return error_answer(request, 500, _message(request, 500))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: a form posted without its token, e.g. from a page left open
+    across a sign-out."""
+    return error_answer(request, 403, f"the CSRF check failed ({reason}); reload the page")
+
+
+class ErrorPagesMiddleware:
+    """Replace Django's own error answers (debug pages, the empty 405 of require_POST) with
+    ours. Last in MIDDLEWARE, so the other middleware still sees and decorates the answer
+    (CommonMiddleware still redirects /jobs/<id> to /jobs/<id>/). Django has already logged
+    the exception behind a 500."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code not in REPLACED_STATUSES or getattr(response, "error_shape", False):
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response  # an answer of the API's own, already in its shape
+        message = _message(request, response.status_code)
+        if response.status_code == 405 and response.has_header("Allow"):
+            message = f"{request.method} is not allowed here; allowed: {response['Allow']}"
+        replacement = error_answer(request, response.status_code, message)
+        if response.has_header("Allow"):
+            replacement["Allow"] = response["Allow"]
+        return replacement

@@ -1,0 +1,70 @@
+"""`manage.py consume_results`: the result bridge. Runs kafka_bridge.results' handler over the
+results topic, its sinks wired to this app's Celery tasks."""
+
+import functools
+import logging
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from inferencehub import metrics
+from kafka_bridge.results import handle_results
+from kafka_wire.contract import InferenceResult
+from kafka_wire.producer import BatchProducer, new_producer
+from kafka_wire.runner import BatchConsumer, subscribed_consumer
+from kafka_wire.topics import ADMIN_TIMEOUT_S, KafkaRefused, KafkaUnreachable, check_reachable
+from predictions.tasks import fail_job, store_results
+
+log = logging.getLogger(__name__)
+
+
+def store(results: list[InferenceResult]) -> None:
+    """One store_results task per chunk: a batch of results is stored in one transaction."""
+    store_results.delay([result.to_dict() for result in results])
+
+
+def fail(job_id: str, reason: str) -> None:
+    fail_job.delay(job_id, reason)
+
+
+class Command(BaseCommand):
+    help = "Consume the results topic and hand each result to Celery for storage (the bridge)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--group-id", default=settings.KAFKA_BRIDGE_GROUP)
+        parser.add_argument("--max-batch-size", type=int, default=500)
+        # Short: waiting delays every result at light load, and under load the results of
+        # a whole inference batch arrive together anyway.
+        parser.add_argument("--max-batch-delay-ms", type=int, default=5)
+        metrics.add_metrics_port_argument(parser)
+
+    def handle(self, *args, group_id, max_batch_size, max_batch_delay_ms, **options):
+        # A refused login or an untrusted certificate stops the bridge here, naming the
+        # setting, rather than leaving librdkafka retrying in the log.
+        try:
+            check_reachable(ADMIN_TIMEOUT_S)
+        except KafkaRefused as error:
+            raise CommandError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {error}") from None
+        except KafkaUnreachable as error:
+            # A broker that is down may come back: the consumer waits for it.
+            log.warning("Kafka not reachable yet, waiting for it: %s", error)
+        consumer = subscribed_consumer(group_id, [settings.KAFKA_RESULTS_TOPIC])
+        log.info(
+            "result bridge consuming %s as group %s from %s (batches of up to %d, %d ms)",
+            settings.KAFKA_RESULTS_TOPIC,
+            group_id,
+            settings.KAFKA_BOOTSTRAP_SERVERS,
+            max_batch_size,
+            max_batch_delay_ms,
+        )
+        metrics.serve_metrics(options["metrics_port"])
+        handler = functools.partial(
+            handle_results, store=store, fail_job=fail, dead_letters=BatchProducer(new_producer())
+        )
+        BatchConsumer(
+            consumer,
+            handler,
+            max_batch_size=max_batch_size,
+            max_batch_delay_ms=max_batch_delay_ms,
+            name="result-bridge",
+        ).run()

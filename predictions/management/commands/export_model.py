@@ -1,0 +1,137 @@
+"""`manage.py export_model --output DIR --precision fp32|bf16|int8`: a gated model package."""
+
+import contextlib
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from workers.inference import PRECISIONS, ModelLoadError
+from workers.package import sha256_of
+
+
+def fraction(text: str) -> float:
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not 0 <= value <= 1:
+        raise ValueError(text)
+    return value
+
+
+class Command(BaseCommand):
+    help = (
+        "Export the model (built-in ResNet50 or a saved .keras classifier) as an OpenVINO "
+        "model package at fp32, bf16 or int8 (calibrated), checked against fp32 Keras on "
+        "held-out images; refuses a package whose top-1 agreement is under --min-top1."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--output", required=True, help="package folder to write")
+        parser.add_argument("--precision", choices=PRECISIONS, default="int8")
+        parser.add_argument("--name", default=settings.MODEL_NAME)
+        parser.add_argument("--weights", default=settings.MODEL_WEIGHTS)
+        parser.add_argument("--model-file", default=settings.MODEL_FILE)
+        parser.add_argument("--labels-file", default=settings.MODEL_LABELS_FILE)
+        parser.add_argument("--input-size", type=int, default=settings.MODEL_INPUT_SIZE)
+        images = parser.add_mutually_exclusive_group()
+        images.add_argument("--calibration-dir", help="calibration images (searched recursively)")
+        images.add_argument(
+            "--calibrate-from-uploads",
+            type=int,
+            metavar="N",
+            help="calibrate on the originals of the last N succeeded jobs",
+        )
+        images.add_argument(
+            "--synthetic-calibration",
+            action="store_true",
+            help="calibrate on generated gradient images (when no real images are at hand)",
+        )
+        parser.add_argument(
+            "--holdout-dir",
+            help="images for the faithfulness gate (default: every 4th calibration image)",
+        )
+        parser.add_argument(
+            "--min-top1",
+            type=fraction,
+            default=0.99,
+            help="least top-1 agreement with fp32 Keras, e.g. 0.99 or 99%% (default 99%%)",
+        )
+        parser.add_argument("--force", action="store_true", help="write even if the gate fails")
+
+    def handle(self, *args, **options):
+        from workers.export import ExportError, export_package, synthetic_images
+        from workers.serving import load_model
+
+        try:
+            # Keras reports downloads on stdout.
+            with contextlib.redirect_stdout(sys.stderr):
+                served = load_model(
+                    name=options["name"],
+                    weights=options["weights"],
+                    model_file=options["model_file"],
+                    labels_file=options["labels_file"],
+                    input_size=options["input_size"],
+                )
+            size = served.input_size
+            calibration = self.calibration_images(options, size)
+            if options["synthetic_calibration"]:
+                calibration = synthetic_images(size=size)
+            held_out = None
+            if options["holdout_dir"]:
+                held_out = self.folder_images(Path(options["holdout_dir"]), size)
+            if options["model_file"]:
+                source = {
+                    "model": served.name,
+                    "weights": served.weights,
+                    "model_file": str(Path(options["model_file"]).resolve()),
+                    "model_file_sha256": sha256_of(Path(options["model_file"])),
+                }
+            else:
+                source = {"model": served.name, "weights": served.weights}
+            manifest = export_package(
+                served=served,
+                output=Path(options["output"]),
+                precision=options["precision"],
+                source=source,
+                calibration=calibration,
+                held_out=held_out,
+                min_top1=options["min_top1"],
+                force=options["force"],
+                log=self.stdout.write,
+            )
+        except (ModelLoadError, ExportError) as error:
+            raise CommandError(str(error)) from None
+        self.stdout.write(
+            f"wrote {options['output']}: {manifest['name']} openvino {manifest['precision']}"
+        )
+
+    def calibration_images(self, options, size):
+        if options["calibration_dir"]:
+            return self.folder_images(Path(options["calibration_dir"]), size)
+        if options["calibrate_from_uploads"] is not None:
+            return self.upload_images(options["calibrate_from_uploads"], size)
+        return None
+
+    def folder_images(self, folder: Path, size: int):
+        from workers.export import image_files, load_image_files
+
+        return load_image_files(image_files(folder), size=size, name=str(folder))
+
+    def upload_images(self, count: int, size: int):
+        from inferencehub.images import prepare_for_model
+        from predictions.models import Job
+        from workers.export import ExportError, ImageSet
+
+        if count < 1:
+            raise ExportError("--calibrate-from-uploads needs a positive number of jobs")
+        jobs = Job.objects.filter(status=Job.Status.SUCCEEDED).order_by("-finished_at")[:count]
+        images = []
+        for job in jobs:
+            try:
+                with job.image.open("rb") as file:
+                    images.append(prepare_for_model(file, size=size))
+            except (OSError, ValueError) as error:
+                self.stderr.write(f"skipped job {job.pk}: its original is unreadable ({error})")
+        if not images:
+            raise ExportError("no succeeded job with a readable original to calibrate on")
+        return ImageSet(f"originals of the last {len(images)} succeeded jobs", images)

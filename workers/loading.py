@@ -1,0 +1,73 @@
+"""Which model a worker (or `manage.py predict`) serves: a model package, or a Keras model
+run by TensorFlow or converted to OpenVINO at start.
+
+A package is loaded without importing TensorFlow: workers.serving and workers.export, which
+import it, are imported only when a Keras model is needed.
+"""
+
+import logging
+import time
+
+import numpy as np
+
+from workers.inference import ModelLoadError, ServedModel, check_runtime_precision
+
+logger = logging.getLogger(__name__)
+
+
+def load_served(
+    *,
+    package: str = "",
+    runtime: str = "tensorflow",
+    precision: str = "fp32",
+    name: str = "resnet50",
+    weights: str = "random",
+    model_file: str = "",
+    labels_file: str = "",
+    input_size: int = 224,
+    threads: int | None = None,
+    bf16_fallback: bool = False,
+) -> ServedModel:
+    """Load and warm up the model to serve; ModelLoadError with advice when that fails."""
+    if package:
+        from workers.package import load_package
+
+        served = load_package(package, threads=threads, bf16_fallback=bf16_fallback)
+        warm_up(served)
+        return served
+    check_runtime_precision(runtime, precision)
+    from workers.serving import load_model
+
+    served = load_model(
+        name=name,
+        weights=weights,
+        model_file=model_file,
+        labels_file=labels_file,
+        input_size=input_size,
+        threads=threads,
+    )
+    if runtime == "tensorflow":
+        return served
+    from workers.export import ExportError, convert_at_start
+
+    started = time.monotonic()
+    try:
+        converted = convert_at_start(
+            served, precision, threads=threads, bf16_fallback=bf16_fallback
+        )
+    except ExportError as error:
+        raise ModelLoadError(str(error)) from error
+    warm_up(converted)
+    logger.info(
+        "converted %s to openvino %s in %.2f s",
+        served.name,
+        converted.precision,
+        time.monotonic() - started,
+    )
+    return converted
+
+
+def warm_up(served: ServedModel) -> None:
+    for batch_size in (1, 2):
+        zeros = np.zeros((batch_size, served.input_size, served.input_size, 3), np.uint8)
+        served.predict(zeros, [1] * batch_size)

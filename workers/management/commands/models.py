@@ -1,0 +1,146 @@
+"""`manage.py models register|list|enable|disable|set-default`: the model registry."""
+
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from workers import services
+from workers.inference import PRECISIONS, RUNTIMES, ModelLoadError, read_labels
+from workers.models import ModelVersion
+from workers.selectors import UnknownModel, parse_reference
+
+# The built-in ResNet50's input and classes (ImageNet).
+RESNET50_INPUT_SIZE = 224
+IMAGENET_CLASSES = 1000
+
+
+class Command(BaseCommand):
+    help = "Register model versions, list them, enable or disable them, set the default model."
+
+    def add_arguments(self, parser):
+        actions = parser.add_subparsers(dest="action", required=True)
+        register = actions.add_parser(
+            "register", help="add the next version of NAME", description=REGISTER_HELP
+        )
+        register.add_argument("name")
+        source = register.add_mutually_exclusive_group(required=True)
+        source.add_argument("--package", help="a model package folder (manage.py export_model)")
+        source.add_argument("--builtin", choices=["resnet50"], help="the built-in ResNet50")
+        source.add_argument("--keras", help="a saved .keras classifier (needs --labels)")
+        register.add_argument("--labels", default="", help="for --keras: one class per line")
+        register.add_argument(
+            "--input-size", type=int, default=RESNET50_INPUT_SIZE, help="for --keras"
+        )
+        register.add_argument(
+            "--weights", default="imagenet", help="for --builtin: imagenet, random or a file"
+        )
+        register.add_argument("--runtime", choices=RUNTIMES, default="tensorflow")
+        register.add_argument("--precision", choices=PRECISIONS, default="fp32")
+        actions.add_parser("list", help="every version, newest first per model")
+        for action in ("enable", "disable"):
+            toggle = actions.add_parser(action, help=f"{action} NAME (every version) or NAME:N")
+            toggle.add_argument("reference", metavar="NAME[:VERSION]")
+        default = actions.add_parser("set-default", help="uploads naming no model go to NAME")
+        default.add_argument("name")
+
+    def handle(self, *args, action: str, **options):
+        try:
+            if action == "register":
+                self.register(options)
+            elif action == "list":
+                self.list()
+            elif action in ("enable", "disable"):
+                name, version = parse_reference(options["reference"])
+                changed = services.set_enabled(
+                    name=name, version=version, enabled=action == "enable"
+                )
+                self.stdout.write(f"{options['reference']}: {action}d ({changed} changed)")
+            else:
+                services.set_default(name=options["name"])
+                self.stdout.write(f"{options['name']} is the default model")
+        except (UnknownModel, ModelLoadError, ValueError) as error:
+            raise CommandError(str(error)) from None
+
+    def register(self, options: dict) -> None:
+        name = options["name"]
+        if options["package"]:
+            from workers.package import LABELS, read_manifest
+
+            folder = Path(options["package"]).resolve()
+            manifest = read_manifest(folder)
+            fields = dict(
+                source=ModelVersion.Source.PACKAGE,
+                path=str(folder),
+                runtime="openvino",
+                precision=manifest["precision"],
+                input_size=int(manifest["input_size"]),
+                classes=len(read_labels(folder / LABELS)),
+            )
+        elif options["keras"]:
+            if not options["labels"]:
+                raise CommandError("--keras needs --labels, a file with one class per line")
+            model_file = Path(options["keras"]).resolve()
+            if not model_file.is_file():
+                raise CommandError(f"no such file: {model_file}")
+            labels = Path(options["labels"]).resolve()
+            fields = dict(
+                source=ModelVersion.Source.KERAS,
+                path=str(model_file),
+                labels_file=str(labels),
+                runtime=options["runtime"],
+                precision=options["precision"],
+                input_size=options["input_size"],
+                classes=len(read_labels(labels)),
+            )
+        else:
+            fields = dict(
+                source=ModelVersion.Source.BUILTIN,
+                weights=options["weights"],
+                runtime=options["runtime"],
+                precision=options["precision"],
+                input_size=RESNET50_INPUT_SIZE,
+                classes=IMAGENET_CLASSES,
+            )
+        try:
+            version = services.register_version(name=name, **fields)
+        except ValidationError as error:
+            raise CommandError(f"model name {name!r}: {' '.join(error.messages)}") from None
+        route = version.route
+        self.stdout.write(
+            f"registered {version} ({version.get_source_display()}, {version.runtime} "
+            f"{version.precision}, input {version.input_size}, {version.classes} classes); "
+            f"topic {route.requests_topic}, group {route.worker_group}"
+        )
+
+    def list(self) -> None:
+        header = ("model", "default", "enabled", "source", "runtime", "input", "classes", "topic")
+        rows = [header]
+        for version in ModelVersion.objects.select_related("model"):
+            rows.append(
+                (
+                    str(version),
+                    "yes" if version.model.is_default else "",
+                    "yes" if version.enabled else "no",
+                    version.source,
+                    f"{version.runtime} {version.precision}",
+                    str(version.input_size),
+                    str(version.classes),
+                    version.route.requests_topic,
+                )
+            )
+        if len(rows) == 1:
+            self.stdout.write("no models registered: manage.py models register NAME ...")
+            return
+        widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+        for row in rows:
+            self.stdout.write(
+                "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            )
+
+
+REGISTER_HELP = (
+    "Add version N+1 of NAME from a model package (--package), the built-in ResNet50 "
+    "(--builtin resnet50 --weights ...) or a .keras file with labels (--keras --labels "
+    "--input-size). The first model registered becomes the default."
+)

@@ -1,0 +1,89 @@
+"""Reads of the model registry: which version serves an upload, what is available, and
+how each version is served (its live workers and lag, read from Kafka)."""
+
+import logging
+
+from kafka_wire.producer import TRANSIENT_ERRORS
+from kafka_wire.topics import GroupState, group_states
+from workers.models import ModelVersion, RegisteredModel
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownModel(ValueError):
+    """No enabled registered version matches; the message names the ones available."""
+
+
+def available() -> str:
+    """The enabled versions, as an error message lists them: "a:1, a:2, b:1" or "none"."""
+    versions = ModelVersion.objects.filter(enabled=True).select_related("model")
+    return ", ".join(str(version) for version in versions.order_by("model__name", "version"))
+
+
+def parse_reference(reference: str) -> tuple[str, int | None]:
+    """ "NAME" or "NAME:VERSION" as (name, version or None); ValueError if malformed."""
+    name, _, version = reference.partition(":")
+    if not version:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise ValueError(f"{reference!r}: the version must be a number from 1, as in {name}:2")
+    return name, int(version)
+
+
+def default_model() -> RegisteredModel | None:
+    return RegisteredModel.objects.filter(is_default=True).first()
+
+
+def find_version(name: str, version: int | None = None) -> ModelVersion | None:
+    """The version (the latest when None), enabled or not; None if there is none."""
+    versions = ModelVersion.objects.filter(model__name=name).select_related("model")
+    if version is not None:
+        return versions.filter(version=version).first()
+    return versions.order_by("-version").first()
+
+
+def servable_version(name: str | None, version: int | None) -> ModelVersion | None:
+    """The enabled version an upload goes to: the named model (or the default one), at the
+    given version or its latest enabled one.
+
+    None when neither a model nor a default is registered: the upload takes the unregistered
+    path (the requests topic every `run_worker` without --model reads). Raises UnknownModel
+    naming the enabled versions when the model or version is unknown or disabled.
+    """
+    if name is None:
+        default = default_model()
+        if default is None:
+            if version is not None:
+                raise UnknownModel("model_version needs a model; no default model is set")
+            return None
+        name = default.name
+    enabled = ModelVersion.objects.filter(model__name=name, enabled=True).select_related("model")
+    if version is None:
+        chosen = enabled.order_by("-version").first()
+        wanted = f"model {name!r}"
+    else:
+        chosen = enabled.filter(version=version).first()
+        wanted = f"model {name!r} version {version}"
+    if chosen is None:
+        known = find_version(name, version)
+        state = "is disabled" if known is not None else "is not registered"
+        if known is not None and version is None:
+            state = "has no enabled version"
+        raise UnknownModel(f"{wanted} {state}; available: {available() or 'none'}")
+    return chosen
+
+
+def serving_states(versions: list[ModelVersion]) -> dict[int, GroupState] | None:
+    """Each version's live workers and lag by its primary key, as its consumer group and
+    topic stand in Kafka now; None when Kafka does not answer."""
+    try:
+        states = group_states([version.route for version in versions])
+    except TRANSIENT_ERRORS as error:
+        logger.warning("could not read the model groups from Kafka: %s", error)
+        return None
+    return {version.pk: states[version.route] for version in versions}
+
+
+def is_ready(version: ModelVersion, states: dict[int, GroupState] | None) -> bool:
+    """Enabled, with at least one live worker in its consumer group."""
+    return version.enabled and states is not None and states[version.pk].members > 0

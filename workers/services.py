@@ -1,0 +1,69 @@
+"""Every write to the model registry: the `models` command and the admin's actions call these."""
+
+from django.db import transaction
+from django.db.models import Max
+
+from workers.models import ModelVersion, RegisteredModel
+from workers.selectors import UnknownModel, find_version
+
+
+@transaction.atomic
+def register_version(
+    *,
+    name: str,
+    source: str,
+    input_size: int,
+    classes: int,
+    path: str = "",
+    labels_file: str = "",
+    weights: str = "",
+    runtime: str = "tensorflow",
+    precision: str = "fp32",
+) -> ModelVersion:
+    """Add the next version of name (1 for a new model), enabled. The first model registered
+    becomes the default, so that uploads naming no model have one to go to."""
+    model, created = RegisteredModel.objects.get_or_create(name=name)
+    if created:
+        model.full_clean()
+        if not RegisteredModel.objects.filter(is_default=True).exists():
+            model.is_default = True
+            model.save(update_fields=["is_default"])
+    # Locks the model's row, so two registrations cannot take the same number.
+    RegisteredModel.objects.select_for_update().get(pk=model.pk)
+    last = model.versions.aggregate(last=Max("version"))["last"] or 0
+    return ModelVersion.objects.create(
+        model=model,
+        version=last + 1,
+        source=source,
+        path=path,
+        labels_file=labels_file,
+        weights=weights,
+        runtime=runtime,
+        precision=precision,
+        input_size=input_size,
+        classes=classes,
+    )
+
+
+@transaction.atomic
+def set_enabled(*, name: str, version: int | None, enabled: bool) -> int:
+    """Enable or disable one version, or every version of name when version is None;
+    returns how many changed state. Raises UnknownModel for an unknown model or version."""
+    if find_version(name, version) is None:
+        what = name if version is None else f"{name}:{version}"
+        raise UnknownModel(f"no registered model {what}")
+    versions = ModelVersion.objects.filter(model__name=name)
+    if version is not None:
+        versions = versions.filter(version=version)
+    return versions.exclude(enabled=enabled).update(enabled=enabled)
+
+
+@transaction.atomic
+def set_default(*, name: str) -> RegisteredModel:
+    model = RegisteredModel.objects.select_for_update().filter(name=name).first()
+    if model is None:
+        raise UnknownModel(f"no registered model {name}")
+    RegisteredModel.objects.exclude(pk=model.pk).filter(is_default=True).update(is_default=False)
+    model.is_default = True
+    model.save(update_fields=["is_default"])
+    return model
