@@ -180,8 +180,16 @@ COORDINATOR_NOT_READY = {
 }
 
 
-def committed_offsets(consumer: Consumer, partitions: list[TopicPartition]) -> list:
-    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+# How long a young cluster may take to elect a group's coordinator: on a loaded machine,
+# well past one admin request's timeout.
+COORDINATOR_WAIT_S = 120.0
+
+
+def committed_offsets(
+    consumer: Consumer, partitions: list[TopicPartition], wait_s: float = ADMIN_TIMEOUT_S
+) -> list:
+    """The group's committed offsets, waiting up to wait_s for its coordinator."""
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             return consumer.committed(partitions, timeout=ADMIN_TIMEOUT_S)
@@ -189,6 +197,19 @@ def committed_offsets(consumer: Consumer, partitions: list[TopicPartition]) -> l
             if error.args[0].code() not in COORDINATOR_NOT_READY or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def wait_for_group_coordinators(wait_s: float = COORDINATOR_WAIT_S) -> None:
+    """Return once the project's consumer groups have a coordinator (a new cluster creates
+    __consumer_offsets on the first request); raise KafkaException after wait_s."""
+    for topic, group in project_topics().items():
+        if group is None:
+            continue
+        consumer = Consumer(consumer_config(group))
+        try:
+            committed_offsets(consumer, [TopicPartition(topic, 0)], wait_s)
+        finally:
+            consumer.close()
 
 
 @dataclass(frozen=True)

@@ -154,9 +154,10 @@ def start_data_services() -> None:
 
 @pytest.fixture(scope="session")
 def kafka_topics(django_db_blocker):
-    from kafka_wire.topics import ensure_topics
+    from kafka_wire.topics import ensure_topics, wait_for_group_coordinators
 
     ensure_topics()
+    wait_for_group_coordinators()
     return settings.KAFKA_REQUESTS_TOPIC, settings.KAFKA_RESULTS_TOPIC
 
 

@@ -44,7 +44,12 @@ def secure_kafka() -> dict[str, str]:
     )
     assert started.returncode == 0, started.stdout + started.stderr
     lines = (SECURE_STACK_DIR / "client.env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    # The broker's first TLS handshakes run cold (JIT): warm it up, so the tests' short
+    # timeouts (/readyz's 2 s) measure refusals, not a cold start.
+    with as_settings(env):
+        check_reachable(60.0)
+    return env
 
 
 def as_settings(env: dict[str, str]) -> override_settings:

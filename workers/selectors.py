@@ -2,6 +2,7 @@
 how each version is served (its live workers and lag, read from Kafka)."""
 
 import logging
+import time
 
 from kafka_wire.producer import TRANSIENT_ERRORS
 from kafka_wire.topics import GroupState, group_states
@@ -73,14 +74,26 @@ def servable_version(name: str | None, version: int | None) -> ModelVersion | No
     return chosen
 
 
-def serving_states(versions: list[ModelVersion]) -> dict[int, GroupState] | None:
+# An upload's answer may say "ready" from a reading this old: reading the groups from Kafka
+# on every upload would cost more than the rest of the upload.
+UPLOAD_STATE_MAX_AGE_S = 5.0
+_readings: dict[frozenset, tuple[float, dict]] = {}
+
+
+def serving_states(
+    versions: list[ModelVersion], *, max_age_s: float = 0.0
+) -> dict[int, GroupState] | None:
     """Each version's live workers and lag by its primary key, as its consumer group and
-    topic stand in Kafka now; None when Kafka does not answer."""
-    try:
-        states = group_states([version.route for version in versions])
-    except TRANSIENT_ERRORS as error:
-        logger.warning("could not read the model groups from Kafka: %s", error)
-        return None
+    topic stand in Kafka (read at most max_age_s ago); None when Kafka does not answer."""
+    routes = frozenset(version.route for version in versions)
+    taken, states = _readings.get(routes, (0.0, {}))
+    if time.monotonic() - taken > max_age_s:
+        try:
+            states = group_states(list(routes))
+        except (*TRANSIENT_ERRORS, TimeoutError) as error:
+            logger.warning("could not read the model groups from Kafka: %s", error)
+            return None
+        _readings[routes] = (time.monotonic(), states)
     return {version.pk: states[version.route] for version in versions}
 
 
