@@ -175,6 +175,33 @@ def runtime_lines(data: dict) -> list[str]:
     return lines
 
 
+def decoding_lines(data: dict) -> list[str]:
+    decoding = data.get("decoding") or {}
+    if not decoding:
+        return []
+    groups = decoding["groups"]
+    lines = [
+        "",
+        f"Decoding: CPU ms per image to the {decoding['size']}x{decoding['size']} model input; "
+        "in brackets the largest / mean absolute pixel difference from the full decode:",
+        "",
+        "| path | " + " | ".join(groups) + " |",
+        "| --- |" + " --- |" * len(groups),
+    ]
+    for path in next(iter(groups.values())):
+        cells = []
+        for figures in groups.values():
+            f = figures[path]
+            cells.append(
+                f"skipped: {f['skipped']}"
+                if "skipped" in f
+                else f"{f['cpu_ms']:.2f} ({f['max_abs_difference']} / "
+                f"{f['mean_abs_difference']:.2f})"
+            )
+        lines.append(f"| {path} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(data: dict) -> str:
     machine = data["machine"]
     lines = [
@@ -215,6 +242,7 @@ def markdown(data: dict) -> str:
     for name, reason in data["skipped"].items():
         lines.append(f"| {name}: SKIPPED, {reason} | | | | | | | |")
     lines += runtime_lines(data)
+    lines += decoding_lines(data)
     lines += ["", "| target | measured | required | met |", "| --- | --- | --- | --- |"]
     for target, measured, required, met in targets(data):
         verdict = "not measured" if met is None else ("yes" if met else "**no**")

@@ -29,6 +29,7 @@ from django.db import connection
 from django.test.utils import override_settings
 
 from bench.ceiling import run_ceiling_probes
+from bench.decode import measure_decoding
 from bench.images import make_images
 from bench.runtimes import export_packages, make_run_choice, measure_runtimes
 from inferencehub.processes import (
@@ -77,6 +78,7 @@ class Options:
         "pipeline-multi-package",
         "ray",
         "ray-package",
+        "decode",
     )
     out_dir: Path = REPO / "bench-results"
     # The model package make run would serve, exported by the run (bench/runtimes.py).
@@ -130,6 +132,7 @@ class Results:
     runtimes: dict = field(default_factory=dict)
     runs: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
+    decoding: dict = field(default_factory=dict)
 
 
 def run_benchmark(options: Options, log=print) -> Path:
@@ -185,6 +188,9 @@ def run_benchmark(options: Options, log=print) -> Path:
             log("Ray Serve peer with make run's model package ...")
             results.runs["ray-package"] = run_ray(options, images, out, options.package)
             log(f"  {summary_line(results.runs['ray-package'])}")
+    if "decode" in options.parts:
+        log("decoding: every decode path side by side ...")
+        results.decoding = measure_decoding(settings.MODEL_INPUT_SIZE, log)
     results.machine["load_after"] = load_average()
     write_report(results, out)
     shutil.rmtree(settings.MEDIA_ROOT, ignore_errors=True)

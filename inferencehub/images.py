@@ -2,10 +2,11 @@
 
 import io
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
@@ -90,26 +91,72 @@ def _check_jpeg_ends(file: BinaryIO, *, scan_start: int) -> None:
 def prepare_for_model(file: BinaryIO, *, size: int) -> np.ndarray:
     """Return the image as a (size, size, 3) uint8 RGB array, as ResNet50 expects it.
 
-    Applies EXIF orientation, flattens transparency onto white, resizes the shorter side
-    to `size` and crops the centre.
+    Applies EXIF orientation, flattens transparency onto white and takes the centre square,
+    resampled to size x size. A JPEG is decoded at a reduced DCT scale: the fastest path
+    measured, within a stated bound of a full-size decode (docs/performance.md, "Decoding").
     """
     with Image.open(file, formats=ACCEPTED_FORMATS) as image:
+        original = image.size
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         if image.format == "JPEG":
-            # Decode at the smallest DCT scale that still leaves >= size pixels per side.
+            # libjpeg-turbo decodes at the smallest DCT scale (1/2, 1/4, 1/8) that leaves
+            # at least size pixels per side.
             image.draft("RGB", (size, size))
-        image = ImageOps.exif_transpose(image)
-        image = _flatten_onto_white(image)
-        width, height = image.size
-        scale = size / min(width, height)
-        resized = (max(size, round(width * scale)), max(size, round(height * scale)))
-        image = image.resize(resized, Image.Resampling.BILINEAR, reducing_gap=3.0)
-        left = (resized[0] - size) // 2
-        top = (resized[1] - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-        return np.asarray(image, dtype=np.uint8)
+        decoded = _flatten_onto_white(image)
+        return model_input(decoded, original=original, size=size, orientation=orientation)
+
+
+# Pillow first shrinks by an integer factor (box filter) while the remaining scale stays
+# above this, then resamples: the speed of reduce() with a result close to a plain resize.
+REDUCING_GAP = 3.0
+
+
+def model_input(
+    decoded: Image.Image,
+    *,
+    original: tuple[int, int],
+    size: int,
+    orientation: int = 1,
+    reducing_gap: float | None = REDUCING_GAP,
+) -> np.ndarray:
+    """The centre square of an image of `original` size, resampled bilinearly to size x
+    size from `decoded`: that image in RGB at full size or at n/8 of it (JPEG DCT
+    scaling), still in its stored orientation; then turned as EXIF `orientation` says.
+
+    The square is taken in the stored orientation, and the small result turned: the centre
+    square of a turned image is the turned centre square.
+    """
+    width, height = original
+    # A DCT-scaled decode is ceil(width * n / 8) wide, so this recovers n exactly.
+    scale = Fraction(8 * decoded.width // width, 8)
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    box = (left * scale, top * scale, (left + side) * scale, (top + side) * scale)
+    square = decoded.resize(
+        (size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=reducing_gap
+    )
+    method = EXIF_ORIENTATION_TRANSPOSE.get(orientation)
+    if method is not None:
+        square = square.transpose(method)
+    return np.asarray(square, dtype=np.uint8)
+
+
+# EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+EXIF_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _flatten_onto_white(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I;16"):
+        # convert() clips 16-bit values at 255, a white image: keep each value's high byte.
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

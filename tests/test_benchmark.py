@@ -66,6 +66,8 @@ def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
     else:
         assert "not installed" in results["skipped"]["ray"]
         assert "SKIPPED" in completed.stdout
+    decoding = results["decoding"]["groups"]["JPEG 12 MP"]
+    assert decoding["in use: prepare_for_model"]["cpu_ms"] > 0
     table = (out / "results.md").read_text()
     for text in ("ceiling", "seed-style baseline", "plumbing ceiling", "| target |", "Runtimes"):
         assert text in table

@@ -12,13 +12,13 @@ from django.core.management.base import BaseCommand, CommandError
 from bench.run import CONFIGS, Options
 
 BENCH_SETTINGS = "inferencehub.bench_settings"
-PARTS = ("ceiling", "runtimes", *CONFIGS, "ray", "ray-package")
+PARTS = ("ceiling", "runtimes", *CONFIGS, "ray", "ray-package", "decode")
 
 
 class Command(BaseCommand):
     help = (
         "Benchmark the pipeline (ceiling, saturation, latency, seed-style baseline, "
-        "plumbing ceiling, Ray Serve peer); writes bench-results/<timestamp>/."
+        "plumbing ceiling, Ray Serve peer, decoding paths); writes bench-results/<timestamp>/."
     )
 
     def add_arguments(self, parser):
