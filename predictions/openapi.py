@@ -97,6 +97,16 @@ SEED_API_PATHS = {
             "summary": "Upload one image as item `seq` of a batch; answers 200 with an empty body.",
             "tags": ["seed-compatible"],
             "security": [{}],
+            # The REST API's header, scoped to the batch for a caller without credentials.
+            "parameters": [
+                {
+                    "name": IDEMPOTENCY_KEY.name,
+                    "in": "header",
+                    "required": False,
+                    "description": IDEMPOTENCY_KEY.description,
+                    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
+                }
+            ],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -115,10 +125,14 @@ SEED_API_PATHS = {
                 },
             },
             "responses": {
-                "200": {"description": "Stored and queued; the body is empty."},
+                "200": {
+                    "description": "Stored and queued, or sent before with this "
+                    "Idempotency-Key; the body is empty."
+                },
                 "400": _error("A bad field or image, or an unknown uuid."),
                 "409": _error("The seq is already used in the batch."),
                 "413": _error("The image is over UPLOAD_MAX_BYTES."),
+                "422": _error("The Idempotency-Key was used for another upload."),
             },
         }
     },

@@ -71,12 +71,15 @@ def image(request):
     _require_enabled()
     raw = request.POST.get("uuid")
     try:
-        services.upload_images(
+        upload = services.upload_images(
             uploader=_user(request),
             files=[request.FILES["payload"]] if "payload" in request.FILES else [],
             top_k=_int_field(request.POST, "topk"),
             batch_id=_batch_id(raw),
             seq=_int_field(request.POST, "seq"),
+            # As the REST API's: an image sent again after a lost answer makes no second
+            # job. Anonymous callers may send one too: their key belongs to the batch.
+            upload_key=request.headers.get("Idempotency-Key"),
         )
     except services.UnknownBatch:
         return error_response(_not_usable(raw), 400)
@@ -86,7 +89,10 @@ def image(request):
         return error_response(str(exc), 400)
     except APIException as exc:
         return error_response(str(exc.detail), exc.status_code)
-    return HttpResponse(status=200)
+    response = HttpResponse(status=200)
+    if upload.replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
 
 
 # csrf_exempt: it only reads, and a POST should hear that /result takes GET, not that a

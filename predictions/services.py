@@ -41,6 +41,12 @@ MAX_SEQ = 2**32 - 1
 
 # An Idempotency-Key: what clients send (UUIDs, hashes) and what fits the column.
 UPLOAD_KEY = re.compile(r"[\x21-\x7e]{1,100}")
+ANONYMOUS_KEY_REFUSED = (
+    "an Idempotency-Key is only accepted from a signed-in user, or for an upload to a batch"
+)
+KEY_TAKEN_MEANWHILE = (
+    "another upload with this Idempotency-Key was accepted meanwhile; send it again to get its jobs"
+)
 
 
 class UploadError(ValueError):
@@ -86,8 +92,8 @@ def upload_images(
     if upload_key is not None:
         if not UPLOAD_KEY.fullmatch(upload_key):
             raise UploadError("Idempotency-Key must be 1 to 100 printable ASCII characters")
-        if owner is None:
-            raise UploadError("an Idempotency-Key is only accepted from a signed-in user")
+        if owner is None and batch_id is None:
+            raise UploadError(ANONYMOUS_KEY_REFUSED)
         fingerprints = _upload_fingerprints(
             files,
             top_k=top_k,
@@ -95,7 +101,7 @@ def upload_images(
             seq=seq,
             model=_model_reference(model, model_version),
         )
-        if earlier := jobs_of_upload(owner=owner, upload_key=upload_key):
+        if earlier := jobs_of_upload(owner=owner, upload_key=upload_key, batch_id=batch_id):
             if mismatch := _upload_mismatch(earlier, fingerprints, files):
                 # 422, as the IETF Idempotency-Key draft says: answering with the first
                 # upload's jobs would hand the client another image's result.
@@ -228,12 +234,13 @@ def create_jobs(
 
     With a batch, the images take the sequence numbers seq, seq+1, ... (seq defaults to
     the batch's next free number). upload_key is the client's Idempotency-Key: an owner's
-    second upload with the same key is refused with 409 (upload_images answers a resent
-    upload before calling this). Callers hold the batch already: uploads from outside go
-    through upload_images, which decides who may use which batch.
+    (anonymously, a batch's) second upload with the same key is refused with 409
+    (upload_images answers a resent upload before calling this). Callers hold the batch
+    already: uploads from outside go through upload_images, which decides who may use which
+    batch.
     """
-    if upload_key is not None and owner is None:
-        raise UploadError("an Idempotency-Key is only accepted from a signed-in user")
+    if upload_key is not None and owner is None and batch is None:
+        raise UploadError(ANONYMOUS_KEY_REFUSED)
     if not uploads:
         raise UploadError("no image was uploaded")
     if not TOP_K_MIN <= top_k <= TOP_K_MAX:
@@ -256,6 +263,13 @@ def create_jobs(
                     last = batch.jobs.order_by("-seq").values_list("seq", flat=True).first()
                     seq = 0 if last is None else last + 1
                 seqs = list(range(seq, seq + len(checked)))
+                # No unique index holds an anonymous key (owner NULL): the batch's lock does.
+                if (
+                    owner is None
+                    and upload_key
+                    and batch.jobs.filter(upload_key=upload_key).exists()
+                ):
+                    raise UploadError(KEY_TAKEN_MEANWHILE, status=409)
                 taken = set(batch.jobs.filter(seq__in=seqs).values_list("seq", flat=True))
                 if taken:
                     raise UploadError(
@@ -290,12 +304,10 @@ def create_jobs(
             transaction.on_commit(lambda: _enqueue_or_withdraw(jobs))
     except IntegrityError:
         _delete_images(jobs)
-        if upload_key is not None and jobs_of_upload(owner=owner, upload_key=upload_key):
-            raise UploadError(
-                "another upload with this Idempotency-Key was accepted meanwhile; "
-                "send it again to get its jobs",
-                status=409,
-            ) from None
+        if upload_key is not None and jobs_of_upload(
+            owner=owner, upload_key=upload_key, batch_id=None if batch is None else batch.pk
+        ):
+            raise UploadError(KEY_TAKEN_MEANWHILE, status=409) from None
         raise UploadError("seq already used in this batch", status=409) from None
     except BaseException:
         _delete_images(jobs)
@@ -303,9 +315,15 @@ def create_jobs(
     return jobs
 
 
-def jobs_of_upload(*, owner: AbstractBaseUser, upload_key: str) -> list[Job]:
-    """The jobs an earlier upload with this Idempotency-Key created, in upload order."""
-    return list(Job.objects.filter(owner=owner, upload_key=upload_key).order_by("upload_index"))
+def jobs_of_upload(
+    *, owner: AbstractBaseUser | None, upload_key: str, batch_id: uuid.UUID | None = None
+) -> list[Job]:
+    """The jobs an earlier upload with this Idempotency-Key created, in upload order. A
+    user's keys are theirs; an anonymous key is its batch's, whose id is the capability."""
+    jobs = Job.objects.filter(owner=owner, upload_key=upload_key)
+    if owner is None:
+        jobs = jobs.filter(batch_id=batch_id)
+    return list(jobs.order_by("upload_index"))
 
 
 def _delete_images(jobs: list[Job]) -> None:

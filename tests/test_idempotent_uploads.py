@@ -140,7 +140,10 @@ def test_an_anonymous_upload_with_a_key_is_refused(settings):
     settings.ALLOW_ANONYMOUS_UPLOADS = True
     response = upload(APIClient(), FOX, key="k")
     assert response.status_code == 400
-    assert "only accepted from a signed-in user" in response.json()["error"]
+    assert (
+        "only accepted from a signed-in user, or for an upload to a batch"
+        in (response.json()["error"])
+    )
     assert not Job.objects.exists()
 
 
@@ -236,3 +239,111 @@ def test_the_client_resends_an_upload_whose_answer_was_lost_without_a_second_job
         proxy.close()
     assert proxy.connections == 2
     assert str(Job.objects.get().pk) == job["id"]
+
+
+# --- The seed API's /image and anonymous uploads to a batch ----------------------------
+
+
+def seed_image(client, batch_id: str, *, key: str, seq: int = 0, image: bytes = FOX):
+    return client.post(
+        "/image",
+        {"uuid": batch_id, "seq": seq, "topk": 3, "payload": SimpleUploadedFile("fox", image)},
+        format="multipart",
+        headers={"Idempotency-Key": key},
+    )
+
+
+def test_a_seed_image_sent_again_with_its_key_makes_one_job():
+    seed = APIClient()  # the seed's clients hold no credentials: the uuid is the capability
+    batch = seed.post("/register").json()["uuid"]
+    first = seed_image(seed, batch, key="k")
+    files = stored_files()
+    again = seed_image(seed, batch, key="k")
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert (first.content, again.content) == (b"", b"")
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert Job.objects.get().seq == 0
+    assert stored_files() == files
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"seq": 1}, "seq 0 then; this upload has seq 1"),
+        ({"image": BOLETE}, "image 1 (fox) differs from the one sent then"),
+    ],
+)
+def test_a_seed_key_sent_again_with_another_image_or_seq_is_refused(change, error):
+    seed = APIClient()
+    batch = seed.post("/register").json()["uuid"]
+    seed_image(seed, batch, key="k")
+    response = seed_image(seed, batch, key="k", **change)
+    assert response.status_code == 422
+    assert response.json()["error"] == f"Idempotency-Key k was used for another upload: {error}"
+    assert Job.objects.count() == 1
+
+
+def test_an_anonymous_key_belongs_to_its_batch():
+    """The same key in another batch is another upload, and says nothing of the first."""
+    seed = APIClient()
+    batches = [seed.post("/register").json()["uuid"] for _ in range(2)]
+    assert [seed_image(seed, batch, key="k").status_code for batch in batches] == [200, 200]
+    assert Job.objects.filter(upload_key="k").count() == 2
+
+
+def test_an_anonymous_page_upload_to_its_batch_sent_again_makes_one_job(settings):
+    settings.ALLOW_ANONYMOUS_UPLOADS = True
+    anonymous = APIClient()
+    batch = anonymous.post("/api/batches/").json()["id"]
+    first = upload(anonymous, FOX, key="page-key", batch=batch)
+    again = upload(anonymous, FOX, key="page-key", batch=batch)
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json() == first.json()
+    assert Job.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_seed_image_whose_answer_was_lost_is_resent_without_a_second_job(live_server):
+    address = urlsplit(live_server.url)
+    proxy = AnswerDroppingProxy((address.hostname, address.port))
+    batch = requests.post(f"{live_server.url}/register", timeout=30).json()["uuid"]
+
+    def send():
+        return requests.post(
+            f"{proxy.url}/image",
+            data={"uuid": batch, "seq": 0, "topk": 3},
+            files={"payload": ("fox.png", FOX)},
+            headers={"Idempotency-Key": "seed-resend"},
+            timeout=30,
+        )
+
+    try:
+        with pytest.raises(requests.ConnectionError):
+            send()
+        again = send()
+    finally:
+        proxy.close()
+    assert (again.status_code, again.headers["Idempotent-Replayed"]) == (200, "true")
+    assert Job.objects.get().seq == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_anonymous_uploads_with_one_key_to_a_batch_make_one_job(live_server, settings):
+    """No unique index holds a key without an owner: the batch's lock must."""
+    settings.ALLOW_ANONYMOUS_UPLOADS = True
+    batch = requests.post(f"{live_server.url}/api/batches/", timeout=30).json()["id"]
+
+    def send(_):
+        return requests.post(
+            f"{live_server.url}/api/jobs/",
+            data={"batch": batch},
+            files=[("image", ("fox.png", FOX))],
+            headers={"Idempotency-Key": "same"},
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(send, range(6)))
+    assert {r.status_code for r in responses} <= {202, 409}, [r.text for r in responses]
+    assert send(None).json()["id"] == str(Job.objects.get().pk)
