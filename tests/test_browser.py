@@ -151,6 +151,31 @@ def test_a_refused_upload_shows_its_reason(page, tmp_path: Path):
     screenshot(page, "upload-refused")
 
 
+def test_an_upload_whose_answer_is_lost_is_resent_with_its_key_and_makes_one_job(page):
+    """The first answer is dropped after the server stored the upload, as a failing network
+    would: the page sends the upload again with the same Idempotency-Key."""
+    keys = []
+
+    def lose_the_first_answer(route):
+        keys.append(route.request.headers.get("idempotency-key"))
+        if len(keys) == 1:
+            route.fetch()  # the server stores the upload and answers...
+            route.abort("connectionreset")  # ...and the page never hears so
+        else:
+            route.continue_()
+
+    page.route("**/api/jobs/", lose_the_first_answer)
+    page.set_input_files("#files", PHOTOS[1])
+    page.get_by_role("button", name="Upload").click()
+    item = page.locator("#jobs > li")
+    expect(item.locator(".status")).to_have_text("queued")
+    assert len(keys) == 2 and keys[0] == keys[1], keys
+    assert re.fullmatch(r"[0-9a-f-]{32,36}", keys[0]), keys
+    jobs = page.request.get("/api/jobs/").json()
+    assert jobs["count"] == 1
+    expect(item.locator(".name a")).to_have_attribute("href", f"/jobs/{jobs['results'][0]['id']}/")
+
+
 def test_the_upload_page_states_accepted_formats_and_limits(page, settings):
     # The live server's settings are these too: one source for the page and the checks.
     formats = "JPEG, PNG, WEBP, BMP, GIF, TIFF"

@@ -4,6 +4,11 @@
 (function () {
   const FINISHED = ["succeeded", "failed"];
   const DONE = [...FINISHED, "refused"];
+  // An upload whose answer did not come (the network failed, or the server took longer
+  // than this) is sent again, up to ATTEMPTS times in all, with the Idempotency-Key of its
+  // first try: if the server did store it, the resend answers with that job, not a second.
+  const ATTEMPTS = 4;
+  const TIMEOUT_MS = 120000;
   const form = document.getElementById("upload");
   const picker = document.getElementById("files");
   const dropzone = document.getElementById("dropzone");
@@ -126,7 +131,17 @@
     return batchId;
   }
 
-  function send(file, batch, entry) {
+  // One key per image, made when the images are chosen: each image is an upload of its own.
+  function newKey() {
+    // randomUUID exists only on secure pages (https or localhost); make run may serve plain
+    // http on another address (STACK_WEB_HOST).
+    if (crypto.randomUUID) return crypto.randomUUID();
+    return [...crypto.getRandomValues(new Uint8Array(16))]
+      .map((byte) => byte.toString(16).padStart(2, "0"))
+      .join("");
+  }
+
+  function send(file, batch, entry, key, attempt = 1) {
     const data = new FormData();
     data.append("image", file);
     data.append("top_k", topK.value);
@@ -141,11 +156,23 @@
     xhr.open("POST", "/api/jobs/");
     xhr.setRequestHeader("X-CSRFToken", csrf);
     xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("Idempotency-Key", key);
+    xhr.timeout = TIMEOUT_MS;
+    const retry = (reason) => {
+      if (attempt >= ATTEMPTS) return fail(entry, reason);
+      entry.status.textContent = `uploading (try ${attempt + 1} of ${ATTEMPTS})`;
+      entry.progress.value = 0;
+      setTimeout(() => send(file, batch, entry, key, attempt + 1), 1000 * 2 ** (attempt - 1));
+    };
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) entry.progress.value = e.loaded / e.total; };
-    xhr.onerror = () => fail(entry, "the upload did not reach the server");
+    xhr.onerror = () => retry("the upload did not reach the server");
+    xhr.ontimeout = () => retry(`no answer from the server in ${TIMEOUT_MS / 1000} s`);
     xhr.onload = () => {
       let job = {};
       try { job = JSON.parse(xhr.responseText); } catch (e) { /* not JSON: reported below */ }
+      // The page sends no seq, so its only 409 is the key's: an earlier try is still being
+      // stored, and asking again gets its job.
+      if (xhr.status === 409 && attempt > 1) return retry(job.error);
       if (xhr.status !== 202) return fail(entry, job.error || `HTTP ${xhr.status}`, "refused");
       entry.progress.hidden = true;
       const link = element("a", null, entry.name);
@@ -162,7 +189,8 @@
     formMessage.hidden = true;
     for (const file of files) {
       const entry = addEntry(file);
-      ensureBatch().then((batch) => send(file, batch, entry), (error) => fail(entry, error.message));
+      const key = newKey();
+      ensureBatch().then((batch) => send(file, batch, entry, key), (error) => fail(entry, error.message));
     }
   }
 
