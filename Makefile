@@ -6,6 +6,8 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 WEB_URL = http://127.0.0.1:$(or $(STACK_WEB_PORT),8000)
+# The registered model make run serves; stack/processes.py names it for the workers too.
+SERVED_MODEL = $(shell python3 -c 'from stack.processes import SERVED_MODEL; print(SERVED_MODEL)')
 
 .DEFAULT_GOAL := help
 .PHONY: help install services run test test-fast test-faults test-distributed bench k8s-render stop status lint format clean
@@ -19,20 +21,21 @@ install: ## Install apt packages, .venv with requirements, Kafka jars (skips wha
 services: install ## Start MariaDB, Redis and Kafka (idempotent)
 	$(STACK) up
 
-run: services ## Bootstrap (schema, static, topics, demo user), start the app under supervisord
-	$(PY) manage.py bootstrap
+run: services ## Bootstrap (schema, static, the served model, topics, demo user), start the app under supervisord
 	@echo "Checking that the workers' model weights load (falls back to random weights)..."
 	@echo "Exporting the fastest model package that passes the faithfulness gate (once, cached in .stack/)..."
 	weights=$$($(PY) manage.py resolve_weights) && \
-	  MODEL_WEIGHTS=$$weights MODEL_PACKAGE=$$($(PY) manage.py ensure_model_package --weights $$weights) \
-	  $(STACK) up all && \
-	  echo "" && echo "Workers serve: $$($(PY) manage.py ensure_model_package --weights $$weights --describe)"
+	  package=$$($(PY) manage.py ensure_model_package --weights $$weights) && \
+	  $(PY) manage.py bootstrap --model $(SERVED_MODEL) --package "$$package" --weights $$weights && \
+	  MODEL_WEIGHTS=$$weights $(STACK) up all && \
+	  echo "" && echo "Workers serve $(SERVED_MODEL): $$($(PY) manage.py ensure_model_package --weights $$weights --describe)"
 	@echo ""
 	@echo "InferenceHub is running on $(WEB_URL) (loopback only unless STACK_WEB_HOST is set):"
 	@echo "  upload page  $(WEB_URL)/"
 	@echo "  API          $(WEB_URL)/api/"
 	@echo "  admin        $(WEB_URL)/admin/"
 	@echo "  readiness    $(WEB_URL)/readyz"
+	@echo "  models       $(WEB_URL)/api/models/"
 	@$(PY) manage.py ensure_demo_user
 	@echo "Logs in $(or $(STACK_DIR),.stack)/logs/, stop with 'make stop'."
 

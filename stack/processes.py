@@ -12,6 +12,10 @@ and names are parameters, never patched into the text afterwards. gunicorn's own
 
 from dataclasses import dataclass
 
+# The registered model `make run` and the compose file serve: `manage.py bootstrap --model`
+# registers it (a new version only when it changed) and their workers run `--model` it.
+SERVED_MODEL = "resnet50"
+
 
 @dataclass(frozen=True)
 class AppProcess:
@@ -53,12 +57,12 @@ def bridge(python: str, *options: str) -> AppProcess:
 def local_stack(
     python: str, *, web_host: str, web_port: int, beat_schedule: str
 ) -> list[AppProcess]:
-    """What `make run` supervises: everything, with two inference workers."""
+    """What `make run` supervises: everything, with two inference workers of SERVED_MODEL."""
     return [
         web(python, host=web_host, port=web_port),
         celery(python),
         beat(python, schedule=beat_schedule),
-        worker(python, "worker1"),
-        worker(python, "worker2"),
+        worker(python, "worker1", "--model", SERVED_MODEL),
+        worker(python, "worker2", "--model", SERVED_MODEL),
         bridge(python),
     ]

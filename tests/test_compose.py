@@ -234,13 +234,18 @@ def test_migrate_is_one_off_and_runs_the_bootstrap_command(services):
     assert manage_py_commands(migrate) == ["bootstrap"]
 
 
+def test_migrate_registers_the_model_the_workers_serve(services):
+    words = command_words(services["migrate"])
+    assert words[words.index("--model") + 1] == processes.SERVED_MODEL
+
+
 # In the image, "python" is the interpreter and the web listens on every interface of its
 # container; the port is published by compose.
 IMAGE_PROCESSES = {
     "web": processes.web("python", host="0.0.0.0", port=8000),
     "celery": processes.celery("python"),
     "beat": processes.beat("python", schedule="/tmp/celerybeat-schedule"),
-    "worker": processes.worker("python"),
+    "worker": processes.worker("python", "worker", "--model", processes.SERVED_MODEL),
     "bridge": processes.bridge("python"),
 }
 

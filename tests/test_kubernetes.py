@@ -20,11 +20,12 @@ import yaml
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewTopic
 from django.http.request import validate_host
+from django.test import override_settings
 from django.urls import resolve
 
 import inferencehub.settings as settings_module
 from inferencehub import health, metrics
-from kafka_wire.config import consumer_config, producer_config
+from kafka_wire.config import consumer_config, model_route, producer_config
 from kafka_wire.runner import BatchConsumer
 from kafka_wire.topics import admin_client
 from stack import processes
@@ -290,23 +291,40 @@ def test_a_wrong_object_fails_the_validation(renders):
 # --- Processes -------------------------------------------------------------------------
 
 
+def served_version(worker: dict) -> tuple[str, int]:
+    """The registered model and version a worker Deployment serves (`--model NAME:N`)."""
+    args = app_container(worker)["args"]
+    name, version = args[args.index("--model") + 1].split(":")
+    return name, int(version)
+
+
 def test_each_process_runs_the_command_of_the_process_table(objects):
     """The same command lines as make run and compose (stack/processes.py), with no
-    arguments added: gunicorn's settings come from gunicorn.conf.py in the image."""
+    arguments added but a worker's model: gunicorn's settings come from gunicorn.conf.py
+    in the image."""
     expected = {
         "web": processes.web("python", host="0.0.0.0").argv,
         "celery": processes.celery("python").argv,
         "beat": processes.beat("python", schedule="/tmp/celerybeat-schedule").argv,
         "worker": processes.worker("python").argv,
         "bridge": processes.bridge("python").argv,
-        "migrate": ["python", "manage.py", "bootstrap", "--no-demo-user"],
+        "migrate": [
+            *("python", "manage.py", "bootstrap", "--no-demo-user"),
+            *("--model", processes.SERVED_MODEL),
+        ],
     }
     seen = set()
     for workload in workloads(objects).values():
         name = component(workload)
         container = app_container(workload)
         assert container["command"] == expected[name], name
-        assert "args" not in container, name
+        if name == "worker":
+            # One Deployment per served model version, labelled with the model.
+            model, version = served_version(workload)
+            assert container["args"] == ["--model", f"{model}:{version}"]
+            assert workload["metadata"]["labels"]["inferencehub/model"] == model
+        else:
+            assert "args" not in container, name
         seen.add(name)
     assert seen == set(expected)
 
@@ -477,8 +495,16 @@ def test_each_worker_is_scaled_on_its_own_group_and_topic(objects):
         env = environment(objects, target)
         (trigger,) = scaled["spec"]["triggers"]
         metadata = trigger["metadata"]
-        assert metadata["consumerGroup"] == env["KAFKA_WORKER_GROUP"]["value"]
-        assert metadata["topic"] == env["KAFKA_REQUESTS_TOPIC"]["value"]
+        # The names the worker's `--model` reads, built on the settings it gets.
+        with override_settings(
+            **{
+                name: env.get(name, {"value": setting_default(name)})["value"]
+                for name in ("KAFKA_REQUESTS_TOPIC", "KAFKA_WORKER_GROUP")
+            }
+        ):
+            route = model_route(*served_version(target))
+        assert metadata["consumerGroup"] == route.worker_group
+        assert metadata["topic"] == route.requests_topic
         assert metadata["bootstrapServers"] == env["KAFKA_BOOTSTRAP_SERVERS"]["value"]
         assert metadata["offsetResetPolicy"] == consumer_config("any")["auto.offset.reset"]
         if env["KAFKA_SECURITY_PROTOCOL"]["value"] != "PLAINTEXT":
@@ -488,14 +514,11 @@ def test_each_worker_is_scaled_on_its_own_group_and_topic(objects):
             assert trigger["authenticationRef"]["name"] in auths
 
 
-def test_the_default_models_worker_reads_the_settings_default_group_and_topic(objects):
-    triggers = [
-        s["spec"]["triggers"][0]["metadata"] for s in of_kind(objects, "ScaledObject").values()
-    ]
-    assert {
-        "consumerGroup": setting_default("KAFKA_WORKER_GROUP"),
-        "topic": setting_default("KAFKA_REQUESTS_TOPIC"),
-    } in [{"consumerGroup": t["consumerGroup"], "topic": t["topic"]} for t in triggers]
+def test_the_model_the_migrate_job_registers_has_its_first_version_served(objects):
+    """bootstrap --model registers version 1 on a new database, and no other while what it
+    registers is unchanged: the worker pinned to it reads the topic uploads go to."""
+    workers = [w for w in workloads(objects).values() if component(w) == "worker"]
+    assert (processes.SERVED_MODEL, 1) in [served_version(worker) for worker in workers]
 
 
 def test_workers_scale_no_further_than_the_topic_has_partitions(objects):

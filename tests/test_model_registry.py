@@ -196,6 +196,67 @@ def test_kafka_topics_creates_and_stack_status_shows_every_registered_version(ca
     }
 
 
+def fake_package(folder, *, created_at: str):
+    """A folder read_manifest accepts (registration reads the manifest and the labels, and
+    loads nothing); created_at stands for another export of the same model."""
+    import json
+
+    from workers.package import FORMAT, LABELS, MANIFEST, MODEL_BIN, MODEL_XML, sha256_of
+
+    folder.mkdir(exist_ok=True)
+    for name, text in ((MODEL_XML, "<net/>"), (MODEL_BIN, "weights"), (LABELS, "a\nb\n")):
+        (folder / name).write_text(text)
+    manifest = {
+        "format": FORMAT,
+        "name": "resnet50",
+        "precision": "int8",
+        "input_size": 224,
+        "input_transform": "caffe",
+        "files": {name: sha256_of(folder / name) for name in (MODEL_XML, MODEL_BIN, LABELS)},
+        "created_at": created_at,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_register_if_new_adds_a_version_only_when_the_package_changed(tmp_path):
+    package = fake_package(tmp_path / "package", created_at="2026-01-01T00:00:00Z")
+    register = ["register", "served", "--package", str(package), "--if-new", "--default"]
+    models("register", "other", "--builtin", "resnet50")  # the default until --default
+    assert "registered served:1" in models(*register)
+    assert "already registered: served:1" in models(*register)
+    fake_package(package, created_at="2026-02-01T00:00:00Z")  # exported again, same folder
+    assert "registered served:2" in models(*register)
+    served = ModelVersion.objects.filter(model__name="served").order_by("version")
+    assert [(v.version, v.source, v.precision, v.classes) for v in served] == [
+        (1, "package", "int8", 2),
+        (2, "package", "int8", 2),
+    ]
+    assert served[0].package_sha256 != served[1].package_sha256
+    assert RegisteredModel.objects.get(is_default=True).name == "served"
+
+
+def test_register_if_new_adds_a_version_when_the_builtin_weights_changed():
+    register = ["register", "resnet", "--builtin", "resnet50", "--if-new"]
+    for weights in ("random", "random", "imagenet", "imagenet"):
+        models(*register, "--weights", weights)
+    versions = ModelVersion.objects.filter(model__name="resnet").order_by("version")
+    assert [(v.version, v.weights) for v in versions] == [(1, "random"), (2, "imagenet")]
+
+
+@pytest.mark.usefixtures("kafka_topics")
+def test_bootstrap_registers_the_served_model_once_as_the_default_with_its_topic(tmp_path):
+    from kafka_wire.topics import admin_client
+
+    package = fake_package(tmp_path / "package", created_at="2026-01-01T00:00:00Z")
+    models("register", "other", "--builtin", "resnet50")
+    for _ in range(2):
+        call_command("bootstrap", "--no-demo-user", "--model", "served", "--package", str(package))
+    (version,) = ModelVersion.objects.filter(model__name="served")
+    assert (version.version, version.path, version.model.is_default) == (1, str(package), True)
+    assert model_route("served", 1).requests_topic in admin_client().list_topics(timeout=10).topics
+
+
 def test_staff_with_the_registry_rights_edit_it_in_the_admin_and_others_cannot():
     from django.contrib.auth.models import Permission
     from django.test import Client

@@ -50,6 +50,9 @@ class ModelVersion(models.Model):
     labels_file = models.CharField(max_length=500, blank=True)
     # For the built-in ResNet50: imagenet, random or a weights file.
     weights = models.CharField(max_length=500, blank=True)
+    # A package's manifest.json's SHA-256 (the manifest holds every file's hash), so that
+    # registering the same package again can be told apart from a re-export into one folder.
+    package_sha256 = models.CharField("package SHA-256", max_length=64, blank=True)
     runtime = models.CharField(max_length=16, default="tensorflow")
     precision = models.CharField(max_length=8, default="fp32")
     input_size = models.PositiveIntegerField()

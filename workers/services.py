@@ -17,6 +17,7 @@ def register_version(
     path: str = "",
     labels_file: str = "",
     weights: str = "",
+    package_sha256: str = "",
     runtime: str = "tensorflow",
     precision: str = "fp32",
 ) -> ModelVersion:
@@ -38,11 +39,31 @@ def register_version(
         path=path,
         labels_file=labels_file,
         weights=weights,
+        package_sha256=package_sha256,
         runtime=runtime,
         precision=precision,
         input_size=input_size,
         classes=classes,
     )
+
+
+@transaction.atomic
+def register_if_new(*, name: str, **fields) -> tuple[ModelVersion, bool]:
+    """NAME's latest version when it was registered with these same fields (for a package:
+    the same manifest hash), else the next version, as register_version; and whether it is
+    new. So that a deployment can register what it serves at every start without adding a
+    version each time. A disabled latest version stays as it is."""
+    latest = (
+        ModelVersion.objects.select_for_update()
+        .filter(model__name=name)
+        .order_by("-version")
+        .first()
+    )
+    if latest is not None and all(
+        getattr(latest, field) == value for field, value in fields.items()
+    ):
+        return latest, False
+    return register_version(name=name, **fields), True
 
 
 @transaction.atomic

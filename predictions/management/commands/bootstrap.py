@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
@@ -7,9 +8,10 @@ from django.core.management.base import BaseCommand
 class Command(BaseCommand):
     help = (
         "Everything the app needs before its processes start, each step idempotent: the "
-        "database schema, the static files, the Kafka topics and the demo user (whose name, "
-        "password and API token it prints). Run by `make run`, the compose file's migrate "
-        "service and the fault suite."
+        "database schema, the static files, the model it serves (with --model), the Kafka "
+        "topics and the demo user (whose name, password and API token it prints). Run by "
+        "`make run`, the compose file's migrate service, the Kubernetes migrate Job and the "
+        "fault suite."
     )
 
     def add_arguments(self, parser):
@@ -25,12 +27,43 @@ class Command(BaseCommand):
             default=None,
             help="where the demo password is kept (default: <STACK_DIR>/demo-password)",
         )
+        parser.add_argument(
+            "--model",
+            metavar="NAME",
+            help="register what the workers serve as NAME (a new version only when it "
+            "changed) and make it the default model, before its topics are created",
+        )
+        parser.add_argument(
+            "--package",
+            default=settings.MODEL_PACKAGE,
+            help="for --model: this model package; without one, the built-in ResNet50",
+        )
+        parser.add_argument(
+            "--weights",
+            default=settings.MODEL_WEIGHTS,
+            help="for --model without a package: the built-in ResNet50's weights",
+        )
 
     def handle(
-        self, *args, username: str, password_file: Path | None, no_demo_user: bool, **options
+        self,
+        *args,
+        username: str,
+        password_file: Path | None,
+        no_demo_user: bool,
+        model: str | None,
+        package: str,
+        weights: str,
+        **options,
     ) -> None:
         call_command("migrate", interactive=False, verbosity=0, stdout=self.stdout)
         call_command("collectstatic", interactive=False, verbosity=0, stdout=self.stdout)
+        if model:
+            source = ["--package", package] if package else ["--builtin", "resnet50"]
+            if not package:
+                source += ["--weights", weights, "--runtime", settings.MODEL_RUNTIME]
+                source += ["--precision", settings.MODEL_PRECISION]
+            register = ["register", model, *source, "--if-new", "--default"]
+            call_command("models", *register, stdout=self.stdout)
         call_command("kafka_topics", "create", stdout=self.stdout)
         if no_demo_user:
             return

@@ -37,6 +37,15 @@ class Command(BaseCommand):
         )
         register.add_argument("--runtime", choices=RUNTIMES, default="tensorflow")
         register.add_argument("--precision", choices=PRECISIONS, default="fp32")
+        register.add_argument(
+            "--if-new",
+            action="store_true",
+            help="add no version when NAME's latest is this same one (for a package: the "
+            "same manifest hash)",
+        )
+        register.add_argument(
+            "--default", action="store_true", help="also make NAME the default model"
+        )
         actions.add_parser("list", help="every version, newest first per model")
         for action in ("enable", "disable"):
             toggle = actions.add_parser(action, help=f"{action} NAME (every version) or NAME:N")
@@ -65,13 +74,14 @@ class Command(BaseCommand):
     def register(self, options: dict) -> None:
         name = options["name"]
         if options["package"]:
-            from workers.package import LABELS, read_manifest
+            from workers.package import LABELS, MANIFEST, read_manifest, sha256_of
 
             folder = Path(options["package"]).resolve()
             manifest = read_manifest(folder)
             fields = dict(
                 source=ModelVersion.Source.PACKAGE,
                 path=str(folder),
+                package_sha256=sha256_of(folder / MANIFEST),
                 runtime="openvino",
                 precision=manifest["precision"],
                 input_size=int(manifest["input_size"]),
@@ -103,13 +113,20 @@ class Command(BaseCommand):
                 classes=IMAGENET_CLASSES,
             )
         try:
-            version = services.register_version(name=name, **fields)
+            if options["if_new"]:
+                version, new = services.register_if_new(name=name, **fields)
+            else:
+                version, new = services.register_version(name=name, **fields), True
         except ValidationError as error:
             raise CommandError(f"model name {name!r}: {' '.join(error.messages)}") from None
+        if options["default"]:
+            version.model = services.set_default(name=name)
         route = version.route
         self.stdout.write(
-            f"registered {version} ({version.get_source_display()}, {version.runtime} "
-            f"{version.precision}, input {version.input_size}, {version.classes} classes); "
+            f"{'registered' if new else 'already registered:'} {version} "
+            f"({version.get_source_display()}, {version.runtime} {version.precision}, input "
+            f"{version.input_size}, {version.classes} classes"
+            f"{', the default' if version.model.is_default else ''}); "
             f"topic {route.requests_topic}, group {route.worker_group}"
         )
 
