@@ -2,6 +2,7 @@
 // InferenceHub demo client for the seed HTTP API (/register, /image, /result).
 // No dependencies: Node 20's fetch, FormData and Blob.
 
+import { randomUUID } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -20,8 +21,18 @@ const USAGE = `usage: node client.js --server URL --dir IMAGES_DIR [options]
 Exit status: 0 when every result arrived, 1 on timeout or an HTTP error, 2 on bad usage.`;
 
 const IMAGE_EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp']);
+// An image whose answer did not come (the connection failed) is sent again, up to this
+// many times in all, with the Idempotency-Key of its first try: if the server stored it,
+// the resend answers 200 instead of making a second job (or a 409 for its taken seq).
+const UPLOAD_ATTEMPTS = 4;
 
-class HttpError extends Error {}
+// status: the server's HTTP status, or null when no answer came.
+class HttpError extends Error {
+  constructor(message, status = null) {
+    super(message);
+    this.status = status;
+  }
+}
 
 function parseOptions(argv) {
   const { values } = parseArgs({
@@ -85,7 +96,7 @@ async function request(what, url, init, deadline, minMs = 1) {
     } catch {
       // not JSON: keep the raw text
     }
-    throw new HttpError(`${what} -> ${response.status}: ${message}`);
+    throw new HttpError(`${what} -> ${response.status}: ${message}`, response.status);
   }
   return body;
 }
@@ -111,12 +122,24 @@ async function register(server, deadline) {
 }
 
 async function upload(server, uuid, seq, topk, name, bytes, deadline) {
-  const form = new FormData();
-  form.append('uuid', uuid);
-  form.append('seq', String(seq));
-  form.append('topk', String(topk));
-  form.append('payload', new Blob([bytes], { type: 'application/octet-stream' }), name);
-  await request(`POST /image seq=${seq} (${name})`, `${server}/image`, { method: 'POST', body: form }, deadline);
+  const key = randomUUID();
+  for (let attempt = 1; ; attempt++) {
+    const form = new FormData();
+    form.append('uuid', uuid);
+    form.append('seq', String(seq));
+    form.append('topk', String(topk));
+    form.append('payload', new Blob([bytes], { type: 'application/octet-stream' }), name);
+    const init = { method: 'POST', body: form, headers: { 'Idempotency-Key': key } };
+    try {
+      await request(`POST /image seq=${seq} (${name})`, `${server}/image`, init, deadline);
+      return;
+    } catch (err) {
+      // A 409 on a resend: the first try is still being stored; asking again gets its answer.
+      const unanswered = err instanceof HttpError && (err.status === null || (err.status === 409 && attempt > 1));
+      if (!unanswered || attempt === UPLOAD_ATTEMPTS) throw err;
+      await sleep(Math.min(500 * 2 ** (attempt - 1), Math.max(deadline - Date.now(), 0)));
+    }
+  }
 }
 
 async function fetchResults(server, uuid, seqStart, seqEnd, deadline) {

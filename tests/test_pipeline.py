@@ -2,13 +2,16 @@
 workers -> Kafka -> bridge -> Celery -> MariaDB, with random weights."""
 
 import functools
+import http.server
 import json
 import subprocess
+import threading
 import time
 import uuid
 
 import numpy as np
 import pytest
+import requests
 from confluent_kafka import Consumer, Producer
 from django.conf import settings
 
@@ -88,8 +91,6 @@ def test_jobs_list_filters_by_status_and_batch(pipeline, api):
 
 
 def test_seed_compatible_api_register_image_result(pipeline, live_server):
-    import requests
-
     base = live_server.url
     registered = requests.post(f"{base}/register", json={})
     assert registered.status_code == 200
@@ -122,13 +123,70 @@ def test_seed_compatible_api_register_image_result(pipeline, live_server):
         assert all(label in imagenet_short_names for label in item["predictions"])
 
 
+class FirstImageAnswerLost(http.server.ThreadingHTTPServer):
+    """An HTTP proxy to the server that forwards every request, but hangs up instead of
+    passing on the answer to the first POST /image: the server stored the image, and the
+    client never hears so."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.lost: list[str] = []  # the Idempotency-Key of the image whose answer was lost
+        self.keys: list[str] = []  # every POST /image's key, in order
+        super().__init__(("127.0.0.1", 0), ForwardingHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class ForwardingHandler(http.server.BaseHTTPRequestHandler):
+    server: FirstImageAnswerLost
+
+    def body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        chunks = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        self.rfile.readline()
+        return b"".join(chunks)
+
+    def forward(self) -> None:
+        body = self.body() if self.command == "POST" else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+        answer = requests.request(
+            self.command, self.server.upstream + self.path, data=body, headers=headers, timeout=60
+        )
+        if self.command == "POST" and self.path == "/image":
+            key = self.headers.get("Idempotency-Key", "")
+            self.server.keys.append(key)
+            if not self.server.lost:
+                self.server.lost.append(key)
+                self.close_connection = True
+                return
+        self.send_response(answer.status_code)
+        for name in ("Content-Type", "Idempotent-Replayed"):
+            if name in answer.headers:
+                self.send_header(name, answer.headers[name])
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    do_GET = do_POST = forward
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 def test_node_client_registers_uploads_and_prints_every_result(pipeline, live_server):
+    """Through a proxy that loses the first image's answer: the client sends that image
+    again with its Idempotency-Key, and the server makes no second job of it."""
+    proxy = FirstImageAnswerLost(live_server.url)
     completed = subprocess.run(
         [
             "node",
             str(REPO / "client-demo" / "client.js"),
             "--server",
-            live_server.url,
+            proxy.url,
             "--dir",
             str(DATA),
             "--loops",
@@ -143,12 +201,17 @@ def test_node_client_registers_uploads_and_prints_every_result(pipeline, live_se
         text=True,
         timeout=240,
     )
+    proxy.shutdown()
+    proxy.server_close()
     assert completed.returncode == 0, completed.stdout + completed.stderr
     lines = [json.loads(line) for line in completed.stdout.splitlines()]
     results = [line for line in lines if line["type"] == "result"]
     assert sorted(r["seq"] for r in results) == list(range(6))
     assert all(len(r["predictions"]) == 3 for r in results)
     assert lines[-1]["type"] == "summary" and lines[-1]["done"] == 6
+    assert len(proxy.keys) == 7 and len(set(proxy.keys)) == 6, proxy.keys
+    assert proxy.keys.count(proxy.lost[0]) == 2
+    assert Job.objects.filter(batch_id=lines[-1]["uuid"]).count() == 6
 
 
 # Jobs already handed to Kafka, so the test can produce their messages itself.
