@@ -161,3 +161,29 @@ def test_a_request_for_a_model_without_a_worker_waits_in_kafka_until_one_starts(
     assert wait_for(api, "late:1", ready=False)["workers"] == 0
     start_worker("late:1")
     assert wait_for(api, "late:1", ready=True)["workers"] == 1
+
+
+def test_make_runs_workers_serve_the_model_bootstrap_registers(bridge, process_env, api):
+    """bootstrap --model, then make run's worker command line (stack/processes.py):
+    /api/models/ shows the model ready with that worker, and uploads naming no model go
+    to it."""
+    call_command(
+        "bootstrap",
+        *("--no-demo-user", "--model", processes.SERVED_MODEL, "--weights", "random"),
+        stdout=io.StringIO(),
+    )
+    local = processes.local_stack(PYTHON, web_host="127.0.0.1", web_port=0, beat_schedule="s")
+    worker = next(process for process in local if process.name == "worker1")
+    ref = f"{processes.SERVED_MODEL}:1"
+    with started_processes(process_env) as start:
+        start(worker)
+        assert wait_for(api, ref, ready=True)["workers"] == 1
+        response = post_colour(api, "red")
+        assert response.status_code == 202, response.text
+        (job,) = wait_until_finished([response.json()["id"]])
+    assert (job.status, job.model_name, job.model_version) == (
+        "succeeded",
+        processes.SERVED_MODEL,
+        1,
+    )
+    assert ModelVersion.objects.get().model.is_default
