@@ -1,6 +1,9 @@
 """Model loading and batched top-k prediction: random-weight ResNet50, a tiny saved classifier."""
 
+import json
 import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from kafka_wire.contract import (
     encode_request,
 )
 from kafka_wire.producer import DeliveryError
+from tests.conftest import REPO
 from workers.serving import IMAGENET_LABELS_FILE, ModelLoadError, ServedModel, load_model
 from workers.worker import InferenceHandler
 
@@ -301,3 +305,19 @@ def test_undelivered_output_fails_the_batch():
     producer = RecordingProducer(deliver=False)
     with pytest.raises(DeliveryError):
         InferenceHandler(StubModel(), producer, results_topic="results")([request_message(0)])
+
+
+def test_a_worker_serving_the_instant_model_does_not_load_tensorflow():
+    """The benchmark's plumbing rows and the distributed suite start many such workers."""
+    script = (
+        "import json, sys\n"
+        "from workers.loading import load_served\n"
+        "served = load_served(name='instant', input_size=64)\n"
+        "print(json.dumps({'runtime': served.runtime,"
+        " 'loaded': sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"runtime": "none", "loaded": []}

@@ -119,3 +119,33 @@ def check_runtime_precision(runtime: str, precision: str) -> None:
             f"the tensorflow runtime runs fp32 only, not {precision}: use "
             f"--runtime openvino --precision {precision} (or a model package)"
         )
+
+
+class InstantModel:
+    """Fixed probabilities for any batch, at once: what the benchmark and the distributed
+    suite serve to measure the pipeline without inference."""
+
+    def __init__(self, classes: int) -> None:
+        # Distinct, decreasing scores that sum to 1, so top-k is well defined.
+        weights = np.arange(classes, 0, -1, dtype=np.float32)
+        self.probabilities = weights / weights.sum()
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.probabilities, (len(batch), len(self.probabilities)))
+
+
+def instant_model(labels_file: str, input_size: int) -> ServedModel:
+    """The built-in "instant" model; a worker serving it never imports TensorFlow."""
+    labels = read_labels(labels_file or IMAGENET_LABELS_FILE)
+    model = InstantModel(len(labels))
+    return ServedModel(
+        "instant",
+        "none",
+        input_size,
+        labels,
+        run=model.predict_on_batch,
+        input_transform="raw",
+        # No runtime computes these answers; jobs say so.
+        runtime="none",
+        model=model,
+    )

@@ -1,8 +1,9 @@
 """Which model a worker (or `manage.py predict`) serves: a model package, or a Keras model
 run by TensorFlow or converted to OpenVINO at start.
 
-A package is loaded without importing TensorFlow: workers.serving and workers.export, which
-import it, are imported only when a Keras model is needed.
+A package (or the built-in "instant" model) is loaded without importing TensorFlow:
+workers.serving and workers.export, which import it, are imported only when a Keras model is
+needed.
 """
 
 import logging
@@ -10,7 +11,12 @@ import time
 
 import numpy as np
 
-from workers.inference import ModelLoadError, ServedModel, check_runtime_precision
+from workers.inference import (
+    ModelLoadError,
+    ServedModel,
+    check_runtime_precision,
+    instant_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +41,8 @@ def load_served(
         served = load_package(package, threads=threads, bf16_fallback=bf16_fallback)
         warm_up(served)
         return served
+    if name == "instant" and not model_file:
+        return instant_model(labels_file, input_size)
     check_runtime_precision(runtime, precision)
     from workers.serving import load_model
 

@@ -3,8 +3,7 @@
 Two kinds of model can be served:
 - the built-in ResNet50 (name "resnet50"), with ImageNet weights from Keras' download
   cache, weights from a file, or random weights for demos;
-- the built-in "instant" model, which answers every image at once with the same fixed
-  probabilities: the benchmark uses it to measure what the pipeline costs without inference;
+- the built-in "instant" model (workers/inference.py, no TensorFlow work);
 - any saved Keras classifier (model_file, a .keras file) that takes (S, S, 3) float32 pixels
   in 0..255, does its own rescaling/normalisation inside the model, and outputs class
   probabilities (a softmax), one per line of its labels file.
@@ -26,6 +25,7 @@ from workers.inference import (
     ModelLoadError,
     ServedModel,
     check_label_count,
+    instant_model,
     read_labels,
 )
 
@@ -86,24 +86,9 @@ def set_threads(threads: int) -> None:
         logger.warning("could not set TensorFlow to %d threads: %s", threads, error)
 
 
-class InstantModel:
-    """Stands in for a Keras model: fixed probabilities for any batch, no TensorFlow work."""
-
-    def __init__(self, classes: int) -> None:
-        # Distinct, decreasing scores that sum to 1, so top-k is well defined.
-        weights = np.arange(classes, 0, -1, dtype=np.float32)
-        self.probabilities = weights / weights.sum()
-        self.output_shape = (None, classes)
-
-    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.probabilities, (len(batch), len(self.probabilities)))
-
-
 def load_builtin(name: str, weights: str, labels_file: str, input_size: int) -> ServedModel:
     if name == "instant":
-        labels = read_labels(labels_file or IMAGENET_LABELS_FILE)
-        model = InstantModel(len(labels))
-        return keras_served(name, "none", input_size, labels, model, input_transform="raw")
+        return instant_model(labels_file, input_size)
     if name != "resnet50":
         raise ModelLoadError(
             f"unknown built-in model {name!r}: use 'resnet50' (or 'instant', which answers "
