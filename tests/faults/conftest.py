@@ -538,21 +538,25 @@ def assert_nothing_lost(outcome: Outcome, *, failures_allowed: bool = False) -> 
     assert not outcome.errors, outcome
 
 
-def rss_of_tree(process: ManagedProcess) -> int:
-    """Resident memory of a started process and all its children, in bytes."""
+def tree_usage(process: psutil.Process) -> tuple[int, float]:
+    """Resident memory (bytes) and CPU time so far (seconds, children included) of a
+    process and all its children."""
     try:
-        root = psutil.Process(process.popen.pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+        tree = [process, *process.children(recursive=True)]
+        rss = sum(p.memory_info().rss for p in tree)
+        cpu = sum(sum(p.cpu_times()[:4]) for p in tree)  # user, system and reaped children's
+        return rss, cpu
     except psutil.NoSuchProcess:
-        return 0
+        return 0, 0.0
 
 
 class MemorySampler:
-    """Samples the RSS of the app's processes and of the data services every few seconds."""
+    """Samples the RSS and CPU time of the app's processes, of the data services and of this
+    test process (the client) every few seconds."""
 
     def __init__(self, app: App, stack: FaultStack, services: tuple[str, ...], every: float = 5):
         self.app, self.stack, self.services, self.every = app, stack, services, every
-        self.samples: dict[str, list[int]] = {}
+        self.samples: dict[str, list[tuple[int, float]]] = {}
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -563,22 +567,33 @@ class MemorySampler:
     def __exit__(self, *exc) -> None:
         self.stopping.set()
         self.thread.join()
+        self.sample()
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            for name, process in self.app.processes.items():
-                self.samples.setdefault(name, []).append(rss_of_tree(process))
-            for name in self.services:
-                with contextlib.suppress(FileNotFoundError, psutil.NoSuchProcess):
-                    rss = psutil.Process(self.stack.pid(name)).memory_info().rss
-                    self.samples.setdefault(name, []).append(rss)
+            self.sample()
             self.stopping.wait(self.every)
 
-    def report(self) -> dict[str, dict[str, int]]:
-        """start / peak / end RSS per process, in MB."""
+    def sample(self) -> None:
+        processes = {name: p.popen.pid for name, p in self.app.processes.items()}
+        for name in self.services:
+            with contextlib.suppress(FileNotFoundError):
+                processes[name] = self.stack.pid(name)
+        processes["client"] = os.getpid()
+        for name, pid in processes.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.samples.setdefault(name, []).append(tree_usage(psutil.Process(pid)))
+
+    def report(self) -> dict[str, dict[str, float]]:
+        """start / peak / end RSS in MB and CPU seconds used while sampling, per process."""
         mb = 1024 * 1024
         return {
-            name: {"start": s[0] // mb, "peak": max(s) // mb, "end": s[-1] // mb}
+            name: {
+                "start": s[0][0] // mb,
+                "peak": max(rss for rss, _ in s) // mb,
+                "end": s[-1][0] // mb,
+                "cpu_s": round(s[-1][1] - s[0][1], 1),
+            }
             for name, s in self.samples.items()
             if s
         }
