@@ -209,7 +209,7 @@ def start_app(fault_stack) -> Iterator[Callable[..., App]]:
             )
             # Schema, static files, this scenario's topics and its user, as under `make run`.
             output = run_manage(env, "bootstrap", "--username", name)
-            empty_registry()
+            clear_leftovers()
             token = re.search(r"API token: (\w+)", output).group(1)
             bound = lambda process, name: start(process, name=name, **env)  # noqa: E731
             app = App(name, env, f"http://127.0.0.1:{WEB_PORT}", token, name, bound)
@@ -224,19 +224,21 @@ def start_app(fault_stack) -> Iterator[Callable[..., App]]:
         yield start_app
 
 
-def empty_registry() -> None:
-    """Remove every registered model and the jobs routed to one (jobs keep their version).
-
-    A model left registered by an earlier scenario, or by an interrupted run, would be the
-    default and take this scenario's uploads that name no model, with no worker to serve it."""
+def clear_leftovers() -> None:
+    """Remove what earlier scenarios (or an interrupted run) left in the database that would
+    act in this one: unfinished jobs, which its sweep would resubmit to its own topics, and
+    registered models, the default of which would take its uploads that name no model.
+    Jobs routed to a model go with it (they keep their version)."""
+    leftover = "j.routed_to_id IS NOT NULL OR j.status NOT IN %s"
     connection = MySQLdb.connect(**DATABASE)
     try:
         cursor = connection.cursor()
         cursor.execute(
             "DELETE p FROM predictions_prediction p JOIN predictions_job j ON j.id = p.job_id"
-            " WHERE j.routed_to_id IS NOT NULL"
+            f" WHERE {leftover}",
+            [FINISHED],
         )
-        cursor.execute("DELETE FROM predictions_job WHERE routed_to_id IS NOT NULL")
+        cursor.execute(f"DELETE j FROM predictions_job j WHERE {leftover}", [FINISHED])
         cursor.execute("DELETE FROM workers_modelversion")
         cursor.execute("DELETE FROM workers_registeredmodel")
         connection.commit()
