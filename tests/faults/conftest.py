@@ -540,11 +540,11 @@ def assert_nothing_lost(outcome: Outcome, *, failures_allowed: bool = False) -> 
     assert not outcome.errors, outcome
 
 
-def tree_usage(process: psutil.Process) -> tuple[int, float]:
-    """Resident memory (bytes) and CPU time so far (seconds, children included) of a
-    process and all its children."""
+def tree_usage(process: psutil.Process, children: bool = True) -> tuple[int, float]:
+    """Resident memory (bytes) and CPU time so far (seconds, reaped children's included) of
+    a process and, unless told otherwise, all its children."""
     try:
-        tree = [process, *process.children(recursive=True)]
+        tree = [process, *(process.children(recursive=True) if children else [])]
         rss = sum(p.memory_info().rss for p in tree)
         cpu = sum(sum(p.cpu_times()[:4]) for p in tree)  # user, system and reaped children's
         return rss, cpu
@@ -581,10 +581,12 @@ class MemorySampler:
         for name in self.services:
             with contextlib.suppress(FileNotFoundError):
                 processes[name] = self.stack.pid(name)
-        processes["client"] = os.getpid()
         for name, pid in processes.items():
             with contextlib.suppress(psutil.NoSuchProcess):
                 self.samples.setdefault(name, []).append(tree_usage(psutil.Process(pid)))
+        # This process alone: the app's processes are its children.
+        client = tree_usage(psutil.Process(), children=False)
+        self.samples.setdefault("client", []).append(client)
 
     def report(self) -> dict[str, dict[str, float]]:
         """start / peak / end RSS in MB and CPU seconds used while sampling, per process."""
