@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import MySQLdb
 import psutil
@@ -127,8 +128,12 @@ class App:
         schedule = str(LOG_DIR / f"{self.name}-beat-schedule")
         return self.start_process(processes.beat(PYTHON, schedule=schedule))
 
-    def start_worker(self, role: str) -> ManagedProcess:
-        return self.start_process(processes.worker(PYTHON, role))
+    def start_worker(self, role: str, *options: str) -> ManagedProcess:
+        """An inference worker; options are run_worker's (e.g. --model NAME)."""
+        return self.start_process(processes.worker(PYTHON, role, *options))
+
+    def manage(self, *args: str) -> str:
+        return run_manage(self.env, *args)
 
     def start_bridge(self) -> ManagedProcess:
         return self.start_process(processes.bridge(PYTHON))
@@ -139,6 +144,13 @@ class App:
 
     def log_text(self) -> str:
         return "\n".join(p.log_path.read_text(errors="replace") for p in self.processes.values())
+
+
+def run_manage(env: dict, *args: str) -> str:
+    """A one-off management command; its output, once it succeeded."""
+    done = subprocess.run(manage(*args), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 @pytest.fixture(scope="session")
@@ -167,12 +179,28 @@ def app_env(name: str, kafka: str, **overrides: str) -> dict:
     )
 
 
+@pytest.fixture(scope="session")
+def model_package() -> str:
+    """ResNet50 (random weights) as the model package `make run` would serve: the fastest
+    precision that passes the faithfulness gate, exported once and kept in
+    .stack/faults/model-packages/ (a later run reuses it)."""
+    package = run_manage(app_env("faults-package", SINGLE_KAFKA), "ensure_model_package")
+    assert package.strip(), "no model package passed the faithfulness gate"
+    return package.strip()
+
+
 @pytest.fixture
 def start_app(fault_stack) -> Iterator[Callable[..., App]]:
-    """start_app(name, kafka=..., **settings) starts one scenario's app; stopped after the test."""
+    """start_app(name, kafka=..., workers=(...), **settings) starts one scenario's app, with
+    the unregistered path's workers named in workers; stopped after the test."""
     with started_processes({}, log_dir=LOG_DIR) as start:
 
-        def start_app(scenario: str, kafka: str = SINGLE_KAFKA, **overrides: str) -> App:
+        def start_app(
+            scenario: str,
+            kafka: str = SINGLE_KAFKA,
+            workers: tuple[str, ...] = ("worker1", "worker2"),
+            **overrides: str,
+        ) -> App:
             name = f"faults-{scenario}-{uuid.uuid4().hex[:6]}"
             env = app_env(name, kafka, **overrides)
             # A previous scenario's leftover tasks would run in this one.
@@ -180,29 +208,50 @@ def start_app(fault_stack) -> Iterator[Callable[..., App]]:
                 ["redis-cli", "-p", "26379", "flushall"], check=True, capture_output=True
             )
             # Schema, static files, this scenario's topics and its user, as under `make run`.
-            done = subprocess.run(
-                manage("bootstrap", "--username", name), env=env, capture_output=True, text=True
-            )
-            assert done.returncode == 0, done.stdout + done.stderr
-            token = re.search(r"API token: (\w+)", done.stdout).group(1)
+            output = run_manage(env, "bootstrap", "--username", name)
+            clear_leftovers()
+            token = re.search(r"API token: (\w+)", output).group(1)
             bound = lambda process, name: start(process, name=name, **env)  # noqa: E731
             app = App(name, env, f"http://127.0.0.1:{WEB_PORT}", token, name, bound)
             app.start_web()
             app.start_celery()
             app.start_beat()
-            app.start_worker("worker1")
-            app.start_worker("worker2")
+            for role in workers:
+                app.start_worker(role)
             app.start_bridge()
             return app
 
         yield start_app
 
 
+def clear_leftovers() -> None:
+    """Remove what earlier scenarios (or an interrupted run) left in the database that would
+    act in this one: unfinished jobs, which its sweep would resubmit to its own topics, and
+    registered models, the default of which would take its uploads that name no model.
+    Jobs routed to a model go with it (they keep their version)."""
+    leftover = "j.routed_to_id IS NOT NULL OR j.status NOT IN %s"
+    connection = MySQLdb.connect(**DATABASE)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "DELETE p FROM predictions_prediction p JOIN predictions_job j ON j.id = p.job_id"
+            f" WHERE {leftover}",
+            [FINISHED],
+        )
+        cursor.execute(f"DELETE j FROM predictions_job j WHERE {leftover}", [FINISHED])
+        cursor.execute("DELETE FROM workers_modelversion")
+        cursor.execute("DELETE FROM workers_registeredmodel")
+        connection.commit()
+    finally:
+        connection.close()
+
+
 class JobStream:
     """Uploads photos through the API from background threads and records every answer.
 
     rate: uploads per second in all (None: as fast as the threads go); limit: stop after
-    this many uploads. A 503 must carry Retry-After; it counts as refused, not lost.
+    this many uploads; model: the registered model each upload names (None: the default).
+    A 503 must carry Retry-After; it counts as refused, not lost.
     resend_for: seconds to keep sending an unanswered upload again, with the same
     Idempotency-Key (as predictions/client.py does); 0: once more only, without a key."""
 
@@ -214,8 +263,11 @@ class JobStream:
         threads: int = 1,
         limit: int | None = None,
         resend_for: float = 0,
+        model: str | None = None,
     ) -> None:
         self.app = app
+        self.fields = {"top_k": "3"} if model is None else {"top_k": "3", "model": model}
+        self.model = model
         self.resend_for = resend_for
         self.interval = threads / rate if rate else 0.0
         self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
@@ -272,7 +324,7 @@ class JobStream:
                 response = session.post(
                     f"{self.app.url}/api/jobs/",
                     files={"image": (name, content)},
-                    data={"top_k": "3"},
+                    data=self.fields,
                     headers=headers,
                     timeout=120,
                 )
@@ -312,20 +364,39 @@ class JobStream:
             return list(self.accepted)
 
 
-def job_states(username: str, database: dict = DATABASE) -> dict[str, tuple[str, str, int, int]]:
-    """Every job of the scenario's user: id -> (status, error, top_k, number of predictions)."""
+class JobState(NamedTuple):
+    status: str
+    error: str
+    top_k: int
+    predictions: int
+    # The model that answered, as its result named it: "name:version" (or "name:-" for the
+    # unregistered path); "" until answered.
+    answered_by: str
+
+
+def job_states(
+    username: str, database: dict = DATABASE, model: str | None = None
+) -> dict[str, JobState]:
+    """Every job of the scenario's user (routed to the registered model `model`, if given)."""
+    routed = " AND m.name = %s" if model is not None else ""
     connection = MySQLdb.connect(**database)
     try:
         cursor = connection.cursor()
         cursor.execute(
-            "SELECT j.id, j.status, j.error, j.top_k, COUNT(p.id)"
+            "SELECT j.id, j.status, j.error, j.top_k, COUNT(p.id),"
+            " CONCAT(j.model_name, ':', COALESCE(j.model_version, '-'))"
             " FROM predictions_job j JOIN auth_user u ON u.id = j.owner_id"
+            " LEFT JOIN workers_modelversion v ON v.id = j.routed_to_id"
+            " LEFT JOIN workers_registeredmodel m ON m.id = v.model_id"
             " LEFT JOIN predictions_prediction p ON p.job_id = j.id"
-            " WHERE u.username = %s GROUP BY j.id",
-            [username],
+            f" WHERE u.username = %s{routed} GROUP BY j.id",
+            [username] if model is None else [username, model],
         )
         # The id column is a native uuid or 32 hex digits depending on the server version.
-        return {str(uuid.UUID(str(row[0]))): row[1:] for row in cursor.fetchall()}
+        return {
+            str(uuid.UUID(str(row[0]))): JobState(*row[1:5], row[5] if row[5] != ":-" else "")
+            for row in cursor.fetchall()
+        }
     finally:
         connection.close()
 
@@ -333,12 +404,14 @@ def job_states(username: str, database: dict = DATABASE) -> dict[str, tuple[str,
 FINISHED = ("succeeded", "failed")
 
 
-def wait_until_finished(app: App, job_ids: list[str], timeout: float) -> float | None:
+def wait_until_finished(
+    app: App, job_ids: list[str], timeout: float, model: str | None = None
+) -> float | None:
     """Seconds until every job is finished, or None at the timeout."""
     started = time.monotonic()
     wanted = set(job_ids)
     while time.monotonic() - started < timeout:
-        states = job_states(app.username, app.database)
+        states = job_states(app.username, app.database, model)
         if all(job in states and states[job][0] in FINISHED for job in wanted):
             return time.monotonic() - started
         time.sleep(2)
@@ -392,6 +465,8 @@ class Outcome:
     connection_retries: dict
     failure_reasons: dict
     unacknowledged_jobs: int
+    # Finished jobs per model that answered ("name:version"; "name:-" unregistered).
+    answered_by: dict
     notes: str = ""
 
 
@@ -406,30 +481,34 @@ def settle(
 ) -> Outcome:
     """Wait for every accepted job, count what became of each, record and print the outcome.
 
-    recovery_s: from the fault until every job accepted so far had finished."""
-    waited = wait_until_finished(app, stream.snapshot(), timeout)
+    Counts the jobs routed to the stream's model, when it names one. recovery_s: from the
+    fault until every job accepted so far had finished."""
+    waited = wait_until_finished(app, stream.snapshot(), timeout, stream.model)
     recovery = None if waited is None else time.monotonic() - fault_at
-    states = job_states(app.username, app.database)
+    states = job_states(app.username, app.database, stream.model)
     accepted = set(stream.accepted)
-    finished = {job: s for job, s in states.items() if job in accepted and s[0] in FINISHED}
-    duplicated = sum(1 for status, _, top_k, count in finished.values() if count > top_k)
+    finished = {job: s for job, s in states.items() if job in accepted and s.status in FINISHED}
+    duplicated = sum(1 for s in finished.values() if s.predictions > s.top_k)
     redeliveries = sum(n - 1 for job, n in result_key_counts(app).items() if job in accepted)
     outcome = Outcome(
         scenario=scenario,
         sent=stream.sent,
         accepted=len(accepted),
         refused_503=stream.refused,
-        succeeded=sum(1 for s in finished.values() if s[0] == "succeeded"),
-        failed=sum(1 for s in finished.values() if s[0] == "failed"),
+        succeeded=sum(1 for s in finished.values() if s.status == "succeeded"),
+        failed=sum(1 for s in finished.values() if s.status == "failed"),
         lost=len(accepted) - len(finished),
         duplicated=duplicated,
         redeliveries=redeliveries,
         recovery_s=None if recovery is None else round(recovery, 1),
         errors=dict(stream.errors),
         connection_retries=dict(stream.connection_retries),
-        failure_reasons=dict(Counter(s[1][:100] for s in finished.values() if s[0] == "failed")),
+        failure_reasons=dict(
+            Counter(s.error[:100] for s in finished.values() if s.status == "failed")
+        ),
         # Jobs stored although their upload was not answered 202: a client would not know them.
         unacknowledged_jobs=len(set(states) - accepted),
+        answered_by=dict(Counter(s.answered_by for s in finished.values() if s.answered_by)),
         notes=notes,
     )
     app.outcomes.parent.mkdir(parents=True, exist_ok=True)
@@ -440,12 +519,13 @@ def settle(
     return outcome
 
 
-def wait_for_progress(app: App, count: int, timeout: float = 300) -> None:
-    """Until at least `count` of the scenario's jobs succeeded: the pipeline is warm."""
+def wait_for_progress(app: App, count: int, timeout: float = 300, model: str | None = None) -> None:
+    """Until at least `count` of the scenario's jobs (routed to `model`, if given)
+    succeeded: the pipeline is warm."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = job_states(app.username, app.database).values()
-        if sum(1 for s in states if s[0] == "succeeded") >= count:
+        states = job_states(app.username, app.database, model).values()
+        if sum(1 for s in states if s.status == "succeeded") >= count:
             return
         time.sleep(1)
     raise AssertionError(f"fewer than {count} jobs succeeded within {timeout}s")
@@ -460,21 +540,25 @@ def assert_nothing_lost(outcome: Outcome, *, failures_allowed: bool = False) -> 
     assert not outcome.errors, outcome
 
 
-def rss_of_tree(process: ManagedProcess) -> int:
-    """Resident memory of a started process and all its children, in bytes."""
+def tree_usage(process: psutil.Process, children: bool = True) -> tuple[int, float]:
+    """Resident memory (bytes) and CPU time so far (seconds, reaped children's included) of
+    a process and, unless told otherwise, all its children."""
     try:
-        root = psutil.Process(process.popen.pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+        tree = [process, *(process.children(recursive=True) if children else [])]
+        rss = sum(p.memory_info().rss for p in tree)
+        cpu = sum(sum(p.cpu_times()[:4]) for p in tree)  # user, system and reaped children's
+        return rss, cpu
     except psutil.NoSuchProcess:
-        return 0
+        return 0, 0.0
 
 
 class MemorySampler:
-    """Samples the RSS of the app's processes and of the data services every few seconds."""
+    """Samples the RSS and CPU time of the app's processes, of the data services and of this
+    test process (the client) every few seconds."""
 
     def __init__(self, app: App, stack: FaultStack, services: tuple[str, ...], every: float = 5):
         self.app, self.stack, self.services, self.every = app, stack, services, every
-        self.samples: dict[str, list[int]] = {}
+        self.samples: dict[str, list[tuple[int, float]]] = {}
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -485,22 +569,35 @@ class MemorySampler:
     def __exit__(self, *exc) -> None:
         self.stopping.set()
         self.thread.join()
+        self.sample()
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            for name, process in self.app.processes.items():
-                self.samples.setdefault(name, []).append(rss_of_tree(process))
-            for name in self.services:
-                with contextlib.suppress(FileNotFoundError, psutil.NoSuchProcess):
-                    rss = psutil.Process(self.stack.pid(name)).memory_info().rss
-                    self.samples.setdefault(name, []).append(rss)
+            self.sample()
             self.stopping.wait(self.every)
 
-    def report(self) -> dict[str, dict[str, int]]:
-        """start / peak / end RSS per process, in MB."""
+    def sample(self) -> None:
+        processes = {name: p.popen.pid for name, p in self.app.processes.items()}
+        for name in self.services:
+            with contextlib.suppress(FileNotFoundError):
+                processes[name] = self.stack.pid(name)
+        for name, pid in processes.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self.samples.setdefault(name, []).append(tree_usage(psutil.Process(pid)))
+        # This process alone: the app's processes are its children.
+        client = tree_usage(psutil.Process(), children=False)
+        self.samples.setdefault("client", []).append(client)
+
+    def report(self) -> dict[str, dict[str, float]]:
+        """start / peak / end RSS in MB and CPU seconds used while sampling, per process."""
         mb = 1024 * 1024
         return {
-            name: {"start": s[0] // mb, "peak": max(s) // mb, "end": s[-1] // mb}
+            name: {
+                "start": s[0][0] // mb,
+                "peak": max(rss for rss, _ in s) // mb,
+                "end": s[-1][0] // mb,
+                "cpu_s": round(s[-1][1] - s[0][1], 1),
+            }
             for name, s in self.samples.items()
             if s
         }
