@@ -279,8 +279,9 @@ def cpu_lines(data: dict) -> list[str]:
         return []
     lines = [
         "",
-        "CPU time per job at saturation, by process (core-ms). Celery's decoding (the sum of "
-        "its jobs' timed decode calls) is shown apart from the rest of Celery; "
+        "CPU time per job at saturation, by process (core-ms). Celery's decoding is shown "
+        "apart from the rest of Celery (the run's images decoded by the benchmark as the "
+        "preprocessing does, on its CPU clock, weighted as uploaded); "
         '"other" is the rest of the machine (MariaDB, Redis, Kafka, the benchmark\'s '
         'clients, the system); "plumbing" is everything but the model\'s workers and '
         "decoding:",

@@ -205,9 +205,7 @@ class JobViewSet(
         # either way (Kafka holds it until one starts).
         versions = list({job.routed_to_id: job.routed_to for job in jobs if job.routed_to}.values())
         if versions:
-            states = registry.serving_states(
-                versions, max_age_s=registry.UPLOAD_STATE_MAX_AGE_S
-            )
+            states = registry.serving_states(versions, max_age_s=registry.UPLOAD_STATE_MAX_AGE_S)
             context["model_ready"] = {v.pk: registry.is_ready(v, states) for v in versions}
         data = JobSerializer(jobs, many=True, context=context).data
         headers = {"Idempotent-Replayed": "true"} if replayed else {}
