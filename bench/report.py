@@ -49,7 +49,13 @@ def summarize_profiles(folder: Path, top: int = 15) -> str:
 # The runs that the throughput targets apply to: the pipeline and the plumbing, each with
 # one image per upload request (as the seed's clients sent them) and with several.
 PIPELINE_RUNS = ("pipeline", "pipeline-multi")
-PLUMBING_RUNS = ("plumbing", "plumbing-multi")
+PLUMBING_RUNS = ("plumbing", "plumbing-multi", "plumbing-small")
+# Jobs/s the instant model's pipeline must reach (8 images per upload): with the photo mix,
+# and with 0.3 MP images.
+PLUMBING_TARGETS = {"plumbing-multi": 150, "plumbing-small": 300}
+# Core-ms per job outside the model and decoding, with one image per upload and with 8.
+PLUMBING_CPU_MS_ONE = 6
+PLUMBING_CPU_MS_MANY = 3
 
 
 def targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
@@ -99,12 +105,29 @@ def targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
             elif other in data["skipped"]:
                 rows.append((target, "not measured", f"≥ {factor:g} ×", None))
     rows += runtime_targets(data)
-    for name in PLUMBING_RUNS:
+    for name, jobs_per_s in PLUMBING_TARGETS.items():
         if name in runs:
             jobs = runs[name]["throughput_per_s"]
             label = runs[name]["title"].split(" (")[0]
             rows.append(
-                (f"{label} ≥ 500 jobs/s", f"{jobs:.0f} jobs/s", "≥ 500 jobs/s", jobs >= 500)
+                (
+                    f"{label} ≥ {jobs_per_s} jobs/s",
+                    f"{jobs:.0f} jobs/s",
+                    f"≥ {jobs_per_s} jobs/s",
+                    jobs >= jobs_per_s,
+                )
+            )
+    for name in (*PIPELINE_RUNS, *PLUMBING_RUNS):
+        if run := runs.get(name):
+            limit = PLUMBING_CPU_MS_MANY if run["images_per_request"] > 1 else PLUMBING_CPU_MS_ONE
+            plumbing = plumbing_cpu_ms(run)
+            rows.append(
+                (
+                    f"{run['title']}: CPU per job outside the model and decoding",
+                    f"{plumbing:.1f} core-ms",
+                    f"≤ {limit} core-ms",
+                    plumbing <= limit,
+                )
             )
     return rows
 
@@ -247,25 +270,7 @@ def markdown(data: dict) -> str:
     for target, measured, required, met in targets(data):
         verdict = "not measured" if met is None else ("yes" if met else "**no**")
         lines.append(f"| {target} | {measured} | {required} | {verdict} |")
-    cpu_runs = {name: run for name, run in data["runs"].items() if run.get("cpu_ms_per_job")}
-    if cpu_runs:
-        names = list(next(iter(cpu_runs.values()))["cpu_ms_per_job"])
-        lines += [
-            "",
-            'CPU time per job at saturation, by process (ms; "other" is the rest of the '
-            "machine: MariaDB, Redis, Kafka, the benchmark's clients, the system), and how "
-            "busy the machine's cores were:",
-            "",
-            "| configuration | " + " | ".join(names) + " | total | cores busy |",
-            "| --- |" + " --- |" * (len(names) + 2),
-        ]
-        for run in cpu_runs.values():
-            cpu = run["cpu_ms_per_job"]
-            lines.append(
-                f"| {run['title']} | "
-                + " | ".join(f"{cpu[n]:.1f}" for n in names)
-                + f" | {sum(cpu.values()):.1f} | {run['machine_busy']:.0%} |"
-            )
+    lines += cpu_lines(data)
     stage_runs = {name: run for name, run in data["runs"].items() if run.get("stages_ms")}
     if stage_runs:
         names = list(next(iter(stage_runs.values()))["stages_ms"])
@@ -283,6 +288,47 @@ def markdown(data: dict) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+# Processes whose CPU is the pipeline's own cost per job: everything but the model's workers.
+PLUMBING_PROCESSES = ("web", "celery", "bridge", "other")
+
+
+def plumbing_cpu_ms(run: dict) -> float:
+    """A run's CPU per job outside the model and outside decoding (core-ms)."""
+    cpu = run["cpu_ms_per_job"]
+    return sum(cpu[name] for name in PLUMBING_PROCESSES) - run["decode_ms_per_job"]
+
+
+def cpu_lines(data: dict) -> list[str]:
+    """The per-stage CPU table: every pipeline row, decoding apart from the rest of Celery."""
+    runs = [run for run in data["runs"].values() if run.get("cpu_ms_per_job")]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "CPU time per job at saturation, by process (core-ms). Celery's decoding is shown "
+        "apart from the rest of Celery (the run's images decoded by the benchmark as the "
+        "preprocessing does, on its CPU clock, weighted as uploaded); "
+        '"other" is the rest of the machine (MariaDB, Redis, Kafka, the benchmark\'s '
+        'clients, the system); "plumbing" is everything but the model\'s workers and '
+        "decoding:",
+        "",
+        "| configuration | web | celery (without decoding) | decoding | bridge | worker "
+        "| other | total | plumbing | cores busy |",
+        "| --- |" + " --- |" * 10,
+    ]
+    for run in runs:
+        cpu = run["cpu_ms_per_job"]
+        decode = run["decode_ms_per_job"]
+        figures = [cpu["web"], cpu["celery"] - decode, decode, cpu["bridge"], cpu["worker"]]
+        figures += [cpu["other"], sum(cpu.values()), plumbing_cpu_ms(run)]
+        lines.append(
+            f"| {run['title']} | "
+            + " | ".join(f"{figure:.1f}" for figure in figures)
+            + f" | {run['machine_busy']:.0%} |"
+        )
+    return lines
 
 
 def plot_throughput(data: dict, path: Path) -> None:

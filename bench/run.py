@@ -6,6 +6,7 @@ bridge; or the Ray Serve peer) with their own Kafka topics, measures, and stops 
 """
 
 import contextlib
+import io
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ from bench.ceiling import run_ceiling_probes
 from bench.decode import measure_decoding
 from bench.images import make_images
 from bench.runtimes import export_packages, make_run_choice, measure_runtimes
+from inferencehub.images import prepare_for_model
 from inferencehub.processes import (
     PYTHON,
     REPO,
@@ -75,6 +77,7 @@ class Options:
         "seed",
         "plumbing",
         "plumbing-multi",
+        "plumbing-small",
         "pipeline-multi-package",
         "ray",
         "ray-package",
@@ -94,6 +97,8 @@ class PipelineConfig:
     max_batch_size: int | None = None  # None: Options.max_batch_size
     images_per_request: int = 1
     package: bool = False  # serve Options.package instead of TensorFlow fp32
+    # Only the benchmark's images of this size (bench.images.MEGAPIXELS); None: all of them.
+    megapixels: float | None = None
 
 
 CONFIGS = {
@@ -110,6 +115,15 @@ CONFIGS = {
         "plumbing ceiling, 8 images per upload",
         model="instant",
         images_per_request=8,
+    ),
+    # What the plumbing costs when decoding is cheap: small images, as a client that
+    # reduces its photos before uploading sends them.
+    "plumbing-small": PipelineConfig(
+        "plumbing-small",
+        "plumbing ceiling, 8 images per upload, 0.3 MP",
+        model="instant",
+        images_per_request=8,
+        megapixels=0.3,
     ),
     "pipeline-multi-package": PipelineConfig(
         "pipeline-multi-package",
@@ -358,6 +372,8 @@ def run_pipeline(
     token: str,
     out: Path,
 ) -> dict:
+    if config.megapixels is not None:
+        images = make_images((config.megapixels,))
     base_url = web.base_url
     session = requests.Session()
     session.headers["Authorization"] = f"Token {token}"
@@ -396,6 +412,8 @@ def run_pipeline(
             saturation["cpu_ms_per_job"].values()
         )
         saturation["machine_busy"] = busy / (busy + idle)
+        # Part of Celery's CPU, shown apart from it so that the plumbing's own is visible.
+        saturation["decode_ms_per_job"] = decode_cpu_ms(images, options.images)
         # Light load is one image at a time, the same whatever the uploads carry.
         if config.images_per_request == 1:
             latencies, stages = measure_latency(session, base_url, images, options.latency_images)
@@ -404,11 +422,30 @@ def run_pipeline(
     return {
         "title": config.title,
         "unit": "jobs" if config.model == "instant" else "images",
+        "images_per_request": config.images_per_request,
         **saturation,
         "latency_ms": percentiles(latencies),
         "latencies_ms": latencies,
         "stages_ms": stages,
     }
+
+
+# Decodes of each image to time: enough to smooth out the CPU clock's tick.
+DECODE_REPEATS = 5
+
+
+def decode_cpu_ms(images: list[tuple[str, bytes]], count: int) -> float:
+    """CPU time per job (ms) that decoding takes when count jobs are uploaded round-robin
+    from images: each decoded here as the preprocessing does it, on this thread's CPU
+    clock, so that other work on the machine does not count (a job's preprocess_ms is
+    wall time)."""
+    per_image = []
+    for _name, data in images:
+        started = time.thread_time()
+        for _ in range(DECODE_REPEATS):
+            prepare_for_model(io.BytesIO(data), size=settings.MODEL_INPUT_SIZE)
+        per_image.append((time.thread_time() - started) * 1000 / DECODE_REPEATS)
+    return statistics.mean(per_image[i % len(images)] for i in range(count))
 
 
 def cpu_seconds(processes: list[ManagedProcess]) -> float:

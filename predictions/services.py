@@ -20,7 +20,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, FloatField, Value, When
 from django.utils import timezone
 
 from inferencehub.images import ImageRejected, inspect_image, prepare_for_model
@@ -300,7 +300,8 @@ def create_jobs(
                     log.warning("image store unavailable, upload refused: %s", exc)
                     raise UploadError(STORE_UNAVAILABLE_MESSAGE, status=503) from None
                 jobs.append(job)
-                job.save(force_insert=True)
+            # One INSERT for the whole upload.
+            Job.objects.bulk_create(jobs)
             transaction.on_commit(lambda: _enqueue_or_withdraw(jobs))
     except IntegrityError:
         _delete_images(jobs)
@@ -370,21 +371,26 @@ def _enqueue_preprocess(job_ids: list) -> None:
         current_app.send_task(PREPROCESS_TASK, args=[ids[start : start + PREPROCESS_CHUNK]])
 
 
+# PREPROCESSED means an earlier run of the preprocessing could not hand the request to
+# Kafka: its retry must go on. Anything later was handled by an earlier delivery.
+WAITING_FOR_KAFKA = (Job.Status.QUEUED, Job.Status.PREPROCESSED)
+
+
 def preprocess_and_submit(*, job_ids: list[str]) -> None:
     """Turn the jobs' stored originals into model-ready tensors and hand them to Kafka.
 
     A job whose image cannot be decoded fails with the reason; the others go on. Kafka
     refusing raises, and a retry resubmits every job of the call not yet submitted.
     """
-    # PREPROCESSED means an earlier run of this task could not hand the request to Kafka:
-    # that retry must go on. Anything later was handled by an earlier delivery.
-    waiting = (Job.Status.QUEUED, Job.Status.PREPROCESSED)
     jobs = list(
-        Job.objects.filter(pk__in=job_ids, status__in=waiting).select_related("routed_to__model")
+        Job.objects.filter(pk__in=job_ids, status__in=WAITING_FOR_KAFKA).select_related(
+            "routed_to__model"
+        )
     )
     # Each job goes to its model version's topic at that model's input size; a job of no
     # registered model takes the unregistered requests topic and MODEL_INPUT_SIZE.
     by_topic: dict[str, list[InferenceRequest]] = {}
+    decode_ms: dict = {}
     for job in jobs:
         route = job.routed_to
         size = route.input_size if route else settings.MODEL_INPUT_SIZE
@@ -396,12 +402,7 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
         except (OSError, ValueError) as exc:
             fail_job(job_id=job.pk, reason=f"preprocessing failed: {exc}")
             continue
-        # One plain UPDATE per job: cheaper to build than one bulk_update of the chunk.
-        Job.objects.filter(pk=job.pk, status__in=waiting).update(
-            status=Job.Status.PREPROCESSED,
-            preprocessed_at=timezone.now(),
-            preprocess_ms=(time.perf_counter() - started) * 1000,
-        )
+        decode_ms[job.pk] = (time.perf_counter() - started) * 1000
         by_topic.setdefault(topic, []).append(
             InferenceRequest(
                 job_id=str(job.pk),
@@ -413,82 +414,94 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
         )
     if not by_topic:
         return
-    publish_requests(by_topic)
-    submitted = [request.job_id for requests in by_topic.values() for request in requests]
-    Job.objects.filter(pk__in=submitted, status=Job.Status.PREPROCESSED).update(
-        status=Job.Status.SUBMITTED, submitted_at=timezone.now()
+    preprocessed_at = timezone.now()
+    try:
+        publish_requests(by_topic)
+    except Exception:
+        # Recorded so that the status says where the job waits while Kafka is away.
+        _mark_preprocessed(decode_ms, at=preprocessed_at, status=Job.Status.PREPROCESSED)
+        raise
+    # Both transitions in one statement: a job is written once on its way to Kafka.
+    _mark_preprocessed(
+        decode_ms, at=preprocessed_at, status=Job.Status.SUBMITTED, submitted_at=timezone.now()
     )
 
 
-# Job fields a result sets, for bulk_update.
-RESULT_FIELDS = [
-    "model_name",
-    "model_version",
-    "model_weights",
-    "runtime",
-    "precision",
-    "worker",
-    "inference_batch_size",
-    "inference_ms",
-    "inferred_at",
-    "finished_at",
-    "status",
-    "error",
-]
+def _mark_preprocessed(decode_ms: dict, *, at: datetime, status: str, **fields) -> None:
+    """One UPDATE of the jobs decoded (by pk: their decode time in ms) that are still
+    waiting: they all share one timestamp, and only their decode times differ."""
+    Job.objects.filter(pk__in=decode_ms, status__in=WAITING_FOR_KAFKA).update(
+        status=status,
+        preprocessed_at=at,
+        preprocess_ms=Case(
+            *(When(pk=pk, then=Value(ms)) for pk, ms in decode_ms.items()),
+            output_field=FloatField(),
+        ),
+        **fields,
+    )
 
 
 def record_results(*, results: list[InferenceResult]) -> int:
     """Store a batch of worker results in one transaction; returns how many were stored.
 
     A result for a job that has finished (a redelivery) or does not exist changes nothing,
-    so storing is idempotent. One locking read, one insert of all predictions and one
-    update for the whole batch: a transaction per result costs the pipeline more CPU than
-    anything but the model.
+    so storing is idempotent. One locking read, one insert of all predictions, and one
+    update per set of jobs whose new values are the same (the results of one inference
+    batch share them): a transaction per result costs the pipeline more CPU than anything
+    but the model.
     """
     by_job: dict[str, InferenceResult] = {}
     for result in results:
         by_job.setdefault(result.job_id, result)  # a second one in the batch is a redelivery
     with transaction.atomic():
         # Locked in primary-key order, so two batches never wait for each other in a cycle.
-        jobs = list(Job.objects.select_for_update().filter(pk__in=by_job).order_by("pk"))
+        jobs = list(
+            Job.objects.select_for_update()
+            .filter(pk__in=by_job)
+            .order_by("pk")
+            .only("pk", "status", "top_k")
+        )
         for unknown in by_job.keys() - {str(job.pk) for job in jobs}:
             log.warning("result for unknown job %s ignored", unknown)
         now = timezone.now()
-        stored: list[Job] = []
+        updates: dict[tuple, list] = {}
         predictions: list[Prediction] = []
         for job in jobs:
             if job.is_finished:
                 continue
             result = by_job[str(job.pk)]
-            job.model_name = result.model[:100]
-            job.model_version = result.model_version or None
-            job.model_weights = result.weights[:255]
-            job.runtime = result.runtime[:16]
-            job.precision = result.precision[:8]
-            job.worker = result.worker[:255]
-            job.inference_batch_size = result.batch_size or None
-            job.inference_ms = result.inference_ms
-            job.inferred_at = (
-                datetime.fromtimestamp(result.inferred_at_ms / 1000, tz=UTC)
-                if result.inferred_at_ms
-                else now
-            )
-            job.finished_at = now
+            fields = {
+                "model_name": result.model[:100],
+                "model_version": result.model_version or None,
+                "model_weights": result.weights[:255],
+                "runtime": result.runtime[:16],
+                "precision": result.precision[:8],
+                "worker": result.worker[:255],
+                "inference_batch_size": result.batch_size or None,
+                "inference_ms": result.inference_ms,
+                "inferred_at": (
+                    datetime.fromtimestamp(result.inferred_at_ms / 1000, tz=UTC)
+                    if result.inferred_at_ms
+                    else now
+                ),
+                "finished_at": now,
+            }
             if result.ok:
-                job.status = Job.Status.SUCCEEDED
+                fields["status"] = Job.Status.SUCCEEDED
                 predictions += [
                     Prediction(
-                        job=job, rank=rank, class_id=p.class_id, label=p.label, score=p.score
+                        job_id=job.pk, rank=rank, class_id=p.class_id, label=p.label, score=p.score
                     )
                     for rank, p in enumerate(result.predictions[: job.top_k], start=1)
                 ]
             else:
-                job.status = Job.Status.FAILED
-                job.error = result.error or "the worker reported an error without a reason"
-            stored.append(job)
+                fields["status"] = Job.Status.FAILED
+                fields["error"] = result.error or "the worker reported an error without a reason"
+            updates.setdefault(tuple(fields.items()), []).append(job.pk)
         Prediction.objects.bulk_create(predictions)
-        Job.objects.bulk_update(stored, RESULT_FIELDS)
-    return len(stored)
+        for fields, pks in updates.items():
+            Job.objects.filter(pk__in=pks).update(**dict(fields))
+    return sum(len(pks) for pks in updates.values())
 
 
 def fail_job(*, job_id, reason: str) -> bool:

@@ -44,11 +44,12 @@ def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
         assert set(run["stages_ms"]) >= {"queued", "to Kafka", "inference", "storing"}
         # The instant model's CPU per job can be below the clock's 10 ms tick over 6 jobs.
         assert run["cpu_ms_per_job"]["worker"] >= 0
-    for name in ("pipeline-multi", "plumbing-multi"):  # 8 images per upload request
+    for name in ("pipeline-multi", "plumbing-multi", "plumbing-small"):  # 8 per upload
         run = results["runs"][name]
         assert (run["count"], run["failed"]) == (6, 0), name
         assert 0 < run["machine_busy"] <= 1
     assert results["runs"]["seed"]["average_batch"] == 1
+    assert results["runs"]["plumbing"]["decode_ms_per_job"] > 0
     # Every runtime and precision side by side, with the packages' faithfulness figures.
     runtimes, packages = results["runtimes"], results["packages"]
     assert {"tensorflow fp32", "openvino fp32", "openvino int8"} <= set(runtimes)

@@ -4,6 +4,7 @@ import functools
 from datetime import timedelta
 
 import pytest
+from confluent_kafka import KafkaException
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.utils import timezone
@@ -13,6 +14,7 @@ from predictions import services
 from predictions.models import Job
 from tests.conftest import DATA
 from tests.factories import JobFactory
+from workers.services import register_version
 
 pytestmark = pytest.mark.django_db
 
@@ -146,3 +148,17 @@ def test_preprocessing_fails_an_undecodable_image_and_submits_the_others(
     assert broken.error.startswith("preprocessing failed: ")
     assert good.status == Job.Status.SUBMITTED
     assert good.preprocess_ms is not None and good.submitted_at is not None
+
+
+def test_jobs_kafka_refused_are_left_preprocessed_for_the_retry(kafka_topics, settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path)
+    # 1200 × 1200 × 3 pixels exceed the producer's message size limit (1 MB): refused.
+    huge = register_version(name="huge", source="keras", input_size=1200, classes=3)
+    job = make_job(status=Job.Status.QUEUED, routed_to=huge)
+    job.image.save(str(job.pk), ContentFile((DATA / "fox.png").read_bytes()))
+    with pytest.raises(KafkaException):
+        services.preprocess_and_submit(job_ids=[str(job.pk)])
+    job.refresh_from_db()
+    assert job.status == Job.Status.PREPROCESSED
+    assert job.preprocessed_at is not None and job.preprocess_ms is not None
+    assert job.submitted_at is None

@@ -52,6 +52,12 @@ def servable_version(name: str | None, version: int | None) -> ModelVersion | No
     naming the enabled versions when the model or version is unknown or disabled.
     """
     if name is None:
+        # Most uploads name no model: one query finds the default's version when it has one.
+        versions = ModelVersion.objects.filter(model__is_default=True, enabled=True)
+        if version is not None:
+            versions = versions.filter(version=version)
+        if chosen := versions.select_related("model").order_by("-version").first():
+            return chosen
         default = default_model()
         if default is None:
             if version is not None:

@@ -1,0 +1,59 @@
+"""A job as the API answers with it: built directly (predictions.serializers.JobSerializer
+.to_representation), it must stay exactly what DRF makes from the declared fields, which
+the schema describes."""
+
+import json
+
+import pytest
+from django.test import RequestFactory
+from django.utils import timezone
+from rest_framework import serializers
+from rest_framework.utils.encoders import JSONEncoder
+
+from predictions.models import Job
+from predictions.serializers import JobSerializer
+from tests.factories import BatchFactory, JobFactory, PredictionFactory
+from workers.services import register_version
+
+pytestmark = pytest.mark.django_db
+
+
+def as_declared(job: Job, context: dict) -> dict:
+    """What DRF's ModelSerializer makes of the job from JobSerializer's declared fields."""
+    return serializers.ModelSerializer.to_representation(JobSerializer(context=context), job)
+
+
+def as_json(data) -> str:
+    return json.dumps(data, cls=JSONEncoder, sort_keys=True)
+
+
+def test_every_kind_of_job_is_answered_as_its_declared_fields_say():
+    now = timezone.now()
+    queued = JobFactory()
+    in_batch = JobFactory(batch=BatchFactory(), seq=3, top_k=2)
+    succeeded = JobFactory(
+        status=Job.Status.SUCCEEDED,
+        model_name="resnet50",
+        model_weights="random",
+        runtime="openvino",
+        precision="int8",
+        worker="w1",
+        inference_batch_size=4,
+        inference_ms=12.5,
+        preprocess_ms=1.25,
+        preprocessed_at=now,
+        submitted_at=now,
+        inferred_at=now,
+        finished_at=now,
+    )
+    PredictionFactory(job=succeeded, rank=1, score=0.75)
+    PredictionFactory(job=succeeded, rank=2, score=0.125)
+    failed = JobFactory(status=Job.Status.FAILED, error="preprocessing failed: bad", attempts=2)
+    version = register_version(name="colours", source="keras", input_size=64, classes=3)
+    routed = JobFactory(routed_to=version)
+    context = {"request": RequestFactory().get("/api/jobs/"), "model_ready": {version.pk: True}}
+    for job in (queued, in_batch, succeeded, failed, routed):
+        job = Job.objects.select_related("routed_to__model").get(pk=job.pk)
+        answer = JobSerializer(job, context=context).data
+        assert as_json(answer) == as_json(as_declared(job, context)), job.status
+    assert len(JobSerializer(succeeded, context=context).data["predictions"]) == 2
