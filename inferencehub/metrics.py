@@ -10,6 +10,7 @@ it fails when the consumer loop has not polled Kafka for CONSUMER_STALL_SECONDS.
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -165,7 +166,8 @@ def health_app(environ, start_response) -> list[bytes]:
     healthy = since <= limit
     body = {
         "status": "ok" if healthy else "stalled",
-        "seconds_since_poll": round(since, 1),
+        # Rounded up, so a stalled answer never shows the limit itself (2.04 s as 2.1).
+        "seconds_since_poll": math.ceil(since * 10) / 10,
         "limit_seconds": limit,
     }
     start_response(
