@@ -316,7 +316,7 @@ def cpu_lines(data: dict) -> list[str]:
         "",
         "| configuration | web | celery (without decoding) | decoding | bridge | worker "
         "| other | total | plumbing | cores busy |",
-        "| --- |" + " --- |" * 10,
+        "| --- |" + " --- |" * 9,
     ]
     for run in runs:
         cpu = run["cpu_ms_per_job"]
