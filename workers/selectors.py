@@ -51,33 +51,26 @@ def servable_version(name: str | None, version: int | None) -> ModelVersion | No
     path (the requests topic every `run_worker` without --model reads). Raises UnknownModel
     naming the enabled versions when the model or version is unknown or disabled.
     """
+    # One query finds the version; the rest runs only to say why there is none.
+    model = {"model__is_default": True} if name is None else {"model__name": name}
+    enabled = ModelVersion.objects.filter(enabled=True, **model).select_related("model")
+    if version is not None:
+        enabled = enabled.filter(version=version)
+    if chosen := enabled.order_by("-version").first():
+        return chosen
     if name is None:
-        # Most uploads name no model: one query finds the default's version when it has one.
-        versions = ModelVersion.objects.filter(model__is_default=True, enabled=True)
-        if version is not None:
-            versions = versions.filter(version=version)
-        if chosen := versions.select_related("model").order_by("-version").first():
-            return chosen
         default = default_model()
         if default is None:
             if version is not None:
                 raise UnknownModel("model_version needs a model; no default model is set")
             return None
         name = default.name
-    enabled = ModelVersion.objects.filter(model__name=name, enabled=True).select_related("model")
-    if version is None:
-        chosen = enabled.order_by("-version").first()
-        wanted = f"model {name!r}"
-    else:
-        chosen = enabled.filter(version=version).first()
-        wanted = f"model {name!r} version {version}"
-    if chosen is None:
-        known = find_version(name, version)
-        state = "is disabled" if known is not None else "is not registered"
-        if known is not None and version is None:
-            state = "has no enabled version"
-        raise UnknownModel(f"{wanted} {state}; available: {available() or 'none'}")
-    return chosen
+    wanted = f"model {name!r}" if version is None else f"model {name!r} version {version}"
+    known = find_version(name, version)
+    state = "is disabled" if known is not None else "is not registered"
+    if known is not None and version is None:
+        state = "has no enabled version"
+    raise UnknownModel(f"{wanted} {state}; available: {available() or 'none'}")
 
 
 # An upload's answer may say "ready" from a reading this old: reading the groups from Kafka
