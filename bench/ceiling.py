@@ -136,3 +136,23 @@ def run_ceiling_probes(
 
 if __name__ == "__main__":
     main()
+
+
+def single_and_batched(
+    options, log_dir: Path, model_args: tuple[str, ...] = (), name: str = ""
+) -> tuple[dict, dict]:
+    """The probes at batch size 1 (one process: the single-image time) and at the workers'
+    batch size with as many processes as the pipeline's workers (bench.run.Options)."""
+    single = run_ceiling_probes(
+        1, 1, options.threads, options.ceiling_seconds, log_dir, model_args, name
+    )
+    batched = run_ceiling_probes(
+        options.workers,
+        options.max_batch_size,
+        options.threads,
+        options.ceiling_seconds,
+        log_dir,
+        model_args,
+        name,
+    )
+    return single, batched

@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import override_settings
 
-from bench.ceiling import run_ceiling_probes
+from bench.ceiling import single_and_batched
 from bench.decode import measure_decoding
 from bench.images import make_images
 from bench.runtimes import export_packages, make_run_choice, measure_runtimes
@@ -247,14 +247,7 @@ def summary_line(run: dict) -> str:
 def measure_ceiling(options: Options, log_dir: Path) -> dict:
     """predict throughput at batch size 1 (one worker, the single-image time) and at the
     workers' batch size with as many processes and threads as the pipeline's workers."""
-    single = run_ceiling_probes(1, 1, options.threads, options.ceiling_seconds, log_dir)
-    batched = run_ceiling_probes(
-        options.workers,
-        options.max_batch_size,
-        options.threads,
-        options.ceiling_seconds,
-        log_dir,
-    )
+    single, batched = single_and_batched(options, log_dir)
     return {
         "single_images_per_s": single["images_per_s"],
         "single_predict_ms": single["batch_ms_p50"],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.management import CommandError, call_command
 
-from bench.ceiling import run_ceiling_probes
+from bench.ceiling import single_and_batched
 from workers.package import FASTEST_FIRST
 from workers.runtimes import cpu_runs_bf16
 
@@ -70,18 +70,7 @@ def measure_runtimes(options, packages: dict, log_dir: Path, log) -> dict:
     figures = {}
     for name, model_args in configurations.items():
         tag = "-" + name.replace(" ", "-")
-        single = run_ceiling_probes(
-            1, 1, options.threads, options.ceiling_seconds, log_dir, model_args, tag
-        )
-        batched = run_ceiling_probes(
-            options.workers,
-            options.max_batch_size,
-            options.threads,
-            options.ceiling_seconds,
-            log_dir,
-            model_args,
-            tag,
-        )
+        single, batched = single_and_batched(options, log_dir, model_args, tag)
         figures[name] = {
             "batch_1_images_per_s": single["images_per_s"],
             "batch_1_ms": single["batch_ms_p50"],
