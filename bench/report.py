@@ -290,14 +290,15 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Processes whose CPU is the pipeline's own cost per job: everything but the model's workers.
-PLUMBING_PROCESSES = ("web", "celery", "bridge", "other")
+# Processes whose CPU is the pipeline's own cost per job: everything but the model's
+# workers and the benchmark's uploading clients.
+PLUMBING_PROCESSES = ("web", "celery", "bridge", "mariadb", "redis", "kafka", "other")
 
 
 def plumbing_cpu_ms(run: dict) -> float:
     """A run's CPU per job outside the model and outside decoding (core-ms)."""
     cpu = run["cpu_ms_per_job"]
-    return sum(cpu[name] for name in PLUMBING_PROCESSES) - run["decode_ms_per_job"]
+    return sum(cpu.get(name, 0.0) for name in PLUMBING_PROCESSES) - run["decode_ms_per_job"]
 
 
 def cpu_lines(data: dict) -> list[str]:
@@ -309,20 +310,21 @@ def cpu_lines(data: dict) -> list[str]:
         "",
         "CPU time per job at saturation, by process (core-ms). Celery's decoding is shown "
         "apart from the rest of Celery (the run's images decoded by the benchmark as the "
-        "preprocessing does, on its CPU clock, weighted as uploaded); "
-        '"other" is the rest of the machine (MariaDB, Redis, Kafka, the benchmark\'s '
-        'clients, the system); "plumbing" is everything but the model\'s workers and '
-        "decoding:",
+        "preprocessing does, on its CPU clock, weighted as uploaded); MariaDB, Redis and "
+        "Kafka are the stack's servers; \"other\" is the rest of the machine (the kernel's "
+        'own work); "plumbing" is all of these but decoding. Not in it: the model\'s '
+        "workers, and the benchmark's uploading clients:",
         "",
-        "| configuration | web | celery (without decoding) | decoding | bridge | worker "
-        "| other | total | plumbing | cores busy |",
-        "| --- |" + " --- |" * 9,
+        "| configuration | web | celery (without decoding) | decoding | bridge | MariaDB "
+        "| Redis | Kafka | other | plumbing | worker | clients | cores busy |",
+        "| --- |" + " --- |" * 12,
     ]
     for run in runs:
         cpu = run["cpu_ms_per_job"]
         decode = run["decode_ms_per_job"]
-        figures = [cpu["web"], cpu["celery"] - decode, decode, cpu["bridge"], cpu["worker"]]
-        figures += [cpu["other"], sum(cpu.values()), plumbing_cpu_ms(run)]
+        figures = [cpu["web"], cpu["celery"] - decode, decode, cpu["bridge"]]
+        figures += [cpu.get(name, 0.0) for name in ("mariadb", "redis", "kafka")]
+        figures += [cpu["other"], plumbing_cpu_ms(run), cpu["worker"], cpu.get("clients", 0.0)]
         lines.append(
             f"| {run['title']} | "
             + " | ".join(f"{figure:.1f}" for figure in figures)

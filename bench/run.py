@@ -374,15 +374,19 @@ def run_pipeline(
         # A few jobs first, so every process has its connections and caches warm.
         warm_up = [upload(session, base_url, images[i % len(images)])[0] for i in range(4)]
         wait_until_finished(warm_up)
-        components = {"web": [web]}
+        components = {"web": [web.popen.pid]}
         for process in processes:
             components.setdefault(process.name.split("-")[-1].rstrip("0123456789"), []).append(
-                process
+                process.popen.pid
             )
+        components |= service_pids()
         cpu_before = {name: cpu_seconds(group) for name, group in components.items()}
+        # The uploading clients are threads of this process (whose children are the
+        # processes above): measured apart, as they are not the system's cost.
+        clients_before = time.process_time()
         machine_before = machine_cpu_seconds()
         load_before = load_average()
-        profilers = start_profilers(config, components, out) if options.profile else []
+        profilers = start_profilers(config, [web, *processes], out) if options.profile else []
         started = time.time()
         job_ids = upload_concurrently(
             base_url, token, images, options.images, options.clients, config.images_per_request
@@ -396,11 +400,14 @@ def run_pipeline(
             name: (cpu_seconds(group) - cpu_before[name]) * 1000 / len(job_ids)
             for name, group in components.items()
         }
+        saturation["cpu_ms_per_job"]["clients"] = (
+            (time.process_time() - clients_before) * 1000 / len(job_ids)
+        )
         machine_after = machine_cpu_seconds()
         busy, idle = (
             after - before for after, before in zip(machine_after, machine_before, strict=True)
         )
-        # Everything else: MariaDB, Redis, Kafka, the benchmark's own clients, the system.
+        # Everything else: the kernel's own work, and any other process on the machine.
         saturation["cpu_ms_per_job"]["other"] = busy * 1000 / len(job_ids) - sum(
             saturation["cpu_ms_per_job"].values()
         )
@@ -441,7 +448,16 @@ def decode_cpu_ms(images: list[tuple[str, bytes]], count: int) -> float:
     return statistics.mean(per_image[i % len(images)] for i in range(count))
 
 
-def cpu_seconds(processes: list[ManagedProcess]) -> float:
+def service_pids() -> dict[str, list[int]]:
+    """The stack's data services this run uses, by name, when the stack started them
+    (services elsewhere count as "other")."""
+    from stack.services import running_pid
+
+    pids = {name: running_pid(name) for name in ("mariadb", "redis", "kafka")}
+    return {name: [pid] for name, pid in pids.items() if pid is not None}
+
+
+def cpu_seconds(pids: list[int]) -> float:
     """CPU time (user + system) used so far by these processes and their children."""
     tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
@@ -450,7 +466,7 @@ def cpu_seconds(processes: list[ManagedProcess]) -> float:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     total = 0.0
-    pending = [process.popen.pid for process in processes]
+    pending = list(pids)
     while pending:
         pid = pending.pop()
         pending += children.get(pid, [])
@@ -469,20 +485,19 @@ def machine_cpu_seconds() -> tuple[float, float]:
 
 
 def start_profilers(
-    config: PipelineConfig, components: dict[str, list[ManagedProcess]], out: Path
+    config: PipelineConfig, processes: list[ManagedProcess], out: Path
 ) -> list[subprocess.Popen]:
     """py-spy, sampling each process and its children, until stop_profilers."""
     profilers = []
     (out / "profiles").mkdir(exist_ok=True)
     py_spy = str(Path(sys.executable).with_name("py-spy"))
-    for group in components.values():
-        for process in group:
-            path = out / "profiles" / f"{config.name}-{process.name.split('-')[-1]}.txt"
-            argv = [py_spy, "record", "--pid", str(process.popen.pid), "--subprocesses"]
-            argv += ["--rate", "50", "--format", "raw", "--nonblocking", "--output", str(path)]
-            profilers.append(
-                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
+    for process in processes:
+        path = out / "profiles" / f"{config.name}-{process.name.split('-')[-1]}.txt"
+        argv = [py_spy, "record", "--pid", str(process.popen.pid), "--subprocesses"]
+        argv += ["--rate", "50", "--format", "raw", "--nonblocking", "--output", str(path)]
+        profilers.append(
+            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
     return profilers
 
 
