@@ -78,6 +78,9 @@ def _check_jpeg_ends(file: BinaryIO, *, scan_start: int) -> None:
     """
     chunk = 64 * 1024
     end = file.seek(0, io.SEEK_END)
+    file.seek(max(scan_start, end - len(JPEG_END_OF_IMAGE)))
+    if file.read() == JPEG_END_OF_IMAGE:
+        return
     while end > scan_start:
         start = max(scan_start, end - chunk)
         file.seek(start)

@@ -31,7 +31,7 @@ from predictions import selectors
 from predictions.models import Batch, Job, Prediction
 from predictions.storage import STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
 from workers.models import ModelVersion
-from workers.selectors import UnknownModel, servable_version
+from workers.selectors import ROUTING_MAX_AGE_S, UnknownModel, servable_version
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def upload_images(
                 )
             return Upload(jobs=earlier, replayed=True)
     try:
-        routed_to = servable_version(model, model_version)
+        routed_to = servable_version(model, model_version, max_age_s=ROUTING_MAX_AGE_S)
     except UnknownModel as error:
         raise UploadError(str(error)) from None
     batch = None

@@ -4,9 +4,11 @@ A module of its own: DRF imports the throttle classes while defining APIView, so
 cannot live in a module that defines views.
 """
 
+import functools
 import logging
 import math
 
+import redis
 from django.conf import settings
 from redis.exceptions import RedisError
 from rest_framework import throttling
@@ -27,6 +29,18 @@ class OpenWhenCacheIsDown:
             return True
 
 
+# A throttle that waits for a silent Redis holds the request: give up soon and let it pass.
+COUNTER_TIMEOUT_S = 2.0
+
+
+@functools.cache
+def counter_client(location: str) -> redis.Redis:
+    """The process's client for the cache's Redis (by LOCATION, which tests override)."""
+    return redis.Redis.from_url(
+        location, socket_connect_timeout=COUNTER_TIMEOUT_S, socket_timeout=COUNTER_TIMEOUT_S
+    )
+
+
 class CountedPerWindow:
     """Counts a client's requests in fixed windows of the rate's period (aligned to the
     clock), one Redis INCR per request. DRF's own throttle keeps the time of every request
@@ -41,14 +55,14 @@ class CountedPerWindow:
             return True
         now = self.timer()
         self.window_ends = (now // self.duration + 1) * self.duration
-        # The count expires with its window; add() leaves a running count alone.
-        timeout = math.ceil(self.window_ends - now)
-        self.cache.add(self.key, 0, timeout=timeout)
-        try:
-            count = self.cache.incr(self.key)
-        except ValueError:  # the count expired between the two calls: a new window
-            self.cache.set(self.key, 1, timeout=timeout)
-            count = 1
+        # The count expires with its window; SET NX leaves a running count alone. Both
+        # commands go in one round trip on a client kept for the process (the cache API
+        # takes two, each on a client object built anew).
+        key = self.cache.make_and_validate_key(self.key)
+        pipe = counter_client(settings.CACHES["default"]["LOCATION"]).pipeline(transaction=False)
+        pipe.set(key, 0, ex=math.ceil(self.window_ends - now), nx=True)
+        pipe.incr(key)
+        count = pipe.execute()[1]
         return count <= self.num_requests
 
     def wait(self) -> float:

@@ -219,6 +219,15 @@ def pipeline(kafka_topics, celery_worker, start_process):
     }
 
 
+@pytest.fixture(autouse=True)
+def fresh_routes():
+    """Uploads are routed by a reading of the model registry kept a few seconds per process
+    (workers/selectors.py); a test's registry is rolled back without saying so."""
+    from workers.selectors import forget_routes
+
+    forget_routes()
+
+
 @pytest.fixture
 def image_bytes():
     return {name: (DATA / name).read_bytes() for name in ("bolete.jpg", "fox.png", "toaster.png")}

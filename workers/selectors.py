@@ -2,7 +2,10 @@
 how each version is served (its live workers and lag, read from Kafka)."""
 
 import logging
+import math
 import time
+
+from django.db.models.signals import post_delete, post_save
 
 from kafka_wire.producer import TRANSIENT_ERRORS
 from kafka_wire.topics import GroupState, group_states
@@ -43,14 +46,37 @@ def find_version(name: str, version: int | None = None) -> ModelVersion | None:
     return versions.order_by("-version").first()
 
 
-def servable_version(name: str | None, version: int | None) -> ModelVersion | None:
+# An upload may be routed by a reading of the registry this old: the registry changes a few
+# times a day, uploads come hundreds a second, and the query cost a tenth of an upload.
+# A change made in this process (services, admin) is seen at once; in others within this.
+ROUTING_MAX_AGE_S = 5.0
+_routes: dict[tuple[str | None, int | None], tuple[float, ModelVersion | None]] = {}
+
+
+def forget_routes(**_signal) -> None:
+    """Drop the process's routing readings (the registry changed; also a signal receiver)."""
+    _routes.clear()
+
+
+def servable_version(
+    name: str | None, version: int | None, *, max_age_s: float = 0.0
+) -> ModelVersion | None:
     """The enabled version an upload goes to: the named model (or the default one), at the
-    given version or its latest enabled one.
+    given version or its latest enabled one, as the registry stood at most max_age_s ago.
 
     None when neither a model nor a default is registered: the upload takes the unregistered
     path (the requests topic every `run_worker` without --model reads). Raises UnknownModel
     naming the enabled versions when the model or version is unknown or disabled.
     """
+    taken, chosen = _routes.get((name, version), (-math.inf, None))
+    if time.monotonic() - taken <= max_age_s:
+        return chosen
+    chosen = _find_servable(name, version)
+    _routes[(name, version)] = (time.monotonic(), chosen)
+    return chosen
+
+
+def _find_servable(name: str | None, version: int | None) -> ModelVersion | None:
     # One query finds the version; the rest runs only to say why there is none.
     model = {"model__is_default": True} if name is None else {"model__name": name}
     enabled = ModelVersion.objects.filter(enabled=True, **model).select_related("model")
@@ -71,6 +97,11 @@ def servable_version(name: str | None, version: int | None) -> ModelVersion | No
     if known is not None and version is None:
         state = "has no enabled version"
     raise UnknownModel(f"{wanted} {state}; available: {available() or 'none'}")
+
+
+for _model in (RegisteredModel, ModelVersion):
+    post_save.connect(forget_routes, sender=_model, dispatch_uid=f"forget_routes_save_{_model}")
+    post_delete.connect(forget_routes, sender=_model, dispatch_uid=f"forget_routes_delete_{_model}")
 
 
 # An upload's answer may say "ready" from a reading this old: reading the groups from Kafka

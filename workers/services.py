@@ -4,7 +4,7 @@ from django.db import transaction
 from django.db.models import Max
 
 from workers.models import ModelVersion, RegisteredModel
-from workers.selectors import UnknownModel, find_version
+from workers.selectors import UnknownModel, find_version, forget_routes
 
 
 @transaction.atomic
@@ -76,7 +76,9 @@ def set_enabled(*, name: str, version: int | None, enabled: bool) -> int:
     versions = ModelVersion.objects.filter(model__name=name)
     if version is not None:
         versions = versions.filter(version=version)
-    return versions.exclude(enabled=enabled).update(enabled=enabled)
+    changed = versions.exclude(enabled=enabled).update(enabled=enabled)
+    forget_routes()
+    return changed
 
 
 @transaction.atomic
@@ -86,5 +88,5 @@ def set_default(*, name: str) -> RegisteredModel:
         raise UnknownModel(f"no registered model {name}")
     RegisteredModel.objects.exclude(pk=model.pk).filter(is_default=True).update(is_default=False)
     model.is_default = True
-    model.save(update_fields=["is_default"])
+    model.save(update_fields=["is_default"])  # post_save forgets the routes
     return model
