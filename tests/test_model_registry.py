@@ -350,3 +350,26 @@ def test_the_upload_page_offers_the_enabled_versions_default_model_first():
     page = browser.get("/").content.decode()
     options = [part.split('"')[0] for part in page.split('<option value="')[1:]]
     assert options == ["zeta:2", "alpha:1"]
+
+
+def test_uploads_are_routed_by_a_reading_at_most_seconds_old_and_a_registry_change_is_seen_at_once(
+    labels, monkeypatch
+):
+    from workers import selectors
+
+    models("register", "resnet", "--builtin", "resnet50", "--weights", "random")
+    first = selectors.servable_version(None, None, max_age_s=5)
+    # As another process would change it: this process keeps its reading...
+    ModelVersion.objects.filter(pk=first.pk).update(enabled=False)
+    assert selectors.servable_version(None, None, max_age_s=5) == first
+    # ...until it is older than the bound, when the registry is read again.
+    later = selectors.time.monotonic() + 5.1
+    monkeypatch.setattr(selectors.time, "monotonic", lambda: later)
+    with pytest.raises(selectors.UnknownModel, match="has no enabled version"):
+        selectors.servable_version(None, None, max_age_s=5)
+    # A change through the services is seen by this process at once.
+    models("enable", "resnet")
+    assert selectors.servable_version(None, None, max_age_s=5) == first
+    models("disable", "resnet")
+    with pytest.raises(selectors.UnknownModel):
+        selectors.servable_version(None, None, max_age_s=5)
