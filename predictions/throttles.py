@@ -4,9 +4,9 @@ A module of its own: DRF imports the throttle classes while defining APIView, so
 cannot live in a module that defines views.
 """
 
-import functools
 import logging
 import math
+import threading
 
 import redis
 from django.conf import settings
@@ -33,12 +33,23 @@ class OpenWhenCacheIsDown:
 COUNTER_TIMEOUT_S = 2.0
 
 
-@functools.cache
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
 def counter_client(location: str) -> redis.Redis:
-    """The process's client for the cache's Redis (by LOCATION, which tests override)."""
-    return redis.Redis.from_url(
-        location, socket_connect_timeout=COUNTER_TIMEOUT_S, socket_timeout=COUNTER_TIMEOUT_S
-    )
+    """The process's one client for the cache's Redis (by LOCATION, which tests override).
+
+    Made under a lock: a second client made by a racing thread and then dropped closes its
+    connections when collected, under the pipeline still using one (a 500 seen under load)."""
+    with _clients_lock:
+        if location not in _clients:
+            _clients[location] = redis.Redis.from_url(
+                location,
+                socket_connect_timeout=COUNTER_TIMEOUT_S,
+                socket_timeout=COUNTER_TIMEOUT_S,
+            )
+        return _clients[location]
 
 
 class CountedPerWindow:

@@ -2,6 +2,8 @@
 running API checked against its own schema by schemathesis."""
 
 import re
+import threading
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -74,6 +76,36 @@ def test_the_throttle_keeps_one_count_per_client_however_many_requests(client, u
     for _ in range(5):
         assert client.get("/api/batches/", HTTP_AUTHORIZATION=f"Token {token}").status_code == 200
     assert cache.get(f"throttle_user_{user.pk}") == 5
+
+
+@pytest.mark.django_db
+def test_the_throttle_counts_requests_from_many_threads_of_a_fresh_process(user, monkeypatch):
+    """A web process's threads all start counting at once; the first ones used to make a
+    Redis client each, and a dropped one closed the connection under another's request
+    (a 500 about one fresh process in eight, so 30 fresh processes are played)."""
+    from predictions import throttles
+
+    allowed, errors = [], []
+
+    def one(start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            allowed.append(throttles.UserThrottle().allow_request(SimpleNamespace(user=user), None))
+        except Exception as error:  # noqa: BLE001 - every failure is the finding
+            errors.append(repr(error))
+
+    cache.delete(f"throttle_user_{user.pk}")
+    for _ in range(30):
+        monkeypatch.setattr(throttles, "_clients", {})
+        start = threading.Barrier(16)
+        threads = [threading.Thread(target=one, args=(start,)) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert allowed == [True] * 30 * 16
+    assert cache.get(f"throttle_user_{user.pk}") == 30 * 16
 
 
 # Enough examples per operation to find what breaks, few enough to finish in minutes.
