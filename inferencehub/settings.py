@@ -274,6 +274,10 @@ UPLOAD_MAX_FILES_PER_REQUEST = env_positive_int("UPLOAD_MAX_FILES_PER_REQUEST", 
 # Django refuses bodies above this before reading them in full.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+FILE_UPLOAD_HANDLERS = [
+    "inferencehub.uploads.MemoryFileUploadHandler",
+    "inferencehub.uploads.TemporaryFileUploadHandler",
+]
 DATA_UPLOAD_MAX_NUMBER_FILES = UPLOAD_MAX_FILES_PER_REQUEST
 # A request whose Content-Length is above this gets 413 before its body is read. Default:
 # room for the most files of the largest size a request may carry, capped at 200 MB.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
 from rest_framework.test import APIClient
 
 from predictions.models import Batch, Job
@@ -190,6 +191,23 @@ def test_accepted_upload_answers_202_with_id_status_and_url(client):
     assert body["status"] == "queued"
     assert body["url"].endswith(f"/api/jobs/{job.pk}/")
     assert job.top_k == 3
+
+
+def test_images_larger_than_a_read_arrive_whole_in_memory_or_spooled_to_disk(client):
+    """The body is read in 1 MiB pieces (inferencehub/uploads.py): a photo spanning several,
+    kept in memory (up to FILE_UPLOAD_MAX_MEMORY_SIZE) or spooled to a temporary file."""
+    photos = []
+    for width, height in ((1000, 500), (2600, 1300)):  # 1.5 MB kept in memory, 10 MB spooled
+        pixels = (bytes(range(256)) * (width * height * 3 // 256 + 1))[: width * height * 3]
+        buffer = io.BytesIO()
+        Image.frombytes("RGB", (width, height), pixels).save(buffer, "PNG", compress_level=0)
+        photos.append(buffer.getvalue())
+    assert len(photos[0]) < settings.FILE_UPLOAD_MAX_MEMORY_SIZE < len(photos[1])
+    files = [SimpleUploadedFile(f"{i}.png", photo) for i, photo in enumerate(photos)]
+    response = client.post("/api/jobs/", {"image": files}, format="multipart")
+    assert response.status_code == 202
+    jobs = Job.objects.order_by("upload_index")
+    assert [job.image.read() for job in jobs] == photos
 
 
 def test_several_images_in_one_request_become_one_job_each(client):
