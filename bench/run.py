@@ -47,6 +47,7 @@ from kafka_wire.config import kafka_names
 from kafka_wire.topics import ensure_topics
 from predictions.models import Job
 from stack import processes
+from stack.services import running_pid
 
 STAGES = (
     ("queued", "created_at", "preprocessed_at"),
@@ -453,8 +454,6 @@ def decode_cpu_ms(images: list[tuple[str, bytes]], count: int) -> float:
 def service_pids() -> dict[str, list[int]]:
     """The stack's data services this run uses, by name, when the stack started them
     (services elsewhere count as "other")."""
-    from stack.services import running_pid
-
     pids = {name: running_pid(name) for name in ("mariadb", "redis", "kafka")}
     return {name: [pid] for name, pid in pids.items() if pid is not None}
 

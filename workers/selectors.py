@@ -4,6 +4,7 @@ how each version is served (its live workers and lag, read from Kafka)."""
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from django.db.models.signals import post_delete, post_save
 
@@ -68,12 +69,18 @@ def servable_version(
     path (the requests topic every `run_worker` without --model reads). Raises UnknownModel
     naming the enabled versions when the model or version is unknown or disabled.
     """
-    taken, chosen = _routes.get((name, version), (-math.inf, None))
+    return _kept(_routes, (name, version), max_age_s, lambda: _find_servable(name, version))
+
+
+def _kept(readings: dict, key, max_age_s: float, read: Callable):
+    """readings[key] if it was read at most max_age_s ago, else read() kept as it. An
+    exception of read() leaves the old reading and goes to the caller."""
+    taken, value = readings.get(key, (-math.inf, None))
     if time.monotonic() - taken <= max_age_s:
-        return chosen
-    chosen = _find_servable(name, version)
-    _routes[(name, version)] = (time.monotonic(), chosen)
-    return chosen
+        return value
+    value = read()
+    readings[key] = (time.monotonic(), value)
+    return value
 
 
 def _find_servable(name: str | None, version: int | None) -> ModelVersion | None:
@@ -116,14 +123,11 @@ def serving_states(
     """Each version's live workers and lag by its primary key, as its consumer group and
     topic stand in Kafka (read at most max_age_s ago); None when Kafka does not answer."""
     routes = frozenset(version.route for version in versions)
-    taken, states = _readings.get(routes, (0.0, {}))
-    if time.monotonic() - taken > max_age_s:
-        try:
-            states = group_states(list(routes))
-        except (*TRANSIENT_ERRORS, TimeoutError) as error:
-            logger.warning("could not read the model groups from Kafka: %s", error)
-            return None
-        _readings[routes] = (time.monotonic(), states)
+    try:
+        states = _kept(_readings, routes, max_age_s, lambda: group_states(list(routes)))
+    except (*TRANSIENT_ERRORS, TimeoutError) as error:
+        logger.warning("could not read the model groups from Kafka: %s", error)
+        return None
     return {version.pk: states[version.route] for version in versions}
 
 
