@@ -315,6 +315,10 @@ KAFKA_COMPRESSION = env_choice(
     "KAFKA_COMPRESSION", ("none", "lz4", "zstd", "snappy", "gzip"), "none"
 )
 KAFKA_LINGER_MS = env("KAFKA_LINGER_MS", int, 5)
+# How often a consumer (worker, bridge) commits the offsets of the batches it has handled.
+# A consumer killed outright redoes at most this much work; a committing round trip per
+# batch cost the broker more than anything but moving the pixels (docs/performance.md).
+KAFKA_COMMIT_INTERVAL_MS = env_positive_int("KAFKA_COMMIT_INTERVAL_MS", 1000)
 # How long a consumer (worker, bridge) may go unheard before the group gives its partitions
 # to the others: librdkafka's default; shorter moves them sooner off a cut-off host.
 KAFKA_SESSION_TIMEOUT_MS = env_positive_int("KAFKA_SESSION_TIMEOUT_MS", 45_000)

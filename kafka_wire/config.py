@@ -64,11 +64,14 @@ def producer_config(**overrides) -> dict:
 
 
 def consumer_config(group_id: str, **overrides) -> dict:
-    """Consumer settings: offsets are committed by the runner only after a batch is handled."""
+    """Consumer settings: librdkafka commits, every KAFKA_COMMIT_INTERVAL_MS, only the offsets
+    the runner stored after a batch was handled (runner.BatchConsumer.store_offsets)."""
     config = {
         **client_config(),
         "group.id": group_id,
-        "enable.auto.commit": False,
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": settings.KAFKA_COMMIT_INTERVAL_MS,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "enable.partition.eof": False,

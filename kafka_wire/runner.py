@@ -33,7 +33,7 @@ def subscribed_consumer(group_id: str, topics: list[str]) -> Consumer:
 
 
 class BatchConsumer:
-    """Polls batches from a subscribed consumer, hands them to a handler, then commits them."""
+    """Polls batches from a subscribed consumer, hands them to a handler, then stores their offsets."""
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class BatchConsumer:
             logger.info("%s: stopped", self.name)
 
     def request_shutdown(self, signum, frame) -> None:
-        # Only a flag: the batch under way finishes and is committed first.
+        # Only a flag: the batch under way finishes and its offsets are stored, then committed by close().
         self.shutdown = True
 
     def process_one(self) -> bool:
@@ -102,7 +102,7 @@ class BatchConsumer:
             self.back_off()
             return True
         self.consecutive_failures = 0
-        self.commit(batch)
+        self.store_offsets(batch)
         self.messages_since_log += len(batch)
         self.batches_since_log += 1
         self.record_metrics(batch)
@@ -152,27 +152,22 @@ class BatchConsumer:
             logger.warning("%s: consumer error: %s", self.name, error)
         return False
 
-    def commit(self, batch: list[Message]) -> None:
+    def store_offsets(self, batch: list[Message]) -> None:
+        """Mark the batch handled. librdkafka commits the stored offsets every
+        KAFKA_COMMIT_INTERVAL_MS, when a partition is revoked and on close: a synchronous
+        commit per batch cost a broker round trip and a write to __consumer_offsets per batch
+        (docs/performance.md). A crash redoes at most that interval's batches, which results
+        being idempotent by job id makes harmless."""
         offsets = [
             TopicPartition(topic, partition, offset)
             for (topic, partition), offset in next_offsets(batch).items()
         ]
         try:
-            committed = self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.store_offsets(offsets=offsets)
         except KafkaException as error:
             # E.g. the partitions were revoked by a rebalance: their new owner redoes
-            # the batch, which results being idempotent by job id makes harmless.
-            logger.warning("%s: commit failed, batch may be redone: %s", self.name, error)
-            return
-        for position in committed or []:
-            if position.error is not None:
-                logger.warning(
-                    "%s: commit of %s[%d] failed, may be redone: %s",
-                    self.name,
-                    position.topic,
-                    position.partition,
-                    position.error,
-                )
+            # the batch from the last commit.
+            logger.warning("%s: offsets not stored, batch may be redone: %s", self.name, error)
 
     def rewind(self, batch: list[Message]) -> None:
         """Seek each partition of the batch back to its first message in the batch."""

@@ -34,12 +34,12 @@ class FakeMessage:
 
 class FakeConsumer:
     """Delivers scheduled messages once their time (seconds after creation) has come,
-    honouring poll/consume timeouts like librdkafka; records commits and seeks."""
+    honouring poll/consume timeouts like librdkafka; records stored offsets and seeks."""
 
     def __init__(self, schedule: list[tuple[float, FakeMessage]]):
         self.started = time.monotonic()
         self.pending = sorted(schedule, key=lambda item: item[0])
-        self.commits: list[list[tuple[str, int, int]]] = []
+        self.stored: list[list[tuple[str, int, int]]] = []
         self.seeks: list[tuple[str, int, int]] = []
         self.closed = False
 
@@ -66,10 +66,8 @@ class FakeConsumer:
     def consume(self, num_messages: int, timeout: float):
         return self._take(num_messages, timeout)
 
-    def commit(self, *, offsets, asynchronous):
-        assert asynchronous is False
-        self.commits.append(sorted((tp.topic, tp.partition, tp.offset) for tp in offsets))
-        return offsets
+    def store_offsets(self, *, offsets):
+        self.stored.append(sorted((tp.topic, tp.partition, tp.offset) for tp in offsets))
 
     def seek(self, position):
         self.seeks.append((position.topic, position.partition, position.offset))
@@ -133,10 +131,10 @@ def test_idle_poll_returns_empty_batch_and_process_one_reports_no_work():
     handled = []
     runner = make_runner(consumer, handled.append)
     assert runner.process_one() is False
-    assert handled == [] and consumer.commits == []
+    assert handled == [] and consumer.stored == []
 
 
-def test_commits_next_offset_per_partition_after_handler_returns():
+def test_stores_next_offset_per_partition_after_handler_returns():
     schedule = [
         (0.0, FakeMessage("requests", 0, 7)),
         (0.0, FakeMessage("requests", 1, 3)),
@@ -144,19 +142,19 @@ def test_commits_next_offset_per_partition_after_handler_returns():
         (0.0, FakeMessage("requests", 1, 4)),
     ]
     consumer = FakeConsumer(schedule)
-    seen_commits_during_handler = []
+    seen_stored_during_handler = []
 
     def handler(batch):
-        seen_commits_during_handler.append(list(consumer.commits))
+        seen_stored_during_handler.append(list(consumer.stored))
 
     runner = make_runner(consumer, handler, max_batch_size=4)
     assert runner.process_one() is True
-    assert seen_commits_during_handler == [[]]
-    assert consumer.commits == [[("requests", 0, 9), ("requests", 1, 5)]]
+    assert seen_stored_during_handler == [[]]
+    assert consumer.stored == [[("requests", 0, 9), ("requests", 1, 5)]]
     assert consumer.seeks == []
 
 
-def test_handler_failure_commits_nothing_and_rewinds_each_partition():
+def test_handler_failure_stores_nothing_and_rewinds_each_partition():
     schedule = [
         (0.0, FakeMessage("requests", 0, 7)),
         (0.0, FakeMessage("requests", 2, 40)),
@@ -170,7 +168,7 @@ def test_handler_failure_commits_nothing_and_rewinds_each_partition():
 
     runner = make_runner(consumer, handler, max_batch_size=4)
     assert runner.process_one() is True
-    assert consumer.commits == []
+    assert consumer.stored == []
     assert sorted(consumer.seeks) == [("requests", 0, 7), ("requests", 2, 40)]
     assert runner.consecutive_failures == 1
 
@@ -188,7 +186,7 @@ def test_success_after_failure_resets_the_failure_count():
     runner.process_one()
     runner.process_one()
     assert calls == [[0], [1]]
-    assert consumer.commits == [[("requests", 0, 2)]]
+    assert consumer.stored == [[("requests", 0, 2)]]
     assert runner.consecutive_failures == 0
 
 
@@ -228,7 +226,7 @@ def test_run_stops_on_shutdown_flag_and_closes_the_consumer():
     runner.run()
     # The batch during which shutdown was asked for is still committed.
     assert handled == [[0], [1]]
-    assert consumer.commits[-1] == [("requests", 0, 2)]
+    assert consumer.stored[-1] == [("requests", 0, 2)]
     assert consumer.closed
 
 

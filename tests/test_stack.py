@@ -15,6 +15,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from kafka_wire.config import consumer_config, producer_config
+from kafka_wire.runner import BatchConsumer
 from kafka_wire.topics import admin_client
 from predictions.models import Job
 from tests.conftest import REPO
@@ -53,6 +54,53 @@ def test_message_produced_to_a_topic_is_consumed_back():
         consumer.close()
         assert message is not None and message.error() is None
         assert (message.key(), message.value()) == (b"k", b"hello kafka")
+    finally:
+        admin.delete_topics([topic])
+
+
+def committed_offset(group: str, topic: str) -> int:
+    """The group's committed offset of the topic's one partition (-1001: none)."""
+    from confluent_kafka import TopicPartition
+
+    reader = Consumer(consumer_config(group))
+    try:
+        return reader.committed([TopicPartition(topic, 0)], timeout=30)[0].offset
+    finally:
+        reader.close()
+
+
+@pytest.mark.services
+def test_runner_commits_handled_batches_and_never_a_failed_one():
+    topic = f"test-commits-{uuid.uuid4().hex[:8]}"
+    group = f"{topic}-group"
+    admin = admin_client()
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+    try:
+        producer = Producer(producer_config())
+        for index in range(6):
+            producer.produce(topic, key=b"k", value=str(index).encode())
+        assert producer.flush(30) == 0
+        handled = []
+
+        def handler(batch):
+            values = [int(message.value()) for message in batch]
+            if 4 in values:
+                runner.request_shutdown(None, None)
+                raise RuntimeError("this batch fails and must be redone")
+            handled.extend(values)
+
+        consumer = Consumer(consumer_config(group))
+        consumer.subscribe([topic])
+        runner = BatchConsumer(
+            consumer, handler, max_batch_size=2, max_batch_delay_ms=50, retry_backoff_s=0.0
+        )
+        deadline = time.monotonic() + 60
+        while not runner.shutdown and time.monotonic() < deadline:
+            runner.process_one()
+        # What interval commits leave to close(): the offsets stored since the last commit.
+        consumer.close()
+        assert handled == [0, 1, 2, 3]
+        assert committed_offset(group, topic) == 4
     finally:
         admin.delete_topics([topic])
 
