@@ -33,7 +33,8 @@ def subscribed_consumer(group_id: str, topics: list[str]) -> Consumer:
 
 
 class BatchConsumer:
-    """Polls batches from a subscribed consumer, hands them to a handler, then stores their offsets."""
+    """Polls batches from a subscribed consumer, hands them to a handler, then stores their
+    offsets for librdkafka to commit."""
 
     def __init__(
         self,
@@ -80,7 +81,7 @@ class BatchConsumer:
             logger.info("%s: stopped", self.name)
 
     def request_shutdown(self, signum, frame) -> None:
-        # Only a flag: the batch under way finishes and its offsets are stored, then committed by close().
+        # Only a flag: the batch under way finishes, and close() commits its stored offsets.
         self.shutdown = True
 
     def process_one(self) -> bool:
