@@ -444,7 +444,7 @@ if WEB_HELD_REQUESTS < 0:
     )
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "predictions.authentication.CachedTokenAuthentication",
         "predictions.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
@@ -458,6 +458,13 @@ REST_FRAMEWORK = {
         "predictions.throttles.AnonThrottle",
     ],
 }
+# How long a web process keeps what an API token's lookup found (0: asks every time). A
+# token deleted or a user changed elsewhere is refused by the other processes within it.
+API_TOKEN_CACHE_SECONDS = env("API_TOKEN_CACHE_SECONDS", int, 5)
+if API_TOKEN_CACHE_SECONDS < 0:
+    raise ImproperlyConfigured(
+        f"Setting API_TOKEN_CACHE_SECONDS must be 0 or more, got {API_TOKEN_CACHE_SECONDS}"
+    )
 API_THROTTLE_USER = env_rate("API_THROTTLE_USER", "100000/hour")
 API_THROTTLE_ANON = env_rate("API_THROTTLE_ANON", "1000/hour")
 SPECTACULAR_SETTINGS = {

@@ -43,15 +43,25 @@ class BatchConsumer:
         *,
         max_batch_size: int,
         max_batch_delay_ms: int,
+        busy_batch_delay_ms: int | None = None,
         name: str = "consumer",
         retry_backoff_s: float = 1.0,
     ) -> None:
-        if max_batch_size < 1 or max_batch_delay_ms < 0:
-            raise ValueError("max_batch_size must be >= 1 and max_batch_delay_ms >= 0")
+        """busy_batch_delay_ms, when given, replaces max_batch_delay_ms after a batch of more
+        than one message: messages arriving faster than one per delay are gathered into
+        fewer, larger batches, while one message at a time still waits only
+        max_batch_delay_ms."""
+        busy_batch_delay_ms = (
+            max_batch_delay_ms if busy_batch_delay_ms is None else busy_batch_delay_ms
+        )
+        if max_batch_size < 1 or min(max_batch_delay_ms, busy_batch_delay_ms) < 0:
+            raise ValueError("max_batch_size must be >= 1 and the batch delays >= 0")
         self.consumer = consumer
         self.handle_batch = handle_batch
         self.max_batch_size = max_batch_size
         self.max_batch_delay_ms = max_batch_delay_ms
+        self.busy_batch_delay_ms = busy_batch_delay_ms
+        self.busy = False
         self.name = name
         self.retry_backoff_s = retry_backoff_s
         self.shutdown = False
@@ -124,13 +134,16 @@ class BatchConsumer:
 
     def poll_batch(self) -> list[Message]:
         """Wait briefly for a first message, then gather more until the batch is full or
-        max_batch_delay_ms has passed since the first one arrived."""
+        the batch delay (busy_batch_delay_ms after a batch of several) has passed since the
+        first one arrived."""
         first = self.consumer.poll(POLL_TIMEOUT_S)
         metrics.CONSUMER_HEALTH.polled()
         if not self.is_data(first):
+            self.busy = False
             return []
         batch = [first]
-        deadline = time.monotonic() + self.max_batch_delay_ms / 1000
+        delay_ms = self.busy_batch_delay_ms if self.busy else self.max_batch_delay_ms
+        deadline = time.monotonic() + delay_ms / 1000
         while len(batch) < self.max_batch_size:
             remaining_s = max(0.0, deadline - time.monotonic())
             messages = self.consumer.consume(self.max_batch_size - len(batch), timeout=remaining_s)
@@ -138,6 +151,7 @@ class BatchConsumer:
             # Past the deadline one last non-blocking consume takes what is already fetched.
             if remaining_s == 0.0:
                 break
+        self.busy = len(batch) > 1
         return batch
 
     def is_data(self, message: Message | None) -> bool:

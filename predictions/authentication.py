@@ -1,13 +1,63 @@
 """API token authentication that takes `Authorization: Bearer <token>` as well as DRF's
-`Authorization: Token <token>`: most HTTP clients and tools send the Bearer form."""
+`Authorization: Token <token>`: most HTTP clients and tools send the Bearer form.
 
+Both keep what a token's lookup found for API_TOKEN_CACHE_SECONDS in the process: the query
+was the largest single cost of a one-image upload in the web process (docs/performance.md).
+A token deleted, or its user changed, is forgotten at once by the process that made the
+change and within API_TOKEN_CACHE_SECONDS by the others."""
+
+import threading
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from rest_framework.authentication import TokenAuthentication
+from rest_framework.authtoken.models import Token
+
+# Beyond this many tokens the kept lookups are dropped, so a flood of made-up tokens (each
+# refused, never kept) or of real ones cannot grow a process without bound.
+MAX_KEPT_TOKENS = 10_000
+
+_kept: dict[str, tuple[float, tuple]] = {}
+_lock = threading.Lock()
 
 
-class BearerTokenAuthentication(TokenAuthentication):
+def forget_tokens() -> None:
+    """Drop every kept lookup: the next request of each token asks the database again."""
+    with _lock:
+        _kept.clear()
+
+
+class CachedTokenAuthentication(TokenAuthentication):
+    def authenticate_credentials(self, key: str) -> tuple:
+        now = time.monotonic()
+        kept = _kept.get(key)
+        if kept is not None and now - kept[0] < settings.API_TOKEN_CACHE_SECONDS:
+            return kept[1]
+        # Raises AuthenticationFailed for an unknown token or an inactive user: never kept.
+        found = super().authenticate_credentials(key)
+        with _lock:
+            if len(_kept) >= MAX_KEPT_TOKENS:
+                _kept.clear()
+            _kept[key] = (now, found)
+        return found
+
+
+class BearerTokenAuthentication(CachedTokenAuthentication):
     keyword = "Bearer"
+
+
+@receiver(post_delete, sender=Token)
+@receiver(post_save, sender=Token)
+@receiver(post_save, sender=get_user_model())
+def _forget_changed_tokens(**_kwargs) -> None:
+    # A user's save may have made them inactive: every kept lookup goes, as it is cheap to
+    # redo and rare enough.
+    forget_tokens()
 
 
 class BearerTokenScheme(OpenApiAuthenticationExtension):

@@ -228,6 +228,15 @@ def fresh_routes():
     forget_routes()
 
 
+@pytest.fixture(autouse=True)
+def fresh_tokens():
+    """API token lookups are kept a few seconds per process (predictions/authentication.py);
+    a test's tokens and users are rolled back without saying so."""
+    from predictions.authentication import forget_tokens
+
+    forget_tokens()
+
+
 @pytest.fixture
 def image_bytes():
     return {name: (DATA / name).read_bytes() for name in ("bolete.jpg", "fox.png", "toaster.png")}

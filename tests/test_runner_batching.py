@@ -120,6 +120,39 @@ def test_batch_closes_at_delay_after_first_message():
     assert offsets_of(runner.poll_batch()) == [2]
 
 
+def test_busy_delay_follows_a_batch_of_several_and_ends_with_a_single_message():
+    schedule = [
+        # A batch of two: the next batch waits the busy delay for a second message ...
+        (0.0, FakeMessage("requests", 0, 0)),
+        (0.0, FakeMessage("requests", 0, 1)),
+        (0.2, FakeMessage("requests", 0, 2)),
+        # ... none comes within it, and a message alone ends the busy spell: the next
+        # batch waits only the short delay.
+        (0.8, FakeMessage("requests", 0, 3)),
+        (0.9, FakeMessage("requests", 0, 4)),
+    ]
+    consumer = FakeConsumer(schedule)
+    runner = make_runner(
+        consumer, max_batch_size=32, max_batch_delay_ms=20, busy_batch_delay_ms=400
+    )
+    assert offsets_of(runner.poll_batch()) == [0, 1]
+    assert offsets_of(runner.poll_batch()) == [2]
+    assert time.monotonic() - consumer.started >= 0.58
+    assert offsets_of(runner.poll_batch()) == [3]
+    assert offsets_of(runner.poll_batch()) == [4]
+
+
+def test_one_message_at_a_time_never_waits_the_busy_delay():
+    schedule = [(0.1 * i, FakeMessage("requests", 0, i)) for i in range(4)]
+    consumer = FakeConsumer(schedule)
+    runner = make_runner(
+        consumer, max_batch_size=32, max_batch_delay_ms=10, busy_batch_delay_ms=5_000
+    )
+    started = time.monotonic()
+    assert [offsets_of(runner.poll_batch()) for _ in range(4)] == [[0], [1], [2], [3]]
+    assert time.monotonic() - started < 1.0
+
+
 def test_zero_delay_still_takes_messages_already_fetched():
     consumer = FakeConsumer(messages_now(3))
     runner = make_runner(consumer, max_batch_size=8, max_batch_delay_ms=0)

@@ -36,9 +36,20 @@ class Command(BaseCommand):
         # Short: waiting delays every result at light load, and under load the results of
         # a whole inference batch arrive together anyway.
         parser.add_argument("--max-batch-delay-ms", type=int, default=5)
+        # Once results come faster than one per delay, a longer wait gathers them into fewer
+        # store tasks (each a Celery message and a transaction): docs/performance.md.
+        parser.add_argument("--busy-batch-delay-ms", type=int, default=25)
         metrics.add_metrics_port_argument(parser)
 
-    def handle(self, *args, group_id, max_batch_size, max_batch_delay_ms, **options):
+    def handle(
+        self,
+        *args,
+        group_id,
+        max_batch_size,
+        max_batch_delay_ms,
+        busy_batch_delay_ms,
+        **options,
+    ):
         # A refused login or an untrusted certificate stops the bridge here, naming the
         # setting, rather than leaving librdkafka retrying in the log.
         try:
@@ -50,12 +61,14 @@ class Command(BaseCommand):
             log.warning("Kafka not reachable yet, waiting for it: %s", error)
         consumer = subscribed_consumer(group_id, [settings.KAFKA_RESULTS_TOPIC])
         log.info(
-            "result bridge consuming %s as group %s from %s (batches of up to %d, %d ms)",
+            "result bridge consuming %s as group %s from %s (batches of up to %d, %d ms, "
+            "%d ms when busy)",
             settings.KAFKA_RESULTS_TOPIC,
             group_id,
             settings.KAFKA_BOOTSTRAP_SERVERS,
             max_batch_size,
             max_batch_delay_ms,
+            busy_batch_delay_ms,
         )
         metrics.serve_metrics(options["metrics_port"])
         handler = functools.partial(
@@ -66,5 +79,6 @@ class Command(BaseCommand):
             handler,
             max_batch_size=max_batch_size,
             max_batch_delay_ms=max_batch_delay_ms,
+            busy_batch_delay_ms=busy_batch_delay_ms,
             name="result-bridge",
         ).run()
