@@ -67,7 +67,7 @@ class Options:
     max_batch_size: int = 32
     batch_delay_ms: int = 5
     celery_concurrency: int = 2
-    web_workers: int = 2
+    web_workers: int | None = None  # gunicorn processes; None: gunicorn.conf.py's default
     ceiling_seconds: float = 15.0
     profile: bool = False  # py-spy every pipeline process during the saturation run
     parts: tuple[str, ...] = (
@@ -297,8 +297,9 @@ def web_server(options: Options, log_dir: Path) -> Iterator[ManagedProcess]:
     """gunicorn as `make run` starts it, on a free port; yields it with its base_url set."""
     port = free_port()
     process = processes.web(PYTHON, port=port)
-    # gunicorn.conf.py's other settings, as under `make run`; the worker count is measured.
-    env = process_env(GUNICORN_CMD_ARGS=f"--workers {options.web_workers}")
+    # gunicorn.conf.py's settings, as under `make run`, unless the process count is measured.
+    workers = {} if options.web_workers is None else {"WEB_CONCURRENCY": str(options.web_workers)}
+    env = process_env(**workers)
     web = ManagedProcess(process.name, process.argv, env, log_dir).start()
     try:
         web.wait_for_log(process.ready_text)
