@@ -3,18 +3,19 @@ the repository root (`make run`, the tests, the benchmark, the Docker image). Th
 line (stack/processes.py) gives only the address; GUNICORN_CMD_ARGS overrides any of these
 for one run.
 
-One process of 8 threads by default (WEB_CONCURRENCY sets the process count): on the 2-core
+One process of 4 threads by default (WEB_CONCURRENCY sets the process count): on the 2-core
 machine, where the web shares the cores with Celery, the data services and the workers,
-one process cost 15-20 % less CPU per upload than two of 4 threads, and gave more uploads
-per second (docs/performance.md). Give it more processes where it has cores of its own: one
-Python process uses about one core.
+one process cost 15-20 % less CPU per upload than two, and gave more uploads per second;
+8 threads cost more than 4, their requests contending for the one interpreter lock
+(docs/performance.md). Give it more processes where it has cores of its own: one Python
+process uses about one core.
 
 The web's Prometheus metrics are counted across all worker processes: each process writes
 its counts to files in PROMETHEUS_MULTIPROC_DIR and /metrics adds them up
 (inferencehub/metrics.py), so a scrape does not see only the process that answered it.
 
 Each worker process runs `threads` threads. A held request (a job's `?wait=`, a batch's
-event stream) keeps one for up to 30 s, well under `timeout`; at most WEB_HELD_REQUESTS (4)
+event stream) keeps one for up to 30 s, well under `timeout`; at most WEB_HELD_REQUESTS (2)
 are held per process (inferencehub/holding.py), so the other threads stay free for the rest
 of the API. Raise both together; with threads = 1 set WEB_HELD_REQUESTS=0.
 """
@@ -24,7 +25,7 @@ import shutil
 import tempfile
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-threads = 8
+threads = 4
 timeout = 120
 # Oversized request heads are refused before Django runs; bodies are capped by
 # REQUEST_MAX_BYTES (inferencehub/limits.py) from their Content-Length.

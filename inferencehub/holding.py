@@ -1,6 +1,6 @@
 """Requests held open: a job's `?wait=N` and a batch's event stream.
 
-gunicorn runs each web process with a few threads (8, gunicorn.conf.py, under make run
+gunicorn runs each web process with a few threads (4, gunicorn.conf.py, under make run
 and in the deployments), and a held request keeps one of them. So at most WEB_HELD_REQUESTS of
 them per process may be held at once; the others stay free for the rest of the API. A
 request that finds no free slot is answered at once (`?wait`) or told to come back

@@ -437,7 +437,7 @@ CACHES = {
 # Requests each web process may hold open at once (a job's ?wait=, a batch's event
 # stream; inferencehub/holding.py). Keep it below gunicorn.conf.py's threads (4), so that
 # threads stay free for the rest of the API; 0 holds none.
-WEB_HELD_REQUESTS = env("WEB_HELD_REQUESTS", int, 4)
+WEB_HELD_REQUESTS = env("WEB_HELD_REQUESTS", int, 2)
 if WEB_HELD_REQUESTS < 0:
     raise ImproperlyConfigured(
         f"Setting WEB_HELD_REQUESTS must be 0 or more, got {WEB_HELD_REQUESTS}"
