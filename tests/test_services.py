@@ -150,6 +150,29 @@ def test_preprocessing_fails_an_undecodable_image_and_submits_the_others(
     assert good.preprocess_ms is not None and good.submitted_at is not None
 
 
+def test_each_request_goes_to_its_versions_topic_at_its_input_size(
+    settings, tmp_path, monkeypatch, django_assert_num_queries
+):
+    settings.MEDIA_ROOT = str(tmp_path)
+    small = register_version(name="small", source="keras", input_size=32, classes=3)
+    routed = make_job(status=Job.Status.QUEUED, routed_to=small, top_k=3, attempts=2)
+    unrouted = make_job(status=Job.Status.QUEUED)
+    for job in (routed, unrouted):
+        job.image.save(str(job.pk), ContentFile((DATA / "fox.png").read_bytes()))
+    published = {}
+    monkeypatch.setattr(services, "publish_requests", published.update)
+    # One read of what the requests need (no field loaded later, one by one) and one UPDATE.
+    with django_assert_num_queries(2):
+        services.preprocess_and_submit(job_ids=[str(routed.pk), str(unrouted.pk)])
+    [to_small] = published[small.route.requests_topic]
+    assert (to_small.job_id, to_small.top_k, to_small.attempt) == (str(routed.pk), 3, 2)
+    assert to_small.image.shape == (32, 32, 3)
+    [to_default] = published[settings.KAFKA_REQUESTS_TOPIC]
+    assert to_default.job_id == str(unrouted.pk)
+    size = settings.MODEL_INPUT_SIZE
+    assert to_default.image.shape == (size, size, 3)
+
+
 def test_jobs_kafka_refused_are_left_preprocessed_for_the_retry(kafka_topics, settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path)
     # 1200 × 1200 × 3 pixels exceed the producer's message size limit (1 MB): refused.
