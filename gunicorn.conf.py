@@ -5,9 +5,9 @@ for one run.
 
 One process of 4 threads by default (WEB_CONCURRENCY sets the process count): on the 2-core
 machine, where the web shares the cores with Celery, the data services and the workers,
-one process cost 15-20 % less CPU per upload than two, and gave more uploads per second;
-8 threads cost more than 4, their requests contending for the one interpreter lock
-(docs/performance.md). Give it more processes where it has cores of its own: one Python
+one process cost about a tenth less CPU per upload than two (near the run-to-run noise, never
+more) and saved a Django process's memory; 8 threads cost more than 4, their requests
+contending for the one interpreter lock (docs/performance.md). Give it more processes where it has cores of its own: one Python
 process uses about one core.
 
 The web's Prometheus metrics are counted across all worker processes: each process writes

@@ -18,8 +18,8 @@ from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
-# Beyond this many tokens the kept lookups are dropped, so a flood of made-up tokens (each
-# refused, never kept) or of real ones cannot grow a process without bound.
+# Beyond this many tokens the kept lookups are all dropped, so that many clients' tokens
+# cannot grow a process without bound (a refused token is never kept).
 MAX_KEPT_TOKENS = 10_000
 
 _kept: dict[str, tuple[float, tuple]] = {}
