@@ -7,8 +7,8 @@ One process of 4 threads by default (WEB_CONCURRENCY sets the process count): on
 machine, where the web shares the cores with Celery, the data services and the workers,
 one process cost about a tenth less CPU per upload than two (near the run-to-run noise, never
 more) and saved a Django process's memory; 8 threads cost more than 4, their requests
-contending for the one interpreter lock (docs/performance.md). Give it more processes where it has cores of its own: one Python
-process uses about one core.
+contending for the one interpreter lock (docs/performance.md). Give it more processes where
+it has cores of its own: one Python process uses about one core.
 
 The web's Prometheus metrics are counted across all worker processes: each process writes
 its counts to files in PROMETHEUS_MULTIPROC_DIR and /metrics adds them up
