@@ -6,9 +6,6 @@ was the largest single cost of a one-image upload in the web process (docs/perfo
 A token deleted, or its user changed, is forgotten at once by the process that made the
 change and within API_TOKEN_CACHE_SECONDS by the others."""
 
-import threading
-import time
-
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete, post_save
@@ -18,33 +15,28 @@ from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
+from inferencehub.readings import kept_reading
+
 # Beyond this many tokens the kept lookups are all dropped, so that many clients' tokens
 # cannot grow a process without bound (a refused token is never kept).
 MAX_KEPT_TOKENS = 10_000
 
-_kept: dict[str, tuple[float, tuple]] = {}
-_lock = threading.Lock()
+_lookups: dict[str, tuple[float, tuple]] = {}
 
 
 def forget_tokens() -> None:
     """Drop every kept lookup: the next request of each token asks the database again."""
-    with _lock:
-        _kept.clear()
+    _lookups.clear()
 
 
 class CachedTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, key: str) -> tuple:
-        now = time.monotonic()
-        kept = _kept.get(key)
-        if kept is not None and now - kept[0] < settings.API_TOKEN_CACHE_SECONDS:
-            return kept[1]
-        # Raises AuthenticationFailed for an unknown token or an inactive user: never kept.
-        found = super().authenticate_credentials(key)
-        with _lock:
-            if len(_kept) >= MAX_KEPT_TOKENS:
-                _kept.clear()
-            _kept[key] = (now, found)
-        return found
+        if len(_lookups) >= MAX_KEPT_TOKENS:
+            forget_tokens()
+        # super() raises AuthenticationFailed for an unknown token or an inactive user: such
+        # a lookup is never kept.
+        lookup = super().authenticate_credentials
+        return kept_reading(_lookups, key, settings.API_TOKEN_CACHE_SECONDS, lambda: lookup(key))
 
 
 class BearerTokenAuthentication(CachedTokenAuthentication):

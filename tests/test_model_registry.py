@@ -355,6 +355,7 @@ def test_the_upload_page_offers_the_enabled_versions_default_model_first():
 def test_uploads_are_routed_by_a_reading_at_most_seconds_old_and_a_registry_change_is_seen_at_once(
     labels, monkeypatch
 ):
+    from inferencehub import readings
     from workers import selectors
 
     models("register", "resnet", "--builtin", "resnet50", "--weights", "random")
@@ -363,8 +364,8 @@ def test_uploads_are_routed_by_a_reading_at_most_seconds_old_and_a_registry_chan
     ModelVersion.objects.filter(pk=first.pk).update(enabled=False)
     assert selectors.servable_version(None, None, max_age_s=5) == first
     # ...until it is older than the bound, when the registry is read again.
-    later = selectors.time.monotonic() + 5.1
-    monkeypatch.setattr(selectors.time, "monotonic", lambda: later)
+    later = readings.time.monotonic() + 5.1
+    monkeypatch.setattr(readings.time, "monotonic", lambda: later)
     with pytest.raises(selectors.UnknownModel, match="has no enabled version"):
         selectors.servable_version(None, None, max_age_s=5)
     # A change through the services is seen by this process at once.

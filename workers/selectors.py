@@ -2,12 +2,10 @@
 how each version is served (its live workers and lag, read from Kafka)."""
 
 import logging
-import math
-import time
-from collections.abc import Callable
 
 from django.db.models.signals import post_delete, post_save
 
+from inferencehub.readings import kept_reading
 from kafka_wire.producer import TRANSIENT_ERRORS
 from kafka_wire.topics import GroupState, group_states
 from workers.models import ModelVersion, RegisteredModel
@@ -69,18 +67,7 @@ def servable_version(
     path (the requests topic every `run_worker` without --model reads). Raises UnknownModel
     naming the enabled versions when the model or version is unknown or disabled.
     """
-    return _kept(_routes, (name, version), max_age_s, lambda: _find_servable(name, version))
-
-
-def _kept(readings: dict, key, max_age_s: float, read: Callable):
-    """readings[key] if it was read at most max_age_s ago, else read() kept as it. An
-    exception of read() leaves the old reading and goes to the caller."""
-    taken, value = readings.get(key, (-math.inf, None))
-    if time.monotonic() - taken <= max_age_s:
-        return value
-    value = read()
-    readings[key] = (time.monotonic(), value)
-    return value
+    return kept_reading(_routes, (name, version), max_age_s, lambda: _find_servable(name, version))
 
 
 def _find_servable(name: str | None, version: int | None) -> ModelVersion | None:
@@ -124,7 +111,7 @@ def serving_states(
     topic stand in Kafka (read at most max_age_s ago); None when Kafka does not answer."""
     routes = frozenset(version.route for version in versions)
     try:
-        states = _kept(_readings, routes, max_age_s, lambda: group_states(list(routes)))
+        states = kept_reading(_readings, routes, max_age_s, lambda: group_states(list(routes)))
     except (*TRANSIENT_ERRORS, TimeoutError) as error:
         logger.warning("could not read the model groups from Kafka: %s", error)
         return None
