@@ -6,6 +6,8 @@ was the largest single cost of a one-image upload in the web process (docs/perfo
 A token deleted, or its user changed, is forgotten at once by the process that made the
 change and within API_TOKEN_CACHE_SECONDS by the others."""
 
+import copy
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete, post_save
@@ -36,7 +38,12 @@ class CachedTokenAuthentication(TokenAuthentication):
         # super() raises AuthenticationFailed for an unknown token or an inactive user: such
         # a lookup is never kept.
         lookup = super().authenticate_credentials
-        return kept_reading(_lookups, key, settings.API_TOKEN_CACHE_SECONDS, lambda: lookup(key))
+        user, token = kept_reading(
+            _lookups, key, settings.API_TOKEN_CACHE_SECONDS, lambda: lookup(key)
+        )
+        # A copy per request: the requests of one token run at once on the process's
+        # threads, and what one of them sets on its request.user must not reach the others.
+        return copy.copy(user), token
 
 
 class BearerTokenAuthentication(CachedTokenAuthentication):

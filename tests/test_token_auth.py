@@ -5,6 +5,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 
+from predictions.authentication import CachedTokenAuthentication
 from tests.factories import JobFactory
 
 pytestmark = pytest.mark.django_db
@@ -52,6 +53,18 @@ def test_a_token_is_looked_up_once_per_cache_period(client, user, settings, monk
     assert token_queries(client, key) == 0
     now[0] += 0.2
     assert token_queries(client, key) == 1
+
+
+def test_each_request_gets_its_own_copy_of_a_kept_user(user, rf, settings):
+    settings.API_TOKEN_CACHE_SECONDS = 5
+    key = Token.objects.create(user=user).key
+    request = rf.get("/api/jobs/", HTTP_AUTHORIZATION=f"Token {key}")
+    first, _ = CachedTokenAuthentication().authenticate(request)
+    first.first_name = "changed by one request"
+    second, _ = CachedTokenAuthentication().authenticate(request)
+    assert second.pk == first.pk == user.pk
+    assert second is not first
+    assert second.first_name == user.first_name != "changed by one request"
 
 
 def test_a_deleted_token_is_refused_at_once(client, user):
