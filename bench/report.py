@@ -313,11 +313,12 @@ def cpu_lines(data: dict) -> list[str]:
         "preprocessing does, on its CPU clock, weighted as uploaded); MariaDB, Redis and "
         "Kafka are the stack's servers; \"other\" is the rest of the machine (the kernel's "
         'own work); "plumbing" is all of these but decoding. Not in it: the model\'s '
-        "workers, and the benchmark's uploading clients:",
+        "workers, the benchmark's uploading clients, and the broker's JIT compiler threads "
+        "(a young JVM compiling its hot code, once):",
         "",
         "| configuration | web | celery (without decoding) | decoding | bridge | MariaDB "
-        "| Redis | Kafka | other | plumbing | worker | clients | cores busy |",
-        "| --- |" + " --- |" * 12,
+        "| Redis | Kafka | other | plumbing | worker | clients | Kafka's JIT | cores busy |",
+        "| --- |" + " --- |" * 13,
     ]
     for run in runs:
         cpu = run["cpu_ms_per_job"]
@@ -325,6 +326,7 @@ def cpu_lines(data: dict) -> list[str]:
         figures = [cpu["web"], cpu["celery"] - decode, decode, cpu["bridge"]]
         figures += [cpu.get(name, 0.0) for name in ("mariadb", "redis", "kafka")]
         figures += [cpu["other"], plumbing_cpu_ms(run), cpu["worker"], cpu.get("clients", 0.0)]
+        figures.append(cpu.get("kafka JIT", 0.0))
         lines.append(
             f"| {run['title']} | "
             + " | ".join(f"{figure:.1f}" for figure in figures)

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from bench.run import cpu_seconds, jit_cpu_seconds, service_pids
 from inferencehub.processes import REPO, manage
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +45,7 @@ def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
         assert set(run["stages_ms"]) >= {"queued", "to Kafka", "inference", "storing"}
         # The instant model's CPU per job can be below the clock's 10 ms tick over 6 jobs.
         assert run["cpu_ms_per_job"]["worker"] >= 0
+        assert run["cpu_ms_per_job"]["kafka JIT"] >= 0
     for name in ("pipeline-multi", "plumbing-multi", "plumbing-small"):  # 8 per upload
         run = results["runs"][name]
         assert (run["count"], run["failed"]) == (6, 0), name
@@ -74,3 +76,9 @@ def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
         assert text in table
     for plot in ("throughput.png", "latency.png", "stages.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+
+
+def test_the_brokers_jit_compiler_is_counted_apart_from_its_other_work():
+    [pid] = service_pids()["kafka"]
+    # A started broker has compiled its hot code, and compiling is not all it has done.
+    assert 0 < jit_cpu_seconds([pid]) < cpu_seconds([pid])
