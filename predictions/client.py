@@ -8,6 +8,7 @@ It needs only `requests`, not Django.
 """
 
 import contextlib
+import math
 import threading
 import time
 import uuid
@@ -25,6 +26,9 @@ UPLOAD_ATTEMPTS = 4
 RETRY_BACKOFF_S = 0.5
 UNAVAILABLE = (502, 503, 504)
 FINISHED = ("succeeded", "failed")
+# The longest `?wait=` the server holds a job's answer (WAIT_MAX_SECONDS in
+# inferencehub/limits.py; not imported, as this client needs no Django).
+HELD_WAIT_MAX_S = 30
 
 
 class InferenceHubError(Exception):
@@ -61,6 +65,13 @@ class InferenceHubClient:
         self.headers = {"Authorization": f"Token {token}"} if token else {}
 
     def request(self, method: str, path: str, *, headers: dict | None = None, **kwargs) -> dict:
+        return self.send(method, path, headers=headers, **kwargs).json()
+
+    def send(
+        self, method: str, path: str, *, headers: dict | None = None, **kwargs
+    ) -> requests.Response:
+        """The answer, for its headers too. Raises InferenceHubError for a status of 400 or
+        more, ServerUnreachable when there is none."""
         try:
             response = requests.request(
                 method,
@@ -80,7 +91,7 @@ class InferenceHubClient:
             raise InferenceHubError(
                 f"HTTP {response.status_code}: {message}", response.status_code, fields
             )
-        return response.json()
+        return response
 
     def create_batch(self) -> str:
         return self.request("POST", "/api/batches/")["id"]
@@ -201,29 +212,50 @@ class InferenceHubClient:
         job_ids: list[str],
         *,
         timeout_s: float = 600.0,
-        poll_interval_s: float = 0.5,
         on_progress: Callable[[dict[str, dict]], None] | None = None,
     ) -> dict[str, dict]:
-        """Poll until every job has finished; returns each job by id.
+        """Wait until every job has finished; returns each job by id.
 
-        on_progress(jobs) is called after every round with every job as last seen. Raises
-        WaitTimeout, which holds them too, when some job has not finished within
-        timeout_s."""
+        The jobs are taken in order, each asked about with held requests (`?wait=`) until
+        it has finished: about one request per job plus one per 30 s of waiting, where
+        polling would ask about every unfinished job each time. A job not yet asked about
+        when the time is up is still fetched once, without waiting, so every job is seen.
+        on_progress(jobs) is called after each answer that changed what is known, with
+        every job seen so far. Raises WaitTimeout, which holds every job as last seen, when
+        some job has not finished within timeout_s (the last hold may end up to a second
+        later)."""
         jobs: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
-        while True:
-            for job_id in job_ids:
-                if jobs.get(job_id, {}).get("status") not in FINISHED:
-                    jobs[job_id] = self.job(job_id)
-            finished = sum(job["status"] in FINISHED for job in jobs.values())
-            if on_progress:
-                on_progress(jobs)
-            if finished == len(job_ids):
-                return jobs
-            if time.monotonic() > deadline:
-                raise WaitTimeout(
-                    f"{len(job_ids) - finished} of {len(job_ids)} jobs unfinished "
-                    f"after {timeout_s:g} s",
-                    jobs,
-                )
-            time.sleep(poll_interval_s)
+        for job_id in job_ids:
+            while jobs.get(job_id, {}).get("status") not in FINISHED:
+                left = deadline - time.monotonic()
+                if left <= 0 and job_id in jobs:
+                    break
+                # Rounded up: a wait of 0 is answered at once, so rounding down would poll
+                # as fast as the server answers for the last second.
+                hold = min(HELD_WAIT_MAX_S, max(0, math.ceil(left)))
+                response = self.send("GET", f"/api/jobs/{job_id}/", params={"wait": hold})
+                job = response.json()
+                if jobs.get(job_id) != job:
+                    jobs[job_id] = job
+                    if on_progress:
+                        on_progress(jobs)
+                if job["status"] not in FINISHED and "Retry-After" in response.headers:
+                    # Every holding slot of the web process was taken: the answer came at
+                    # once, and asking again at once would be polling.
+                    left = deadline - time.monotonic()
+                    time.sleep(max(0.0, min(retry_after_s(response), left)))
+        unfinished = sum(job["status"] not in FINISHED for job in jobs.values())
+        if unfinished:
+            raise WaitTimeout(
+                f"{unfinished} of {len(jobs)} jobs unfinished after {timeout_s:g} s", jobs
+            )
+        return jobs
+
+
+def retry_after_s(response: requests.Response) -> float:
+    """Retry-After in seconds; 1 when it is a date, which this API never sends."""
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except ValueError:
+        return 1.0

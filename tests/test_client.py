@@ -1,0 +1,126 @@
+"""predictions/client.py's wait against the live server: held requests (`?wait=`) instead
+of polling every job, Retry-After when the server's holding slots are taken, and the
+timeout."""
+
+import itertools
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from inferencehub.limits import WAIT_MAX_SECONDS
+from predictions import client as client_module
+from predictions.client import InferenceHubClient, WaitTimeout
+from predictions.models import Job
+from tests.factories import JobFactory, PredictionFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def client(live_server, user):
+    return InferenceHubClient(live_server.url, Token.objects.create(user=user).key)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """(when, path, wait) of each request the client sends, in order."""
+    sent = []
+    real = requests.request
+
+    def counting(method, url, **kwargs):
+        wait = (kwargs.get("params") or {}).get("wait")
+        sent.append((time.monotonic(), urlsplit(url).path, wait))
+        return real(method, url, **kwargs)
+
+    monkeypatch.setattr(client_module.requests, "request", counting)
+    return sent
+
+
+def finish_later(jobs: list[Job], after_s: list[float]) -> threading.Thread:
+    """Store each job's result after_s after now, as the bridge does."""
+    started = time.monotonic()
+
+    def finish():
+        for job, at in sorted(zip(jobs, after_s, strict=True), key=lambda pair: pair[1]):
+            time.sleep(max(0.0, started + at - time.monotonic()))
+            PredictionFactory(job=job, rank=1, label="red fox", score=0.9)
+            Job.objects.filter(pk=job.pk).update(
+                status=Job.Status.SUCCEEDED, finished_at=timezone.now()
+            )
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return thread
+
+
+def test_waiting_sends_one_held_request_per_job_not_one_per_job_per_half_second(client, user, sent):
+    jobs = [JobFactory(owner=user, status=Job.Status.SUBMITTED) for _ in range(4)]
+    ids = [str(job.pk) for job in jobs]
+    # The last job finishes first, while the client is still waiting for the others.
+    finisher = finish_later(jobs, [1.0, 2.0, 2.5, 0.5])
+    progress = []
+    started = time.monotonic()
+    finished = client.wait(
+        ids, on_progress=lambda seen: progress.append({i: j["status"] for i, j in seen.items()})
+    )
+    elapsed = time.monotonic() - started
+    finisher.join()
+    assert list(finished) == ids
+    assert {job["status"] for job in finished.values()} == {"succeeded"}
+    assert finished[ids[0]]["predictions"][0]["label"] == "red fox"
+    assert 2.5 <= elapsed < 10
+    # Polling every half second asks about each unfinished job each time: over a dozen
+    # requests by now.
+    assert [(path, wait) for _, path, wait in sent] == [(f"/api/jobs/{i}/", 30) for i in ids]
+    assert progress == [{i: "succeeded" for i in ids[:n]} for n in range(1, 5)]
+
+
+def test_an_answer_with_retry_after_makes_the_client_wait_before_asking_again(
+    client, user, sent, settings
+):
+    # No holding slot: every ?wait= of an unfinished job is answered at once with
+    # Retry-After: 1, by the real server.
+    settings.WEB_HELD_REQUESTS = 0
+    job = JobFactory(owner=user, status=Job.Status.QUEUED)
+    finisher = finish_later([job], [3.0])
+    finished = client.wait([str(job.pk)])
+    finisher.join()
+    assert finished[str(job.pk)]["status"] == "succeeded"
+    # Asking again at once would have sent hundreds of requests in those 3 s.
+    assert 3 <= len(sent) <= 5, sent
+    times = [when for when, *_ in sent]
+    assert min(later - earlier for earlier, later in itertools.pairwise(times)) >= 1.0
+
+
+def test_running_out_of_time_raises_wait_timeout_with_every_job_as_last_seen(client, user, sent):
+    stuck = JobFactory(owner=user, status=Job.Status.SUBMITTED)
+    queued = JobFactory(owner=user, status=Job.Status.QUEUED)
+    done = JobFactory(owner=user, status=Job.Status.SUCCEEDED, finished_at=timezone.now())
+    ids = [str(job.pk) for job in (stuck, queued, done)]
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout, match=r"^2 of 3 jobs unfinished after 1\.5 s$") as timeout:
+        client.wait(ids, timeout_s=1.5)
+    elapsed = time.monotonic() - started
+    assert {i: job["status"] for i, job in timeout.value.jobs.items()} == dict(
+        zip(ids, ["submitted", "queued", "succeeded"], strict=True)
+    )
+    # The time left, rounded up: the hold overshoots by under a second (the bound leaves
+    # room for a busy machine).
+    assert 1.5 <= elapsed < 5
+    # The stuck job was held until the time was up; the others, not asked about until
+    # then, are still fetched once each, without a hold.
+    assert [(path, wait) for _, path, wait in sent] == [
+        (f"/api/jobs/{ids[0]}/", 2),
+        (f"/api/jobs/{ids[1]}/", 0),
+        (f"/api/jobs/{ids[2]}/", 0),
+    ]
+
+
+def test_the_client_holds_no_longer_than_the_server_allows():
+    # A copy, as the client needs no Django: a longer hold would be refused with 400.
+    assert client_module.HELD_WAIT_MAX_S == WAIT_MAX_SECONDS
