@@ -29,16 +29,33 @@ FINISHED = ("succeeded", "failed")
 # The longest `?wait=` the server holds a job's answer (WAIT_MAX_SECONDS in
 # inferencehub/limits.py; not imported, as this client needs no Django).
 HELD_WAIT_MAX_S = 30
+# How long a wait pauses when the server is unreachable or unavailable and said not when
+# to come back.
+UNAVAILABLE_WAIT_S = 1.0
 
 
 class InferenceHubError(Exception):
     """The server refused a request (status is its HTTP code; fields, the form fields it
     named), or could not be reached."""
 
-    def __init__(self, message: str, status: int | None = None, fields: dict | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        fields: dict | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.fields = fields or {}
+        # The answer's Retry-After, when it had one.
+        self.retry_after_s = retry_after_s
+
+    @property
+    def transient(self) -> bool:
+        """The server could not be reached or was briefly unavailable: asking again later
+        may succeed."""
+        return isinstance(self, ServerUnreachable) or self.status in UNAVAILABLE
 
     @property
     def about_one_file(self) -> bool:
@@ -89,7 +106,10 @@ class InferenceHubClient:
             except (ValueError, KeyError, TypeError, AttributeError):
                 message, fields = response.text[:200], None
             raise InferenceHubError(
-                f"HTTP {response.status_code}: {message}", response.status_code, fields
+                f"HTTP {response.status_code}: {message}",
+                response.status_code,
+                fields,
+                retry_after_s(response) if "Retry-After" in response.headers else None,
             )
         return response
 
@@ -139,11 +159,7 @@ class InferenceHubClient:
             except InferenceHubError as exc:
                 # After a lost answer, 409 means our own earlier attempt is still being
                 # stored; the next attempt gets its jobs.
-                retry = (
-                    isinstance(exc, ServerUnreachable)
-                    or exc.status in UNAVAILABLE
-                    or (exc.status == 409 and attempt > 1)
-                )
+                retry = exc.transient or (exc.status == 409 and attempt > 1)
                 if not retry or attempt == attempts:
                     raise
             time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
@@ -221,7 +237,8 @@ class InferenceHubClient:
         polling would ask about every unfinished job each time. A job not yet asked about
         when the time is up is still fetched once, without waiting, so every job is seen.
         on_progress(jobs) is called after each answer that changed what is known, with
-        every job seen so far. Raises WaitTimeout, which holds every job as last seen, when
+        every job seen so far. A server unreachable or answering 502-504 is asked again
+        while time is left. Raises WaitTimeout, which holds every job as last seen, when
         some job has not finished within timeout_s (the last hold may end up to a second
         later)."""
         jobs: dict[str, dict] = {}
@@ -234,7 +251,15 @@ class InferenceHubClient:
                 # Rounded up: a wait of 0 is answered at once, so rounding down would poll
                 # as fast as the server answers for the last second.
                 hold = min(HELD_WAIT_MAX_S, max(0, math.ceil(left)))
-                response = self.send("GET", f"/api/jobs/{job_id}/", params={"wait": hold})
+                try:
+                    response = self.send("GET", f"/api/jobs/{job_id}/", params={"wait": hold})
+                except InferenceHubError as exc:
+                    # A server restarting or its database away for a moment must not end a
+                    # long wait; once the time is up, the error is the caller's.
+                    if not exc.transient or left <= 0:
+                        raise
+                    time.sleep(min(exc.retry_after_s or UNAVAILABLE_WAIT_S, left))
+                    continue
                 job = response.json()
                 if jobs.get(job_id) != job:
                     jobs[job_id] = job

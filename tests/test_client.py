@@ -121,6 +121,34 @@ def test_running_out_of_time_raises_wait_timeout_with_every_job_as_last_seen(cli
     ]
 
 
+def test_a_server_away_for_a_moment_does_not_end_the_wait(client, user, sent, monkeypatch):
+    job = JobFactory(owner=user, status=Job.Status.SUCCEEDED, finished_at=timezone.now())
+    real = client_module.requests.request  # the counting one
+    away = iter(["unreachable", "unavailable"])
+
+    def flaky(method, url, **kwargs):
+        match next(away, None):
+            case "unreachable":
+                sent.append((time.monotonic(), "refused", None))
+                raise requests.ConnectionError("connection refused")
+            case "unavailable":
+                sent.append((time.monotonic(), "503", None))
+                unavailable = requests.Response()
+                unavailable.status_code = 503
+                unavailable.headers["Retry-After"] = "2"
+                unavailable._content = b'{"error": "the database is unavailable"}'
+                return unavailable
+        return real(method, url, **kwargs)
+
+    monkeypatch.setattr(client_module.requests, "request", flaky)
+    finished = client.wait([str(job.pk)], timeout_s=10)
+    assert finished[str(job.pk)]["status"] == "succeeded"
+    [(refused, *_), (unavailable, *_), (answered, path, _)] = sent
+    assert path == f"/api/jobs/{job.pk}/"
+    # 1 s after the refused connection; the 503's Retry-After after it.
+    assert unavailable - refused >= 1.0 and answered - unavailable >= 2.0
+
+
 def test_the_client_holds_no_longer_than_the_server_allows():
     # A copy, as the client needs no Django: a longer hold would be refused with 400.
     assert client_module.HELD_WAIT_MAX_S == WAIT_MAX_SECONDS

@@ -176,7 +176,8 @@ class Command(BaseCommand):
                     finished, unfinished = exc.jobs, str(exc)
                 elapsed = display.progress.tasks[0].elapsed or 0.0
         except InferenceHubError as exc:
-            # Only the batch's creation or a server that cannot be reached end up here.
+            # The batch's creation refused, a server that cannot be reached, or (rarely)
+            # one still away when the wait's time ran out, or a job deleted meanwhile.
             raise CommandError(str(exc), returncode=NOTHING_SENT) from None
         results = [
             {"file": job["file"], **finished[job["id"]]} if "id" in job else job for job in uploaded
