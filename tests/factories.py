@@ -1,5 +1,9 @@
+import threading
+import time
+
 import factory
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from predictions.models import Batch, Job, Prediction
 
@@ -43,3 +47,21 @@ class PredictionFactory(factory.django.DjangoModelFactory):
     class_id = factory.Sequence(lambda n: n % 1000)
     label = factory.Sequence(lambda n: f"label{n}")
     score = 0.5
+
+
+def finish_later(jobs: list[Job], after_s: list[float]) -> threading.Thread:
+    """Store each job's result (a red fox, 0.9) after_s seconds from now, in a thread, as
+    the bridge does while a client waits."""
+    started = time.monotonic()
+
+    def finish():
+        for job, at in sorted(zip(jobs, after_s, strict=True), key=lambda pair: pair[1]):
+            time.sleep(max(0.0, started + at - time.monotonic()))
+            PredictionFactory(job=job, rank=1, label="red fox", score=0.9)
+            Job.objects.filter(pk=job.pk).update(
+                status=Job.Status.SUCCEEDED, finished_at=timezone.now()
+            )
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return thread

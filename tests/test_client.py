@@ -3,7 +3,6 @@ of polling every job, Retry-After when the server's holding slots are taken, and
 timeout."""
 
 import itertools
-import threading
 import time
 from urllib.parse import urlsplit
 
@@ -16,7 +15,7 @@ from inferencehub.limits import WAIT_MAX_SECONDS
 from predictions import client as client_module
 from predictions.client import InferenceHubClient, WaitTimeout
 from predictions.models import Job
-from tests.factories import JobFactory, PredictionFactory
+from tests.factories import JobFactory, finish_later
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,23 +38,6 @@ def sent(monkeypatch):
 
     monkeypatch.setattr(client_module.requests, "request", counting)
     return sent
-
-
-def finish_later(jobs: list[Job], after_s: list[float]) -> threading.Thread:
-    """Store each job's result after_s after now, as the bridge does."""
-    started = time.monotonic()
-
-    def finish():
-        for job, at in sorted(zip(jobs, after_s, strict=True), key=lambda pair: pair[1]):
-            time.sleep(max(0.0, started + at - time.monotonic()))
-            PredictionFactory(job=job, rank=1, label="red fox", score=0.9)
-            Job.objects.filter(pk=job.pk).update(
-                status=Job.Status.SUCCEEDED, finished_at=timezone.now()
-            )
-
-    thread = threading.Thread(target=finish)
-    thread.start()
-    return thread
 
 
 def test_waiting_sends_one_held_request_per_job_not_one_per_job_per_half_second(client, user, sent):

@@ -82,10 +82,19 @@ def test_the_patch_is_applied_for_the_pinned_kombu_and_leaves_the_tasks(own_redi
     assert "1 unacked task(s) left to the visibility timeout" in caplog.text
 
 
-def channel_whose_connection_is_released(url: str):
+@pytest.fixture
+def released_channel(own_redis):
     """A channel holding one unacked task after its connection let go of it: the state a
     task finishing during the worker's reconnect acks into (the release is done by hand
-    here, as the worker's connection does on losing Redis)."""
+    here, as the worker's connection does on losing Redis). Yields it and the task's tag."""
+    channel, delivery_tag = channel_whose_connection_is_released(own_redis[0])
+    yield channel, delivery_tag
+    # Otherwise kombu tries to requeue the task as the test run exits, long after this
+    # test's Redis is gone, and logs the failure into pytest's closed output.
+    channel.do_restore = False
+
+
+def channel_whose_connection_is_released(url: str):
     connection = Connection(url)
     channel = connection.channel()
     queue = Queue(f"q-{uuid.uuid4().hex[:6]}", Exchange("tasks", type="direct"), "task")
@@ -102,9 +111,11 @@ def channel_whose_connection_is_released(url: str):
     return channel, delivery_tag
 
 
-def test_the_pinned_kombu_still_raises_acking_on_a_released_connection(own_redis, monkeypatch):
+def test_the_pinned_kombu_still_raises_acking_on_a_released_connection(
+    released_channel, monkeypatch
+):
     monkeypatch.setattr(kombu_redis.QoS, "ack", celery_module.unpatched_ack)
-    channel, delivery_tag = channel_whose_connection_is_released(own_redis[0])
+    channel, delivery_tag = released_channel
     try:
         channel.qos.ack(delivery_tag)
     except AttributeError as exc:
@@ -116,9 +127,9 @@ def test_the_pinned_kombu_still_raises_acking_on_a_released_connection(own_redis
         )
 
 
-def test_the_ack_patch_leaves_the_task_to_the_visibility_timeout(own_redis, caplog):
+def test_the_ack_patch_leaves_the_task_to_the_visibility_timeout(released_channel, caplog):
     assert kombu_redis.QoS.ack is celery_module._ack_or_leave_it
-    channel, delivery_tag = channel_whose_connection_is_released(own_redis[0])
+    channel, delivery_tag = released_channel
     with caplog.at_level(logging.WARNING, logger="inferencehub.celery"):
         channel.qos.ack(delivery_tag)
     assert f"the ack of task {delivery_tag} is left to the visibility timeout" in caplog.text

@@ -4,38 +4,20 @@ detail's pages, the export), against the live server."""
 import csv
 import io
 import json
-import threading
-import time
 
 import pytest
 import requests
-from django.utils import timezone
 
 from predictions import api as api_module
 from predictions.models import Job
-from tests.factories import BatchFactory, JobFactory, PredictionFactory, UserFactory
+from tests.factories import BatchFactory, JobFactory, PredictionFactory, UserFactory, finish_later
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def finish_later(job: Job, delay: float = 1.5) -> threading.Thread:
-    """Store the job's result a moment after the request has started, as the bridge does."""
-
-    def finish():
-        time.sleep(delay)
-        PredictionFactory(job=job, rank=1, label="red fox", score=0.9)
-        Job.objects.filter(pk=job.pk).update(
-            status=Job.Status.SUCCEEDED, finished_at=timezone.now()
-        )
-
-    thread = threading.Thread(target=finish)
-    thread.start()
-    return thread
-
-
 def test_wait_holds_the_answer_until_the_job_has_finished(api, user):
     job = JobFactory(owner=user, status=Job.Status.SUBMITTED)
-    thread = finish_later(job)
+    thread = finish_later([job], [1.5])
     response = api.get(f"{api.base_url}/api/jobs/{job.pk}/", params={"wait": 20})
     thread.join()
     assert response.status_code == 200
@@ -57,7 +39,7 @@ def test_wait_out_of_range_or_unknown_parameters_answer_400(api, user):
 def test_wait_answers_at_once_when_no_holding_slot_is_free(api, user, settings):
     settings.WEB_HELD_REQUESTS = 0
     job = JobFactory(owner=user, status=Job.Status.QUEUED)
-    thread = finish_later(job, delay=3)
+    thread = finish_later([job], [3])
     response = api.get(f"{api.base_url}/api/jobs/{job.pk}/", params={"wait": 20})
     thread.join()
     assert response.json()["status"] == "queued"
@@ -82,7 +64,7 @@ def test_the_batch_event_stream_sends_each_job_change_and_the_counts(api, user, 
     batch = BatchFactory(owner=user)
     done = JobFactory(owner=user, batch=batch, seq=0, status=Job.Status.FAILED, error="bad")
     waiting = JobFactory(owner=user, batch=batch, seq=1, status=Job.Status.SUBMITTED)
-    thread = finish_later(waiting, delay=2)
+    thread = finish_later([waiting], [2])
     url = f"{api.base_url}/api/batches/{batch.pk}/events"
     with api.get(url, params={"since": 0}, stream=True, timeout=30) as response:
         assert response.status_code == 200
