@@ -68,12 +68,16 @@ class ServerUnreachable(InferenceHubError):
     pass
 
 
-class WaitTimeout(InferenceHubError):
-    """Some jobs had not finished in time; jobs holds every job as last seen."""
+class WaitStopped(InferenceHubError):
+    """Waiting ended with jobs unfinished; jobs holds every job answered for, as last seen."""
 
     def __init__(self, message: str, jobs: dict[str, dict]) -> None:
         super().__init__(message)
         self.jobs = jobs
+
+
+class WaitTimeout(WaitStopped):
+    """Some jobs had not finished in time."""
 
 
 class InferenceHubClient:
@@ -240,7 +244,8 @@ class InferenceHubClient:
         every job seen so far. A server unreachable or answering 502-504 is asked again
         while time is left. Raises WaitTimeout, which holds every job as last seen, when
         some job has not finished within timeout_s (the last hold may end up to a second
-        later)."""
+        later), and WaitStopped, which holds every job answered for, on any other refusal
+        (a job deleted meanwhile)."""
         jobs: dict[str, dict] = {}
         deadline = time.monotonic() + timeout_s
         for job_id in job_ids:
@@ -255,11 +260,13 @@ class InferenceHubClient:
                     response = self.send("GET", f"/api/jobs/{job_id}/", params={"wait": hold})
                 except InferenceHubError as exc:
                     # A server restarting or its database away for a moment must not end a
-                    # long wait; once the time is up, the error is the caller's.
-                    if not exc.transient or left <= 0:
-                        raise
-                    time.sleep(min(exc.retry_after_s or UNAVAILABLE_WAIT_S, left))
-                    continue
+                    # long wait.
+                    if exc.transient and left > 0:
+                        time.sleep(min(exc.retry_after_s or UNAVAILABLE_WAIT_S, left))
+                        continue
+                    # A job deleted meanwhile, a token revoked: what was seen is still the
+                    # caller's, who has sent the files.
+                    raise WaitStopped(f"waiting stopped at job {job_id}: {exc}", jobs) from None
                 job = response.json()
                 if jobs.get(job_id) != job:
                     jobs[job_id] = job

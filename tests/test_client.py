@@ -13,7 +13,7 @@ from rest_framework.authtoken.models import Token
 
 from inferencehub.limits import WAIT_MAX_SECONDS
 from predictions import client as client_module
-from predictions.client import InferenceHubClient, WaitTimeout
+from predictions.client import InferenceHubClient, WaitStopped, WaitTimeout
 from predictions.models import Job
 from tests.factories import JobFactory, finish_later
 
@@ -129,6 +129,18 @@ def test_a_server_away_for_a_moment_does_not_end_the_wait(client, user, sent, mo
     assert path == f"/api/jobs/{job.pk}/"
     # 1 s after the refused connection; the 503's Retry-After after it.
     assert unavailable - refused >= 1.0 and answered - unavailable >= 2.0
+
+
+def test_a_job_deleted_meanwhile_stops_the_wait_with_every_job_seen(client, user):
+    done = JobFactory(owner=user, status=Job.Status.SUCCEEDED, finished_at=timezone.now())
+    gone = JobFactory(owner=user, status=Job.Status.QUEUED)
+    never_asked = JobFactory(owner=user, status=Job.Status.QUEUED)
+    gone_id = str(gone.pk)
+    gone.delete()
+    with pytest.raises(WaitStopped, match=f"^waiting stopped at job {gone_id}: HTTP 404") as stop:
+        client.wait([str(done.pk), gone_id, str(never_asked.pk)])
+    assert not isinstance(stop.value, WaitTimeout)
+    assert {i: job["status"] for i, job in stop.value.jobs.items()} == {str(done.pk): "succeeded"}
 
 
 def test_the_client_holds_no_longer_than_the_server_allows():

@@ -17,6 +17,7 @@ from rest_framework.authtoken.models import Token
 
 from inferencehub.processes import PYTHON
 from predictions import services
+from predictions.client import InferenceHubClient
 from predictions.models import Job
 from stack import processes
 from tests.conftest import DATA, REPO, manage
@@ -137,6 +138,31 @@ def test_submit_stops_at_a_refusal_every_upload_would_get_and_exits_2(
     # One request, not one per request of two files and then one per file.
     assert uploads_answered(401) + uploads_answered(400) - refused_before == 1
     assert not Job.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_submit_whose_wait_is_refused_still_lists_every_job_and_exits_1(
+    live_server, user, capsys, monkeypatch
+):
+    upload = InferenceHubClient.upload
+
+    def upload_then_delete_the_first_job(self, *args, **kwargs):
+        uploaded = upload(self, *args, **kwargs)
+        Job.objects.filter(pk=uploaded[0]["id"]).delete()  # by someone else, meanwhile
+        return uploaded
+
+    monkeypatch.setattr(InferenceHubClient, "upload", upload_then_delete_the_first_job)
+    token = Token.objects.create(user=user).key
+    files = [str(DATA / "fox.png"), str(DATA / "toaster.png")]
+    with pytest.raises(CommandError) as refused:
+        call_command("submit", *files, "--per-request", "1", server=live_server.url, token=token)
+    assert refused.value.returncode == 1
+    assert "waiting stopped at job" in str(refused.value) and "HTTP 404" in str(refused.value)
+    _header, *rows = capsys.readouterr().out.splitlines()
+    # Each file with its job id, as the upload answered: nothing sent is lost from view.
+    assert sorted(row.split()[0] for row in rows) == sorted(files)
+    kept = Job.objects.get()
+    assert [str(kept.pk), "queued"] in [row.split()[1:3] for row in rows]
 
 
 @pytest.mark.e2e

@@ -14,7 +14,7 @@ from predictions.client import (
     IMAGES_PER_REQUEST,
     InferenceHubClient,
     InferenceHubError,
-    WaitTimeout,
+    WaitStopped,
 )
 
 # Folders are searched for these; files named on the command line are sent whatever
@@ -172,15 +172,16 @@ class Command(BaseCommand):
                     finished = client.wait(
                         job_ids, timeout_s=timeout, on_progress=display.on_progress
                     )
-                except WaitTimeout as exc:
+                except WaitStopped as exc:  # out of time, or a job deleted meanwhile
                     finished, unfinished = exc.jobs, str(exc)
                 elapsed = display.progress.tasks[0].elapsed or 0.0
         except InferenceHubError as exc:
-            # The batch's creation refused, a server that cannot be reached, or (rarely)
-            # one still away when the wait's time ran out, or a job deleted meanwhile.
+            # Only the batch's creation or a server that cannot be reached end up here.
             raise CommandError(str(exc), returncode=NOTHING_SENT) from None
         results = [
-            {"file": job["file"], **finished[job["id"]]} if "id" in job else job for job in uploaded
+            # A job the wait never got an answer for is shown as its upload answered.
+            {"file": job["file"], **finished.get(job["id"], job)} if "id" in job else job
+            for job in uploaded
         ]
         results += [
             {"file": str(path), "status": "skipped", "error": "not an image file name"}
