@@ -383,7 +383,8 @@ def run_pipeline(
             )
         components |= service_pids()
         cpu_before = {name: cpu_seconds(group) for name, group in components.items()}
-        jit_before = jit_cpu_seconds(components.get("kafka", []))
+        kafka = components.get("kafka", [])
+        jit_before = jit_cpu_seconds(kafka)
         # The uploading clients are threads of this process (whose children are the
         # processes above): measured apart, as they are not the system's cost.
         clients_before = time.process_time()
@@ -410,8 +411,8 @@ def run_pipeline(
         )
         # Shown apart from the broker's work: compiling is what a young JVM does once, not
         # what a job costs (docs/performance.md, "Kafka's JIT").
-        jit = (jit_cpu_seconds(components.get("kafka", [])) - jit_before) * 1000 / len(job_ids)
-        if "kafka" in saturation["cpu_ms_per_job"]:
+        if kafka:
+            jit = (jit_cpu_seconds(kafka) - jit_before) * 1000 / len(job_ids)
             saturation["cpu_ms_per_job"]["kafka"] -= jit
             saturation["cpu_ms_per_job"]["kafka JIT"] = jit
         machine_after = machine_cpu_seconds()
@@ -466,9 +467,14 @@ def service_pids() -> dict[str, list[int]]:
     return {name: [pid] for name, pid in pids.items() if pid is not None}
 
 
+def stat_cpu_seconds(stat: Path) -> float:
+    """CPU time (user + system) in a /proc .../stat file: a process's or a thread's."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """CPU time (user + system) used so far by these processes and their children."""
-    tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
@@ -480,8 +486,7 @@ def cpu_seconds(pids: list[int]) -> float:
         pid = pending.pop()
         pending += children.get(pid, [])
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            total += stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
     return total
 
 
@@ -491,14 +496,12 @@ JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")
 
 def jit_cpu_seconds(pids: list[int]) -> float:
     """CPU time (user + system) used so far by the JIT compiler threads of these JVMs."""
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
             with contextlib.suppress(OSError):
                 if (task / "comm").read_text().strip() in JIT_THREADS:
-                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                    total += (int(fields[11]) + int(fields[12])) / tick
+                    total += stat_cpu_seconds(task / "stat")
     return total
 
 

@@ -29,9 +29,9 @@ FINISHED = ("succeeded", "failed")
 # The longest `?wait=` the server holds a job's answer (WAIT_MAX_SECONDS in
 # inferencehub/limits.py; not imported, as this client needs no Django).
 HELD_WAIT_MAX_S = 30
-# How long a wait pauses when the server is unreachable or unavailable and said not when
-# to come back.
-UNAVAILABLE_WAIT_S = 1.0
+# How long to wait before asking again when the server did not say (no Retry-After, or
+# none it could be, such as an unreachable server's).
+NOT_TOLD_WAIT_S = 1.0
 
 
 class InferenceHubError(Exception):
@@ -43,12 +43,11 @@ class InferenceHubError(Exception):
         message: str,
         status: int | None = None,
         fields: dict | None = None,
-        retry_after_s: float | None = None,
+        retry_after_s: float = NOT_TOLD_WAIT_S,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.fields = fields or {}
-        # The answer's Retry-After, when it had one.
         self.retry_after_s = retry_after_s
 
     @property
@@ -113,7 +112,7 @@ class InferenceHubClient:
                 f"HTTP {response.status_code}: {message}",
                 response.status_code,
                 fields,
-                retry_after_s(response) if "Retry-After" in response.headers else None,
+                retry_after_s(response),
             )
         return response
 
@@ -262,7 +261,7 @@ class InferenceHubClient:
                     # A server restarting or its database away for a moment must not end a
                     # long wait.
                     if exc.transient and left > 0:
-                        time.sleep(min(exc.retry_after_s or UNAVAILABLE_WAIT_S, left))
+                        time.sleep(min(exc.retry_after_s, left))
                         continue
                     # A job deleted meanwhile, a token revoked: what was seen is still the
                     # caller's, who has sent the files.
@@ -286,8 +285,9 @@ class InferenceHubClient:
 
 
 def retry_after_s(response: requests.Response) -> float:
-    """Retry-After in seconds; 1 when it is a date, which this API never sends."""
+    """Retry-After in seconds; NOT_TOLD_WAIT_S without one, or for a date, which this API
+    never sends."""
     try:
         return max(0.0, float(response.headers["Retry-After"]))
-    except ValueError:
-        return 1.0
+    except (KeyError, ValueError):
+        return NOT_TOLD_WAIT_S
