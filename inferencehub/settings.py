@@ -502,5 +502,10 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"kafka": {"level": "WARNING"}},
+    "loggers": {
+        "kafka": {"level": "WARNING"},
+        # Named here so that Django's own console handler on "django" goes: with DEBUG it
+        # printed each of its warnings a second time, bare, before the root's line.
+        "django": {"level": "INFO"},
+    },
 }
