@@ -185,8 +185,10 @@ def test_kafka_topics_creates_and_stack_status_shows_every_registered_version(ca
     for version in (1, 2):
         assert model_route("resnet", version).requests_topic in topics
     capsys.readouterr()
-    call_command("stack_status")
+    with pytest.raises(CommandError, match="the default model has no live worker: resnet:2"):
+        call_command("stack_status")
     out = capsys.readouterr().out
+    assert f"{model_route('resnet', 2).requests_topic}[0]" in out
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if "resnet:" in line}
     assert lines == {
         "resnet:1": ["0", "workers", "lag", "0", "group", model_route("resnet", 1).worker_group]

@@ -3,7 +3,13 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 
 from inferencehub import health
-from kafka_wire.topics import ADMIN_TIMEOUT_S, admin_client, describe_topics, group_states
+from kafka_wire.topics import (
+    ADMIN_TIMEOUT_S,
+    admin_client,
+    describe_topics,
+    group_states,
+    project_topics,
+)
 from predictions.models import Job
 from stack.common import LOGS, STATE
 from stack.supervise import Supervisor
@@ -13,9 +19,10 @@ from workers.models import ModelVersion
 class Command(BaseCommand):
     help = (
         "Show whether the database, Redis and Kafka are reachable, the lag of each topic "
-        "partition, the live members of the worker and bridge groups, jobs per status, and "
-        "the state of each app process under supervisord (`make run`). Exits 1 when a "
-        "service is unreachable or an app process is down or restarting."
+        "partition in use, each registered model version's live workers and lag, the bridge "
+        "group, jobs per status, and the state of each app process under supervisord "
+        "(`make run`). Exits 1 when a service is unreachable, the default model has no live "
+        "worker, or an app process is down or restarting."
     )
 
     def handle(self, *args, **options):
@@ -31,17 +38,22 @@ class Command(BaseCommand):
                 reachable[name] = True
                 self.stdout.write(f"  {name:<10} ok")
 
+        unserved = []
         if reachable["kafka"]:
-            self.show_topics()
+            versions = (
+                list(ModelVersion.objects.select_related("model")) if reachable["database"] else []
+            )
+            self.show_topics(versions)
             self.show_groups()
-            if reachable["database"]:
-                self.show_models()
+            unserved = self.show_models(versions)
         if reachable["database"]:
             self.show_jobs()
         not_running = self.show_app_processes()
 
         down = [name for name, ok in reachable.items() if not ok]
         problems = [f"unreachable: {', '.join(down)}"] if down else []
+        if unserved:
+            problems.append(f"the default model has no live worker: {', '.join(unserved)}")
         if not_running:
             problems.append(f"app processes down or restarting: {', '.join(not_running)}")
         if problems:
@@ -58,19 +70,25 @@ class Command(BaseCommand):
             self.stdout.write(f"  {name:<10} {state}")
         return [name for name, state in states.items() if not state.startswith("RUNNING")]
 
-    def show_topics(self) -> None:
+    def show_topics(self, versions: list[ModelVersion]) -> None:
+        """The results and dead-letter topics and each registered version's requests topic;
+        the unregistered requests topic only once something was sent to it."""
         self.stdout.write("topics")
-        for row in describe_topics():
+        unregistered = settings.KAFKA_REQUESTS_TOPIC
+        for row in describe_topics(project_topics([version.route for version in versions])):
+            if row.topic == unregistered and row.end_offset == 0:
+                continue
             lag = "" if row.group is None else f"  group {row.group} lag {row.lag}"
             self.stdout.write(f"  {row.topic}[{row.partition}]  end {row.end_offset}{lag}")
 
-    def show_models(self) -> None:
-        """Each registered model version's live workers and lag, from its consumer group."""
-        versions = list(ModelVersion.objects.select_related("model"))
+    def show_models(self, versions: list[ModelVersion]) -> list[str]:
+        """Each registered model version's live workers and lag, from its consumer group;
+        returns the default model's enabled versions that no worker serves."""
         if not versions:
-            return
+            return []
         self.stdout.write("models")
         states = group_states([version.route for version in versions])
+        unserved = []
         for version in versions:
             state = states[version.route]
             flags = ("" if version.enabled else "  disabled") + (
@@ -81,13 +99,15 @@ class Command(BaseCommand):
                 f"  {str(version):<20} {state.members} workers  lag {lag}  "
                 f"group {version.route.worker_group}{flags}"
             )
+            if version.model.is_default and version.enabled and state.members == 0:
+                unserved.append(str(version))
+        return unserved
 
     def show_groups(self) -> None:
+        """The bridge's group; the unregistered requests topic's workers only when some
+        run (every `make run` worker serves a registered version, in a group of its own)."""
         self.stdout.write("consumer groups")
-        groups = {
-            "workers": settings.KAFKA_WORKER_GROUP,
-            "bridge": settings.KAFKA_BRIDGE_GROUP,
-        }
+        groups = {"bridge": settings.KAFKA_BRIDGE_GROUP, "workers": settings.KAFKA_WORKER_GROUP}
         # Kept in a variable: a client that is garbage collected never resolves its futures.
         admin = admin_client()
         futures = admin.describe_consumer_groups(
@@ -95,6 +115,8 @@ class Command(BaseCommand):
         )
         for role, group in groups.items():
             description = futures[group].result(timeout=ADMIN_TIMEOUT_S)
+            if role == "workers" and not description.members:
+                continue
             self.stdout.write(
                 f"  {role:<8} {group}  {len(description.members)} alive  "
                 f"({description.state.name.lower()})"
