@@ -198,10 +198,10 @@ def test_submit_help_shows_the_defaults():
 @pytest.mark.parametrize(
     ("args", "message", "returncode"),
     [
-        ([str(DATA)], "API token is needed", 1),
         ([str(DATA / "missing.jpg"), "--token", "t"], "no such file or folder", 1),
         ([str(DATA), "--token", "t", "--top-k", "0"], "--top-k must be between 1 and 1000", 1),
         ([str(DATA), "--token", "t", "--per-request", "0"], "--per-request must be 1 or more", 1),
+        ([str(DATA)], "an API token is needed", 2),
         ([str(REPO / "kafka_bridge"), "--token", "t"], "no image files found", 1),
         ([str(DATA), "--token", "t", "--server", "http://127.0.0.1:9"], "cannot reach", 2),
         (
@@ -302,3 +302,32 @@ def test_consume_results_stops_on_sigterm_with_exit_0(kafka_topics, start_proces
     bridge = start_process(processes.bridge(PYTHON, "--group-id", group), name="bridge-sigterm")
     assert bridge.stop(signal.SIGTERM, timeout=60) == 0
     assert "result-bridge: stopped" in bridge.log_path.read_text()
+
+
+@pytest.mark.parametrize("command", ["export_model", "predict", "submit"])
+def test_every_option_of_a_user_command_says_what_it_does(command):
+    from django.core.management import load_command_class
+
+    app = {"export_model": "predictions", "predict": "workers", "submit": "predictions"}[command]
+    parser = load_command_class(app, command).create_parser("manage.py", command)
+    own = [
+        action
+        for action in parser._actions
+        if action.option_strings and action.dest not in DJANGO_COMMON_OPTIONS
+    ]
+    assert own
+    assert [action.dest for action in own if not action.help] == []
+
+
+# What every Django command has; its own options are the rest.
+DJANGO_COMMON_OPTIONS = {
+    "help",
+    "version",
+    "verbosity",
+    "settings",
+    "pythonpath",
+    "traceback",
+    "no_color",
+    "force_color",
+    "skip_checks",
+}

@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from PIL import Image
 
 from predictions.models import Job
-from tests.conftest import REPO
+from tests.conftest import DATA, REPO
 from tests.test_pipeline import wait_until_finished
 from tests.test_trained_model import COLOURS, SIZE, png, start_stack, train_colour_model
 from workers.inference import ModelLoadError
@@ -293,6 +293,35 @@ def test_a_package_whose_labels_do_not_match_its_outputs_is_refused(int8_package
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelLoadError, match="3 output classes but .* has 2 labels"):
         load_package(copy)
+
+
+def test_a_folder_holding_a_package_names_the_package_inside(int8_package):
+    from workers.package import load_package
+
+    package, _ = int8_package
+    with pytest.raises(ModelLoadError, match=f"holds {package}: give one of those"):
+        load_package(package.parent)
+
+
+def test_predict_says_a_text_file_is_not_an_image_without_python_internals(
+    int8_package, tmp_path, capsys
+):
+    package, _ = int8_package
+    notes = tmp_path / "notes.png"
+    notes.write_text("just text")
+    with pytest.raises(CommandError, match="1 of 1 files could not be read"):
+        call_command("predict", str(notes), "--model-package", str(package))
+    err = capsys.readouterr().err
+    assert f"{notes}: not an image in a format that can be read" in err
+    assert "BufferedReader" not in err
+
+
+def test_predict_warns_that_random_weights_do_not_classify(tmp_path, capsys, settings):
+    settings.MODEL_WEIGHTS = "random"
+    photo = tmp_path / "fox.png"
+    photo.write_bytes((DATA / "fox.png").read_bytes())
+    call_command("predict", str(photo), "--runtime", "tensorflow", "--precision", "fp32")
+    assert "random weights" in capsys.readouterr().err
 
 
 def test_a_folder_without_a_manifest_is_not_a_package(tmp_path):

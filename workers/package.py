@@ -70,6 +70,13 @@ def read_manifest(folder: Path) -> dict:
     """The package's manifest once every file it names has the hash it records."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
+        inside = sorted(p.parent for p in Path(folder).glob(f"*/{MANIFEST}"))
+        if inside:
+            raise ModelLoadError(
+                f"{folder} is not a model package but holds "
+                + ", ".join(str(package) for package in inside)
+                + ": give one of those"
+            )
         raise ModelLoadError(
             f"{folder} is not a model package: it has no {MANIFEST} "
             f"(make one with `manage.py export_model --output {folder}`)"

@@ -26,13 +26,39 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--output", required=True, help="package folder to write")
-        parser.add_argument("--precision", choices=PRECISIONS, default="int8")
-        parser.add_argument("--name", default=settings.MODEL_NAME)
-        parser.add_argument("--weights", default=settings.MODEL_WEIGHTS)
-        parser.add_argument("--model-file", default=settings.MODEL_FILE)
-        parser.add_argument("--labels-file", default=settings.MODEL_LABELS_FILE)
-        parser.add_argument("--input-size", type=int, default=settings.MODEL_INPUT_SIZE)
+        parser.add_argument("--output", required=True, help="the package folder to write")
+        parser.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default="int8",
+            help="the package's precision; int8 is calibrated on images (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--name",
+            default=settings.MODEL_NAME,
+            help="the model to export: resnet50 or a name for --model-file (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--weights",
+            default=settings.MODEL_WEIGHTS,
+            help="imagenet, random, or a weights file (default: %(default)s, MODEL_WEIGHTS)",
+        )
+        parser.add_argument(
+            "--model-file",
+            default=settings.MODEL_FILE,
+            help="a saved .keras classifier to export instead of ResNet50 (MODEL_FILE)",
+        )
+        parser.add_argument(
+            "--labels-file",
+            default=settings.MODEL_LABELS_FILE,
+            help="class labels, one per line (default: %(default)s, MODEL_LABELS_FILE)",
+        )
+        parser.add_argument(
+            "--input-size",
+            type=int,
+            default=settings.MODEL_INPUT_SIZE,
+            help="the model's square input side in pixels (default: %(default)s)",
+        )
         images = parser.add_mutually_exclusive_group()
         images.add_argument("--calibration-dir", help="calibration images (searched recursively)")
         images.add_argument(

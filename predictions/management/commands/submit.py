@@ -144,7 +144,9 @@ class Command(BaseCommand):
         **options,
     ):
         if not token:
-            raise CommandError("an API token is needed: --token or INFERENCEHUB_TOKEN")
+            raise CommandError(
+                "an API token is needed: --token or INFERENCEHUB_TOKEN", returncode=NOTHING_SENT
+            )
         if not TOP_K_MIN <= top_k <= TOP_K_MAX:
             raise CommandError(f"--top-k must be between {TOP_K_MIN} and {TOP_K_MAX}, got {top_k}")
         if concurrency < 1:

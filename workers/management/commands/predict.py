@@ -5,6 +5,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from PIL import UnidentifiedImageError
 
 from inferencehub.images import prepare_for_model
 from inferencehub.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
@@ -19,14 +20,36 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("paths", nargs="+")
-        parser.add_argument("--model-package", default=settings.MODEL_PACKAGE)
-        parser.add_argument("--runtime", choices=RUNTIMES, default=settings.MODEL_RUNTIME)
-        parser.add_argument("--precision", choices=PRECISIONS, default=settings.MODEL_PRECISION)
+        parser.add_argument("paths", nargs="+", help="image files to classify")
         parser.add_argument(
-            "--bf16-fallback", action="store_true", default=settings.MODEL_BF16_FALLBACK
+            "--model-package",
+            default=settings.MODEL_PACKAGE,
+            help="a package folder from export_model (default: MODEL_PACKAGE, else Keras)",
         )
-        parser.add_argument("--top-k", type=int, default=TOP_K_DEFAULT)
+        parser.add_argument(
+            "--runtime",
+            choices=RUNTIMES,
+            default=settings.MODEL_RUNTIME,
+            help="for a Keras model (default: %(default)s, MODEL_RUNTIME)",
+        )
+        parser.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default=settings.MODEL_PRECISION,
+            help="for a Keras model run by OpenVINO (default: %(default)s, MODEL_PRECISION)",
+        )
+        parser.add_argument(
+            "--bf16-fallback",
+            action="store_true",
+            default=settings.MODEL_BF16_FALLBACK,
+            help="run bf16 as fp32 on a CPU without bf16 instead of refusing",
+        )
+        parser.add_argument(
+            "--top-k",
+            type=int,
+            default=TOP_K_DEFAULT,
+            help="labels per image (default: %(default)s)",
+        )
         parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
     def handle(self, *args, **options):
@@ -46,11 +69,20 @@ class Command(BaseCommand):
             )
         except ModelLoadError as error:
             raise CommandError(str(error)) from None
+        if served.weights == "random":
+            self.stderr.write(
+                "warning: the model has random weights (no trained weights could be loaded): "
+                "its labels are not a real classification"
+            )
         failed = 0
         for path in options["paths"]:
             try:
                 with open(path, "rb") as file:
                     image = prepare_for_model(file, size=served.input_size)
+            except UnidentifiedImageError:
+                failed += 1
+                self.stderr.write(f"{path}: not an image in a format that can be read")
+                continue
             except (OSError, ValueError, SyntaxError) as error:
                 failed += 1
                 self.stderr.write(f"{path}: not an image that can be read: {error}")
