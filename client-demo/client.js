@@ -18,7 +18,9 @@ const USAGE = `usage: node client.js --server URL --dir IMAGES_DIR [options]
   --json              print one JSON object per line instead of text
   -h, --help          show this help
 
-Exit status: 0 when every result arrived, 1 on timeout or an HTTP error, 2 on bad usage.`;
+A file the server refuses is reported and skipped; the summary line always comes last.
+Exit status: 0 when every file was accepted and every result arrived, 1 when a file was
+refused, on timeout or on an HTTP or connection error, 2 on bad usage.`;
 
 const IMAGE_EXTENSIONS = new Set(['.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp']);
 // An image whose answer did not come (the connection failed) is sent again, up to this
@@ -174,21 +176,39 @@ async function run(opts) {
   const uuid = await register(opts.server, deadline);
   if (!opts.json) console.log(`registered ${uuid}; uploading ${names.length} image(s) x ${opts.loops} loop(s)`);
 
+  // A file the server refuses (a 4xx: not an image, too large...) is reported and skipped;
+  // any other failure (no answer, a 5xx, the time up) ends the uploads. Either way the
+  // results of what was sent are still awaited and the summary is printed last.
   const pending = new Map(); // seq -> file name
+  const refused = [];
+  let stopped = null;
   let seq = 0;
-  for (let loop = 0; loop < opts.loops; loop++) {
+  uploads: for (let loop = 0; loop < opts.loops; loop++) {
     for (const [name, bytes] of files) {
-      await upload(opts.server, uuid, seq, opts.topk, name, bytes, deadline);
-      pending.set(seq, name);
+      try {
+        await upload(opts.server, uuid, seq, opts.topk, name, bytes, deadline);
+        pending.set(seq, name);
+      } catch (err) {
+        const isRefusal = err instanceof HttpError && err.status >= 400 && err.status < 500;
+        if (!isRefusal) {
+          stopped = err;
+          break uploads;
+        }
+        refused.push({ seq, file: name, error: err.message });
+        print(`seq=${seq} ${name} refused: ${err.message}`, { type: 'refused', uuid, seq, file: name, error: err.message });
+      }
       seq++;
     }
   }
-  const total = seq;
+  const total = pending.size;
+  if (stopped) {
+    console.error(`error: ${stopped.name === 'TimeoutError' ? 'timed out while uploading' : stopped.message}`);
+  }
   if (!opts.json) console.log(`uploaded ${total} in ${seconds()}s; waiting for results`);
 
-  let timedOut = false;
+  let timedOut = stopped?.name === 'TimeoutError';
   try {
-    while (pending.size > 0) {
+    while (pending.size > 0 && !timedOut) {
       const seqs = [...pending.keys()];
       const items = await fetchResults(opts.server, uuid, Math.min(...seqs), Math.max(...seqs), deadline);
       for (const item of items) {
@@ -213,12 +233,14 @@ async function run(opts) {
       await sleep(wait);
     }
   } catch (err) {
-    if (err.name !== 'TimeoutError') throw err;
-    timedOut = true;
+    if (err.name === 'TimeoutError') timedOut = true;
+    else if (!stopped) stopped = err;
+    if (err.name !== 'TimeoutError') console.error(`error: ${err.message}`);
   }
 
   const done = total - pending.size;
-  print(`done: ${done}/${total} results in ${seconds()}s${timedOut ? ' (timed out)' : ''}`, {
+  const notes = [timedOut ? ' (timed out)' : '', refused.length ? `, ${refused.length} refused` : '', stopped && !timedOut ? ', stopped by an error' : ''];
+  print(`done: ${done}/${total} results in ${seconds()}s${notes.join('')}`, {
     type: 'summary',
     uuid,
     done,
@@ -226,8 +248,10 @@ async function run(opts) {
     seconds: Number(seconds()),
     timedOut,
     missing: [...pending.keys()],
+    refused: refused.map((r) => r.seq),
+    error: stopped && !timedOut ? stopped.message : null,
   });
-  return timedOut ? 1 : 0;
+  return timedOut || stopped || refused.length ? 1 : 0;
 }
 
 async function main() {
@@ -241,10 +265,11 @@ async function main() {
   try {
     return await run(opts);
   } catch (err) {
-    if (err.name === 'TimeoutError') {
-      console.error(`error: timed out after ${opts.timeoutMs / 1000}s before all images were uploaded`);
-    } else {
-      console.error(`error: ${err.message}`);
+    const message = err.name === 'TimeoutError' ? `timed out after ${opts.timeoutMs / 1000}s` : err.message;
+    console.error(`error: ${message}`);
+    if (opts.json) {
+      const summary = { type: 'summary', uuid: null, done: 0, total: 0, timedOut: err.name === 'TimeoutError' };
+      console.log(JSON.stringify({ ...summary, missing: [], refused: [], error: message }));
     }
     return 1;
   }

@@ -214,6 +214,35 @@ def test_node_client_registers_uploads_and_prints_every_result(pipeline, live_se
     assert Job.objects.filter(batch_id=lines[-1]["uuid"]).count() == 6
 
 
+def test_node_client_skips_a_refused_file_and_still_prints_every_result(
+    pipeline, live_server, tmp_path
+):
+    for name in ("a-bolete.jpg", "c-fox.png"):
+        (tmp_path / name).write_bytes((DATA / name[2:]).read_bytes())
+    (tmp_path / "b-broken.jpg").write_bytes(b"not a jpeg at all")
+    client = [str(REPO / "client-demo" / "client.js"), "--server", live_server.url]
+    completed = subprocess.run(
+        ["node", *client, "--dir", str(tmp_path), "--timeout", "180", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    lines = [json.loads(line) for line in completed.stdout.splitlines()]
+    by_type = {
+        kind: [line for line in lines if line["type"] == kind] for kind in ("result", "refused")
+    }
+    assert sorted((r["seq"], r["file"]) for r in by_type["result"]) == [
+        (0, "a-bolete.jpg"),
+        (2, "c-fox.png"),
+    ]
+    assert [(r["seq"], r["file"]) for r in by_type["refused"]] == [(1, "b-broken.jpg")]
+    assert "not an image" in by_type["refused"][0]["error"]
+    summary = lines[-1]
+    assert summary["type"] == "summary"
+    assert (summary["done"], summary["total"], summary["refused"]) == (2, 2, [1])
+
+
 # Jobs already handed to Kafka, so the test can produce their messages itself.
 make_job = functools.partial(JobFactory, top_k=3, status=Job.Status.SUBMITTED)
 
