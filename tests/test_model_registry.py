@@ -282,10 +282,18 @@ def test_staff_with_the_registry_rights_edit_it_in_the_admin_and_others_cannot()
     response = browser.post(
         "/admin/workers/registeredmodel/",
         {"action": "make_default", "_selected_action": [colours.pk]},
+        follow=True,
     )
-    assert response.status_code == 302
+    assert response.redirect_chain[-1][1] == 302
+    assert "The default model is now colours." in response.content.decode()
     assert RegisteredModel.objects.get(is_default=True) == colours
     version = ModelVersion.objects.get(model=colours)
+    page = browser.get(f"/admin/workers/modelversion/{version.pk}/change/").content.decode()
+    # As registered: only `enabled` is a field to edit; the package's hash is not.
+    assert 'name="package_sha256"' not in page and 'name="enabled"' in page
+    listing = browser.get("/admin/workers/modelversion/").content.decode()
+    for column in ("ready", "workers", "lag"):
+        assert f'class="column-{column}' in listing
     response = browser.post(f"/admin/workers/modelversion/{version.pk}/change/", {"enabled": ""})
     assert response.status_code == 302
     assert not ModelVersion.objects.get(pk=version.pk).enabled

@@ -1,9 +1,15 @@
 """The model registry in the admin: staff with the registry's rights see and edit it."""
 
+import threading
+
 from django.contrib import admin
 
+from kafka_wire.topics import GroupState
 from workers import services
 from workers.models import ModelVersion, RegisteredModel
+from workers.selectors import UPLOAD_STATE_MAX_AGE_S, serving_states
+
+_page = threading.local()
 
 
 class ModelVersionInline(admin.TabularInline):
@@ -33,7 +39,8 @@ class RegisteredModelAdmin(admin.ModelAdmin):
             self.message_user(request, "choose exactly one model", level="error")
             return
         model = services.set_default(name=queryset.get().name)
-        self.message_user(request, f"{model} is the default model")
+        # Worded so that the admin's capitalised first letter is not the model's name.
+        self.message_user(request, f"The default model is now {model}.")
 
 
 @admin.register(ModelVersion)
@@ -46,23 +53,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "input_size",
         "classes",
         "enabled",
+        "ready",
+        "workers",
+        "lag",
         "created_at",
     ]
     list_editable = ["enabled"]
     list_filter = ["model", "enabled", "runtime", "precision"]
+    # Everything but `enabled` comes from the registration and stays as registered.
     readonly_fields = [
-        "model",
-        "version",
-        "source",
-        "path",
-        "labels_file",
-        "weights",
-        "runtime",
-        "precision",
-        "input_size",
-        "classes",
-        "created_at",
-    ]
+        field.name for field in ModelVersion._meta.fields if field.name not in ("id", "enabled")
+    ] + ["ready", "workers", "lag"]
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -70,3 +71,35 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         # Jobs keep pointing at the version that served them; disable it instead.
         return False
+
+    def changelist_view(self, request, extra_context=None):
+        # One reading of the worker groups for the page, not one per row; kept per thread,
+        # since one ModelAdmin serves every request.
+        _page.states = None
+        try:
+            return super().changelist_view(request, extra_context)
+        finally:
+            _page.states = None
+
+    def _state(self, version: ModelVersion) -> GroupState | None:
+        states = getattr(_page, "states", None)
+        if states is None:
+            listed = [version] if version.pk is None else list(ModelVersion.objects.all())
+            states = serving_states(listed, max_age_s=UPLOAD_STATE_MAX_AGE_S) or {}
+            _page.states = states
+        return states.get(version.pk)
+
+    @admin.display(description="ready", boolean=True)
+    def ready(self, version: ModelVersion) -> bool | None:
+        state = self._state(version)
+        return None if state is None else version.enabled and state.members > 0
+
+    @admin.display(description="workers")
+    def workers(self, version: ModelVersion) -> str:
+        state = self._state(version)
+        return "Kafka unreachable" if state is None else str(state.members)
+
+    @admin.display(description="lag")
+    def lag(self, version: ModelVersion) -> str:
+        state = self._state(version)
+        return "–" if state is None or state.lag is None else str(state.lag)
