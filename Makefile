@@ -8,6 +8,8 @@ BENCH_ARGS ?=
 WEB_URL = http://127.0.0.1:$(or $(STACK_WEB_PORT),8000)
 # The registered model make run serves; stack/processes.py names it for the workers too.
 SERVED_MODEL = $(shell python3 -c 'from stack.processes import SERVED_MODEL; print(SERVED_MODEL)')
+# The bearer token the web's /metrics asks for (METRICS_TOKEN), made on the first run.
+METRICS_TOKEN_FILE = $(or $(STACK_DIR),.stack)/metrics-token
 
 .DEFAULT_GOAL := help
 .PHONY: help install services run test test-fast test-faults test-distributed bench k8s-render stop status lint format clean
@@ -24,10 +26,12 @@ services: install ## Start MariaDB, Redis and Kafka (idempotent)
 run: services ## Bootstrap (schema, static, the served model, topics, demo user), start the app under supervisord
 	@echo "Checking that the workers' model weights load (falls back to random weights)..."
 	@echo "Exporting the fastest model package that passes the faithfulness gate (once, cached in .stack/)..."
+	test -s $(METRICS_TOKEN_FILE) || (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > $(METRICS_TOKEN_FILE))
 	weights=$$($(PY) manage.py resolve_weights) && \
 	  package=$$($(PY) manage.py ensure_model_package --weights $$weights) && \
 	  $(PY) manage.py bootstrap --model $(SERVED_MODEL) --package "$$package" --weights $$weights && \
-	  MODEL_WEIGHTS=$$weights $(STACK) up all && \
+	  MODEL_WEIGHTS=$$weights SEED_API_ANONYMOUS=$${SEED_API_ANONYMOUS:-true} \
+	  METRICS_TOKEN=$${METRICS_TOKEN:-$$(cat $(METRICS_TOKEN_FILE))} $(STACK) up all && \
 	  echo "" && echo "Workers serve $(SERVED_MODEL): $$($(PY) manage.py ensure_model_package --weights $$weights --describe)"
 	@echo ""
 	@echo "InferenceHub is running on $(WEB_URL) (loopback only unless STACK_WEB_HOST is set):"
@@ -36,10 +40,13 @@ run: services ## Bootstrap (schema, static, the served model, topics, demo user)
 	@echo "  admin        $(WEB_URL)/admin/"
 	@echo "  readiness    $(WEB_URL)/readyz"
 	@echo "  models       $(WEB_URL)/api/models/"
+	@echo '  metrics      curl -H "Authorization: Bearer $$(cat $(METRICS_TOKEN_FILE))" $(WEB_URL)/metrics'
 	@$(PY) manage.py ensure_demo_user
 	@echo "Logs in $(or $(STACK_DIR),.stack)/logs/, stop with 'make stop'."
 
-test: install ## Run the tests, starting the services they need (extra pytest args: make test PYTEST_ARGS="-k upload -x")
+# The data services start first: the tests' settings read Redis's password, which Redis
+# gets when it first starts.
+test: services ## Run the tests, starting the services they need (extra pytest args: make test PYTEST_ARGS="-k upload -x")
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: ## Run only the tests that need no data service; starts nothing

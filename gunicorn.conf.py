@@ -14,10 +14,12 @@ The web's Prometheus metrics are counted across all worker processes: each proce
 its counts to files in PROMETHEUS_MULTIPROC_DIR and /metrics adds them up
 (inferencehub/metrics.py), so a scrape does not see only the process that answered it.
 
-Each worker process runs `threads` threads. A held request (a job's `?wait=`, a batch's
-event stream) keeps one for up to 30 s, well under `timeout`; at most WEB_HELD_REQUESTS (2)
-are held per process (inferencehub/holding.py), so the other threads stay free for the rest
-of the API. Raise both together; with threads = 1 set WEB_HELD_REQUESTS=0.
+Each worker process runs `threads` threads. Held requests (a job's `?wait=`, a batch's
+event stream) go to the held process instead (uvicorn, inferencehub/asgi.py), where they
+cost no thread: nginx sends them there. One that reaches gunicorn anyway keeps a thread for
+up to 30 s, well under `timeout`, so WEB_HELD_REQUESTS is 2 here unless set (held
+process: 10000), and the other threads stay free for the rest of the API. With threads = 1
+set WEB_HELD_REQUESTS=0.
 """
 
 import os
@@ -32,6 +34,9 @@ timeout = 120
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
+
+# Read by inferencehub/settings.py in each worker: keep it below `threads`.
+os.environ.setdefault("WEB_HELD_REQUESTS", "2")
 
 # Set before any worker imports prometheus_client, which reads it at import time.
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

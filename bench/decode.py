@@ -7,13 +7,15 @@ array is from the plain full-size decode's, at each size of the benchmark's phot
 
 import io
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image
 
-from bench.images import MEGAPIXELS, make_images
+from bench.images import MEGAPIXELS, PHOTOS_DIR, make_images
 from inferencehub.images import ACCEPTED_FORMATS, model_input, prepare_for_model
 
 # libvips' messages, one per operation at INFO, would be timed with its path.
@@ -157,3 +159,100 @@ def measure_decoding(size: int, log=print, min_seconds: float = MIN_SECONDS) -> 
             log(f"  {group}, {name}: {figures[name]['cpu_ms']:.2f} ms")
         results["groups"][group] = figures
     return results
+
+
+# --- Big images: what one decode of a large non-JPEG costs (docs/performance.md, "Big
+# images"). Photo-like content is a test photo scaled up with some noise, as a camera's;
+# flat content is one colour, what a decompression bomb holds.
+BIG_MEGAPIXELS = (12, 25, 50)
+BIG_ENCODINGS = {
+    "JPEG": {"quality": 90},
+    "WEBP": {"quality": 90},
+    "WEBP lossless": {"lossless": True},
+    "PNG": {},
+    "TIFF deflate": {"compression": "tiff_adobe_deflate"},
+}
+
+
+def big_image(megapixels: float, content: str) -> Image.Image:
+    side = round((megapixels * 1_000_000) ** 0.5)
+    if content == "flat":
+        return Image.new("RGBA", (side, side), (40, 120, 200, 255))
+    with Image.open(PHOTOS_DIR / "bolete.jpg") as photo:
+        picture = photo.convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+    noise = np.random.default_rng(0).integers(-6, 7, size=(side, side, 3), dtype=np.int8)
+    pixels = np.asarray(picture, dtype=np.int16) + noise
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def encoded(image: Image.Image, encoding: str) -> bytes:
+    out = io.BytesIO()
+    if encoding == "JPEG" and image.mode == "RGBA":
+        image = image.convert("RGB")
+    image.save(out, encoding.split()[0], **BIG_ENCODINGS[encoding])
+    return out.getvalue()
+
+
+def _peak_rss_growth_mb(work: Callable[[], object]) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS growth MB) of work(), in a forked child so that each decode
+    starts from the same memory and frees all of it."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        status = Path("/proc/self/status")
+        # Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS.
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _status_kb(status, "VmRSS")
+        wall, cpu = time.perf_counter(), time.process_time()
+        work()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        peak = _status_kb(status, "VmHWM")
+        os.write(write, f"{wall} {cpu} {(peak - before) / 1024}".encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        figures = answer.read()
+    os.waitpid(pid, 0)
+    wall, cpu, grown = map(float, figures.split())
+    return wall, cpu, grown
+
+
+def _status_kb(status: Path, field: str) -> int:
+    for line in status.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def measure_big_decodes(size: int = 224, log=print) -> list[dict]:
+    """Per format, size and content: the file's bytes, and the wall and CPU seconds and
+    peak memory growth of the preprocessing's decode (prepare_for_model)."""
+    rows = []
+    for megapixels in BIG_MEGAPIXELS:
+        for content in ("photo", "flat"):
+            image = big_image(megapixels, content)
+            for encoding in BIG_ENCODINGS:
+                if encoding == "WEBP lossless" and content == "photo":
+                    continue  # minutes to encode, and megabytes a megapixel: never a bomb
+                data = encoded(image, encoding)
+                wall, cpu, grown = _peak_rss_growth_mb(
+                    lambda data=data: prepare_for_model(io.BytesIO(data), size=size)
+                )
+                row = {
+                    "format": encoding,
+                    "megapixels": megapixels,
+                    "content": content,
+                    "bytes": len(data),
+                    "wall_s": round(wall, 2),
+                    "cpu_s": round(cpu, 2),
+                    "peak_mb": round(grown),
+                }
+                log(row)
+                rows.append(row)
+            del image
+    return rows
+
+
+if __name__ == "__main__":
+    measure_big_decodes()

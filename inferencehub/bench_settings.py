@@ -25,9 +25,14 @@ os.environ.setdefault("API_THROTTLE_USER", "100000000/hour")
 os.environ.setdefault("API_THROTTLE_ANON", "100000000/hour")
 
 from inferencehub.settings import *  # noqa: E402,F403
-from inferencehub.settings import DATABASES  # noqa: E402
+from inferencehub.settings import CELERY_BROKER_TRANSPORT_OPTIONS, DATABASES  # noqa: E402
 
 # The benchmark creates this database when it starts and drops it when it ends; the
 # test_ prefix is the one the stack grants the project user the right to create.
 DATABASES["default"]["TEST"]["NAME"] = f"test_inferencehub_bench_{RUN_ID}"
-CELERY_TASK_DEFAULT_QUEUE = f"bench-{RUN_ID}"
+# Every Redis key of Celery (its queues, unacked tasks) under a prefix of this run's own:
+# the queue names stay those of stack/processes.py, which the worker command lines name.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    **CELERY_BROKER_TRANSPORT_OPTIONS,
+    "global_keyprefix": f"bench-{RUN_ID}:",
+}

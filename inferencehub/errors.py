@@ -8,6 +8,8 @@ inferencehub/urls.py turn those into ours, so no visitor sees a debug page or an
 
 import logging
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 
@@ -28,7 +30,13 @@ REPLACED_STATUSES = {
     405: "this method is not allowed here",
     500: "the server failed; the error was logged",
 }
-TITLES = {400: "Bad request", 403: "Forbidden", 404: "Page not found", 405: "Not allowed"}
+TITLES = {
+    400: "Bad request",
+    403: "Forbidden",
+    404: "Page not found",
+    405: "Not allowed",
+    429: "Too many requests",
+}
 
 
 def error_body(message: str, fields: dict | None = None) -> dict:
@@ -87,23 +95,56 @@ def server_error(request: HttpRequest) -> HttpResponse:
     return error_answer(request, 500, _message(request, 500))
 
 
+def sign_in_locked_out(request: HttpRequest, original_response=None, credentials=None):
+    """AXES_LOCKOUT_CALLABLE: a sign-in refused, before its password is checked, because
+    its account or its address failed too often (django-axes)."""
+    minutes = settings.LOGIN_LOCKOUT_MINUTES
+    response = error_answer(
+        request,
+        429,
+        f"too many failed sign-ins for this account or from this address; "
+        f"try again in {minutes} minutes",
+    )
+    response["Retry-After"] = str(minutes * 60)
+    return response
+
+
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """CSRF_FAILURE_VIEW: a form posted without its token, e.g. from a page left open
     across a sign-out."""
     return error_answer(request, 403, f"the CSRF check failed ({reason}); reload the page")
 
 
+# Headers of the replaced answer that describe its body, not the request's handling.
+BODY_HEADERS = {"content-type", "content-length", "content-disposition", "content-encoding"}
+
+
 class ErrorPagesMiddleware:
     """Replace Django's own error answers (debug pages, the empty 405 of require_POST) with
-    ours. Last in MIDDLEWARE, so the other middleware still sees and decorates the answer
-    (CommonMiddleware still redirects /jobs/<id> to /jobs/<id>/). Django has already logged
-    the exception behind a 500."""
+    ours. First in MIDDLEWARE, so that it also sees what Django made of an exception raised
+    by another middleware (DisallowedHost, CommonMiddleware's RuntimeError under DEBUG);
+    the replacement keeps the headers and cookies the other middleware set (security
+    headers, Allow, Vary). Django has already logged the exception behind a 500."""
+
+    # Both modes: a sync-only middleware would cost the held process a thread per request
+    # (inferencehub/asgi.py).
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return self.replace(request, self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        return self.replace(request, await self.get_response(request))
+
+    def replace(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if response.status_code not in REPLACED_STATUSES or getattr(response, "error_shape", False):
             return response
         if response.get("Content-Type", "").startswith("application/json"):
@@ -112,6 +153,8 @@ class ErrorPagesMiddleware:
         if response.status_code == 405 and response.has_header("Allow"):
             message = f"{request.method} is not allowed here; allowed: {response['Allow']}"
         replacement = error_answer(request, response.status_code, message)
-        if response.has_header("Allow"):
-            replacement["Allow"] = response["Allow"]
+        for name, value in response.items():
+            if name.lower() not in BODY_HEADERS:
+                replacement[name] = value
+        replacement.cookies = response.cookies
         return replacement

@@ -1,10 +1,10 @@
 """Requests held open: a job's `?wait=N` and a batch's event stream.
 
-gunicorn runs each web process with a few threads (4, gunicorn.conf.py, under make run
-and in the deployments), and a held request keeps one of them. So at most WEB_HELD_REQUESTS of
-them per process may be held at once; the others stay free for the rest of the API. A
-request that finds no free slot is answered at once (`?wait`) or told to come back
-(the stream), never queued behind the held ones.
+In the held process (uvicorn, inferencehub/asgi.py) a held request costs no thread, only
+a little memory, so WEB_HELD_REQUESTS is a high safety limit per process (10000 by
+default). gunicorn.conf.py lowers it to 2 for gunicorn's processes, where a held request
+that reaches them anyway keeps one of their 4 threads. A request that finds the limit
+reached is answered at once (`?wait`) or told to come back (the stream), never queued.
 """
 
 import threading
@@ -14,26 +14,20 @@ from contextlib import contextmanager
 from django.conf import settings
 
 _lock = threading.Lock()
-_slots: threading.BoundedSemaphore | None = None
-_size: int | None = None
-
-
-def _semaphore() -> threading.BoundedSemaphore | None:
-    global _slots, _size
-    with _lock:
-        if _size != settings.WEB_HELD_REQUESTS:
-            _size = settings.WEB_HELD_REQUESTS
-            _slots = threading.BoundedSemaphore(_size) if _size else None
-        return _slots
+_held = 0
 
 
 @contextmanager
 def held_slot() -> Iterator[bool]:
     """Yields whether this request may be held; frees its slot on leaving."""
-    slots = _semaphore()
-    acquired = slots is not None and slots.acquire(blocking=False)
+    global _held
+    with _lock:
+        acquired = _held < settings.WEB_HELD_REQUESTS
+        if acquired:
+            _held += 1
     try:
         yield acquired
     finally:
         if acquired:
-            slots.release()
+            with _lock:
+                _held -= 1

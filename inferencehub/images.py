@@ -6,7 +6,7 @@ from fractions import Fraction
 from typing import BinaryIO
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
@@ -25,34 +25,52 @@ class ImageInfo:
     height: int
 
 
-def inspect_image(file: BinaryIO, *, max_pixels: int) -> ImageInfo:
-    """Identify the image by its bytes and check it is whole, as cheaply as possible.
+@dataclass(frozen=True)
+class PixelLimits:
+    """How many pixels an upload may claim, so that decoding it stays within a bound
+    (the values and why: inferencehub/limits.py)."""
 
-    JPEG and PNG, nearly every upload, are checked without decoding their pixels (which
-    the Celery preprocessing does anyway; decoding here too cost the web process 28 % of
-    its CPU in the benchmark's profile): a JPEG must end its scan data with an EOI marker,
-    a PNG's chunks must all be there with good checksums. A file damaged inside its
-    compressed data passes, and its job fails at preprocessing with the decoder's reason.
-    Other formats are decoded.
+    # A JPEG is decoded at a reduced DCT scale (1/8 for big ones), so it may be larger.
+    jpeg: int
+    # Every other format is decoded whole.
+    decoded_whole: int
+    # Above this many pixels a file must hold at least min_bytes_per_megapixel bytes per
+    # million pixels: fewer is a decompression bomb's ratio, not a picture's.
+    ratio_checked_above: int
+    min_bytes_per_megapixel: int
+
+    def for_format(self, format: str) -> int:
+        return self.jpeg if format == "JPEG" else self.decoded_whole
+
+
+def inspect_image(file: BinaryIO, *, limits: PixelLimits) -> ImageInfo:
+    """Identify the image by its headers and check it is whole, never decoding its pixels.
+
+    The size and format come from the headers; the pixel count is checked against the
+    format's limit and against the file's length (limits). Then the file must be whole as
+    far as its structure tells without decoding: a JPEG must end its scan data with an EOI
+    marker, a PNG's chunks must all be there with good checksums, a WebP's RIFF length, a
+    GIF's trailer, a BMP's declared size and a TIFF's strips must fit the file. A file
+    damaged inside its compressed data passes, and its job fails at preprocessing with the
+    decoder's reason. Decoding here cost the web process 28 % of its CPU in the
+    benchmark's profile, and a 2 KB WebP of 50 megapixels 572 MB of its memory.
     """
     file.seek(0)
     try:
+        length = file.seek(0, io.SEEK_END)
+        file.seek(0)
         with Image.open(file, formats=ACCEPTED_FORMATS) as image:
-            # Opening a JPEG reads its headers up to the first scan's data and stops.
+            # Opening reads the headers and stops (for a JPEG, at its first scan's data).
             scan_start = file.tell()
             width, height = image.size
-            if width * height > max_pixels:
-                raise ImageRejected(
-                    f"image is {width}x{height} = {width * height} pixels; "
-                    f"the limit is {max_pixels} pixels"
-                )
             info = ImageInfo(format=image.format, width=width, height=height)
+            _check_pixels(info, length=length, limits=limits)
             if image.format == "JPEG":
                 _check_jpeg_ends(file, scan_start=scan_start)
             elif image.format == "PNG":
                 image.verify()
             else:
-                image.load()
+                _check_structure(image, file, length=length)
     except ImageRejected:
         raise
     except UnidentifiedImageError:
@@ -64,6 +82,56 @@ def inspect_image(file: BinaryIO, *, max_pixels: int) -> ImageInfo:
     finally:
         file.seek(0)
     return info
+
+
+def _check_pixels(info: ImageInfo, *, length: int, limits: PixelLimits) -> None:
+    pixels = info.width * info.height
+    limit = limits.for_format(info.format)
+    if pixels > limit:
+        which = "" if info.format == "JPEG" else f" for {info.format}"
+        raise ImageRejected(
+            f"image is {info.width}x{info.height} = {pixels} pixels; "
+            f"the limit{which} is {limit} pixels (JPEG: {limits.jpeg})"
+        )
+    if pixels > limits.ratio_checked_above:
+        needed = pixels * limits.min_bytes_per_megapixel // 1_000_000
+        if length < needed:
+            raise ImageRejected(
+                f"image claims {info.width}x{info.height} = {pixels} pixels in only "
+                f"{length} bytes, a decompression bomb's ratio: above "
+                f"{limits.ratio_checked_above} pixels an image needs at least "
+                f"{limits.min_bytes_per_megapixel} bytes per million pixels ({needed} here)"
+            )
+
+
+# TIFF tags: where each strip (or tile) of the pixel data starts, and its length.
+TIFF_DATA_TAGS = ((273, 279), (324, 325))
+
+
+def _check_structure(image: Image.Image, file: BinaryIO, *, length: int) -> None:
+    """Raise if the headers of a WebP, GIF, BMP or TIFF say the file is longer than it is."""
+    truncated = ImageRejected(f"image could not be decoded: the {image.format} data is truncated")
+    if image.format == "WEBP":
+        file.seek(4)
+        # The RIFF header's length counts every byte after its first 8.
+        if 8 + int.from_bytes(file.read(4), "little") > length:
+            raise truncated
+    elif image.format == "GIF":
+        file.seek(length - 1)
+        if file.read(1) != b";":  # the trailer that ends every GIF
+            raise truncated
+    elif image.format == "BMP":
+        file.seek(2)
+        if int.from_bytes(file.read(4), "little") > length:  # 0 when the writer left it out
+            raise truncated
+    elif image.format == "TIFF":
+        tags = image.tag_v2
+        for offsets_tag, counts_tag in TIFF_DATA_TAGS:
+            offsets, counts = tags.get(offsets_tag, ()), tags.get(counts_tag, ())
+            if isinstance(offsets, int):
+                offsets, counts = (offsets,), (counts,)
+            if any(start + count > length for start, count in zip(offsets, counts, strict=False)):
+                raise truncated
 
 
 JPEG_END_OF_IMAGE = b"\xff\xd9"
@@ -92,11 +160,25 @@ def _check_jpeg_ends(file: BinaryIO, *, scan_start: int) -> None:
 
 
 def prepare_for_model(file: BinaryIO, *, size: int) -> np.ndarray:
-    """Return the image as a (size, size, 3) uint8 RGB array, as ResNet50 expects it.
+    """Return the image as a (size, size, 3) uint8 RGB array, as ResNet50 expects it."""
+    return prepare_upload(file, size=size).model_input
+
+
+@dataclass(frozen=True)
+class Prepared:
+    model_input: np.ndarray
+    # JPEG bytes by the size of the square each fits in.
+    thumbnails: dict[int, bytes]
+
+
+def prepare_upload(file: BinaryIO, *, size: int, thumbnail_sizes: tuple[int, ...] = ()) -> Prepared:
+    """The model's (size, size, 3) uint8 RGB array, and thumbnails, from one decode.
 
     Applies EXIF orientation, flattens transparency onto white and takes the centre square,
     resampled to size x size. A JPEG is decoded at a reduced DCT scale: the fastest path
     measured, within a stated bound of a full-size decode (docs/performance.md, "Decoding").
+    The thumbnails are made from the same decode, so a JPEG's are at most the size of its
+    DCT-scaled decode (for a 12 MP photo 500x375: no less than size on either side).
     """
     with Image.open(file, formats=ACCEPTED_FORMATS) as image:
         original = image.size
@@ -106,7 +188,10 @@ def prepare_for_model(file: BinaryIO, *, size: int) -> np.ndarray:
             # at least size pixels per side.
             image.draft("RGB", (size, size))
         decoded = _flatten_onto_white(image)
-        return model_input(decoded, original=original, size=size, orientation=orientation)
+        return Prepared(
+            model_input=model_input(decoded, original=original, size=size, orientation=orientation),
+            thumbnails=_thumbnails(decoded, thumbnail_sizes, orientation=orientation),
+        )
 
 
 # Pillow first shrinks by an integer factor (box filter) while the remaining scale stays
@@ -162,8 +247,11 @@ def _flatten_onto_white(image: Image.Image) -> Image.Image:
         image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        # Pasted through its own alpha onto an RGB white: one RGB copy, where compositing
+        # onto an RGBA white took three (a 50 MP image's peak 955 MB, docs/performance.md).
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba)
+        return flat
     return image.convert("RGB")
 
 
@@ -173,10 +261,25 @@ def thumbnail_jpeg(file: BinaryIO, *, size: int) -> bytes:
     Browsers show it whatever the stored format (TIFF, BMP, ...).
     """
     with Image.open(file, formats=ACCEPTED_FORMATS) as image:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         if image.format == "JPEG":
             image.draft("RGB", (size, size))
-        image = _flatten_onto_white(ImageOps.exif_transpose(image))
-        image.thumbnail((size, size))
+        return _thumbnails(_flatten_onto_white(image), (size,), orientation=orientation)[size]
+
+
+def _thumbnails(decoded: Image.Image, sizes: tuple[int, ...], *, orientation: int) -> dict:
+    """JPEGs of the decoded image fitting in each size's square (never enlarged), turned as
+    EXIF orientation says; each smaller one is made from the one before."""
+    thumbnails = {}
+    source = decoded
+    for size in sorted(sizes, reverse=True):
+        scale = min(1.0, size / max(source.size))
+        if scale < 1.0:
+            fitted = (max(1, round(source.width * scale)), max(1, round(source.height * scale)))
+            source = source.resize(fitted, Image.Resampling.BICUBIC, reducing_gap=2.0)
+        method = EXIF_ORIENTATION_TRANSPOSE.get(orientation)
+        shown = source if method is None else source.transpose(method)
         out = io.BytesIO()
-        image.save(out, "JPEG", quality=85)
-        return out.getvalue()
+        shown.save(out, "JPEG", quality=85)
+        thumbnails[size] = out.getvalue()
+    return thumbnails

@@ -8,6 +8,7 @@ bridge serve their metrics on their own port (`--metrics-port`), with /healthz b
 it fails when the consumer loop has not polled Kafka for CONSUMER_STALL_SECONDS.
 """
 
+import hmac
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import (
@@ -32,6 +34,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from inferencehub.errors import error_response
+
 logger = logging.getLogger(__name__)
 
 # --- Web process ----------------------------------------------------------------------
@@ -44,16 +48,34 @@ REQUEST_SECONDS = Histogram(
 
 
 class RequestMetricsMiddleware:
+    # Both modes: a sync-only middleware would cost the held process a thread per request
+    # (inferencehub/asgi.py).
+    sync_capable = True
+    async_capable = True
+
     def __init__(self, get_response) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
         started = time.perf_counter()
         response = self.get_response(request)
+        self.observe(request, response, started)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = await self.get_response(request)
+        self.observe(request, response, started)
+        return response
+
+    def observe(self, request: HttpRequest, response: HttpResponse, started: float) -> None:
         REQUEST_SECONDS.labels(
             request.method, route_label(request), str(response.status_code)
         ).observe(time.perf_counter() - started)
-        return response
 
 
 # Collectors that read the database at scrape time; the predictions app registers its own
@@ -87,7 +109,27 @@ class WebOnlyCollector:
                 yield family
 
 
+def scrape_refusal(request: HttpRequest) -> HttpResponse | None:
+    """None when the request carries `Authorization: Bearer <METRICS_TOKEN>`, else the
+    answer to give. /metrics is for Prometheus only: what it shows (every route, status and
+    latency; the jobs' counts) is no one else's business. The client's address proves
+    nothing here: behind the proxy every request comes from loopback."""
+    token = settings.METRICS_TOKEN
+    if not token:
+        return error_response("/metrics is off: set METRICS_TOKEN to serve it to Prometheus", 404)
+    given = request.headers.get("Authorization", "")
+    if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return None
+    response = error_response(
+        "/metrics needs the header Authorization: Bearer <METRICS_TOKEN>", 401
+    )
+    response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
+
+
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    if refused := scrape_refusal(request):
+        return refused
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         source = CollectorRegistry()
         multiprocess.MultiProcessCollector(source)

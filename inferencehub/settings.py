@@ -5,10 +5,15 @@ so a developer needs no configuration. A malformed value stops start-up with a
 message that names the variable.
 """
 
+import ipaddress
+from datetime import timedelta
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from stack.common import redis_url
+from stack.processes import PREPROCESS_QUEUE, RESULTS_QUEUE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -68,7 +73,9 @@ def env_rate(name: str, default: str) -> str:
     the first request."""
     value = env(name, str, default)
     count, _, period = value.partition("/")
-    if not count.isdigit() or period not in ("second", "minute", "hour", "day"):
+    # isascii: "²" passes isdigit() but not int().
+    is_count = count.isascii() and count.isdigit()
+    if not is_count or period not in ("second", "minute", "hour", "day"):
         raise ImproperlyConfigured(
             f"Setting {name} must look like 100/hour (second, minute, hour or day), got {value!r}"
         )
@@ -134,6 +141,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "predictions",
     "kafka_bridge",
     "workers",
@@ -141,9 +149,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every other middleware can raise (SecurityMiddleware and CommonMiddleware
+    # raise DisallowedHost for a foreign Host header, CommonMiddleware a RuntimeError under
+    # DEBUG for a POST without its trailing slash), and Django turns what they raise into
+    # its debug page right there; only a middleware outside them sees that page to replace.
+    "inferencehub.errors.ErrorPagesMiddleware",
     # Before anything reads the body: refuses an oversized request by its Content-Length.
     "inferencehub.limits.RequestSizeLimitMiddleware",
-    # First, so the latency it measures includes every other middleware.
+    # Early, so the latency it measures includes the other middleware.
     "inferencehub.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -151,10 +164,12 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # After the user is known: pages are counted per user, or per address when anonymous.
+    "predictions.throttles.PageThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Last: it sees Django's own error answers (debug pages included) and gives them ours.
-    "inferencehub.errors.ErrorPagesMiddleware",
+    # Last, as django-axes asks: it answers a sign-in refused for too many failures.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "inferencehub.urls"
@@ -194,6 +209,30 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
 DATABASES["default"]["CONN_MAX_AGE"] = env("DATABASE_CONN_MAX_AGE", int, 60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Sign-in: failures are counted per account and per client address (django-axes) ----
+# The Axes backend comes first: a locked-out account or address is refused before its
+# password is hashed (0.65 s of CPU a try), on every sign-in form: the pages', the
+# admin's and the browsable API's.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Counted in the cache (Redis, shared by every web process); each count expires
+# LOGIN_LOCKOUT_MINUTES after its last failure.
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+# This many failures for one username, or from one address, locks that one out.
+AXES_FAILURE_LIMIT = env_positive_int("LOGIN_FAILURE_LIMIT", 10)
+LOGIN_LOCKOUT_MINUTES = env_positive_int("LOGIN_LOCKOUT_MINUTES", 15)
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# The address the proxy saw, not the proxy's own (behind it, every client is 127.0.0.1).
+AXES_CLIENT_IP_CALLABLE = "inferencehub.clients.client_address"
+AXES_LOCKOUT_CALLABLE = "inferencehub.errors.sign_in_locked_out"
+# Every sign-in is already in the web's log; no table of them, and no admin pages for
+# the tables the cache handler leaves empty.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_ENABLE_ADMIN = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -287,11 +326,28 @@ REQUEST_MAX_BYTES = env_positive_int(
 )
 ALLOW_ANONYMOUS_UPLOADS = env_bool("ALLOW_ANONYMOUS_UPLOADS", False)
 SEED_API_ENABLED = env_bool("SEED_API_ENABLED", True)
+# Whether the seed API's /register and /image answer callers without credentials, as the
+# seed system did: off, they need a token (or a session) like the REST API. `make run`
+# turns it on for the seed's clients; anonymous calls are throttled per address
+# (API_THROTTLE_ANON).
+SEED_API_ANONYMOUS = env_bool("SEED_API_ANONYMOUS", False)
+# Thumbnails and originals served per user (or address) and window.
+IMAGE_THROTTLE = env_rate("IMAGE_THROTTLE", "1200/minute")
+# Web pages (the site's, the admin's, the sign-in forms) per user (or address) and window.
+PAGE_THROTTLE = env_rate("PAGE_THROTTLE", "300/minute")
 
 # --- Jobs -------------------------------------------------------------------------
 JOB_TIMEOUT_SECONDS = env_positive_int("JOB_TIMEOUT_SECONDS", 300)
 JOB_MAX_ATTEMPTS = env_positive_int("JOB_MAX_ATTEMPTS", 3)
 SWEEP_INTERVAL_SECONDS = env_positive_int("SWEEP_INTERVAL_SECONDS", 60)
+# Jobs wait their turn in the database; the dispatcher lets a model version's next ones
+# into preprocessing while fewer than this many of its jobs are on their way (preprocessing,
+# in Kafka, being inferred): enough to keep its workers' batches full, few enough that a
+# new uploader's job is never behind a long backlog (docs/scheduling.md).
+DISPATCH_IN_FLIGHT_PER_MODEL = env_positive_int("DISPATCH_IN_FLIGHT_PER_MODEL", 64)
+# The dispatcher runs after each upload and each stored batch of results; beat runs it
+# this often besides, in case one of those runs was missed.
+DISPATCH_INTERVAL_SECONDS = env_positive_int("DISPATCH_INTERVAL_SECONDS", 2)
 # Stored originals of finished jobs older than this are deleted daily; 0 keeps them forever.
 IMAGE_RETENTION_DAYS = env("IMAGE_RETENTION_DAYS", int, 30)
 if IMAGE_RETENTION_DAYS < 0:
@@ -393,7 +449,8 @@ if REQUEST_DTYPE not in ("uint8", "float32"):
     )
 
 # --- Celery (Redis broker) ---------------------------------------------------------
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", str, "redis://127.0.0.1:16379/0")
+# Default: the local stack's Redis, with the password it made (stack/common.py).
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", str, redis_url(0, host="127.0.0.1"))
 CELERY_TASK_ACKS_LATE = True  # a task is redone if its worker dies mid-way
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -412,7 +469,25 @@ CELERY_DB_REUSE_MAX = 2**62
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_positive_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 300)
 }
+# Two queues, each with Celery processes of its own (stack/processes.py): storing results
+# never waits behind preprocessing. The light bookkeeping goes with the results, so that it
+# runs on time however long the preprocessing queue is.
+CELERY_TASK_DEFAULT_QUEUE = PREPROCESS_QUEUE
+CELERY_TASK_ROUTES = {
+    "predictions.tasks.preprocess_jobs": {"queue": PREPROCESS_QUEUE},
+    "predictions.tasks.purge_old_images": {"queue": PREPROCESS_QUEUE},
+    "predictions.tasks.store_results": {"queue": RESULTS_QUEUE},
+    "predictions.tasks.fail_job": {"queue": RESULTS_QUEUE},
+    "predictions.tasks.sweep_stuck_jobs": {"queue": RESULTS_QUEUE},
+    "predictions.tasks.dispatch_jobs": {"queue": RESULTS_QUEUE},
+}
 CELERY_BEAT_SCHEDULE = {
+    "dispatch-jobs": {
+        "task": "predictions.tasks.dispatch_jobs",
+        "schedule": float(DISPATCH_INTERVAL_SECONDS),
+        # While no worker takes them, later ones do the same: no pile-up to run.
+        "options": {"expires": float(DISPATCH_INTERVAL_SECONDS)},
+    },
     "sweep-stuck-jobs": {
         "task": "predictions.tasks.sweep_stuck_jobs",
         "schedule": float(SWEEP_INTERVAL_SECONDS),
@@ -435,12 +510,22 @@ CACHES = {
 
 # --- REST API ------------------------------------------------------------------------
 # Requests each web process may hold open at once (a job's ?wait=, a batch's event
-# stream; inferencehub/holding.py). Keep it below gunicorn.conf.py's threads (4), so that
-# threads stay free for the rest of the API; 0 holds none.
-WEB_HELD_REQUESTS = env("WEB_HELD_REQUESTS", int, 2)
+# stream; inferencehub/holding.py): a safety limit for the held process, where one costs
+# no thread; gunicorn.conf.py sets 2 for gunicorn's, where one keeps a thread. 0 holds none.
+WEB_HELD_REQUESTS = env("WEB_HELD_REQUESTS", int, 10000)
 if WEB_HELD_REQUESTS < 0:
     raise ImproperlyConfigured(
         f"Setting WEB_HELD_REQUESTS must be 0 or more, got {WEB_HELD_REQUESTS}"
+    )
+# Held requests are told of job changes over Redis pub/sub (inferencehub/notifications.py),
+# on the broker's Redis: channels are not per database, so their names start with the prefix.
+NOTIFY_REDIS_URL = CELERY_BROKER_URL
+NOTIFY_CHANNEL_PREFIX = env("NOTIFY_CHANNEL_PREFIX", str, "inferencehub")
+# While that Redis is away, a held request looks at the database this often instead.
+HELD_POLL_SECONDS = env("HELD_POLL_SECONDS", float, 2.0)
+if HELD_POLL_SECONDS <= 0:
+    raise ImproperlyConfigured(
+        f"Setting HELD_POLL_SECONDS must be more than 0, got {HELD_POLL_SECONDS}"
     )
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -467,6 +552,24 @@ if API_TOKEN_CACHE_SECONDS < 0:
     )
 API_THROTTLE_USER = env_rate("API_THROTTLE_USER", "100000/hour")
 API_THROTTLE_ANON = env_rate("API_THROTTLE_ANON", "1000/hour")
+# Addresses (or networks, 10.0.0.0/8) of the reverse proxies in front of the web (`make
+# run`: nginx on this machine). A request from one of them is counted by the client
+# address the proxy puts in X-Forwarded-For (inferencehub/clients.py); from anyone else
+# that header is ignored, so a client cannot choose the address it is throttled as.
+# Empty: no proxy is trusted.
+TRUSTED_PROXIES = [
+    address.strip()
+    for address in env("TRUSTED_PROXIES", str, "127.0.0.1,::1").split(",")
+    if address.strip()
+]
+for _address in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_address)
+    except ValueError:
+        raise ImproperlyConfigured(
+            "Setting TRUSTED_PROXIES must be a comma list of IP addresses or networks, "
+            f"got {_address!r}"
+        ) from None
 SPECTACULAR_SETTINGS = {
     "TITLE": "InferenceHub API",
     "DESCRIPTION": "Upload images; get the top-k ImageNet classes from a Kafka worker group.",
@@ -482,6 +585,12 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Observability -------------------------------------------------------------------
+# The web's /metrics answers only requests with `Authorization: Bearer <this>` (Prometheus'
+# scrape configuration holds it); empty: /metrics is off (404).
+METRICS_TOKEN = env("METRICS_TOKEN", str, "")
+# The jobs' counts on /metrics are counted in the database at most this often and kept in
+# the cache in between (predictions/metrics.py): counting reads the whole jobs table.
+METRICS_JOBS_REFRESH_SECONDS = env_positive_int("METRICS_JOBS_REFRESH_SECONDS", 30)
 # Port of the Prometheus endpoint of run_worker and consume_results; 0 serves none.
 METRICS_PORT = env("METRICS_PORT", int, 0)
 # That port's /healthz fails once the consumer loop has not polled Kafka for this long.

@@ -5,13 +5,14 @@ from rest_framework.routers import DefaultRouter, SimpleRouter
 
 from inferencehub import errors, health, metrics
 from predictions import seed_api
-from predictions.api import BatchViewSet, JobViewSet, ModelViewSet
+from predictions.api import BatchViewSet, JobViewSet, ModelViewSet, held_job_detail
 
 
 class WithoutTrailingSlashRouter(SimpleRouter):
     """The same routes without their trailing slash, so that `POST /api/jobs` works:
     Django's APPEND_SLASH can only redirect, which loses a POST's or DELETE's body.
-    Unnamed, so URLs are always reversed to the slashed form, and left out of the schema."""
+    Named apart ("job-list-unslashed"), so URLs are always reversed to the slashed form and
+    the metrics label them readably, and left out of the schema."""
 
     def __init__(self) -> None:
         super().__init__(trailing_slash="")
@@ -23,7 +24,7 @@ class WithoutTrailingSlashRouter(SimpleRouter):
     def get_urls(self) -> list:
         urls = super().get_urls()
         for url in urls:
-            url.name = None
+            url.name = f"{url.name}-unslashed" if url.name else None
         return urls
 
 
@@ -37,8 +38,16 @@ for prefix, viewset, basename in (
     router.register(prefix, viewset, basename=basename)
     without_slash.register(prefix, viewset, basename=basename)
 
+# A job's GET with ?wait= is held by an async view; it hands every other request of the
+# path to the router's view.
+job_detail = held_job_detail(next(url.callback for url in router.urls if url.name == "job-detail"))
+
 urlpatterns = [
     path("", include("predictions.urls")),
+    # Named as the router's pattern it stands in front of, so reverse() and the metrics'
+    # route label stay "job-detail"; the unslashed form is labelled apart.
+    path("api/jobs/<uuid:pk>/", job_detail, name="job-detail"),
+    path("api/jobs/<uuid:pk>", job_detail, name="job-detail-unslashed"),
     path("api/", include(router.urls)),
     path("api/", include(without_slash.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -5,8 +5,6 @@ query per row, no full result count, and batches and owners are typed in rather 
 listed as choices.
 """
 
-import uuid
-
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
@@ -22,6 +20,9 @@ from django.utils.text import Truncator
 from inferencehub.limits import TOP_K_MAX, TOP_K_MIN
 from predictions import services
 from predictions.models import Batch, Job, Prediction
+from predictions.selectors import with_id
+from workers.inference import PRECISIONS, RUNTIMES
+from workers.models import ModelVersion
 
 TOP_K_FIELD = forms.IntegerField(min_value=TOP_K_MIN, max_value=TOP_K_MAX)
 
@@ -60,10 +61,10 @@ class BatchFilter(InputFilter):
     def queryset(self, request, queryset: QuerySet) -> QuerySet:
         if not self.value():
             return queryset
-        try:
-            return queryset.filter(batch_id=uuid.UUID(self.value().strip()))
-        except ValueError:
+        batches = with_id(Batch.objects.all(), self.value())
+        if batches is None:
             return queryset.none()
+        return queryset.filter(batch__in=batches.values("pk"))
 
 
 class OwnerFilter(InputFilter):
@@ -76,20 +77,63 @@ class OwnerFilter(InputFilter):
         return queryset.filter(owner__username=self.value().strip())
 
 
+class ChoicesFilter(admin.SimpleListFilter):
+    """Choices named in advance, so listing them reads nothing."""
+
+    choices_list: list[str] = []
+
+    def lookups(self, request, model_admin):
+        return [(value, value) for value in self.choices_list]
+
+    def queryset(self, request, queryset: QuerySet) -> QuerySet:
+        if self.value():
+            return queryset.filter(**{self.parameter_name: self.value()})
+        return queryset
+
+
+class RuntimeFilter(ChoicesFilter):
+    title = parameter_name = "runtime"
+    choices_list = list(RUNTIMES)
+
+
+class PrecisionFilter(ChoicesFilter):
+    title = parameter_name = "precision"
+    choices_list = list(PRECISIONS)
+
+
+class ModelFilter(admin.SimpleListFilter):
+    """The registered model versions (a small table), not the distinct values of jobs."""
+
+    title = "model"
+    parameter_name = "model"
+
+    def lookups(self, request, model_admin):
+        versions = ModelVersion.objects.select_related("model").order_by("model__name", "version")
+        return [(str(version), str(version)) for version in versions]
+
+    def queryset(self, request, queryset: QuerySet) -> QuerySet:
+        if not self.value():
+            return queryset
+        name, _, version = self.value().rpartition(":")
+        if not version.isdecimal():
+            return queryset.filter(model_name=self.value())
+        return queryset.filter(model_name=name, model_version=int(version))
+
+
 class SearchByIdMixin:
-    """A pasted id finds its row by primary key (an index lookup), not by a text scan."""
+    """A pasted id, or the short id the lists show (its first 8 hex digits or more), finds
+    its row by primary key (an index range), not by a text scan."""
 
     def get_search_results(self, request, queryset, search_term):
-        try:
-            return queryset.filter(pk=uuid.UUID(search_term.strip())), False
-        except ValueError:
-            return super().get_search_results(request, queryset, search_term)
+        if (found := with_id(queryset, search_term)) is not None:
+            return found, False
+        return super().get_search_results(request, queryset, search_term)
 
 
 class JobActionForm(ActionForm):
-    top_k = forms.IntegerField(
-        min_value=TOP_K_MIN, max_value=TOP_K_MAX, required=False, label="top-k (for re-run):"
-    )
+    # Checked by the action itself (TOP_K_FIELD), which says what is wrong: a form error
+    # here would only make the admin answer "No action selected."
+    top_k = forms.CharField(required=False, label="top-k (for re-run):")
 
 
 class PredictionInline(admin.TabularInline):
@@ -109,6 +153,8 @@ class PredictionInline(admin.TabularInline):
 def thumbnail(job: Job, size: int = 96, shown: int = 48) -> str:
     if not job.image.name:
         return "purged"  # purge_images deleted the original; the results stay
+    if not job.has_thumbnail:
+        return "no image"
     # Served by a view that checks access; stored originals are never public MEDIA files.
     return format_html(
         '<img src="{}" alt="" width="{}" height="{}" loading="lazy" style="object-fit:cover">',
@@ -134,12 +180,14 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
         "created",
     ]
     list_display_links = ["thumb", "short_id"]
+    # Filters list fixed choices or what the small registry holds: a plain field filter
+    # runs SELECT DISTINCT over the whole jobs table at every page load, and so would a
+    # date hierarchy.
     list_filter = [
         "status",
-        "model_name",
-        "model_version",
-        "runtime",
-        "precision",
+        ModelFilter,
+        RuntimeFilter,
+        PrecisionFilter,
         "created_at",
         BatchFilter,
         OwnerFilter,
@@ -147,7 +195,6 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     list_select_related = ["owner"]
     search_fields = ["predictions__label", "original_name"]
     search_help_text = "A job id, or part of a predicted label or of a file name."
-    date_hierarchy = "created_at"
     show_full_result_count = False
     inlines = [PredictionInline]
     action_form = JobActionForm
@@ -227,14 +274,12 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
 
     @admin.display(description="created", ordering="created_at")
     def created(self, job: Job) -> str:
-        # Narrower than the default "Nov. 26, 2026, 3:10 p.m.".
-        return f"{timezone.localtime(job.created_at):%Y-%m-%d %H:%M}"
+        # Narrower than the default "Nov. 26, 2026, 3:10 p.m.", with its time zone.
+        return f"{timezone.localtime(job.created_at):%Y-%m-%d %H:%M %Z}"
 
     @admin.display(description="total ms", ordering="finished_at")
     def latency(self, job: Job) -> str:
-        if job.finished_at is None:
-            return "–"
-        return f"{(job.finished_at - job.created_at).total_seconds() * 1000:.0f}"
+        return "–" if job.total_ms is None else f"{job.total_ms:.0f}"
 
     @admin.display(description="image")
     def image_preview(self, job: Job) -> str:
@@ -265,23 +310,13 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
 
     @admin.display(description="per stage")
     def timings(self, job: Job) -> str:
-        stages = [
-            ("uploaded", job.created_at, None),
-            ("attempt started", job.attempt_started_at, job.created_at),
-            ("preprocessed", job.preprocessed_at, job.attempt_started_at),
-            ("submitted to Kafka", job.submitted_at, job.preprocessed_at),
-            ("inferred", job.inferred_at, job.submitted_at),
-            ("stored", job.finished_at, job.inferred_at),
-        ]
         rows = [
             (
                 name,
                 "–" if moment is None else moment.isoformat(timespec="milliseconds"),
-                ""
-                if None in (moment, before)
-                else f"+{(moment - before).total_seconds() * 1000:.0f} ms",
+                "" if since is None else f"+{since:.0f} ms",
             )
-            for name, moment, before in stages
+            for name, moment, since in job.stages()
         ]
         rows.append(("preprocessing work", "", _ms(job.preprocess_ms)))
         rows.append(("model time for its batch", "", _ms(job.inference_ms)))
@@ -292,8 +327,15 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry the selected failed jobs", permissions=["change"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet) -> None:
+        selected = queryset.count()
         count = services.retry_jobs(jobs=queryset)
         self.message_user(request, f"{count} failed job(s) queued again.", messages.SUCCESS)
+        if skipped := selected - count:
+            self.message_user(
+                request,
+                f"{skipped} job(s) skipped: only failed jobs are retried.",
+                messages.WARNING,
+            )
 
     @admin.action(
         description="Re-run the selected finished jobs with the top-k given",
@@ -305,10 +347,17 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
         except ValidationError as exc:
             self.message_user(request, f"top-k: {' '.join(exc.messages)}", messages.ERROR)
             return
+        selected = queryset.count()
         count = services.rerun_jobs(jobs=queryset, top_k=top_k)
         self.message_user(
             request, f"{count} finished job(s) queued again with top-k {top_k}.", messages.SUCCESS
         )
+        if skipped := selected - count:
+            self.message_user(
+                request,
+                f"{skipped} job(s) skipped: only finished jobs are re-run.",
+                messages.WARNING,
+            )
 
     def delete_model(self, request: HttpRequest, obj: Job) -> None:
         services.delete_job(job=obj)
@@ -323,14 +372,14 @@ def _ms(value: float | None) -> str:
 
 @admin.register(Batch)
 class BatchAdmin(SearchByIdMixin, admin.ModelAdmin):
-    list_display = ["id", "owner", "job_count", "created_at"]
+    list_display = ["id", "name", "owner", "job_count", "created_at"]
     list_filter = ["created_at", OwnerFilter]
     list_select_related = ["owner"]
-    search_fields = ["owner__username"]
-    search_help_text = "A batch id, or its owner's user name."
+    search_fields = ["owner__username", "name"]
+    search_help_text = "A batch id (or its first 8 hex digits), its name, or its owner's user name."
     date_hierarchy = "created_at"
     show_full_result_count = False
-    readonly_fields = ["id", "owner", "created_at", "job_count"]
+    readonly_fields = ["id", "name", "owner", "created_at", "job_count"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # A correlated count per listed row; a GROUP BY would count every batch's jobs.

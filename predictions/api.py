@@ -1,17 +1,23 @@
 """The REST API under /api/: jobs, batches and the models served."""
 
+import asyncio
 import csv
 import io
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError
+from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
+from django.core.handlers.asgi import ASGIRequest
+from django.db import DatabaseError, connection
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     PolymorphicProxySerializer,
@@ -20,22 +26,22 @@ from drf_spectacular.utils import (
 )
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import MethodNotAllowed, PermissionDenied
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from inferencehub import holding
+from inferencehub import holding, notifications
 from inferencehub.errors import error_body, error_response
 from inferencehub.limits import (
-    HELD_POLL_SECONDS,
     PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
     WAIT_MAX_SECONDS,
 )
 from predictions import selectors, services
-from predictions.models import Job
+from predictions.models import Batch, Job
 from predictions.openapi import IDEMPOTENCY_KEY, UPLOAD_REQUEST, errors
 from predictions.serializers import (
     BatchDetailQuerySerializer,
@@ -50,6 +56,7 @@ from predictions.serializers import (
     JobSerializer,
     ModelMetadataSerializer,
     ModelStatusSerializer,
+    batch_events_query,
 )
 from workers import selectors as registry
 from workers.models import ModelVersion
@@ -57,6 +64,15 @@ from workers.models import ModelVersion
 
 def exception_handler(exc, context):
     """Every API error is {"error": "<readable message>"} plus "fields" for form errors."""
+    if isinstance(exc, TooManyFilesSent):
+        # Django raises it while reading the form; said here, not only in the log.
+        return error_response(
+            f"too many files in one request; the limit is {settings.DATA_UPLOAD_MAX_NUMBER_FILES}",
+            400,
+        )
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return error_response(f"too many form fields in one request; the limit is {limit}", 400)
     if isinstance(exc, DatabaseError):
         # The database being away is an outage to wait out, not a server bug: a 503 lets
         # clients retry, and nothing was accepted.
@@ -65,7 +81,13 @@ def exception_handler(exc, context):
     if response is None:
         return None
     detail = response.data
-    if isinstance(detail, dict) and set(detail) == {"detail"}:
+    if isinstance(exc, MethodNotAllowed):
+        # The Allow header says it to programs; the message says it to people.
+        allowed = ", ".join(context["view"].allowed_methods)
+        response.data = error_body(
+            f"method {context['request'].method} is not allowed here; allowed: {allowed}"
+        )
+    elif isinstance(detail, dict) and set(detail) == {"detail"}:
         response.data = error_body(str(detail["detail"]))
     elif isinstance(detail, dict):
         messages = [f"{field}: {' '.join(map(str, errors))}" for field, errors in detail.items()]
@@ -84,17 +106,6 @@ class CanUpload(permissions.BasePermission):
         if view.action == "retrieve":
             return True  # ids are unguessable; the queryset decides what is visible
         return request.user.is_authenticated
-
-
-def _wait_until_finished(job_id, seconds: int) -> None:
-    """Look at the job's status every HELD_POLL_SECONDS (one primary-key query) until it
-    has finished, is gone, or the time is up."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(HELD_POLL_SECONDS, left))
-        status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
-        if status is None or status in Job.FINISHED:
-            return
 
 
 class AnyAccept(DefaultContentNegotiation):
@@ -128,6 +139,8 @@ class JobViewSet(
     def get_queryset(self) -> QuerySet:
         jobs = selectors.visible_jobs(self.request.user, by_id=self.action == "retrieve")
         jobs = jobs.select_related("routed_to__model").prefetch_related("predictions")
+        if selectors.may_see_every_job(self.request.user):
+            jobs = jobs.select_related("owner")  # their answers name each job's owner
         if self.action != "list":
             return jobs
         query = JobListQuerySerializer.from_query(
@@ -144,23 +157,23 @@ class JobViewSet(
     def list(self, request, *args, **kwargs):
         return super().list(request, *args, **kwargs)
 
+    def get_throttles(self) -> list:
+        # A held ?wait= answer was counted when it was asked for (held_job_detail).
+        if getattr(self.request, "held_answer", False):
+            return []
+        return super().get_throttles()
+
     @extend_schema(parameters=[JobDetailQuerySerializer])
     def retrieve(self, request, *args, **kwargs):
         """The job. With `wait=N` (at most 30), the answer is held up to N seconds until
-        the job has finished; when every holding slot of the web process is taken, it
+        the job has finished; when the web process holds as many requests as it may, it
         comes at once, with `Retry-After: 1`."""
+        # The holding is held_job_detail's, in front of this view.
         query = JobDetailQuerySerializer.from_query(request.query_params)
         query.is_valid(raise_exception=True)
-        job = self.get_object()
-        headers = {}
-        if query.validated_data["wait"] and not job.is_finished:
-            with holding.held_slot() as held:
-                if held:
-                    _wait_until_finished(job.pk, query.validated_data["wait"])
-                    job = self.get_object()
-                else:
-                    headers["Retry-After"] = "1"
-        return Response(self.get_serializer(job).data, headers=headers)
+        # One job: where it stands in the queue is worth its few queries here.
+        context = {**self.get_serializer_context(), "queue": True}
+        return Response(self.get_serializer(self.get_object(), context=context).data)
 
     @extend_schema(
         request=UPLOAD_REQUEST,
@@ -181,6 +194,10 @@ class JobViewSet(
         `Idempotency-Key` header, sending the same upload again (say, after a lost answer)
         answers with the jobs of the first instead of making new ones.
         """
+        if request.query_params:
+            # POST ?wait=10 would be a hold that never happens: said, not ignored.
+            names = ", ".join(sorted(request.query_params))
+            return error_response(f"an upload takes no query parameters; got {names}", 400)
         params = JobCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         try:
@@ -219,6 +236,8 @@ class JobViewSet(
     def retry(self, request, pk=None):
         """Run a failed job again from the start, as a new attempt of the same image."""
         job = self.get_object()
+        if not selectors.may_act_on(job, request.user, "change"):
+            raise PermissionDenied("you may read this job but not retry it")
         retried = services.retry_jobs(jobs=[job])
         job.refresh_from_db()
         if not retried:
@@ -229,7 +248,62 @@ class JobViewSet(
         return Response(data, status=status.HTTP_202_ACCEPTED)
 
     def perform_destroy(self, instance: Job) -> None:
+        if not selectors.may_act_on(instance, self.request.user, "delete"):
+            raise PermissionDenied("you may read this job but not delete it")
         services.delete_job(job=instance)
+
+
+def held_job_detail(detail_view):
+    """An async view in front of the job detail's DRF view (detail_view): it holds a
+    GET with ?wait=N, without a thread under ASGI, until the job's channel tells of a
+    change that finishes it (or every HELD_POLL_SECONDS while Redis is away), and hands
+    every other request to detail_view as it is. DRF has no async views: the reads,
+    with their authentication and access rules, are detail_view's own, run as sync code."""
+    answer = sync_to_async(detail_view)
+
+    @csrf_exempt  # detail_view does DRF's own CSRF check
+    async def view(request: HttpRequest, pk) -> HttpResponse:
+        pk = str(pk)
+        query = JobDetailQuerySerializer.from_query(request.GET)
+        if request.method != "GET" or not query.is_valid() or not query.validated_data["wait"]:
+            return await answer(request, pk=pk)
+        deadline = time.monotonic() + query.validated_data["wait"]
+        response = await answer(request, pk=pk)
+        if response.status_code != 200 or response.data["status"] in Job.FINISHED:
+            return response
+        with holding.held_slot() as held:
+            if not held:
+                response["Retry-After"] = "1"
+                return response
+            if not isinstance(request, ASGIRequest):
+                await _close_database_connection()
+            async with notifications.watching(notifications.job_channel(pk)) as watch:
+                # Once after subscribing, then once per change told (or poll).
+                look = True
+                while time.monotonic() < deadline:
+                    if look and await _job_finished(pk):
+                        break
+                    look = await watch.wait(deadline)
+        request.held_answer = True
+        return await answer(request, pk=pk)
+
+    return view
+
+
+@sync_to_async
+def _close_database_connection() -> None:
+    # A thread that holds a request (gunicorn's) must not keep a database connection for
+    # the hold; the next read opens one. The held process (ASGI) keeps its one: all its
+    # sync code runs in one shared thread (inferencehub/asgi.py), whose connection serves
+    # every hold, and closing it would only make the next one's read connect again.
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+@sync_to_async
+def _job_finished(pk: str) -> bool:
+    status = Job.objects.filter(pk=pk).values_list("status", flat=True).first()
+    return status is None or status in Job.FINISHED
 
 
 @extend_schema_view(
@@ -240,17 +314,33 @@ class BatchViewSet(
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
     serializer_class = BatchSerializer
     permission_classes = [CanUpload]
 
     def get_queryset(self) -> QuerySet:
-        return selectors.visible_batches(self.request.user, by_id=self.action == "retrieve")
+        batches = selectors.visible_batches(
+            self.request.user, by_id=self.action in ("retrieve", "destroy")
+        )
+        return selectors.with_counts(batches) if self.action == "list" else batches
 
     def perform_create(self, serializer) -> None:
         owner = self.request.user if self.request.user.is_authenticated else None
-        serializer.instance = services.create_batch(owner=owner)
+        name = serializer.validated_data.get("name", "")
+        serializer.instance = services.create_batch(owner=owner, name=name)
+
+    @extend_schema(responses={204: None, **errors(403, 404)})
+    def destroy(self, request, *args, **kwargs):
+        """Delete the batch with its jobs, their results and stored images: its owner, or
+        staff with the delete permission on batches and jobs."""
+        return super().destroy(request, *args, **kwargs)
+
+    def perform_destroy(self, instance: Batch) -> None:
+        if not selectors.may_delete_batch(instance, self.request.user):
+            raise PermissionDenied("only the batch's owner may delete it")
+        services.delete_batches(batches=[instance])
 
     @extend_schema(
         parameters=[BatchDetailQuerySerializer],
@@ -272,6 +362,7 @@ class BatchViewSet(
         context = self.get_serializer_context()
         data = BatchSerializer(batch, context=context).data
         data.update(batch_counts(batch))
+        data["queue"] = selectors.batch_queue(batch)
         data["jobs_count"] = paginator.page.paginator.count
         data["next"] = paginator.get_next_link()
         data["previous"] = paginator.get_previous_link()
@@ -316,17 +407,15 @@ class BatchViewSet(
         batch's detail); then the same whenever jobs change, for up to 30 s. The
         browser's EventSource then reconnects by itself, from the last event's id."""
         batch = self.get_object()
-        query = BatchEventsQuerySerializer.from_query(request.query_params)
-        query.is_valid(raise_exception=True)
-        since_ms = query.validated_data.get("since", 0)
-        last_id = request.headers.get("Last-Event-ID", "")
-        if last_id.isdigit():
-            since_ms = int(last_id)
-        events = batch_events(
-            batch,
-            since_ms,
-            self.get_serializer_context() if query.validated_data["jobs"] else None,
+        query = batch_events_query(request.query_params, request.headers.get("Last-Event-ID"))
+        stream = BatchStream(
+            batch, query["since"], self.get_serializer_context() if query["jobs"] else None
         )
+        # Under ASGI (the held process) the stream is async code that holds no thread;
+        # Django would read a sync one to its end before sending anything, and the other
+        # way round under WSGI.
+        asynchronous = isinstance(request._request, ASGIRequest)
+        events = stream.async_events() if asynchronous else stream.events()
         response = StreamingHttpResponse(events, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # a proxy must pass each event on at once
@@ -343,59 +432,108 @@ def batch_counts(batch) -> dict:
     }
 
 
-# How long one event stream lasts: the browser then reconnects, so a held thread is
-# handed back regularly.
+# How long one event stream lasts: the browser then reconnects, from its last event.
 STREAM_SECONDS = WAIT_MAX_SECONDS
-# How often a stream looks for changed jobs.
-STREAM_POLL_SECONDS = 2 * HELD_POLL_SECONDS
+# A stream looks at its batch at most this often, however many changes are told.
+STREAM_LOOK_SECONDS = 0.5
 # A comment this often keeps proxies from closing a quiet stream.
 KEEPALIVE_SECONDS = 10
+RETRY_LATER = "retry: 5000\n: every held request of this process is taken\n\n"
 
 
 def _event(kind: str, event_id: int, data) -> str:
     return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, cls=JSONEncoder)}\n\n"
 
 
-def batch_events(batch, since_ms: int, context: dict | None):
+class BatchStream:
     """The event stream's text: the jobs changed since since_ms, then changes as they
-    come; with no serializer context, only the counts. Each look is one query of the
-    batch's unfinished and just finished jobs."""
-    with holding.held_slot() as held:
-        if not held:
-            yield "retry: 5000\n: every held request of this process is taken\n\n"
-            return
-        yield f"retry: 1000\n: batch {batch.pk}\n\n"
-        known: dict = {}
-        first = True
-        since = datetime.fromtimestamp(since_ms / 1000, tz=UTC)
-        deadline = quiet_since = time.monotonic()
-        deadline += STREAM_SECONDS
-        while True:
-            now = timezone.now()
-            # Finished jobs do not change until retried, which unsets finished_at.
-            looked_at = batch.jobs.filter(Q(finished_at__isnull=True) | Q(finished_at__gte=since))
-            changed = [
-                job
-                for job in looked_at.prefetch_related("predictions").order_by("seq", "pk")
-                if known.get(job.pk) != (job.status, job.attempts)
-            ]
-            event_id = int(now.timestamp() * 1000)
-            for job in changed:
-                known[job.pk] = (job.status, job.attempts)
-                if context is not None:
-                    yield _event("job", event_id, JobSerializer(job, context=context).data)
-            if changed or first:
-                yield _event("counts", event_id, batch_counts(batch))
-                quiet_since = time.monotonic()
-                first = False
-            elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
-                yield ": keep-alive\n\n"
-                quiet_since = time.monotonic()
-            if time.monotonic() >= deadline:
+    come; with no serializer context, only the counts. It looks at the batch (one query of
+    its unfinished and just finished jobs) when its channel tells of a change, or every
+    HELD_POLL_SECONDS while Redis is away (inferencehub/notifications.py)."""
+
+    def __init__(self, batch, since_ms: int, context: dict | None) -> None:
+        self.batch = batch
+        self.context = context
+        self.since = datetime.fromtimestamp(since_ms / 1000, tz=UTC)
+        self.known: dict = {}
+        self.first = True
+
+    def look(self) -> str:
+        """The events of one look, "" when nothing changed."""
+        now = timezone.now()
+        # Finished jobs do not change until retried, which unsets finished_at.
+        looked_at = self.batch.jobs.filter(
+            Q(finished_at__isnull=True) | Q(finished_at__gte=self.since)
+        )
+        changed = [
+            job
+            for job in looked_at.prefetch_related("predictions").order_by("seq", "pk")
+            if self.known.get(job.pk) != (job.status, job.attempts)
+        ]
+        # A second of overlap: a job finishing during this look is seen by the next.
+        self.since = now - timedelta(seconds=1)
+        event_id = int(now.timestamp() * 1000)
+        text = ""
+        for job in changed:
+            self.known[job.pk] = (job.status, job.attempts)
+            if self.context is not None:
+                text += _event("job", event_id, JobSerializer(job, context=self.context).data)
+        if changed or self.first:
+            text += _event("counts", event_id, batch_counts(self.batch))
+            self.first = False
+        return text
+
+    def events(self) -> Iterator[str]:
+        """For a thread (gunicorn's): holds it."""
+        with holding.held_slot() as held:
+            if not held:
+                yield RETRY_LATER
                 return
-            # A second of overlap: a job finishing during this look is seen by the next.
-            since = now - timedelta(seconds=1)
-            time.sleep(STREAM_POLL_SECONDS)
+            channel = notifications.batch_channel(self.batch.pk)
+            with notifications.watching_sync(channel) as watch:
+                yield f"retry: 1000\n: batch {self.batch.pk}\n\n"
+                deadline = time.monotonic() + STREAM_SECONDS
+                spoke, looked = time.monotonic(), -math.inf
+                look = True
+                while True:
+                    if look:
+                        time.sleep(max(0.0, looked + STREAM_LOOK_SECONDS - time.monotonic()))
+                        looked = time.monotonic()
+                        if text := self.look():
+                            yield text
+                            spoke = looked
+                    if time.monotonic() >= deadline:
+                        return
+                    if time.monotonic() - spoke >= KEEPALIVE_SECONDS:
+                        yield ": keep-alive\n\n"
+                        spoke = time.monotonic()
+                    look = watch.wait_sync(min(deadline, spoke + KEEPALIVE_SECONDS))
+
+    async def async_events(self) -> AsyncIterator[str]:
+        """For the held process's event loop: holds no thread."""
+        with holding.held_slot() as held:
+            if not held:
+                yield RETRY_LATER
+                return
+            channel = notifications.batch_channel(self.batch.pk)
+            async with notifications.watching(channel) as watch:
+                yield f"retry: 1000\n: batch {self.batch.pk}\n\n"
+                deadline = time.monotonic() + STREAM_SECONDS
+                spoke, looked = time.monotonic(), -math.inf
+                look = True
+                while True:
+                    if look:
+                        await asyncio.sleep(looked + STREAM_LOOK_SECONDS - time.monotonic())
+                        looked = time.monotonic()
+                        if text := await sync_to_async(self.look)():
+                            yield text
+                            spoke = looked
+                    if time.monotonic() >= deadline:
+                        return
+                    if time.monotonic() - spoke >= KEEPALIVE_SECONDS:
+                        yield ": keep-alive\n\n"
+                        spoke = time.monotonic()
+                    look = await watch.wait(min(deadline, spoke + KEEPALIVE_SECONDS))
 
 
 EXPORT_FIELDS = [
@@ -434,12 +572,25 @@ def export_row(job: Job, *, all_predictions: bool = False) -> dict:
     return row
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP, CSV
+# injection); file names and errors are the uploader's text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """A text cell that a spreadsheet shows as text: a formula's first character gets a
+    single quote before it. Numbers are left alone."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def export_csv(jobs: QuerySet[Job]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
     writer.writeheader()
     for job in jobs.iterator(500):
-        writer.writerow(export_row(job))
+        writer.writerow({field: csv_cell(value) for field, value in export_row(job).items()})
     return out.getvalue()
 
 

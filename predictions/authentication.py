@@ -10,8 +10,10 @@ import copy
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
+from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from rest_framework.authentication import TokenAuthentication
@@ -48,6 +50,15 @@ class CachedTokenAuthentication(TokenAuthentication):
 
 class BearerTokenAuthentication(CachedTokenAuthentication):
     keyword = "Bearer"
+
+
+def api_user(request: HttpRequest) -> AbstractBaseUser | None:
+    """The user of the request's API token (either form), for a plain Django view that
+    API clients reach too; None without one. Raises AuthenticationFailed for a bad one."""
+    for scheme in (CachedTokenAuthentication(), BearerTokenAuthentication()):
+        if found := scheme.authenticate(request):
+            return found[0]
+    return None
 
 
 @receiver(post_delete, sender=Token)

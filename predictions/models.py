@@ -1,9 +1,12 @@
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
+
+BATCH_NAME_MAX = 200
 
 
 class Batch(models.Model):
@@ -17,6 +20,8 @@ class Batch(models.Model):
         on_delete=models.CASCADE,
         related_name="batches",
     )
+    # The owner's own name for it, as given when it was made (optional).
+    name = models.CharField(max_length=BATCH_NAME_MAX, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -99,6 +104,9 @@ class Job(models.Model):
 
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     attempt_started_at = models.DateTimeField(default=timezone.now, editable=False)
+    # When the dispatcher let this attempt into preprocessing; NULL while it waits its turn
+    # in the database (services.dispatch_jobs, docs/scheduling.md).
+    admitted_at = models.DateTimeField(null=True, blank=True, editable=False)
     preprocessed_at = models.DateTimeField(null=True, blank=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
     inferred_at = models.DateTimeField(null=True, blank=True)
@@ -118,6 +126,14 @@ class Job(models.Model):
             models.Index(fields=["-created_at"]),
             # The admin's model filter lists the distinct model names.
             models.Index(fields=["model_name"]),
+            # The dispatcher's reads: jobs in flight per model version, the waiting ones per
+            # owner in their order, one's place among them (predictions/selectors.py).
+            models.Index(
+                fields=["status", "routed_to", "admitted_at", "owner", "created_at"],
+                name="job_dispatch_order",
+            ),
+            # A model version's recent completion rate, for the estimate of a queued job.
+            models.Index(fields=["routed_to", "finished_at"], name="job_finished_per_model"),
         ]
 
     def __str__(self) -> str:
@@ -135,6 +151,42 @@ class Job(models.Model):
         """Its predictions came from an untrained model: they show the pipeline working,
         not what the image shows."""
         return self.model_weights == "random"
+
+    @property
+    def has_thumbnail(self) -> bool:
+        """A thumbnail can be shown: its original is kept, and was decoded at least once
+        (a job that failed before preprocessing was never an image that could be)."""
+        return bool(self.image.name) and not (
+            self.status == self.Status.FAILED and self.preprocessed_at is None
+        )
+
+    def stages(self) -> list[tuple[str, datetime | None, float | None]]:
+        """Each stage of this attempt: its name, when it ended, and the milliseconds since
+        the stage before it ended (None when either is not known): the page and the admin
+        show these."""
+        moments = [
+            ("uploaded", self.created_at),
+            ("attempt started", self.attempt_started_at),
+            ("admitted", self.admitted_at),
+            ("preprocessed", self.preprocessed_at),
+            ("submitted to Kafka", self.submitted_at),
+            ("inferred", self.inferred_at),
+            ("stored", self.finished_at),
+        ]
+        rows = []
+        for index, (name, moment) in enumerate(moments):
+            before = moments[index - 1][1] if index else None
+            since = None if None in (moment, before) else (moment - before).total_seconds() * 1000
+            rows.append((name, moment, since))
+        return rows
+
+    @property
+    def total_ms(self) -> float | None:
+        """From the start of this attempt to its stored result: a retried job's earlier
+        attempts are not counted (the one definition the API and the admin show)."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.attempt_started_at).total_seconds() * 1000
 
 
 class Prediction(models.Model):

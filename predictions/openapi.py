@@ -67,6 +67,12 @@ def _error(description: str) -> dict:
     }
 
 
+# What /register and /image answer a caller without credentials (seed_api.py).
+SEED_ANONYMOUS_ERRORS = {
+    "401": _error("No credentials, and SEED_API_ANONYMOUS is off."),
+    "429": _error("Too many calls without credentials from this address (API_THROTTLE_ANON)."),
+}
+
 SEED_API_PATHS = {
     "/register": {
         "post": {
@@ -87,7 +93,8 @@ SEED_API_PATHS = {
                             }
                         }
                     },
-                }
+                },
+                **SEED_ANONYMOUS_ERRORS,
             },
         }
     },
@@ -133,6 +140,7 @@ SEED_API_PATHS = {
                 "409": _error("The seq is already used in the batch."),
                 "413": _error("The image is over UPLOAD_MAX_BYTES."),
                 "422": _error("The Idempotency-Key was used for another upload."),
+                **SEED_ANONYMOUS_ERRORS,
             },
         }
     },

@@ -4,6 +4,7 @@ upload and read. A batch a user made elsewhere answers only to that user's crede
 Its schema is in predictions/openapi.py."""
 
 import json
+import math
 import uuid
 
 from django.conf import settings
@@ -17,6 +18,7 @@ from rest_framework.settings import api_settings
 from inferencehub.errors import error_response
 from predictions import selectors, services
 from predictions.models import Job
+from predictions.throttles import AnonThrottle
 
 
 def _require_enabled() -> None:
@@ -54,6 +56,26 @@ def _user(request: HttpRequest):
     return Request(request, authenticators=authenticators).user
 
 
+def _anonymous_refusal(request: HttpRequest, user) -> HttpResponse | None:
+    """None when the caller may go on: a signed-in one, or an anonymous one while
+    SEED_API_ANONYMOUS is on and their address is within API_THROTTLE_ANON (counted with
+    the REST API's anonymous requests). Otherwise the error to answer."""
+    if user.is_authenticated:
+        return None
+    if not settings.SEED_API_ANONYMOUS:
+        return error_response(
+            "the seed API needs credentials (Authorization: Token <token>): "
+            "calls without them are switched off (SEED_API_ANONYMOUS)",
+            401,
+        )
+    throttle = AnonThrottle()
+    if throttle.allow_request(request, None):
+        return None
+    response = error_response("too many requests from this address; try again later", 429)
+    response["Retry-After"] = str(math.ceil(throttle.wait()))
+    return response
+
+
 # csrf_exempt: the seed clients are scripts that never held a CSRF cookie. A registered
 # batch belongs to no one, so a cross-site request gains nothing it could not do itself;
 # a session is only honoured, for a user's own batch, with its CSRF token (_user).
@@ -61,6 +83,12 @@ def _user(request: HttpRequest):
 @require_POST
 def register(request):
     _require_enabled()
+    try:
+        caller = _user(request)
+    except APIException as exc:
+        return error_response(str(exc.detail), exc.status_code)
+    if (refusal := _anonymous_refusal(request, caller)) is not None:
+        return refusal
     # Never the caller's: the uuid is the capability, and batch ids show in page URLs.
     return JsonResponse({"uuid": str(services.create_batch(owner=None).pk)})
 
@@ -71,8 +99,14 @@ def image(request):
     _require_enabled()
     raw = request.POST.get("uuid")
     try:
+        uploader = _user(request)
+    except APIException as exc:
+        return error_response(str(exc.detail), exc.status_code)
+    if (refusal := _anonymous_refusal(request, uploader)) is not None:
+        return refusal
+    try:
         upload = services.upload_images(
-            uploader=_user(request),
+            uploader=uploader,
             files=[request.FILES["payload"]] if "payload" in request.FILES else [],
             top_k=_int_field(request.POST, "topk"),
             batch_id=_batch_id(raw),
@@ -87,8 +121,6 @@ def image(request):
         return error_response(str(exc), exc.status)
     except ValueError as exc:
         return error_response(str(exc), 400)
-    except APIException as exc:
-        return error_response(str(exc.detail), exc.status_code)
     response = HttpResponse(status=200)
     if upload.replayed:
         response["Idempotent-Replayed"] = "true"

@@ -4,10 +4,15 @@ Ids are random UUIDs, but they show in page URLs, so an id is a capability only 
 belongs to no one (anonymous uploads, and every batch the seed API's /register makes).
 """
 
+import math
 import uuid
+from datetime import timedelta
+from string import hexdigits
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.core.cache import cache
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
 
 from predictions.models import Batch, Job, Prediction
 
@@ -18,10 +23,27 @@ def _own(user: AnyUser) -> Q:
     return Q(owner=user) if user.is_authenticated else Q(pk__in=[])
 
 
+def staff_may(user: AnyUser, action: str, model: str) -> bool:
+    """Whether the user may `action` ("view", "change", "delete") every user's `model`
+    ("job", "batch"): the admin's rule, written once for the API and the pages too. Being
+    staff alone is not enough; it takes the model permission as well (a superuser has
+    them all), and, as in the admin, the change permission includes viewing."""
+    if not (user.is_active and user.is_staff):
+        return False
+    if action == "view" and user.has_perm(f"predictions.change_{model}"):
+        return True
+    return user.has_perm(f"predictions.{action}_{model}")
+
+
+def may_see_every_job(user: AnyUser) -> bool:
+    """Whether the user may list and read every user's jobs (the ?owner= filter too)."""
+    return staff_may(user, "view", "job")
+
+
 def visible_jobs(user: AnyUser, *, by_id: bool) -> QuerySet[Job]:
-    """Staff see every job, users their own; by_id adds anonymous jobs, which are
-    reachable by their id but never listed."""
-    return _visible(Job.objects.all(), user, by_id=by_id)
+    """Staff with the view permission on jobs see every job, users their own; by_id adds
+    anonymous jobs, which are reachable by their id but never listed."""
+    return _visible(Job.objects.all(), user, by_id=by_id, every=may_see_every_job(user))
 
 
 def search_jobs(jobs: QuerySet[Job], user: AnyUser, query: dict) -> QuerySet[Job]:
@@ -34,7 +56,7 @@ def search_jobs(jobs: QuerySet[Job], user: AnyUser, query: dict) -> QuerySet[Job
     if statuses := query.get("status"):
         jobs = jobs.filter(status__in=statuses)
     if "batch" in query:
-        jobs = jobs.filter(batch_id=query["batch"])
+        jobs = jobs.filter(batch__in=with_id(Batch.objects.all(), query["batch"]).values("pk"))
     if label := query.get("label"):
         top = Prediction.objects.filter(job=OuterRef("pk"), rank=1, label__icontains=label)
         jobs = jobs.filter(Exists(top))
@@ -52,28 +74,56 @@ def search_jobs(jobs: QuerySet[Job], user: AnyUser, query: dict) -> QuerySet[Job
 
 
 def visible_batches(user: AnyUser, *, by_id: bool) -> QuerySet[Batch]:
-    """As visible_jobs, for batches."""
-    return _visible(Batch.objects.all(), user, by_id=by_id)
+    """As visible_jobs, for batches. Another user's batch shows its jobs (detail, export,
+    events), so seeing it takes the view permission on both."""
+    every = staff_may(user, "view", "batch") and may_see_every_job(user)
+    return _visible(Batch.objects.all(), user, by_id=by_id, every=every)
 
 
-def _visible(queryset: QuerySet, user: AnyUser, *, by_id: bool) -> QuerySet:
-    if user.is_staff:
+def _visible(queryset: QuerySet, user: AnyUser, *, by_id: bool, every: bool) -> QuerySet:
+    if every:
         return queryset
     return queryset.filter(_own(user) | Q(owner__isnull=True) if by_id else _own(user))
 
 
 def retryable_jobs(user: AnyUser) -> QuerySet[Job]:
-    """Jobs this user may run again: their own, or any for staff; never by id alone."""
-    return visible_jobs(user, by_id=False)
+    """Jobs this user may run again: their own, or any with the change permission on jobs
+    (the admin's retry action asks the same); never by id alone."""
+    if staff_may(user, "change", "job"):
+        return Job.objects.all()
+    return Job.objects.filter(_own(user))
+
+
+def may_act_on(job: Job, user: AnyUser, action: str) -> bool:
+    """Whether the user may "change" (retry, re-run) or "delete" the job: its signed-in
+    owner, or staff with that permission on jobs; never whoever merely holds its id."""
+    return user.is_authenticated and (job.owner_id == user.pk or staff_may(user, action, "job"))
+
+
+def may_delete_batch(batch: Batch, user: AnyUser) -> bool:
+    """Its signed-in owner, or staff with the delete permission on batches and on jobs
+    (its jobs go with it); a batch of no one only the latter."""
+    if not user.is_authenticated:
+        return False
+    if batch.owner_id is not None and batch.owner_id == user.pk:
+        return True
+    return staff_may(user, "delete", "batch") and staff_may(user, "delete", "job")
+
+
+def with_counts(batches: QuerySet[Batch]) -> QuerySet[Batch]:
+    """Each batch with its number of jobs and of those finished (one grouped count of the
+    listed batches' jobs)."""
+    # Ordered again: a grouped query drops the model's default ordering.
+    return batches.annotate(
+        jobs_count=Count("jobs"),
+        finished_count=Count("jobs", filter=Q(jobs__status__in=Job.FINISHED)),
+        failed_count=Count("jobs", filter=Q(jobs__status=Job.Status.FAILED)),
+    ).order_by("-created_at", "pk")
 
 
 def may_retry(job: Job, user: AnyUser) -> bool:
     """Whether to offer this user to run the job again."""
-    return (
-        job.status == Job.Status.FAILED
-        and user.is_authenticated
-        and (user.is_staff or job.owner_id == user.pk)
-    )
+    return job.status == Job.Status.FAILED and may_act_on(job, user, "change")
 
 
 def usable_batch(batch_id: uuid.UUID, user: AnyUser) -> Batch | None:
@@ -83,3 +133,167 @@ def usable_batch(batch_id: uuid.UUID, user: AnyUser) -> Batch | None:
     user's batch only to that user, so that holding the id of someone's batch never lets
     anyone act as them."""
     return Batch.objects.filter(Q(owner__isnull=True) | _own(user), pk=batch_id).first()
+
+
+# --- The dispatcher's order (services.dispatch_jobs admits jobs in it) -----------------
+#
+# Jobs wait in the database, per model version, until the dispatcher admits them. The
+# order is round-robin over owners: each owner in turn has its oldest waiting job
+# admitted, owners taken by id, starting after the one served last (remembered per model
+# version in the cache; anonymous uploads, owner NULL, are one owner). So a new uploader's
+# job is behind at most one job of each other uploader, however long their backlogs are.
+
+
+def waiting_jobs(model_version_id: int | None) -> QuerySet[Job]:
+    """The jobs of one model version (None: the unregistered path) waiting for admission."""
+    return Job.objects.filter(
+        status=Job.Status.QUEUED, routed_to_id=model_version_id, admitted_at__isnull=True
+    )
+
+
+def waiting_per_owner(model_version_id: int | None) -> dict[int | None, int]:
+    """How many jobs each owner has waiting for this model version: one indexed query."""
+    rows = (
+        waiting_jobs(model_version_id)
+        .order_by()
+        .values_list("owner_id")
+        .annotate(waiting=Count("pk"))
+    )
+    return dict(rows)
+
+
+def _last_served_key(model_version_id: int | None) -> str:
+    return f"dispatch-last-served:{model_version_id}"
+
+
+def last_served(model_version_id: int | None) -> int | None | str:
+    """The owner whose job the dispatcher admitted last for this model version, or "" when
+    none is remembered (the turn then starts with the lowest id)."""
+    remembered = cache.get(_last_served_key(model_version_id))
+    if remembered is None:
+        return ""
+    return None if remembered == "anonymous" else int(remembered)
+
+
+def remember_served(model_version_id: int | None, owner_id: int | None) -> None:
+    served = "anonymous" if owner_id is None else str(owner_id)
+    cache.set(_last_served_key(model_version_id), served, timeout=None)
+
+
+def _turns(owners, after: int | None | str) -> list:
+    """The owners in their turn: by id (anonymous first), from the one after `after`."""
+
+    def number(owner):
+        return -1 if owner is None else owner
+
+    ordered = sorted(owners, key=number)
+    if after == "":
+        return ordered
+    return sorted(ordered, key=lambda owner: number(owner) <= number(after))
+
+
+def round_robin_shares(
+    waiting: dict[int | None, int], slots: int, after: int | None | str = ""
+) -> tuple[dict[int | None, int], int | None | str]:
+    """How many of each owner's oldest waiting jobs are the next `slots` in the order, the
+    turn starting after owner `after`; and the owner served last ("" for none)."""
+    shares = dict.fromkeys(waiting, 0)
+    owners = _turns(waiting, after)
+    last = ""
+    while slots > 0:
+        before = slots
+        for owner in owners:
+            if slots and shares[owner] < waiting[owner]:
+                shares[owner] += 1
+                slots -= 1
+                last = owner
+        if slots == before:  # every owner's waiting jobs are all in
+            break
+    return shares, last
+
+
+def queue_position(job: Job) -> int:
+    """How many waiting jobs the dispatcher admits before this one (itself waiting): its
+    owner's older ones, and of every other owner as many as there are rounds before its
+    own, plus one for an owner whose turn in a round comes first."""
+    waiting = waiting_jobs(job.routed_to_id)
+    own_ahead = (
+        waiting.filter(owner_id=job.owner_id)
+        .filter(Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk))
+        .count()
+    )
+    per_owner = waiting_per_owner(job.routed_to_id)
+    turns = _turns({*per_owner, job.owner_id}, last_served(job.routed_to_id))
+    mine = turns.index(job.owner_id)
+    position = own_ahead
+    for turn, owner in enumerate(turns):
+        if owner != job.owner_id:
+            position += min(per_owner[owner], own_ahead + (turn < mine))
+    return position
+
+
+# The completion rate behind a waiting job's estimate: its model version's jobs finished in
+# this many seconds up to now.
+RATE_WINDOW_SECONDS = 60
+
+
+def seconds_to_start(model_version_id: int | None, position: int) -> int | None:
+    """About how long until a waiting job with `position` jobs ahead of it is admitted, at
+    its model version's completion rate; None when none of them finished lately. A job
+    waits only while its version's places in flight are full, and each finished job frees
+    one: the jobs ahead and then it take one each."""
+    since = timezone.now() - timedelta(seconds=RATE_WINDOW_SECONDS)
+    finished = Job.objects.filter(routed_to_id=model_version_id, finished_at__gte=since).count()
+    if not finished:
+        return None
+    return math.ceil((position + 1) * RATE_WINDOW_SECONDS / finished)
+
+
+def job_queue(job: Job) -> dict | None:
+    """Where a job waiting for admission stands: {"position", "estimated_start_s"}; None
+    for any other job."""
+    if job.status != Job.Status.QUEUED or job.admitted_at is not None:
+        return None
+    position = queue_position(job)
+    return {
+        "position": position,
+        "estimated_start_s": seconds_to_start(job.routed_to_id, position),
+    }
+
+
+def batch_queue(batch: Batch) -> dict | None:
+    """Where a batch's waiting jobs stand: how many wait, how many jobs the dispatcher
+    admits before the first of them, and about when that one starts; None when none wait."""
+    waiting = Job.objects.filter(
+        batch=batch, status=Job.Status.QUEUED, admitted_at__isnull=True
+    ).order_by("created_at", "pk")
+    first = waiting.first()
+    if first is None:
+        return None
+    ahead = queue_position(first)
+    return {
+        "waiting": waiting.count(),
+        "ahead": ahead,
+        "estimated_start_s": seconds_to_start(first.routed_to_id, ahead),
+    }
+
+
+# The short ids pages show are the first 8 hex digits of a UUID; fewer would match too many.
+SHORT_ID_MIN_DIGITS = 8
+
+
+def with_id(queryset: QuerySet, text: str) -> QuerySet | None:
+    """The rows whose id is the UUID typed or begins with the hex digits typed (8 or more,
+    hyphens allowed); None when the text is no id."""
+    digits = text.strip().lower().replace("-", "")
+    if not SHORT_ID_MIN_DIGITS <= len(digits) <= 32 or any(c not in hexdigits for c in digits):
+        return None
+    if len(digits) == 32:
+        return queryset.filter(pk=uuid.UUID(digits))
+    # In the UUID's own spelling: a native UUID column (MariaDB 10.7+) compares its
+    # hyphenated text; elsewhere Django takes the hyphens out again.
+    hyphenated = "-".join(digits[start:end] for start, end in UUID_GROUPS if digits[start:end])
+    return queryset.filter(pk__startswith=hyphenated)
+
+
+UUID_GROUPS = [(0, 8), (8, 12), (12, 16), (16, 20), (20, 32)]

@@ -11,7 +11,8 @@ from inferencehub.limits import (
     TOP_K_MIN,
     WAIT_MAX_SECONDS,
 )
-from predictions.models import Batch, Job, Prediction
+from predictions import selectors
+from predictions.models import BATCH_NAME_MAX, Batch, Job, Prediction
 
 
 class PredictionSerializer(serializers.ModelSerializer):
@@ -20,12 +21,47 @@ class PredictionSerializer(serializers.ModelSerializer):
         fields = ["class_id", "label", "score"]
 
 
+class JobQueueSerializer(serializers.Serializer):
+    """Where a job waiting for admission stands; for the schema."""
+
+    position = serializers.IntegerField(
+        help_text="jobs of its model version the dispatcher admits before it"
+    )
+    estimated_start_s = serializers.IntegerField(
+        allow_null=True,
+        help_text="about how many seconds until it is admitted, at its model version's "
+        "rate of the last minute; null when none of them finished lately",
+    )
+
+
+class JobImageSerializer(serializers.Serializer):
+    name = serializers.CharField(help_text="the uploaded file's name")
+    format = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    original_url = serializers.URLField(
+        allow_null=True,
+        help_text="the original as uploaded (with the same token or session); null once it "
+        "was deleted after IMAGE_RETENTION_DAYS",
+    )
+
+
 class JobSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
     predictions = serializers.SerializerMethodField()
     model = serializers.SerializerMethodField()
     image = serializers.SerializerMethodField()
     timings = serializers.SerializerMethodField()
+    owner = serializers.SerializerMethodField(
+        help_text="the owner's user name, for staff who may see every user's jobs; null "
+        "for everyone else, and for a job uploaded without signing in"
+    )
+    queue = serializers.SerializerMethodField(
+        help_text="while the job waits for admission, where it stands; null otherwise. Only "
+        "the job's own answer (GET /api/jobs/{id}/) has it: null in lists, uploads' answers "
+        "and batches"
+    )
     random_weights = serializers.BooleanField(
         read_only=True,
         help_text="The model ran with random weights: its predictions are not real classes.",
@@ -39,6 +75,7 @@ class JobSerializer(serializers.ModelSerializer):
             "status",
             "batch",
             "seq",
+            "owner",
             "top_k",
             "predictions",
             "error",
@@ -50,6 +87,7 @@ class JobSerializer(serializers.ModelSerializer):
             "attempt_started_at",
             "finished_at",
             "timings",
+            "queue",
         ]
 
     def to_representation(self, job: Job) -> dict:
@@ -62,6 +100,7 @@ class JobSerializer(serializers.ModelSerializer):
             "status": str(job.status),
             "batch": job.batch_id,
             "seq": job.seq,
+            "owner": self.get_owner(job),
             "top_k": job.top_k,
             "predictions": self.get_predictions(job),
             "error": job.error,
@@ -73,10 +112,24 @@ class JobSerializer(serializers.ModelSerializer):
             "attempt_started_at": _iso(job.attempt_started_at),
             "finished_at": _iso(job.finished_at),
             "timings": self.get_timings(job),
+            "queue": self.get_queue(job),
         }
 
     def get_url(self, job: Job) -> str:
         return self._absolute(job.get_absolute_url())
+
+    def get_owner(self, job: Job) -> str | None:
+        if job.owner_id is None or not self._shows_owners():
+            return None
+        return job.owner.username
+
+    def _shows_owners(self) -> bool:
+        # Asked once per answer, not per job: a list's jobs share the one requester.
+        if "shows_owners" not in self.context:
+            request = self.context.get("request")
+            user = getattr(request, "user", None)
+            self.context["shows_owners"] = user is not None and selectors.may_see_every_job(user)
+        return self.context["shows_owners"]
 
     @extend_schema_field(PredictionSerializer(many=True))
     def get_predictions(self, job: Job) -> list:
@@ -108,6 +161,7 @@ class JobSerializer(serializers.ModelSerializer):
             model["ready"] = ready[routed.pk]
         return model
 
+    @extend_schema_field(JobImageSerializer())
     def get_image(self, job: Job) -> dict:
         return {
             "name": job.original_name,
@@ -115,6 +169,9 @@ class JobSerializer(serializers.ModelSerializer):
             "width": job.image_width,
             "height": job.image_height,
             "bytes": job.image_bytes,
+            "original_url": (
+                self._absolute(reverse("job-original", args=[job.pk])) if job.image.name else None
+            ),
         }
 
     def get_timings(self, job: Job) -> dict:
@@ -135,9 +192,16 @@ class JobSerializer(serializers.ModelSerializer):
             "preprocessed_to_submitted_ms": ms(job.preprocessed_at, job.submitted_at),
             "submitted_to_inferred_ms": ms(job.submitted_at, job.inferred_at),
             "inferred_to_stored_ms": ms(job.inferred_at, job.finished_at),
-            # Of the current attempt: a retried job's earlier attempts are not counted.
-            "total_ms": ms(job.attempt_started_at, job.finished_at),
+            "total_ms": job.total_ms,
         }
+
+    @extend_schema_field(JobQueueSerializer(allow_null=True))
+    def get_queue(self, job: Job) -> dict | None:
+        # Only with context "queue" (the job's own answer): it takes a few queries per job,
+        # too many for a list, an upload's answer or a batch's event stream.
+        if not self.context.get("queue"):
+            return None
+        return selectors.job_queue(job)
 
     def _absolute(self, path: str) -> str:
         request = self.context.get("request")
@@ -179,11 +243,22 @@ class StrictQuerySerializer(serializers.Serializer):
 class JobListQuerySerializer(StrictQuerySerializer):
     """The query of a job list (the API's and the My jobs page's)."""
 
+    def validate_batch(self, value: str) -> str:
+        if selectors.with_id(Batch.objects.none(), value) is None:
+            raise serializers.ValidationError(
+                "must be a batch id or its first 8 or more hex digits"
+            )
+        return value
+
     status = serializers.CharField(
         required=False,
         help_text="one or more statuses, comma-separated or repeated: the jobs in any of them",
     )
-    batch = serializers.UUIDField(required=False)
+    batch = serializers.CharField(
+        required=False,
+        max_length=36,
+        help_text="a batch id, or its first 8 or more hex digits (the short id pages show)",
+    )
     label = serializers.CharField(
         required=False, max_length=255, help_text="text in the top-1 label, any case"
     )
@@ -218,8 +293,10 @@ class JobListQuerySerializer(StrictQuerySerializer):
 
     def validate_owner(self, value: str) -> str:
         request = self.context.get("request")
-        if request is None or not request.user.is_staff:
-            raise serializers.ValidationError("only staff may list other users' jobs")
+        if request is None or not selectors.may_see_every_job(request.user):
+            raise serializers.ValidationError(
+                "only staff with the permission to view jobs may list other users' jobs"
+            )
         return value
 
 
@@ -238,13 +315,57 @@ class JobCreateSerializer(serializers.Serializer):
         min_value=1, required=False, help_text="default: the model's latest enabled version"
     )
 
+    # The multipart part that carries the files; request.FILES has them, request.data too.
+    FILES_FIELD = "image"
+
+    def to_internal_value(self, data):
+        # A misspelt field (the seed API's `topk`) must not silently give the default.
+        if unknown := sorted(set(data) - set(self.fields) - {self.FILES_FIELD}):
+            known = ", ".join([self.FILES_FIELD, *self.fields])
+            message = f"unknown field; an upload takes: {known}"
+            raise serializers.ValidationError({name: [message] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class BatchCountsSerializer(serializers.Serializer):
+    jobs = serializers.IntegerField()
+    finished = serializers.IntegerField(help_text="succeeded or failed")
+    failed = serializers.IntegerField()
+
 
 class BatchSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
+    name = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=BATCH_NAME_MAX,
+        help_text="your own name for the batch (optional)",
+    )
+    counts = serializers.SerializerMethodField(
+        help_text="in the batch list: its jobs, and how many have finished or failed"
+    )
 
     class Meta:
         model = Batch
-        fields = ["id", "url", "created_at"]
+        fields = ["id", "url", "name", "created_at", "counts"]
+
+    def to_internal_value(self, data):
+        # A field this endpoint does not take is named, not silently dropped.
+        if unknown := set(getattr(data, "keys", dict)()) - {"name"}:
+            raise serializers.ValidationError(
+                {field: ["unknown field; a batch takes only: name"] for field in sorted(unknown)}
+            )
+        return super().to_internal_value(data)
+
+    @extend_schema_field(BatchCountsSerializer(allow_null=True))
+    def get_counts(self, batch: Batch) -> dict | None:
+        if not hasattr(batch, "jobs_count"):
+            return None  # counted only for the list (selectors.with_counts)
+        return {
+            "jobs": batch.jobs_count,
+            "finished": batch.finished_count,
+            "failed": batch.failed_count,
+        }
 
     def get_url(self, batch: Batch) -> str:
         path = reverse("batch-detail", kwargs={"pk": batch.pk})
@@ -265,15 +386,43 @@ class BatchExportQuerySerializer(StrictQuerySerializer):
     format = serializers.ChoiceField(choices=["csv", "json"], default="csv")
 
 
+# The last epoch millisecond a datetime (and MariaDB's DATETIME) can hold, 9999-12-31:
+# a later "since" is no time at all, and overflowed the stream's datetime.
+EPOCH_MS_MAX = 253_402_300_799_999
+
+
 class BatchEventsQuerySerializer(StrictQuerySerializer):
     jobs = serializers.BooleanField(
         default=True, help_text="false: only the counts, no event per job"
     )
     since = serializers.IntegerField(
         min_value=0,
+        max_value=EPOCH_MS_MAX,
         required=False,
         help_text="epoch milliseconds: jobs that changed before this are left out",
     )
+
+
+def batch_events_query(query, last_event_id: str | None) -> dict:
+    """The checked query of a batch's event stream, {"jobs": bool, "since": epoch ms}: the
+    Last-Event-ID header (the id of the last event an EventSource got) wins over ?since=.
+    Raises ValidationError (400) for either one out of range or not a plain number; "²"
+    passes str.isdigit() but not int()."""
+    params = BatchEventsQuerySerializer.from_query(query)
+    params.is_valid(raise_exception=True)
+    checked = {"jobs": params.validated_data["jobs"]}
+    checked["since"] = params.validated_data.get("since", 0)
+    if last_event_id:
+        field = serializers.IntegerField(min_value=0, max_value=EPOCH_MS_MAX)
+        if not (last_event_id.isascii() and last_event_id.isdigit()):
+            raise serializers.ValidationError(
+                {"Last-Event-ID": [f"must be an event id (epoch ms), got {last_event_id!r}"]}
+            )
+        try:
+            checked["since"] = field.run_validation(last_event_id)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({"Last-Event-ID": exc.detail}) from None
+    return checked
 
 
 class BatchDetailQuerySerializer(StrictQuerySerializer):
@@ -302,6 +451,20 @@ class JobListSerializer(serializers.Serializer):
     jobs = JobSerializer(many=True)
 
 
+class BatchQueueSerializer(serializers.Serializer):
+    """Where a batch's jobs waiting for admission stand; for the schema."""
+
+    waiting = serializers.IntegerField(help_text="its jobs waiting for admission")
+    ahead = serializers.IntegerField(
+        help_text="jobs the dispatcher admits before the first of them"
+    )
+    estimated_start_s = serializers.IntegerField(
+        allow_null=True,
+        help_text="about how many seconds until that first one is admitted; null when its "
+        "model version finished no job lately",
+    )
+
+
 class BatchDetailSerializer(BatchSerializer):
     """The batch detail view's answer; for the schema."""
 
@@ -311,12 +474,14 @@ class BatchDetailSerializer(BatchSerializer):
     next = serializers.URLField(allow_null=True, help_text="the next page of jobs")
     previous = serializers.URLField(allow_null=True, help_text="the previous page of jobs")
     jobs = JobSerializer(many=True, help_text="this page's jobs, in seq order")
+    queue = BatchQueueSerializer(allow_null=True, help_text="null when none of its jobs wait")
 
     class Meta(BatchSerializer.Meta):
         fields = [
             *BatchSerializer.Meta.fields,
             "counts",
             "total",
+            "queue",
             "jobs_count",
             "next",
             "previous",

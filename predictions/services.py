@@ -19,17 +19,29 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.uploadedfile import UploadedFile
-from django.db import IntegrityError, transaction
-from django.db.models import Case, F, FloatField, Value, When
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, Count, F, FloatField, Value, When
 from django.utils import timezone
 
-from inferencehub.images import ImageRejected, inspect_image, prepare_for_model
-from inferencehub.limits import TOP_K_MAX, TOP_K_MIN
+from inferencehub import notifications
+from inferencehub.images import ImageRejected, inspect_image, prepare_upload
+from inferencehub.limits import (
+    REQUEST_MAX_DECODED_WHOLE_PIXELS,
+    TOP_K_MAX,
+    TOP_K_MIN,
+    upload_pixel_limits,
+)
 from kafka_bridge.requests import publish_requests
 from kafka_wire.contract import InferenceRequest, InferenceResult
 from predictions import selectors
 from predictions.models import Batch, Job, Prediction
-from predictions.storage import STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
+from predictions.storage import (
+    STORE_UNAVAILABLE,
+    STORE_UNAVAILABLE_MESSAGE,
+    THUMBNAIL_SIZES,
+    delete_stored,
+    save_thumbnails,
+)
 from workers.models import ModelVersion
 from workers.selectors import ROUTING_MAX_AGE_S, UnknownModel, servable_version
 
@@ -209,14 +221,14 @@ def check_upload(file: UploadedFile | None) -> CheckedUpload:
             status=413,
         )
     try:
-        info = inspect_image(file, max_pixels=settings.UPLOAD_MAX_PIXELS)
+        info = inspect_image(file, limits=upload_pixel_limits())
     except ImageRejected as exc:
         raise UploadError(f"{name}: {exc}") from None
     return CheckedUpload(file=file, format=info.format, width=info.width, height=info.height)
 
 
-def create_batch(*, owner: AbstractBaseUser | None) -> Batch:
-    return Batch.objects.create(owner=owner)
+def create_batch(*, owner: AbstractBaseUser | None, name: str = "") -> Batch:
+    return Batch.objects.create(owner=owner, name=name)
 
 
 def create_jobs(
@@ -252,6 +264,14 @@ def create_jobs(
     if seq is not None and seq + len(uploads) - 1 > MAX_SEQ:
         raise UploadError(f"seq must be at most {MAX_SEQ - len(uploads) + 1}, got {seq}")
     checked = [check_upload(file) for file in uploads]
+    # A request's images decoded whole are bounded together too: each one within its
+    # limit, a hundred of them would still hold a Celery process for minutes.
+    decoded_whole = sum(c.width * c.height for c in checked if c.format != "JPEG")
+    if decoded_whole > REQUEST_MAX_DECODED_WHOLE_PIXELS:
+        raise UploadError(
+            f"the request's images other than JPEG have {decoded_whole} pixels together; "
+            f"the limit per request is {REQUEST_MAX_DECODED_WHOLE_PIXELS}"
+        )
 
     jobs: list[Job] = []
     try:
@@ -303,6 +323,7 @@ def create_jobs(
             # One INSERT for the whole upload.
             Job.objects.bulk_create(jobs)
             transaction.on_commit(lambda: _enqueue_or_withdraw(jobs))
+            notifications.publish_after_commit(batches=[None if batch is None else batch.pk])
     except IntegrityError:
         _delete_images(jobs)
         if upload_key is not None and jobs_of_upload(
@@ -339,16 +360,16 @@ def _delete_images(jobs: list[Job]) -> None:
 
 
 def _enqueue_or_withdraw(jobs: list[Job]) -> None:
-    """Enqueue the committed jobs' preprocessing, or delete them and refuse with 503.
+    """Run the dispatcher for the committed jobs, or delete them and refuse with 503.
 
-    Without Redis a committed job would sit queued until the sweep noticed it while its
-    client was told 202; withdrawing it lets the client retry instead, and nothing
-    accepted is left behind. Runs after commit; the UploadError leaves create_jobs,
-    which deletes the stored images."""
+    Without Redis the dispatcher cannot enqueue preprocessing, and a client told 202 would
+    wait for a job nobody processes until Redis returned; withdrawing it lets the client
+    retry instead, and nothing accepted is left behind. Runs after commit; the UploadError
+    leaves create_jobs, which deletes the stored images."""
     from kombu.exceptions import OperationalError
 
     try:
-        _enqueue_preprocess([job.pk for job in jobs])
+        dispatch_jobs()
     except OperationalError as exc:
         log.warning("task queue unavailable, %d new jobs withdrawn: %s", len(jobs), exc)
         # A task already enqueued for one of them finds no job and does nothing.
@@ -371,8 +392,83 @@ def _enqueue_preprocess(job_ids: list) -> None:
         current_app.send_task(PREPROCESS_TASK, args=[ids[start : start + PREPROCESS_CHUNK]])
 
 
+# Admitted and not finished: on their way through preprocessing, Kafka and a worker.
+IN_FLIGHT = (Job.Status.QUEUED, Job.Status.PREPROCESSED, Job.Status.SUBMITTED)
+
+
+def dispatch_jobs() -> int:
+    """Admit waiting jobs to preprocessing, per model version, while fewer than
+    DISPATCH_IN_FLIGHT_PER_MODEL of its jobs are in flight, in the round-robin order over
+    owners of predictions/selectors.py; returns how many were admitted.
+
+    Jobs wait in the database rather than in Celery or Kafka, which serve first in, first
+    out: so one uploader's backlog never stands in front of another's job. Runs after
+    each upload and each stored batch of results, and from beat. One dispatcher at a time
+    (a MariaDB named lock); one that finds it taken returns at once, since the one holding
+    it goes round again until nothing more is admitted. Admission is guarded by the row
+    too: a job is admitted once per attempt."""
+    with connection.cursor() as cursor:
+        # Named per database: the test runs on one server each have their own.
+        cursor.execute("SELECT GET_LOCK(CONCAT(DATABASE(), '.dispatch'), 0)")
+        if not cursor.fetchone()[0]:
+            return 0
+        try:
+            admitted = 0
+            while admitted_now := _admit_next():
+                admitted += admitted_now
+            return admitted
+        finally:
+            cursor.execute("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.dispatch'))")
+
+
+def _admit_next() -> int:
+    """One pass of the dispatcher: admit what fits now, enqueue its preprocessing."""
+    in_flight = dict(
+        Job.objects.filter(status__in=IN_FLIGHT, admitted_at__isnull=False)
+        .order_by()
+        .values_list("routed_to_id")
+        .annotate(Count("pk"))
+    )
+    waiting_models = (
+        Job.objects.filter(status=Job.Status.QUEUED, admitted_at__isnull=True)
+        .order_by()
+        .values_list("routed_to_id", flat=True)
+        .distinct()
+    )
+    chosen: list = []
+    for model in waiting_models:
+        free = settings.DISPATCH_IN_FLIGHT_PER_MODEL - in_flight.get(model, 0)
+        if free <= 0:
+            continue
+        waiting = selectors.waiting_per_owner(model)
+        shares, last = selectors.round_robin_shares(waiting, free, selectors.last_served(model))
+        for owner, share in shares.items():
+            if share:
+                oldest = selectors.waiting_jobs(model).filter(owner_id=owner)
+                chosen += oldest.order_by("created_at", "pk").values_list("pk", flat=True)[:share]
+        if last != "":
+            selectors.remember_served(model, last)
+    if not chosen:
+        return 0
+    with transaction.atomic():
+        admitted = list(
+            Job.objects.select_for_update()
+            .filter(pk__in=chosen, status=Job.Status.QUEUED, admitted_at__isnull=True)
+            .values_list("pk", flat=True)
+        )
+        Job.objects.filter(pk__in=admitted).update(admitted_at=timezone.now())
+    try:
+        _enqueue_preprocess(admitted)
+    except Exception:
+        # Back to waiting: admitted without a task, they would wait for the sweep.
+        Job.objects.filter(pk__in=admitted, status=Job.Status.QUEUED).update(admitted_at=None)
+        raise
+    return len(admitted)
+
+
 # What preprocess_and_submit reads of a job and of the version it is routed to.
 REQUEST_FIELDS = (
+    "batch_id",
     "image",
     "top_k",
     "attempts",
@@ -394,7 +490,8 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
     # Only the columns a request needs, unordered: building the SQL for every column of
     # three tables and the default ordering was most of a one-image task's own CPU.
     jobs = list(
-        Job.objects.filter(pk__in=job_ids, status__in=WAITING_FOR_KAFKA)
+        # Admitted: a task of an attempt the sweep has put back to wait finds nothing.
+        Job.objects.filter(pk__in=job_ids, status__in=WAITING_FOR_KAFKA, admitted_at__isnull=False)
         .select_related("routed_to__model")
         .only(*REQUEST_FIELDS)
         .order_by()
@@ -410,11 +507,18 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
         started = time.perf_counter()
         try:
             with job.image.open("rb") as file:
-                tensor = prepare_for_model(file, size=size)
+                # The thumbnails from the same decode: serving one then reads a small file.
+                prepared = prepare_upload(file, size=size, thumbnail_sizes=THUMBNAIL_SIZES)
         except (OSError, ValueError) as exc:
             fail_job(job_id=job.pk, reason=f"preprocessing failed: {exc}")
             continue
         decode_ms[job.pk] = (time.perf_counter() - started) * 1000
+        tensor = prepared.model_input
+        try:
+            save_thumbnails(job.image.storage, job.image.name, prepared.thumbnails)
+        except (*STORE_UNAVAILABLE, OSError) as exc:
+            # The job goes on; its thumbnail is made on its first request instead.
+            log.warning("thumbnails of job %s not stored: %s", job.pk, exc)
         by_topic.setdefault(topic, []).append(
             InferenceRequest(
                 job_id=str(job.pk),
@@ -426,22 +530,30 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
         )
     if not by_topic:
         return
+    batches = {job.batch_id for job in jobs if job.pk in decode_ms}
     preprocessed_at = timezone.now()
     try:
         publish_requests(by_topic)
     except Exception:
         # Recorded so that the status says where the job waits while Kafka is away.
-        _mark_preprocessed(decode_ms, at=preprocessed_at, status=Job.Status.PREPROCESSED)
+        _mark_preprocessed(decode_ms, batches, at=preprocessed_at, status=Job.Status.PREPROCESSED)
         raise
     # Both transitions in one statement: a job is written once on its way to Kafka.
     _mark_preprocessed(
-        decode_ms, at=preprocessed_at, status=Job.Status.SUBMITTED, submitted_at=timezone.now()
+        decode_ms,
+        batches,
+        at=preprocessed_at,
+        status=Job.Status.SUBMITTED,
+        submitted_at=timezone.now(),
     )
 
 
-def _mark_preprocessed(decode_ms: dict, *, at: datetime, status: str, **fields) -> None:
+def _mark_preprocessed(
+    decode_ms: dict, batches: set, *, at: datetime, status: str, **fields
+) -> None:
     """One UPDATE of the jobs decoded (by pk: their decode time in ms) that are still
-    waiting: they all share one timestamp, and only their decode times differ."""
+    waiting: they all share one timestamp, and only their decode times differ. batches:
+    theirs, told of the change with them."""
     Job.objects.filter(pk__in=decode_ms, status__in=WAITING_FOR_KAFKA).update(
         status=status,
         preprocessed_at=at,
@@ -451,6 +563,7 @@ def _mark_preprocessed(decode_ms: dict, *, at: datetime, status: str, **fields) 
         ),
         **fields,
     )
+    notifications.publish_after_commit(jobs=decode_ms, batches=batches)
 
 
 def record_results(*, results: list[InferenceResult]) -> int:
@@ -471,7 +584,7 @@ def record_results(*, results: list[InferenceResult]) -> int:
             Job.objects.select_for_update()
             .filter(pk__in=by_job)
             .order_by("pk")
-            .only("pk", "status", "top_k")
+            .only("pk", "status", "top_k", "batch_id")
         )
         for unknown in by_job.keys() - {str(job.pk) for job in jobs}:
             log.warning("result for unknown job %s ignored", unknown)
@@ -513,6 +626,10 @@ def record_results(*, results: list[InferenceResult]) -> int:
         Prediction.objects.bulk_create(predictions)
         for fields, pks in updates.items():
             Job.objects.filter(pk__in=pks).update(**dict(fields))
+        stored = {pk for pks in updates.values() for pk in pks}
+        notifications.publish_after_commit(
+            jobs=stored, batches={job.batch_id for job in jobs if job.pk in stored}
+        )
     return sum(len(pks) for pks in updates.values())
 
 
@@ -525,6 +642,8 @@ def fail_job(*, job_id, reason: str) -> bool:
     )
     if updated:
         log.info("job %s failed: %s", job_id, reason, extra={"job_id": job_id})
+        batch_id = Job.objects.filter(pk=job_id).values_list("batch_id", flat=True).first()
+        notifications.publish_after_commit(jobs=[job_id], batches=[batch_id])
     return bool(updated)
 
 
@@ -534,8 +653,9 @@ def sweep_stuck_jobs(*, now: datetime | None = None) -> tuple[int, int]:
     now = now or timezone.now()
     deadline = now - timedelta(seconds=settings.JOB_TIMEOUT_SECONDS)
     retried = failed = 0
-    stuck = Job.objects.exclude(status__in=Job.FINISHED).filter(attempt_started_at__lt=deadline)
-    for job_id, attempts in stuck.values_list("pk", "attempts"):
+    # Timed from admission: a job waiting its turn in the database is not stuck.
+    stuck = Job.objects.filter(status__in=IN_FLIGHT, admitted_at__lt=deadline)
+    for job_id, attempts, batch_id in stuck.values_list("pk", "attempts", "batch_id"):
         if attempts >= settings.JOB_MAX_ATTEMPTS:
             reason = f"no result after {attempts} attempts of {settings.JOB_TIMEOUT_SECONDS}s each"
             failed += fail_job(job_id=job_id, reason=reason)
@@ -548,24 +668,27 @@ def sweep_stuck_jobs(*, now: datetime | None = None) -> tuple[int, int]:
                     status=Job.Status.QUEUED,
                     attempts=attempts + 1,
                     attempt_started_at=now,
+                    admitted_at=None,
                     preprocessed_at=None,
                     submitted_at=None,
                 )
             )
             if restarted:
-                transaction.on_commit(lambda job_id=job_id: _enqueue_preprocess([job_id]))
+                transaction.on_commit(dispatch_jobs)
+                notifications.publish_after_commit(jobs=[job_id], batches=[batch_id])
                 retried += 1
     return retried, failed
 
 
 def delete_job(*, job: Job) -> None:
-    """Delete a job, its predictions and its stored original."""
+    """Delete a job, its predictions and its stored original with its thumbnails."""
     name = job.image.name
     storage = job.image.storage
     with transaction.atomic():
+        notifications.publish_after_commit(jobs=[job.pk], batches=[job.batch_id])
         job.delete()
         if name:
-            transaction.on_commit(lambda: storage.delete(name))
+            transaction.on_commit(lambda: delete_stored(storage, name))
 
 
 def delete_jobs(*, jobs: Iterable[Job]) -> int:
@@ -605,13 +728,14 @@ def _restart_jobs(job_ids: list, *, statuses, top_k: int | None = None) -> int:
     # Only finished jobs are restarted: one still in the pipeline would get its old
     # attempt's result stored on top of the new one.
     with transaction.atomic():
-        ids = list(
+        restarting = list(
             Job.objects.select_for_update()
             .filter(pk__in=job_ids, status__in=statuses)
-            .values_list("pk", flat=True)
+            .values_list("pk", "batch_id")
         )
-        if not ids:
+        if not restarting:
             return 0
+        ids = [job_id for job_id, _ in restarting]
         Prediction.objects.filter(job_id__in=ids).delete()
         changes = {"top_k": top_k} if top_k is not None else {}
         Job.objects.filter(pk__in=ids).update(
@@ -619,6 +743,7 @@ def _restart_jobs(job_ids: list, *, statuses, top_k: int | None = None) -> int:
             attempts=F("attempts") + 1,
             error="",
             attempt_started_at=timezone.now(),
+            admitted_at=None,
             preprocessed_at=None,
             submitted_at=None,
             inferred_at=None,
@@ -634,19 +759,23 @@ def _restart_jobs(job_ids: list, *, statuses, top_k: int | None = None) -> int:
             worker="",
             **changes,
         )
-        transaction.on_commit(lambda: _enqueue_preprocess(ids))
+        transaction.on_commit(dispatch_jobs)
+        notifications.publish_after_commit(
+            jobs=ids, batches={batch_id for _, batch_id in restarting}
+        )
     return len(ids)
 
 
 def purge_old_images(*, older_than_days: int, now: datetime | None = None) -> int:
-    """Delete the stored originals of jobs finished more than older_than_days ago; the jobs
-    and their predictions stay, with an empty image name. Returns how many were deleted."""
+    """Delete the stored originals (and thumbnails) of jobs finished more than
+    older_than_days ago; the jobs and their predictions stay, with an empty image name.
+    Returns how many were deleted."""
     deadline = (now or timezone.now()) - timedelta(days=older_than_days)
     old = Job.objects.filter(finished_at__lt=deadline).exclude(image="")
     purged = 0
     for job_id, name in old.values_list("pk", "image").iterator():
         # Row first: a crash in between leaves an orphan file, never a row pointing nowhere.
         if Job.objects.filter(pk=job_id, image=name).update(image=""):
-            Job._meta.get_field("image").storage.delete(name)
+            delete_stored(Job._meta.get_field("image").storage, name)
             purged += 1
     return purged

@@ -27,14 +27,22 @@ def preprocess_jobs(job_ids: list[str]) -> None:
     services.preprocess_and_submit(job_ids=job_ids)
 
 
+# Finished jobs free places in flight: the next waiting ones are admitted at once.
 @shared_task(**RETRY_POLICY)
 def store_results(results: list[dict]) -> None:
     services.record_results(results=[InferenceResult.from_dict(result) for result in results])
+    services.dispatch_jobs()
 
 
 @shared_task(**RETRY_POLICY)
 def fail_job(job_id: str, reason: str) -> None:
     services.fail_job(job_id=job_id, reason=reason)
+    services.dispatch_jobs()
+
+
+@shared_task(**RETRY_POLICY)
+def dispatch_jobs() -> int:
+    return services.dispatch_jobs()
 
 
 @shared_task

@@ -9,9 +9,13 @@ import math
 import threading
 
 import redis
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from redis.exceptions import RedisError
 from rest_framework import throttling
+
+from inferencehub.clients import client_address
+from inferencehub.errors import SEED_API_PATHS, error_answer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,15 @@ def counter_client(location: str) -> redis.Redis:
         return _clients[location]
 
 
+class ByClientAddress:
+    """Anonymous clients are told apart by inferencehub.clients.client_address: DRF's own
+    get_ident takes X-Forwarded-For from anyone, so a client could pick a new address for
+    each request and never be throttled."""
+
+    def get_ident(self, request) -> str:
+        return client_address(request)
+
+
 class CountedPerWindow:
     """Counts a client's requests in fixed windows of the rate's period (aligned to the
     clock), one Redis INCR per request. DRF's own throttle keeps the time of every request
@@ -80,7 +93,9 @@ class CountedPerWindow:
         return max(self.window_ends - self.timer(), 0.0)
 
 
-class UserThrottle(OpenWhenCacheIsDown, CountedPerWindow, throttling.UserRateThrottle):
+class UserThrottle(
+    OpenWhenCacheIsDown, ByClientAddress, CountedPerWindow, throttling.UserRateThrottle
+):
     """Requests per signed-in user (or per address when anonymous), API_THROTTLE_USER."""
 
     def get_rate(self) -> str:
@@ -88,8 +103,79 @@ class UserThrottle(OpenWhenCacheIsDown, CountedPerWindow, throttling.UserRateThr
         return settings.API_THROTTLE_USER
 
 
-class AnonThrottle(OpenWhenCacheIsDown, CountedPerWindow, throttling.AnonRateThrottle):
+class AnonThrottle(
+    OpenWhenCacheIsDown, ByClientAddress, CountedPerWindow, throttling.AnonRateThrottle
+):
     """Requests per anonymous client address, API_THROTTLE_ANON."""
 
     def get_rate(self) -> str:
         return settings.API_THROTTLE_ANON
+
+
+class ImageThrottle(
+    OpenWhenCacheIsDown, ByClientAddress, CountedPerWindow, throttling.UserRateThrottle
+):
+    """Thumbnails and originals served per signed-in user (or per address when anonymous),
+    IMAGE_THROTTLE: each is a read of the store, and an old job's first thumbnail a decode."""
+
+    scope = "images"
+
+    def get_rate(self) -> str:
+        return settings.IMAGE_THROTTLE
+
+
+class PageThrottle(
+    OpenWhenCacheIsDown, ByClientAddress, CountedPerWindow, throttling.UserRateThrottle
+):
+    """Web pages (the site's, the admin's, the sign-in forms) per signed-in user (or per
+    address when anonymous), PAGE_THROTTLE: each is a render with its queries."""
+
+    scope = "pages"
+
+    def get_rate(self) -> str:
+        return settings.PAGE_THROTTLE
+
+
+# Routes counted by a throttle of their own: the job images (ImageThrottle).
+OWN_THROTTLE_ROUTES = {"job-image", "job-original"}
+# Paths that are not pages: the API and the seed API have their own throttles.
+NOT_PAGES = ("/api/", "/static/", "/healthz", "/readyz", "/metrics")
+
+
+def is_page(path: str) -> bool:
+    return not path.startswith(NOT_PAGES) and path.rstrip("/") not in SEED_API_PATHS
+
+
+class PageThrottleMiddleware:
+    """Counts every request routed to a page view against PAGE_THROTTLE; the API (DRF's
+    throttles), the seed API (the anonymous throttle), the health checks, /metrics and the
+    static files are counted elsewhere or not at all. After AuthenticationMiddleware, so
+    that a signed-in user is counted as themselves wherever they connect from."""
+
+    # Both modes: a sync-only middleware would cost the held process a thread per request
+    # (inferencehub/asgi.py). Django runs process_view, which asks Redis, in a thread.
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        # In async mode get_response's coroutine is returned for Django to await.
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        match = request.resolver_match
+        if match.url_name in OWN_THROTTLE_ROUTES or not is_page(request.path_info):
+            return None
+        throttle = PageThrottle()
+        if throttle.allow_request(request, None):
+            return None
+        wait = math.ceil(throttle.wait())
+        response = error_answer(
+            request, 429, f"too many pages requested; try again in {wait} seconds"
+        )
+        response["Retry-After"] = str(wait)
+        return response

@@ -1,5 +1,7 @@
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import path
+from django.views.generic import RedirectView
 
 from predictions import views
 
@@ -12,5 +14,11 @@ urlpatterns = [
     path("jobs/<uuid:pk>/original/", views.job_original, name="job-original"),
     path("batches/<uuid:pk>/", views.batch_page, name="batch-page"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/", views.sign_out, name="logout"),
+    # Browsers ask for it whatever the page's <link rel="icon"> says.
+    path(
+        "favicon.ico",
+        RedirectView.as_view(url=static("predictions/favicon.svg"), permanent=True),
+        name="favicon",
+    ),
 ]

@@ -1,8 +1,11 @@
 """Server-rendered pages: the upload page, shareable result pages and job images."""
 
+import math
 import time
 
 from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
@@ -12,14 +15,24 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 from PIL import Image
+from redis.exceptions import RedisError
+from rest_framework.exceptions import AuthenticationFailed
 
-from inferencehub.errors import error_response
-from inferencehub.images import ACCEPTED_FORMATS, thumbnail_jpeg
-from inferencehub.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
+from inferencehub.errors import error_answer, error_response
+from inferencehub.images import ACCEPTED_FORMATS
+from inferencehub.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN, upload_pixel_limits
 from predictions import selectors, services
+from predictions.authentication import api_user
 from predictions.models import Job
 from predictions.serializers import JobListQuerySerializer
-from predictions.storage import STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
+from predictions.storage import (
+    STORE_UNAVAILABLE,
+    STORE_UNAVAILABLE_MESSAGE,
+    THUMBNAIL_SIZES,
+    NoThumbnail,
+    job_thumbnail,
+)
+from predictions.throttles import ImageThrottle
 from workers.models import ModelVersion
 
 # Jobs per page of a batch's page: a big batch is read a page at a time.
@@ -27,15 +40,13 @@ BATCH_PAGE_SIZE = 50
 # Jobs per page of the My jobs page (?page_size= up to PAGE_SIZE_MAX changes it).
 MY_JOBS_PAGE_SIZE = 25
 
-# Only these sizes are made, so a request cannot ask for an arbitrarily large image.
-IMAGE_SIZES = (96, 480)
-
 
 def upload_page(request: HttpRequest) -> HttpResponse:
     """The page uploads through the REST API (predictions/static/predictions/upload.js)."""
     if not (request.user.is_authenticated or settings.ALLOW_ANONYMOUS_UPLOADS):
         return redirect_to_login(request.get_full_path())
     top_k = {"min": TOP_K_MIN, "max": TOP_K_MAX, "default": TOP_K_DEFAULT}
+    limits = upload_pixel_limits()
     return render(
         request,
         "predictions/upload.html",
@@ -44,7 +55,8 @@ def upload_page(request: HttpRequest) -> HttpResponse:
             "top_k": top_k,
             "accepted_formats": ACCEPTED_FORMATS,
             "max_bytes": settings.UPLOAD_MAX_BYTES,
-            "max_megapixels": f"{settings.UPLOAD_MAX_PIXELS / 1e6:g}",
+            "max_megapixels": f"{limits.jpeg / 1e6:g}",
+            "decoded_whole_megapixels": f"{limits.decoded_whole / 1e6:g}",
             # The enabled versions, the default model's first (newest first per model).
             "model_choices": sorted(
                 ModelVersion.objects.filter(enabled=True).select_related("model"),
@@ -63,6 +75,9 @@ def my_jobs_page(request: HttpRequest) -> HttpResponse:
     jobs = selectors.search_jobs(
         selectors.visible_jobs(request.user, by_id=False), request.user, criteria
     ).prefetch_related("predictions")
+    if not valid:
+        # A filter that cannot be read lists nothing rather than every job unfiltered.
+        jobs = jobs.none()
     paginator = Paginator(jobs, criteria.get("page_size", MY_JOBS_PAGE_SIZE))
     page = paginator.get_page(criteria.get("page", 1))
     # The filters again, without the page: the pagination links add their own.
@@ -80,6 +95,19 @@ def my_jobs_page(request: HttpRequest) -> HttpResponse:
             "values": request.GET,
         },
     )
+
+
+def sign_out(request: HttpRequest) -> HttpResponse:
+    """GET asks (a link or a typed address must not sign anyone out); POST signs out and
+    says so on the sign-in page."""
+    if request.method == "POST":
+        if request.user.is_authenticated:
+            logout(request)
+            messages.success(request, "You are signed out.")
+        return redirect(settings.LOGOUT_REDIRECT_URL)
+    if not request.user.is_authenticated:
+        return redirect(settings.LOGIN_URL)
+    return render(request, "registration/sign_out.html")
 
 
 def _error_lines(errors: dict) -> list[str]:
@@ -103,7 +131,16 @@ def job_page(request: HttpRequest, pk) -> HttpResponse:
     if isinstance(job, HttpResponse):
         return job
     can_retry = selectors.may_retry(job, request.user)
-    return render(request, "predictions/job.html", {"job": job, "can_retry": can_retry})
+    return render(
+        request,
+        "predictions/job.html",
+        {
+            "job": job,
+            "can_retry": can_retry,
+            "queue": selectors.job_queue(job),
+            "stages": job.stages(),
+        },
+    )
 
 
 @require_POST
@@ -131,6 +168,7 @@ def batch_page(request: HttpRequest, pk) -> HttpResponse:
             "page": page,
             "counts": [(status, counts.get(status, 0)) for status in Job.Status.values],
             "unfinished": any(status not in Job.FINISHED for status in counts),
+            "queue": selectors.batch_queue(batch),
             # The event stream reports only what changed after this page was made.
             "rendered_ms": int(time.time() * 1000),
         },
@@ -138,31 +176,57 @@ def batch_page(request: HttpRequest, pk) -> HttpResponse:
 
 
 def job_image(request: HttpRequest, pk, size: int) -> HttpResponse:
-    """A JPEG of a job's stored original, to whoever may see the job.
+    """A JPEG thumbnail of a job's stored original, to whoever may see the job: a small
+    file read from the store (predictions/storage.py job_thumbnail).
 
     Stored originals are never served as MEDIA files: they are the users' uploads, and
     re-encoding them also means a browser never sees the uploaded bytes.
     """
-    if size not in IMAGE_SIZES:
+    if size not in THUMBNAIL_SIZES:
         raise Http404("no such image size")
+    if (refusal := _throttled(request)) is not None:
+        return refusal
     job = get_object_or_404(selectors.visible_jobs(request.user, by_id=True), pk=pk)
     try:
-        with job.image.open("rb") as file:
-            data = thumbnail_jpeg(file, size=size)
+        data = job_thumbnail(job, size)
+    except NoThumbnail as exc:
+        return error_answer(request, exc.status, str(exc))
     except (OSError, ValueError):
         raise Http404("the stored image cannot be read") from None
-    except STORE_UNAVAILABLE:
+    except (*STORE_UNAVAILABLE, RedisError):
         return error_response(STORE_UNAVAILABLE_MESSAGE, 503)
     response = HttpResponse(data, content_type="image/jpeg")
     response["Cache-Control"] = "private, max-age=86400"
     return response
 
 
+def _throttled(request: HttpRequest) -> HttpResponse | None:
+    throttle = ImageThrottle()
+    if throttle.allow_request(request, None):
+        return None
+    response = error_response("too many image requests; try again later", 429)
+    response["Retry-After"] = str(math.ceil(throttle.wait()))
+    return response
+
+
 def job_original(request: HttpRequest, pk) -> HttpResponseBase:
     """The job's stored original as uploaded, to whoever may see the job (its owner and
-    staff), for the admin's link: the same view under `make run` and in production, since
-    stored originals are never public MEDIA files."""
-    job = get_object_or_404(selectors.visible_jobs(request.user, by_id=True), pk=pk)
+    staff), signed in or with an API token: linked from the job's page, its API answer and
+    the admin; the same view under `make run` and in production, since stored originals
+    are never public MEDIA files."""
+    if (refusal := _throttled(request)) is not None:
+        return refusal
+    if "Authorization" in request.headers:
+        # The job's API answer links here: an API client sends its token, as to the API.
+        try:
+            request.user = api_user(request) or request.user
+        except AuthenticationFailed as exc:
+            return error_response(str(exc.detail), 401)
+        job = get_object_or_404(selectors.visible_jobs(request.user, by_id=True), pk=pk)
+    else:
+        job = _visible_or_sign_in(selectors.visible_jobs(request.user, by_id=True), request, pk)
+        if isinstance(job, HttpResponse):
+            return job
     if not job.image.name:
         raise Http404("the original was deleted after IMAGE_RETENTION_DAYS")
     try:

@@ -25,6 +25,8 @@ from stack.common import (
     RUN,
     STATE,
     VENV_PYTHON,
+    WEB_APP_PORT,
+    WEB_HELD_PORT,
     WEB_HOST,
     WEB_PORT,
     StackError,
@@ -82,6 +84,10 @@ APPS = processes.local_stack(
     web_host=WEB_HOST,
     web_port=WEB_PORT,
     beat_schedule=str(STATE / "celery-beat-schedule"),
+    app_port=WEB_APP_PORT,
+    held_port=WEB_HELD_PORT,
+    proxy_dir=str(STATE / "nginx"),
+    proxy_access_log=str(LOGS / "proxy-access.log"),
 )
 APP_NAMES = [app.name for app in APPS]
 SUPERVISOR = Supervisor(STATE, LOGS)
@@ -101,6 +107,7 @@ def select(names: list[str]) -> tuple[list[Service], list[str]]:
 def cmd_install(_names: list[str]) -> int:
     STATE.mkdir(exist_ok=True)
     install.install_apt()
+    install.install_service_user()
     install.install_venv()
     install.install_requirements()
     install.install_kafka_jars()

@@ -1,6 +1,7 @@
 """Paths, ports and small helpers every part of the stack uses."""
 
 import os
+import secrets
 import socket
 import subprocess
 from pathlib import Path
@@ -31,8 +32,52 @@ S3_PORT = int(os.environ.get("STACK_S3_PORT", "19480"))
 # staff user, which must not be reachable from other machines by default.
 WEB_HOST = os.environ.get("STACK_WEB_HOST", "127.0.0.1")
 WEB_PORT = int(os.environ.get("STACK_WEB_PORT", "8000"))
+# nginx serves WEB_HOST:WEB_PORT; gunicorn behind it listens on loopback only, here.
+WEB_APP_PORT = int(os.environ.get("STACK_WEB_APP_PORT", "8001"))
+# The held requests' process (uvicorn) behind nginx, on loopback only too.
+WEB_HELD_PORT = int(os.environ.get("STACK_WEB_HELD_PORT", "8002"))
+
+# The unprivileged system user (made by `install`) that Redis and nginx's workers run as
+# when the stack is started as root.
+SERVICE_USER = "inferencehub"
 
 LOG_TAIL_LINES = 30
+
+
+def redis_password_file(state: Path = STATE) -> Path:
+    return state / "redis-password"
+
+
+def redis_password(state: Path = STATE) -> str:
+    """The stack's Redis password: made once (readable by its owner only), when Redis first
+    starts with one (stack/services.py)."""
+    path = redis_password_file(state)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole under another name, then linked into place: a process reading it
+        # meanwhile never sees it half written, and of two racing starts one password wins.
+        draft = path.with_name(f"{path.name}.{os.getpid()}")
+        draft.unlink(missing_ok=True)
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(24) + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
+
+
+def redis_url(
+    db: int, *, host: str = "127.0.0.1", port: int = REDIS_PORT, state: Path = STATE
+) -> str:
+    """The URL of database db of the stack's Redis, with its password once it has one
+    (the default of CELERY_BROKER_URL and of the tests' settings)."""
+    path = redis_password_file(state)
+    auth = f":{path.read_text().strip()}@" if path.exists() else ""
+    return f"redis://{auth}{host}:{port}/{db}"
 
 
 class StackError(Exception):

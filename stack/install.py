@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from stack.common import KAFKA_LIBS, ROOT, STATE, VENV, StackError, quiet, say
+from stack.common import KAFKA_LIBS, ROOT, SERVICE_USER, STATE, VENV, StackError, quiet, say
 
 APT_PACKAGES = [
     "mariadb-server",
     "redis-server",
+    # The front door (stack/nginx.conf).
+    "nginx",
     "libmariadb-dev",
     "pkg-config",
     "chromium",
@@ -69,6 +71,19 @@ def install_apt() -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run_step("apt-get update", ["apt-get", "update"], env=env)
     run_step("apt-get install", ["apt-get", "install", "-y", *missing], env=env)
+
+
+def install_service_user() -> None:
+    """The system user Redis and nginx's workers run as when the stack runs as root: a
+    data service or a process facing clients, if broken into, gets no root with it."""
+    if os.geteuid() != 0 or quiet(["id", "-u", SERVICE_USER]).returncode == 0:
+        return
+    say(f"[install] user: creating the system user {SERVICE_USER}")
+    created = quiet(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER]
+    )
+    if created.returncode != 0:
+        raise StackError(f"[install] user: useradd {SERVICE_USER} failed: {created.stderr}")
 
 
 def install_venv() -> None:
@@ -141,6 +156,7 @@ def install_jars(name: str, pom: Path, libs: Path, what: str) -> None:
 def cmd_install(_names: list[str]) -> int:
     STATE.mkdir(exist_ok=True)
     install_apt()
+    install_service_user()
     install_venv()
     install_requirements()
     install_kafka_jars()

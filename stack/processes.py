@@ -29,13 +29,80 @@ def web(python: str, *, host: str = "127.0.0.1", port: int = 8000, name: str = "
     return AppProcess(name, argv, "Booting worker")
 
 
-def celery(python: str, *, hostname: str = "celery@%h", concurrency: int = 2) -> AppProcess:
+def held(
+    python: str, *, host: str = "127.0.0.1", port: int = 8002, name: str = "held"
+) -> AppProcess:
+    """The held requests (a job's ?wait=, the batches' event streams) as async code under
+    uvicorn (inferencehub/asgi.py): waiting costs no thread, so one process holds
+    thousands. One worker process, no lifespan events (Django has none); no access log
+    (gunicorn keeps none either), and the client address left to Django's
+    TRUSTED_PROXIES rule, as under gunicorn."""
+    argv = [python, "-m", "uvicorn", "inferencehub.asgi:application"]
+    argv += ["--host", host, "--port", str(port), "--workers", "1", "--lifespan", "off"]
+    argv += ["--no-access-log", "--no-proxy-headers"]
+    return AppProcess(name, argv, "Uvicorn running on")
+
+
+def proxy(
+    python: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    app: str = "127.0.0.1:8001",
+    held: str = "",
+    directory: str,
+    access_log: str = "",
+    name: str = "proxy",
+) -> AppProcess:
+    """nginx in front of gunicorn (app) and the held-requests process (held; without it,
+    gunicorn holds them): it reads each request whole before passing it on, and drops
+    clients that stall (stack/nginx.conf, rendered by manage.py run_proxy)."""
+    argv = [python, "manage.py", "run_proxy", "--listen", f"{host}:{port}", "--app", app]
+    if held:
+        argv += ["--held", held]
+    argv += ["--dir", directory]
+    if access_log:
+        argv += ["--access-log", access_log]
+    return AppProcess(name, argv, "start worker processes")
+
+
+# The Celery queues, each served by worker processes of its own (inferencehub/settings.py
+# routes every task to one): preprocessing, which one user's big images can keep busy for
+# minutes, and storing or failing results with the light bookkeeping (dispatch, sweep),
+# which must never wait behind it.
+PREPROCESS_QUEUE = "preprocess"
+RESULTS_QUEUE = "results"
+
+
+def celery(
+    python: str,
+    *,
+    queues: tuple[str, ...] = (PREPROCESS_QUEUE, RESULTS_QUEUE),
+    hostname: str = "celery@%h",
+    concurrency: int = 2,
+    name: str = "celery",
+) -> AppProcess:
+    """A Celery worker of the given queues (by default both: one process does everything,
+    as the tests that need Celery but not the split use it)."""
     argv = [python, "-m", "celery", "-A", "inferencehub", "worker", "--loglevel", "INFO"]
+    argv += ["--queues", ",".join(queues)]
     # Gossip and mingle only exchange state between workers, which no task here uses;
     # without them a worker is ready sooner.
     argv += ["--concurrency", str(concurrency), "--hostname", hostname]
     argv += ["--without-gossip", "--without-mingle"]
-    return AppProcess("celery", argv, "ready.")
+    return AppProcess(name, argv, "ready.")
+
+
+def preprocess_celery(python: str, *, hostname: str = "celery@%h") -> AppProcess:
+    return celery(python, queues=(PREPROCESS_QUEUE,), hostname=hostname)
+
+
+def results_celery(python: str, *, hostname: str = "results@%h") -> AppProcess:
+    """Small: a store task is one transaction for up to 64 results; two processes so that a
+    slow one (a long sweep, a database retry) does not hold the others up."""
+    return celery(
+        python, queues=(RESULTS_QUEUE,), hostname=hostname, concurrency=2, name="celery-results"
+    )
 
 
 def beat(python: str, *, schedule: str) -> AppProcess:
@@ -55,12 +122,32 @@ def bridge(python: str, *options: str) -> AppProcess:
 
 
 def local_stack(
-    python: str, *, web_host: str, web_port: int, beat_schedule: str
+    python: str,
+    *,
+    web_host: str,
+    web_port: int,
+    beat_schedule: str,
+    app_port: int = 8001,
+    held_port: int = 8002,
+    proxy_dir: str = "/tmp/inferencehub-nginx",
+    proxy_access_log: str = "",
 ) -> list[AppProcess]:
-    """What `make run` supervises: everything, with two inference workers of SERVED_MODEL."""
+    """What `make run` supervises: everything, with two inference workers of SERVED_MODEL.
+    Users reach nginx on web_host:web_port; gunicorn listens on loopback only, behind it."""
     return [
-        web(python, host=web_host, port=web_port),
-        celery(python),
+        proxy(
+            python,
+            host=web_host,
+            port=web_port,
+            app=f"127.0.0.1:{app_port}",
+            held=f"127.0.0.1:{held_port}",
+            directory=proxy_dir,
+            access_log=proxy_access_log,
+        ),
+        web(python, port=app_port),
+        held(python, port=held_port),
+        preprocess_celery(python),
+        results_celery(python),
         beat(python, schedule=beat_schedule),
         worker(python, "worker1", "--model", SERVED_MODEL),
         worker(python, "worker2", "--model", SERVED_MODEL),

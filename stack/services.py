@@ -3,6 +3,7 @@ started in a new session with a pid file under .stack/run, and waited for until 
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -16,15 +17,19 @@ from stack.common import (
     REDIS_PORT,
     ROOT,
     RUN,
+    SERVICE_USER,
     STATE,
     StackError,
     log_path,
     log_tail,
     quiet,
+    redis_password,
+    redis_password_file,
     rotate_log,
     say,
     tcp_open,
 )
+from stack.install import install_service_user
 
 
 @dataclass
@@ -123,34 +128,53 @@ def mariadb_setup() -> None:
 # Redis --------------------------------------------------------------------
 
 REDIS_DIR = STATE / "redis"
+REDIS_CONF = REDIS_DIR / "redis.conf"
 
 
 def redis_argv(bind: str = "127.0.0.1") -> list[str]:
+    """Redis with a password (redis_password), from a config file readable by its owner
+    only, so that `ps` does not show the password. Started as root, it runs as
+    SERVICE_USER, which then owns its folder."""
     REDIS_DIR.mkdir(parents=True, exist_ok=True)
-    return [
-        "redis-server",
-        "--port",
-        str(REDIS_PORT),
-        "--bind",
-        bind,
-        "--dir",
-        str(REDIS_DIR),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--daemonize",
-        "no",
-        "--save",
-        "",
+    settings = [
+        f"port {REDIS_PORT}",
+        f"bind {bind}",
+        f"dir {REDIS_DIR}",
+        "appendonly yes",
+        "appendfsync everysec",
+        "daemonize no",
+        'save ""',
+        f"requirepass {redis_password()}",
     ]
+    REDIS_CONF.unlink(missing_ok=True)
+    fd = os.open(REDIS_CONF, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as conf:
+        conf.write("\n".join(settings) + "\n")
+    argv = ["redis-server", str(REDIS_CONF)]
+    if os.geteuid() != 0:
+        return argv
+    install_service_user()
+    user = pwd.getpwnam(SERVICE_USER)
+    for path in [REDIS_DIR, *REDIS_DIR.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid)
+    return ["setpriv", f"--reuid={SERVICE_USER}", f"--regid={SERVICE_USER}", "--init-groups", *argv]
+
+
+def redis_cli(*args: str) -> subprocess.CompletedProcess:
+    """redis-cli on the stack's Redis; the password goes in its environment, not argv."""
+    env = dict(os.environ)
+    if redis_password_file().exists():
+        env["REDISCLI_AUTH"] = redis_password()
+    return subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(REDIS_PORT), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def redis_ready() -> bool:
-    return (
-        quiet(["redis-cli", "-h", "127.0.0.1", "-p", str(REDIS_PORT), "ping"]).stdout.strip()
-        == "PONG"
-    )
+    return redis_cli("ping").stdout.strip() == "PONG"
 
 
 # --------------------------------------------------------------------------- processes

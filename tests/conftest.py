@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -195,9 +196,50 @@ def start_process(process_env):
         yield start
 
 
+def start_front_door(
+    start: Callable, name: str = "front-door", directory: str = "", **env: str
+) -> str:
+    """The front door as `make run` starts it: nginx (the process table's proxy) in front of
+    gunicorn and the held-requests process, of the test settings, on free ports, each with
+    env on top of the tests' own; returns nginx's base URL. nginx's files (its access log
+    among them) go to directory, by default a new temporary one."""
+    app_port, held_port, port = free_port(), free_port(), free_port()
+    start(processes.web(PYTHON, port=app_port, name=f"{name}-app"), **env)
+    start(processes.held(PYTHON, port=held_port, name=f"{name}-held"), **env)
+    start(
+        processes.proxy(
+            PYTHON,
+            port=port,
+            app=f"127.0.0.1:{app_port}",
+            held=f"127.0.0.1:{held_port}",
+            directory=directory or tempfile.mkdtemp(prefix=f"inferencehub-{name}-"),
+        ),
+        name=name,
+        **env,
+    )
+    return f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
-def celery_worker(start_process):
-    return start_process(processes.celery(PYTHON, hostname=unique_celery_hostname("test")))
+def front_door(start_process) -> str:
+    """The base URL of the app as users reach it: through nginx."""
+    return start_front_door(start_process)
+
+
+@pytest.fixture(scope="session")
+def results_celery(start_process):
+    """The Celery worker of the results queue alone (stores and fails results)."""
+    return start_process(
+        processes.results_celery(PYTHON, hostname=unique_celery_hostname("test-results"))
+    )
+
+
+@pytest.fixture(scope="session")
+def celery_worker(start_process, results_celery):
+    """Both Celery workers, as `make run` has them: preprocessing, and results."""
+    return start_process(
+        processes.preprocess_celery(PYTHON, hostname=unique_celery_hostname("test"))
+    )
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,9 @@ import time
 
 import factory
 from django.contrib.auth import get_user_model
-from django.utils import timezone
 
+from kafka_wire.contract import ClassScore, InferenceResult
+from predictions import services
 from predictions.models import Batch, Job, Prediction
 
 
@@ -14,6 +15,18 @@ class UserFactory(factory.django.DjangoModelFactory):
 
     username = factory.Sequence(lambda n: f"user{n}")
     password = factory.django.Password("pw-for-tests")
+
+
+def staff_user(*codenames: str, **fields):
+    """A staff user (not a superuser) with these permissions of the predictions app, e.g.
+    "view_job": being staff alone grants nothing over other users' jobs."""
+    from django.contrib.auth.models import Permission
+
+    user = UserFactory(**{"is_staff": True, **fields})
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="predictions", codename__in=codenames)
+    )
+    return user
 
 
 class BatchFactory(factory.django.DjangoModelFactory):
@@ -57,9 +70,10 @@ def finish_later(jobs: list[Job], after_s: list[float]) -> threading.Thread:
     def finish():
         for job, at in sorted(zip(jobs, after_s, strict=True), key=lambda pair: pair[1]):
             time.sleep(max(0.0, started + at - time.monotonic()))
-            PredictionFactory(job=job, rank=1, label="red fox", score=0.9)
-            Job.objects.filter(pk=job.pk).update(
-                status=Job.Status.SUCCEEDED, finished_at=timezone.now()
+            # Through the service, which tells the requests held for the job.
+            fox = ClassScore(class_id=277, label="red fox", score=0.9)
+            services.record_results(
+                results=[InferenceResult(job_id=str(job.pk), ok=True, predictions=[fox])]
             )
 
     thread = threading.Thread(target=finish)

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from predictions.models import Batch, Job
 from tests.conftest import DATA
-from tests.factories import BatchFactory, JobFactory, UserFactory
+from tests.factories import BatchFactory, JobFactory, UserFactory, staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -47,10 +47,10 @@ def test_a_user_cannot_read_or_delete_another_users_job_or_batch():
     assert Job.objects.filter(pk=job.pk).exists()
 
 
-def test_staff_see_every_job():
+def test_staff_with_the_view_permission_see_every_job():
     JobFactory(owner=UserFactory())
     JobFactory(owner=UserFactory())
-    staff = client_for(UserFactory(is_staff=True))
+    staff = client_for(staff_user("view_job"))
     assert staff.get("/api/jobs/").json()["count"] == 2
 
 

@@ -172,7 +172,8 @@ def test_retry_puts_failed_jobs_back_in_the_queue(
     assert (failed.status, failed.attempts, failed.error) == (Job.Status.QUEUED, 2, "")
     assert not failed.predictions.exists()
     assert succeeded.status == Job.Status.SUCCEEDED
-    assert len(callbacks) == 1  # preprocessing is enqueued once the reset is committed
+    # The job waits its turn: the dispatcher runs once the reset is committed.
+    assert [c for c in callbacks if c is services.dispatch_jobs] == [services.dispatch_jobs]
 
 
 def test_re_run_restarts_finished_jobs_with_the_top_k_given(client, operator):
@@ -270,3 +271,73 @@ def test_a_job_whose_original_was_purged_shows_no_image(client, operator):
     for page in (listed, detail):
         assert f"/jobs/{job.pk}/image/" not in page
     assert "The original was purged" in detail
+
+
+def test_search_and_the_batch_filter_take_the_short_ids_the_lists_show(client, operator):
+    batch = BatchFactory()
+    job, other = JobFactory(batch=batch, seq=0), JobFactory()
+
+    def listed(**params):
+        return [j.pk for j in client.get(JOBS_URL, params).context["cl"].result_list]
+
+    short = str(job.pk)[:8]
+    assert listed(q=short) == [job.pk]
+    assert listed(q=str(job.pk)[:13].upper()) == [job.pk]  # with its hyphen, in capitals
+    assert listed(batch=str(batch.pk)[:8]) == [job.pk]
+    assert listed(batch=str(batch.pk)[:7]) == []  # too short to be an id
+    assert other.pk not in listed(q=short)
+    batches = client.get("/admin/predictions/batch/", {"q": str(batch.pk)[:8]})
+    assert [b.pk for b in batches.context["cl"].result_list] == [batch.pk]
+
+
+def test_re_run_with_a_top_k_out_of_range_says_what_is_wrong(client, operator):
+    job = stored_job(operator, Job.Status.SUCCEEDED)
+    response = client.post(
+        JOBS_URL,
+        {"action": "rerun_with_top_k", "_selected_action": [job.pk], "top_k": "2000"},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "No action selected" not in page
+    assert "Top-k: Ensure this value is less than or equal to 1000." in page
+    job.refresh_from_db()
+    assert (job.status, job.top_k) == (Job.Status.SUCCEEDED, 5)
+
+
+def test_retry_says_which_selected_jobs_it_skipped(client, operator):
+    failed, succeeded = stored_job(operator), stored_job(operator, Job.Status.SUCCEEDED)
+    response = client.post(
+        JOBS_URL,
+        {"action": "retry_failed", "_selected_action": [failed.pk, succeeded.pk]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "1 failed job(s) queued again." in page
+    assert "1 job(s) skipped: only failed jobs are retried." in page
+
+
+def test_total_ms_counts_the_current_attempt_as_the_api_does(client, operator):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    finished = timezone.now()
+    job = JobFactory(
+        owner=operator,
+        status=Job.Status.SUCCEEDED,
+        created_at=finished - timedelta(minutes=3),  # the first upload, before a retry
+        attempt_started_at=finished - timedelta(milliseconds=90),
+        finished_at=finished,
+    )
+    row = client.get(JOBS_URL).context["cl"].result_list[0]
+    assert row.pk == job.pk
+    assert client.get(JOBS_URL).content.decode().count(">90</td>") == 1
+    assert job.total_ms == 90
+
+
+def test_the_job_list_reads_no_distinct_values_of_the_jobs_table(client, operator):
+    many_jobs(20)
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(JOBS_URL).status_code == 200
+    scans = [q["sql"] for q in queries if "DISTINCT" in q["sql"] and "predictions_job" in q["sql"]]
+    assert scans == []

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from inferencehub.limits import upload_pixel_limits
 from predictions.models import Job
 from tests.conftest import DATA, REPO
-from tests.factories import BatchFactory, JobFactory
+from tests.factories import BatchFactory, JobFactory, finish_later
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -146,9 +147,61 @@ def test_a_refused_upload_shows_its_reason(page, tmp_path: Path):
     page.get_by_role("button", name="Upload").click()
     item = page.locator("#jobs > li")
     expect(item.locator(".status")).to_have_text("refused")
-    expect(item.locator(".error")).to_contain_text("notes.jpg: file is not an image")
-    expect(page.locator("#overall")).to_have_text("1/1 done, 1 refused")
+    # The card's title names the file: its message does not repeat the name.
+    expect(item.locator(".name")).to_have_text("notes.jpg")
+    expect(item.locator(".error")).to_have_text(re.compile(r"^file is not an image"))
+    expect(page.locator("#overall")).to_have_text("1 refused")
     screenshot(page, "upload-refused")
+
+
+def not_images(folder: Path, *names: str) -> list[Path]:
+    paths = [folder / name for name in names]
+    for path in paths:
+        path.write_text("just text, renamed")
+    return paths
+
+
+def test_cards_keep_the_order_of_selection_and_refusals_are_counted_apart(page, tmp_path):
+    chosen = [PHOTOS[1], *not_images(tmp_path, "a.jpg", "b.jpg"), PHOTOS[2]]
+    page.set_input_files("#files", chosen)
+    page.get_by_role("button", name="Upload").click()
+    statuses = page.locator("#jobs .status")
+    expect(statuses).to_have_count(4)
+    expect(page.locator("#jobs .name")).to_have_text([path.name for path in chosen])
+    accepted = re.compile(r"^(?!refused)")  # queued, or further if a worker runs
+    expect(statuses).to_have_text([accepted, "refused", "refused", accepted])
+    # Done of the accepted ones, then the refused: a refusal is not a finished job.
+    expect(page.locator("#overall")).to_have_text(re.compile(r"^\d/2 done, 2 refused"))
+
+
+def drop(page: Page, paths: list[Path]) -> None:
+    """Drop files on the drop zone as from the desktop (Playwright has no file drop of its
+    own): a DataTransfer made in the page carries them."""
+    files = [{"name": path.name, "bytes": list(path.read_bytes())} for path in paths]
+    page.evaluate(
+        """files => {
+            const data = new DataTransfer();
+            for (const f of files) data.items.add(new File([new Uint8Array(f.bytes)], f.name));
+            const zone = document.getElementById("dropzone");
+            const options = {dataTransfer: data, bubbles: true, cancelable: true};
+            zone.dispatchEvent(new DragEvent("drop", options));
+        }""",
+        files,
+    )
+
+
+def test_dropped_files_join_the_selection_and_wait_for_the_upload_button(page):
+    expect(page.locator("#hint")).to_contain_text("the Upload button sends them")
+    page.set_input_files("#files", PHOTOS[0])
+    drop(page, [PHOTOS[1]])
+    drop(page, [PHOTOS[2]])
+    expect(page.locator("#jobs > li")).to_have_count(0)
+    assert page.eval_on_selector("#files", "p => [...p.files].map(f => f.name)") == [
+        photo.name for photo in PHOTOS
+    ]
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#jobs .name")).to_have_text([photo.name for photo in PHOTOS])
+    assert page.eval_on_selector("#files", "p => p.files.length") == 0
 
 
 def test_an_upload_whose_answer_is_lost_is_resent_with_its_key_and_makes_one_job(pipeline, page):
@@ -181,9 +234,11 @@ def test_the_upload_page_states_accepted_formats_and_limits(page, settings):
     # The live server's settings are these too: one source for the page and the checks.
     formats = "JPEG, PNG, WEBP, BMP, GIF, TIFF"
     megabytes = settings.UPLOAD_MAX_BYTES // (1024 * 1024)
-    megapixels = f"{settings.UPLOAD_MAX_PIXELS / 1e6:g}"
+    limits = upload_pixel_limits()
+    megapixels, decoded_whole = f"{limits.jpeg / 1e6:g}", f"{limits.decoded_whole / 1e6:g}"
     expect(page.locator("#limits")).to_have_text(
-        f"Accepted: {formats} images, up to {megabytes}.0 MB and {megapixels} megapixels each."
+        f"Accepted: {formats} images, up to {megabytes}.0 MB and {megapixels} megapixels each "
+        f"({decoded_whole} for formats other than JPEG)."
     )
 
 
@@ -194,9 +249,24 @@ def test_upload_without_a_file_says_so_on_the_screen(page):
     expect(message).to_have_text("Choose one or more images first.")
     expect(page.locator("#jobs > li")).to_have_count(0)
     screenshot(page, "upload-no-file")
+    # Choosing a file answers the message: it goes at once, not at the next press.
     page.set_input_files("#files", PHOTOS[1])
+    expect(message).to_be_hidden()
+
+
+def test_a_top_k_out_of_range_is_named_on_the_screen(page):
+    page.get_by_role("button", name="Upload").click()
+    page.set_input_files("#files", PHOTOS[1])
+    page.get_by_label("Top-k").fill("5000")
+    page.get_by_role("button", name="Upload").click()
+    message = page.locator("#form-message")
+    expect(message).to_have_text("Top-k must be a whole number from 1 to 1000.")
+    expect(page.locator("#jobs > li")).to_have_count(0)
+    expect(page.get_by_label("Top-k")).to_be_focused()
+    page.get_by_label("Top-k").fill("7")
     page.get_by_role("button", name="Upload").click()
     expect(message).to_be_hidden()
+    expect(page.locator("#jobs > li")).to_have_count(1)
 
 
 @pytest.fixture
@@ -207,7 +277,13 @@ def failed_jobs(browser_user) -> list[Job]:
     common = {"owner": browser_user, "batch": batch, "status": Job.Status.FAILED}
     return [
         JobFactory(seq=0, image="", error="the model failed on this image", **common),
-        JobFactory(seq=1, image="originals/missing", error="preprocessing failed", **common),
+        JobFactory(
+            seq=1,
+            image="originals/missing",
+            original_name="IMG_20240712_183045123_HDR_portrait_mode.jpg",
+            error="preprocessing failed: cannot identify the image file, truncated upload",
+            **common,
+        ),
     ]
 
 
@@ -228,11 +304,45 @@ def test_a_failed_job_shows_no_broken_image_and_a_styled_button(failed_jobs, pag
     expect(page.locator(".job-detail .placeholder")).to_have_text("The image cannot be shown.")
     expect(page.locator(".job-detail img")).to_have_count(0)
 
+    # The purged one and the one never preprocessed (no thumbnail can be made of it) get
+    # the same note, made by the server rather than after a broken image.
+    for url in (f"/batches/{purged.batch_id}/", "/my/jobs/"):
+        page.goto(url)
+        expect(page.locator("tbody tr")).to_have_count(2)
+        expect(page.locator("tbody img")).to_have_count(0)
+        expect(page.locator("tbody .placeholder")).to_have_text(["no image", "no image"])
+    screenshot(page, "failed-my-jobs")
     page.goto(f"/batches/{purged.batch_id}/")
-    expect(page.locator("tbody tr")).to_have_count(2)
-    expect(page.locator("tbody img")).to_have_count(0)
-    expect(page.locator("tbody .placeholder")).to_have_text("no image")
     screenshot(page, "failed-batch-page")
+
+
+def lines_of_word(page: Page, selector: str, word: str) -> list[int]:
+    """On how many lines `word` is drawn in each element: 1 when it is not split."""
+    return page.eval_on_selector_all(
+        selector,
+        """(nodes, word) => nodes.filter(node => node.textContent.includes(word)).map(node => {
+            const text = node.firstChild;
+            const range = document.createRange();
+            range.setStart(text, text.data.indexOf(word));
+            range.setEnd(text, text.data.indexOf(word) + word.length);
+            return new Set([...range.getClientRects()].map(rect => Math.round(rect.top))).size;
+        })""",
+        word,
+    )
+
+
+def test_error_text_wraps_between_words_at_390_pixels(failed_jobs, page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    for url in (f"/batches/{failed_jobs[0].batch_id}/", "/my/jobs/"):
+        page.goto(url)
+        expect(page.locator("tbody .error")).to_have_count(2)
+        assert lines_of_word(page, "tbody .error", "preprocessing") == [1], url
+        assert lines_of_word(page, "tbody .error", "failed") == [1, 1], url
+        # A long file name gives way instead (it has no spaces to wrap at).
+        overflow = page.eval_on_selector(
+            ".table-wrap", "wrap => wrap.scrollWidth - wrap.clientWidth"
+        )
+        assert overflow <= 0, f"{url}: the table is {overflow} px wider than the screen"
 
 
 @pytest.fixture
@@ -293,7 +403,7 @@ def test_try_again_on_a_failed_jobs_page_queues_it_and_stays_on_the_page(failed_
     # A second attempt began. Its outcome depends on whether a Celery worker of the session
     # is running (this factory job has no stored image, so a worker fails it again).
     expect(page.locator(".job-detail tr", has_text="attempts").locator("td")).to_have_text("2")
-    expect(page.locator(".job-detail tr", has_text="this attempt started")).to_have_count(1)
+    expect(page.locator(".stages caption")).to_contain_text("Stages of attempt 2")
     expect(page.get_by_text("inference failed: boom")).to_have_count(0)
 
 
@@ -366,10 +476,6 @@ def big_batch(browser_user) -> tuple:
 
 
 def test_a_big_batch_page_pages_exports_and_updates_from_its_event_stream(big_batch, page):
-    import threading
-    import time
-
-    from django.utils import timezone
 
     batch, waiting = big_batch
     page.goto(f"/batches/{batch.pk}/")
@@ -379,15 +485,8 @@ def test_a_big_batch_page_pages_exports_and_updates_from_its_event_stream(big_ba
         "href", f"/api/batches/{batch.pk}/export/?format=csv"
     )
     expect(page.locator(".counts")).to_contain_text("submitted 1")
-
-    def finish():  # as the result bridge would, while the page is open
-        time.sleep(2)
-        Job.objects.filter(pk=waiting.pk).update(
-            status=Job.Status.SUCCEEDED, finished_at=timezone.now()
-        )
-
-    thread = threading.Thread(target=finish)
-    thread.start()
+    # Stored as the result bridge stores it, while the page is open.
+    thread = finish_later([waiting], after_s=[2])
     expect(page.locator(".counts")).to_contain_text("succeeded 61", timeout=20_000)
     thread.join()
     expect(page.locator("#announce")).to_contain_text("61 succeeded")
@@ -413,24 +512,74 @@ def waiting_job(browser_user) -> Job:
 
 
 def test_the_job_page_shows_the_result_when_it_is_stored(waiting_job, page):
+
+    page.goto(f"/jobs/{waiting_job.pk}/")
+    expect(page.locator(".job-detail .status")).to_have_text("submitted")
+    # Stored as the result bridge stores it, while the page waits on ?wait=.
+    thread = finish_later([waiting_job], after_s=[2])
+    expect(page.locator(".job-detail .status")).to_have_text("succeeded", timeout=20_000)
+    thread.join()
+    expect(page.locator(".preds .label")).to_have_text("red fox")
+    expect(page.locator("#announce")).to_have_text("Status: succeeded")
+
+
+@pytest.fixture
+def queued_behind_others(browser_user) -> Job:
+    """Erin's third job waiting for a model version, with 3 of another user's waiting too
+    and 6 of the version's jobs finished just now: 2 of Erin's and 2 of the other's come
+    first (owners take turns, Erin's id first), about 10 s each."""
+    from django.utils import timezone
+
+    from tests.factories import UserFactory
+    from workers.services import register_version
+
+    version = register_version(name="queue-page", source="keras", input_size=64, classes=3)
+    other = UserFactory()
+    erins = [JobFactory(owner=browser_user, routed_to=version, image="") for _ in range(3)]
+    for _ in range(3):
+        JobFactory(owner=other, routed_to=version, image="")
+    for _ in range(6):
+        JobFactory(routed_to=version, status=Job.Status.SUCCEEDED, finished_at=timezone.now())
+    return erins[-1]
+
+
+def test_a_queued_jobs_page_shows_how_many_jobs_are_ahead_of_it(queued_behind_others, page):
     import threading
     import time
 
     from django.utils import timezone
 
-    page.goto(f"/jobs/{waiting_job.pk}/")
-    expect(page.locator(".job-detail .status")).to_have_text("submitted")
+    job = queued_behind_others
+    page.goto(f"/jobs/{job.pk}/")
+    expect(page.locator("#queue")).to_have_text("queued: 4 ahead of it, about 50 s")
 
-    def finish():  # as the result bridge would, while the page waits on ?wait=
-        time.sleep(2)
-        waiting_job.predictions.create(rank=1, class_id=277, label="red fox", score=0.9)
-        Job.objects.filter(pk=waiting_job.pk).update(
-            status=Job.Status.SUCCEEDED, finished_at=timezone.now()
-        )
+    def admit_erins_older_jobs():  # as the dispatcher would, while the page is open
+        time.sleep(1)
+        Job.objects.filter(owner=job.owner).exclude(pk=job.pk).update(admitted_at=timezone.now())
 
-    thread = threading.Thread(target=finish)
+    thread = threading.Thread(target=admit_erins_older_jobs)
     thread.start()
-    expect(page.locator(".job-detail .status")).to_have_text("succeeded", timeout=20_000)
+    expect(page.locator("#queue")).to_have_text("queued: next, about 10 s", timeout=20_000)
     thread.join()
-    expect(page.locator(".preds .label")).to_have_text("red fox")
-    expect(page.locator("#announce")).to_have_text("Status: succeeded")
+
+
+@pytest.fixture
+def others_waiting(browser_user) -> None:
+    """Another user's 2 jobs waiting on the unregistered path, whose turn comes next."""
+    from predictions import selectors
+    from tests.factories import UserFactory
+
+    other = UserFactory()
+    for _ in range(2):
+        JobFactory(owner=other, image="")
+    selectors.remember_served(None, browser_user.pk)
+
+
+def test_the_upload_page_says_where_its_waiting_jobs_stand(others_waiting, page, settings):
+    settings.DISPATCH_IN_FLIGHT_PER_MODEL = 0  # nothing is admitted: the upload waits
+    page.set_input_files("#files", PHOTOS[:1])
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#jobs .status")).to_have_text("queued")
+    expect(page.locator("#overall")).to_have_text(
+        "0/1 done, 1 queued: 1 ahead of them", timeout=20_000
+    )

@@ -22,7 +22,17 @@ DOCKERFILE = DOCKER_DIR / "Dockerfile"
 
 KAFKA_NODES = ["kafka1", "kafka2", "kafka3"]
 DATA_SERVICES = ["mariadb", "redis", *KAFKA_NODES]
-APP_SERVICES = ["migrate", "web", "celery", "beat", "worker", "bridge"]
+APP_SERVICES = [
+    "migrate",
+    "proxy",
+    "web",
+    "held",
+    "celery",
+    "celery-results",
+    "beat",
+    "worker",
+    "bridge",
+]
 APP_ENV_URLS = ["DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "CELERY_BROKER_URL"]
 
 
@@ -242,8 +252,19 @@ def test_migrate_registers_the_model_the_workers_serve(services):
 # In the image, "python" is the interpreter and the web listens on every interface of its
 # container; the port is published by compose.
 IMAGE_PROCESSES = {
+    "proxy": processes.proxy(
+        "python",
+        host="0.0.0.0",
+        port=8000,
+        app="web:8000",
+        held="held:8002",
+        directory="/tmp/nginx",
+        access_log="/dev/stdout",
+    ),
     "web": processes.web("python", host="0.0.0.0", port=8000),
-    "celery": processes.celery("python"),
+    "held": processes.held("python", host="0.0.0.0", port=8002),
+    "celery": processes.preprocess_celery("python"),
+    "celery-results": processes.results_celery("python"),
     "beat": processes.beat("python", schedule="/tmp/celerybeat-schedule"),
     "worker": processes.worker("python", "worker", "--model", processes.SERVED_MODEL),
     "bridge": processes.bridge("python"),
@@ -255,18 +276,34 @@ def test_app_service_runs_the_command_of_the_process_table(services, name):
     assert command_words(services[name]) == IMAGE_PROCESSES[name].argv
 
 
+# Under make run these listen on loopback ports of one machine; in compose each has a
+# container of its own, on the compose network.
+ADDRESSED = {"proxy", "web", "held"}
+
+
 def test_every_app_process_make_run_supervises_has_its_compose_service():
     local = processes.local_stack(
         "python", web_host="0.0.0.0", web_port=8000, beat_schedule="/tmp/celerybeat-schedule"
     )
     # worker1 and worker2 are the compose service `worker` with two replicas.
-    assert [p.argv for p in local] == [
-        IMAGE_PROCESSES[name.rstrip("12")].argv for name in (p.name for p in local)
+    names = [p.name.rstrip("12") for p in local]
+    assert set(names) == set(IMAGE_PROCESSES)
+    assert [p.argv for p in local if p.name not in ADDRESSED] == [
+        IMAGE_PROCESSES[name].argv for name in names if name not in ADDRESSED
     ]
 
 
-def test_web_is_published_on_port_8000(services):
-    assert "8000:8000" in [str(port) for port in services["web"]["ports"]]
+def test_only_the_proxy_is_published_on_port_8000(services):
+    assert [str(port) for port in services["proxy"]["ports"]] == ["8000:8000"]
+    for name in APP_SERVICES:
+        if name != "proxy":
+            assert not services[name].get("ports"), name
+
+
+def test_only_the_proxy_is_trusted_for_x_forwarded_for(services):
+    proxy_address = services["proxy"]["networks"]["default"]["ipv4_address"]
+    for name in APP_SERVICES:
+        assert env_of(services[name])["TRUSTED_PROXIES"] == proxy_address, name
 
 
 def test_worker_is_scalable_with_no_fixed_name_or_host_port(services):

@@ -46,7 +46,9 @@ def test_unknown_api_paths_and_jobs_answer_404_in_json(api):
 
 def test_a_wrong_method_answers_405_in_json_naming_the_allowed_ones(api, live_server):
     response = api.put(f"{api.base_url}/api/jobs/")
-    assert_json_error(response, 405)
+    body = assert_json_error(response, 405)
+    assert body["error"] == "method PUT is not allowed here; allowed: GET, POST, HEAD, OPTIONS"
+    assert response.headers["Allow"] == "GET, POST, HEAD, OPTIONS"
     for path, method, allowed in (("/register", "get", "POST"), ("/result", "post", "GET")):
         response = getattr(requests, method)(f"{live_server.url}{path}")
         body = assert_json_error(response, 405)

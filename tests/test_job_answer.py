@@ -52,8 +52,12 @@ def test_every_kind_of_job_is_answered_as_its_declared_fields_say():
     version = register_version(name="colours", source="keras", input_size=64, classes=3)
     routed = JobFactory(routed_to=version)
     context = {"request": RequestFactory().get("/api/jobs/"), "model_ready": {version.pk: True}}
+    # The job's own answer also says where a waiting job stands ("queue").
+    own = {**context, "queue": True}
     for job in (queued, in_batch, succeeded, failed, routed):
         job = Job.objects.select_related("routed_to__model").get(pk=job.pk)
-        answer = JobSerializer(job, context=context).data
-        assert as_json(answer) == as_json(as_declared(job, context)), job.status
+        for variant in (context, own):
+            answer = JobSerializer(job, context=variant).data
+            assert as_json(answer) == as_json(as_declared(job, variant)), job.status
+    assert JobSerializer(queued, context=own).data["queue"] is not None
     assert len(JobSerializer(succeeded, context=context).data["predictions"]) == 2

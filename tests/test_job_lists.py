@@ -10,7 +10,13 @@ from rest_framework.authtoken.models import Token
 from inferencehub.limits import PAGE_SIZE_MAX
 from predictions import services
 from predictions.models import Job
-from tests.factories import BatchFactory, JobFactory, PredictionFactory, UserFactory
+from tests.factories import (
+    BatchFactory,
+    JobFactory,
+    PredictionFactory,
+    UserFactory,
+    staff_user,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -68,7 +74,7 @@ def test_ordering_and_page_size_are_honoured(api, user):
 
 
 def test_staff_filter_their_own_jobs_with_mine_and_anyones_with_owner(live_server, api, user):
-    staff = UserFactory(is_staff=True)
+    staff = staff_user("view_job")
     staff_api = type(api)()
     staff_api.headers["Authorization"] = f"Bearer {Token.objects.create(user=staff).key}"
     staff_api.base_url = live_server.url
@@ -81,6 +87,19 @@ def test_staff_filter_their_own_jobs_with_mine_and_anyones_with_owner(live_serve
     assert ids(get(api, "/api/jobs/", mine="true")) == [str(alices.pk)]
     refused = get(api, "/api/jobs/", owner=staff.username)
     assert refused.status_code == 400 and "only staff" in refused.json()["error"]
+
+
+def test_staff_who_see_every_job_are_told_each_jobs_owner(live_server, api, user):
+    staff = staff_user("view_job")
+    staff_api = type(api)()
+    staff_api.headers["Authorization"] = f"Bearer {Token.objects.create(user=staff).key}"
+    staff_api.base_url = live_server.url
+    alices = JobFactory(owner=user)
+    listed = {job["id"]: job["owner"] for job in get(staff_api, "/api/jobs/").json()["results"]}
+    assert listed == {str(alices.pk): "alice"}
+    assert get(staff_api, f"/api/jobs/{alices.pk}/").json()["owner"] == "alice"
+    # Their own jobs' owners are no news to users: the field is for staff.
+    assert get(api, f"/api/jobs/{alices.pk}/").json()["owner"] is None
 
 
 def test_the_uploads_file_name_is_stored_and_searchable(api, image_bytes):
@@ -134,8 +153,11 @@ def test_my_jobs_page_lists_only_ones_own_jobs_with_filters_and_pages(client, se
     assert "3 jobs" in failed and "mine-10.jpg" in failed and "mine-11.jpg" not in failed
     assert "3 jobs" in client.get(f"/my/jobs/?batch={batch.pk}").content.decode()
     assert "1 job<" in client.get("/my/jobs/?name=MINE-07").content.decode()
+    # The short id the page shows finds the batch too.
+    assert "3 jobs" in client.get(f"/my/jobs/?batch={str(batch.pk)[:8]}").content.decode()
     wrong = client.get("/my/jobs/?batch=nope").content.decode()
-    assert "batch: Must be a valid UUID." in wrong
+    assert "batch: must be a batch id or its first 8 or more hex digits" in wrong
+    assert "mine-00.jpg" not in wrong  # nothing listed unfiltered under the error
 
 
 def test_my_jobs_page_asks_to_sign_in(client):

@@ -75,7 +75,9 @@ def component(workload: dict) -> str:
 
 
 def app_container(workload: dict) -> dict:
-    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    (container,) = [
+        c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == "app"
+    ]
     return container
 
 
@@ -303,8 +305,10 @@ def test_each_process_runs_the_command_of_the_process_table(objects):
     arguments added but a worker's model: gunicorn's settings come from gunicorn.conf.py
     in the image."""
     expected = {
-        "web": processes.web("python", host="0.0.0.0").argv,
-        "celery": processes.celery("python").argv,
+        "web": processes.web("python", host="0.0.0.0", port=8001).argv,
+        "held": processes.held("python", host="0.0.0.0").argv,
+        "celery": processes.preprocess_celery("python").argv,
+        "celery-results": processes.results_celery("python").argv,
         "beat": processes.beat("python", schedule="/tmp/celerybeat-schedule").argv,
         "worker": processes.worker("python").argv,
         "bridge": processes.bridge("python").argv,
@@ -447,6 +451,32 @@ def test_web_probes_are_django_health_views_for_an_allowed_host(objects):
         hosts = [h["value"] for h in probe.get("httpHeaders", []) if h["name"] == "Host"]
         # Without a Host header the kubelet sends the pod's IP, which Django refuses.
         assert hosts and validate_host(hosts[0], allowed_hosts), (hosts, allowed_hosts)
+
+
+def test_users_reach_the_web_through_the_proxy_beside_gunicorn(objects):
+    """The Service sends users to nginx, a sidecar in each web pod (the process table's
+    proxy), which passes requests on to gunicorn on the pod's loopback."""
+    (web,) = [w for w in workloads(objects).values() if component(w) == "web"]
+    containers = {c["name"]: c for c in web["spec"]["template"]["spec"]["containers"]}
+    proxy, app = containers["proxy"], containers["app"]
+    bind = app["command"][app["command"].index("--bind") + 1]
+    assert (
+        proxy["command"]
+        == processes.proxy(
+            "python",
+            host="0.0.0.0",
+            port=8000,
+            app=f"127.0.0.1:{bind.rsplit(':', 1)[1]}",
+            held="inferencehub-held:8002",
+            directory="/tmp/nginx",
+            access_log="/dev/stdout",
+        ).argv
+    )
+    (service,) = [s for s in of_kind(objects, "Service").values() if component(s) == "web"]
+    (port,) = service["spec"]["ports"]
+    assert probe_port(proxy, {"port": port["targetPort"]}) == 8000
+    # It renders its config from the settings: the same ones as the app's.
+    assert proxy["envFrom"] == app["envFrom"]
 
 
 @pytest.mark.django_db

@@ -7,10 +7,12 @@ import time
 
 import pytest
 import requests
+from django.core.cache import cache
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferencehub.logs import JsonFormatter
 from inferencehub.processes import PYTHON
+from predictions.metrics import FIGURES_KEY
 from stack import processes
 from tests.conftest import DATA, free_port, started_processes
 from tests.factories import JobFactory
@@ -24,10 +26,21 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
+SCRAPER = {"Authorization": "Bearer metrics-token-for-tests"}
+
+
+@pytest.fixture
+def scrape(settings, client):
+    """Scrape /metrics with the test client, as Prometheus does (METRICS_TOKEN)."""
+    settings.METRICS_TOKEN = "metrics-token-for-tests"
+    cache.delete(FIGURES_KEY)  # another test's kept counts are not this one's
+    return lambda: client.get("/metrics", headers=SCRAPER)
+
+
 @pytest.mark.django_db
-def test_web_metrics_show_jobs_by_status_request_latency_and_upload_to_stored(client):
+def test_web_metrics_show_jobs_by_status_request_latency_and_upload_to_stored(client, scrape):
     client.get("/healthz")
-    response = client.get("/metrics")
+    response = scrape()
     assert response.status_code == 200
     scraped = samples(response.content.decode())
     assert scraped[("inferencehub_jobs", (("status", "queued"),))] == 0
@@ -44,12 +57,12 @@ def test_web_metrics_show_jobs_by_status_request_latency_and_upload_to_stored(cl
 
 
 @pytest.mark.django_db
-def test_web_metrics_label_routes_by_name_and_leave_out_the_workers_metrics(client, user):
+def test_web_metrics_label_routes_by_name_and_leave_out_the_workers_metrics(client, scrape, user):
     job = JobFactory(owner=user)
     client.force_login(user)
     assert client.get(f"/api/jobs/{job.pk}/").status_code == 200
     assert client.get(f"/jobs/{job.pk}/").status_code == 200
-    scraped = samples(client.get("/metrics").content.decode())
+    scraped = samples(scrape().content.decode())
     routes = {
         dict(labels)["route"]
         for name, labels in scraped
@@ -74,6 +87,7 @@ def test_gunicorn_metrics_add_up_the_requests_of_every_worker_process(process_en
             name="web-metrics",
             TMPDIR=str(tmp_path),
             GUNICORN_CMD_ARGS="--workers 3",
+            METRICS_TOKEN="metrics-token-for-tests",
         )
         deadline = time.monotonic() + 60
         while web.log_path.read_text().count("Booting worker") < 3:
@@ -85,7 +99,10 @@ def test_gunicorn_metrics_add_up_the_requests_of_every_worker_process(process_en
             "inferencehub_http_request_duration_seconds_count",
             (("method", "GET"), ("route", "healthz"), ("status", "200")),
         )
-        scrapes = [samples(requests.get(f"{url}/metrics", timeout=10).text) for _ in range(6)]
+        scrapes = [
+            samples(requests.get(f"{url}/metrics", headers=SCRAPER, timeout=10).text)
+            for _ in range(6)
+        ]
         writers = {path.name for path in tmp_path.glob("inferencehub-web-metrics-*/histogram_*")}
     assert len(writers) >= 2, writers  # more than one process answered
     assert {scraped[key] for scraped in scrapes} == {30}

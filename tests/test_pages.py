@@ -2,15 +2,23 @@
 
 import io
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 from PIL import Image
 
 from predictions import services
 from predictions.models import Job
 from tests.conftest import DATA
-from tests.factories import BatchFactory, JobFactory, PredictionFactory, UserFactory
+from tests.factories import (
+    BatchFactory,
+    JobFactory,
+    PredictionFactory,
+    UserFactory,
+    staff_user,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -49,11 +57,71 @@ def test_a_wrong_password_is_refused_with_a_message(client):
     assert "_auth_user_id" not in client.session
 
 
-def test_signing_out_takes_a_post(client):
-    client.force_login(UserFactory())
-    assert client.get("/accounts/logout/").status_code == 405
-    assert client.post("/accounts/logout/").status_code == 302
+def test_signing_out_takes_a_post_and_says_so(client):
+    client.force_login(UserFactory(username="dora"))
+    asked = client.get("/accounts/logout/")
+    assert asked.status_code == 200 and "_auth_user_id" in client.session
+    assert b"Signed in as dora" in asked.content and b'method="post"' in asked.content
+    signed_out = client.post("/accounts/logout/", follow=True)
+    assert signed_out.redirect_chain == [("/accounts/login/", 302)]
+    assert b"You are signed out." in signed_out.content
     assert "_auth_user_id" not in client.session
+    assert client.get("/accounts/logout/")["Location"] == "/accounts/login/"
+
+
+def test_the_site_has_an_icon(client):
+    response = client.get("/favicon.ico", follow=True)
+    assert response.status_code == 200
+    assert response.redirect_chain == [("/static/predictions/favicon.svg", 301)]
+    assert b'rel="icon"' in client.get("/accounts/login/").content
+
+
+def test_the_job_page_links_the_original_and_shows_each_stage_with_its_duration(client):
+    from datetime import timedelta
+
+    owner = UserFactory()
+    job = stored_job(owner)
+    moment = job.created_at
+    Job.objects.filter(pk=job.pk).update(
+        status=Job.Status.FAILED,
+        error="boom",
+        attempts=2,
+        attempt_started_at=moment + timedelta(seconds=10),
+        admitted_at=moment + timedelta(seconds=10, milliseconds=5),
+        preprocessed_at=moment + timedelta(seconds=10, milliseconds=45),
+        finished_at=moment + timedelta(seconds=10, milliseconds=50),
+    )
+    client.force_login(owner)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'href="/jobs/{job.pk}/original/" download' in page
+    # A job that fails again says so, not only its attempts count.
+    assert "Failed again, on attempt 2: boom" in page
+    assert "Stages of attempt 2, times in UTC" in page
+    assert "+40 ms" in page and "+5 ms" in page
+    assert "." + f"{moment:%f}"[:3] + "</time>" in page  # milliseconds, not microseconds
+
+
+def test_the_original_is_reachable_with_an_api_token_and_from_the_job_answer(client, live_server):
+    import requests
+    from rest_framework.authtoken.models import Token
+
+    owner = UserFactory()
+    job = stored_job(owner, "toaster.png")
+    token = Token.objects.create(user=owner).key
+    for scheme in ("Token", "Bearer"):
+        answer = requests.get(
+            f"{live_server.url}/api/jobs/{job.pk}/", headers={"Authorization": f"{scheme} {token}"}
+        ).json()
+        url = answer["image"]["original_url"]
+        assert url == f"{live_server.url}/jobs/{job.pk}/original/"
+        original = requests.get(url, headers={"Authorization": f"{scheme} {token}"})
+        assert original.status_code == 200
+        assert original.content == (DATA / "toaster.png").read_bytes()
+    other = Token.objects.create(user=UserFactory()).key
+    refused = requests.get(url, headers={"Authorization": f"Token {other}"})
+    assert refused.status_code == 404
+    bad = requests.get(url, headers={"Authorization": "Token nope"})
+    assert bad.status_code == 401 and bad.json()["error"] == "Invalid token."
 
 
 def test_the_upload_page_warns_about_random_weights(client, settings):
@@ -109,6 +177,41 @@ def test_the_batch_page_counts_jobs_per_status_and_refreshes_while_unfinished(cl
     assert "data-live" not in client.get(f"/batches/{batch.pk}/").content.decode()
 
 
+def test_lists_show_no_image_for_a_job_that_failed_before_its_image_was_decoded(client):
+    """The image view can make no thumbnail of such a job: an <img> of it would be a broken
+    image. A job that failed later (in inference, say) keeps its thumbnail."""
+    owner = staff_user("view_job")
+    batch = BatchFactory(owner=owner)
+    common = {"owner": owner, "batch": batch, "status": Job.Status.FAILED}
+    never_decoded = JobFactory(seq=0, error="preprocessing failed: truncated", **common)
+    failed_later = JobFactory(seq=1, preprocessed_at=timezone.now(), **common)
+    purged = JobFactory(seq=2, image="", status=Job.Status.SUCCEEDED, owner=owner, batch=batch)
+    client.force_login(owner)
+    for url in ("/my/jobs/", f"/batches/{batch.pk}/", "/admin/predictions/job/"):
+        page = client.get(url).content.decode()
+        assert f"/jobs/{never_decoded.pk}/image/" not in page, url
+        assert f"/jobs/{purged.pk}/image/" not in page, url
+        assert f'src="/jobs/{failed_later.pk}/image/96/"' in page, url
+    for url in ("/my/jobs/", f"/batches/{batch.pk}/"):
+        page = client.get(url).content.decode()
+        assert page.count('<span class="placeholder">no image</span>') == 2, url
+    assert "no image" in client.get("/admin/predictions/job/").content.decode()
+
+
+def test_my_jobs_and_the_batch_page_say_in_which_time_zone_their_times_are(client, settings):
+    settings.TIME_ZONE = "Europe/Paris"
+    owner = UserFactory()
+    job = JobFactory(owner=owner, batch=BatchFactory(owner=owner), seq=0)
+    client.force_login(owner)
+    mine = client.get("/my/jobs/").content.decode()
+    assert "uploaded (CET)" in mine or "uploaded (CEST)" in mine
+    local = timezone.localtime(job.created_at, ZoneInfo("Europe/Paris"))
+    assert f'<time datetime="{local.isoformat()}">' in mine
+    batch = client.get(f"/batches/{job.batch_id}/").content.decode()
+    made = timezone.localtime(job.batch.created_at, ZoneInfo("Europe/Paris"))
+    assert "Made <time" in batch and f"{made:%Y-%m-%d %H:%M:%S %Z}</time>" in batch
+
+
 def test_the_owner_of_a_failed_job_tries_it_again_from_its_page(client):
     owner = UserFactory()
     job = JobFactory(owner=owner, status=Job.Status.FAILED, error="inference failed: boom")
@@ -138,7 +241,7 @@ def test_pages_and_images_are_hidden_from_other_users_but_shown_to_staff(client)
     urls = [f"/jobs/{job.pk}/", f"/batches/{batch.pk}/", f"/jobs/{job.pk}/image/96/"]
     client.force_login(UserFactory())
     assert [client.get(url).status_code for url in urls] == [404, 404, 404]
-    client.force_login(UserFactory(is_staff=True))
+    client.force_login(staff_user("view_job", "view_batch"))
     assert [client.get(url).status_code for url in urls] == [200, 200, 200]
     client.logout()
     # Signed out, the pages ask to sign in (the link may be one's own); the image does not.
@@ -182,12 +285,13 @@ def test_the_original_is_served_as_uploaded_to_the_owner_and_staff_only(client):
     assert response["Content-Type"] == "image/png"
     assert response["Content-Disposition"] == 'inline; filename="toaster.png"'
     assert response["X-Content-Type-Options"] == "nosniff"
-    client.force_login(UserFactory(is_staff=True))
+    client.force_login(staff_user("view_job"))
     assert client.get(url).status_code == 200
     client.force_login(UserFactory())
     assert client.get(url).status_code == 404
     client.logout()
-    assert client.get(url).status_code == 404
+    # Signed out, the owner's link leads to signing in first.
+    assert client.get(url)["Location"] == f"/accounts/login/?next={url}"
 
 
 def test_a_purged_original_is_not_found(client):

@@ -3,6 +3,7 @@
 import functools
 from datetime import timedelta
 
+import factory
 import pytest
 from confluent_kafka import KafkaException
 from django.conf import settings
@@ -19,8 +20,10 @@ from workers.services import register_version
 pytestmark = pytest.mark.django_db
 
 
-# Jobs waiting for their worker result, as the bridge finds them.
-make_job = functools.partial(JobFactory, top_k=2, status=Job.Status.SUBMITTED)
+# Jobs waiting for their worker result, as the bridge finds them (admitted a moment ago).
+make_job = functools.partial(
+    JobFactory, top_k=2, status=Job.Status.SUBMITTED, admitted_at=factory.LazyFunction(timezone.now)
+)
 
 
 def ok_result(job: Job, *labels: str) -> InferenceResult:
@@ -85,13 +88,14 @@ def test_a_batch_of_results_is_stored_at_once_and_redeliveries_change_nothing():
 
 def test_sweep_retries_a_stuck_job_then_fails_it_after_the_last_attempt():
     late = timezone.now() - timedelta(seconds=settings.JOB_TIMEOUT_SECONDS + 1)
-    job = make_job(attempt_started_at=late)
+    job = make_job(attempt_started_at=late, admitted_at=late)
     assert services.sweep_stuck_jobs() == (1, 0)
     job.refresh_from_db()
-    assert (job.status, job.attempts) == (Job.Status.QUEUED, 2)
+    # Back to wait for the dispatcher (no Celery here: nothing admits it meanwhile).
+    assert (job.status, job.attempts, job.admitted_at) == (Job.Status.QUEUED, 2, None)
 
     Job.objects.filter(pk=job.pk).update(
-        attempts=settings.JOB_MAX_ATTEMPTS, attempt_started_at=late
+        attempts=settings.JOB_MAX_ATTEMPTS, attempt_started_at=late, admitted_at=late
     )
     assert services.sweep_stuck_jobs() == (0, 1)
     job.refresh_from_db()
@@ -99,10 +103,12 @@ def test_sweep_retries_a_stuck_job_then_fails_it_after_the_last_attempt():
     assert f"no result after {settings.JOB_MAX_ATTEMPTS} attempts" in job.error
 
 
-def test_sweep_leaves_recent_and_finished_jobs_alone():
+def test_sweep_leaves_recent_finished_and_waiting_jobs_alone():
     late = timezone.now() - timedelta(seconds=settings.JOB_TIMEOUT_SECONDS + 1)
     make_job()
-    make_job(status=Job.Status.SUCCEEDED, attempt_started_at=late)
+    make_job(status=Job.Status.SUCCEEDED, attempt_started_at=late, admitted_at=late)
+    # Waiting its turn in the database for longer than the timeout: not stuck.
+    make_job(status=Job.Status.QUEUED, attempt_started_at=late, admitted_at=None)
     assert services.sweep_stuck_jobs() == (0, 0)
 
 

@@ -110,7 +110,7 @@ def test_celery_task_runs_on_a_real_worker_through_redis(celery_worker, django_u
     from predictions.tasks import sweep_stuck_jobs
 
     old = timezone.now() - timedelta(seconds=settings.JOB_TIMEOUT_SECONDS + 60)
-    job = JobFactory(attempts=settings.JOB_MAX_ATTEMPTS, attempt_started_at=old)
+    job = JobFactory(attempts=settings.JOB_MAX_ATTEMPTS, attempt_started_at=old, admitted_at=old)
     result = sweep_stuck_jobs.apply_async(ignore_result=False)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -12,6 +12,7 @@ from PIL import Image
 from inferencehub.processes import PYTHON, free_port, unique_celery_hostname
 from predictions.models import Job
 from stack import processes
+from stack.common import redis_url
 from stack.processes import AppProcess
 from tests.conftest import manage
 from tests.test_pipeline import wait_until_finished
@@ -84,7 +85,7 @@ def start_stack(start_process, process_env, prefix: str, model_env: dict) -> str
     run = process_env["INFERENCEHUB_TEST_RUN_ID"]
     env = {
         **kafka_names(f"test-{run}-{prefix}"),
-        "CELERY_BROKER_URL": "redis://127.0.0.1:16379/2",
+        "CELERY_BROKER_URL": redis_url(2),
         **model_env,
     }
     from django.test import override_settings

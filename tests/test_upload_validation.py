@@ -243,3 +243,33 @@ def test_text_named_jpg_and_declared_image_jpeg_is_rejected_by_its_bytes(client)
     assert response.status_code == 400
     assert "not an image" in response.json()["error"]
     assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("fields", "unknown"),
+    [({"topk": "3"}, "topk"), ({"priority": "high", "top_k": "3"}, "priority")],
+)
+def test_an_upload_field_it_does_not_know_is_refused_naming_it(client, fields, unknown):
+    response = upload(client, (DATA / "bolete.jpg").read_bytes(), **fields)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(f"{unknown}: unknown field; an upload takes: image,")
+    assert not Job.objects.exists()
+
+
+def test_an_upload_with_a_query_parameter_is_refused_naming_it(client):
+    file = SimpleUploadedFile("photo.jpg", (DATA / "bolete.jpg").read_bytes())
+    response = client.post("/api/jobs/?wait=10", {"image": file}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["error"] == "an upload takes no query parameters; got wait"
+    assert not Job.objects.exists()
+
+
+def test_too_many_files_are_refused_saying_so(client, settings):
+    files = [
+        SimpleUploadedFile(f"{n}.jpg", b"x", content_type="application/octet-stream")
+        for n in range(settings.DATA_UPLOAD_MAX_NUMBER_FILES + 1)
+    ]
+    response = client.post("/api/jobs/", {"image": files}, format="multipart")
+    assert response.status_code == 400
+    limit = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+    assert response.json()["error"] == f"too many files in one request; the limit is {limit}"

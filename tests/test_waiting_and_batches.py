@@ -130,3 +130,36 @@ def test_a_batch_exports_as_csv_and_json(api, user):
     assert api.get(url, params={"format": "xml"}).status_code == 400
     other = BatchFactory(owner=UserFactory())
     assert api.get(f"{api.base_url}/api/batches/{other.pk}/export").status_code == 404
+
+
+def test_a_batch_is_named_when_made_and_its_list_counts_its_jobs(api, user):
+    made = api.post(f"{api.base_url}/api/batches/", json={"name": "holiday photos"})
+    assert made.status_code == 201, made.text
+    assert made.json()["name"] == "holiday photos"
+    batch_id = made.json()["id"]
+    for n, status in enumerate([Job.Status.SUCCEEDED, Job.Status.FAILED, Job.Status.QUEUED]):
+        JobFactory(owner=user, batch_id=batch_id, seq=n, status=status)
+    [listed] = [b for b in api.get(f"{api.base_url}/api/batches/").json()["results"]]
+    assert listed["name"] == "holiday photos"
+    assert listed["counts"] == {"jobs": 3, "finished": 2, "failed": 1}
+    refused = api.post(f"{api.base_url}/api/batches/", json={"title": "x"})
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "title: unknown field; a batch takes only: name"
+
+
+def test_a_batch_is_deleted_with_its_jobs_by_its_owner_only(api, user, live_server):
+    from rest_framework.authtoken.models import Token
+
+    from tests.factories import staff_user
+
+    batch = BatchFactory(owner=user)
+    jobs = [JobFactory(owner=user, batch=batch, seq=n) for n in range(2)]
+    url = f"{api.base_url}/api/batches/{batch.pk}/"
+    for other, status in ((UserFactory(), 404), (staff_user("view_batch", "view_job"), 403)):
+        key = Token.objects.create(user=other).key
+        answer = requests.delete(url, headers={"Authorization": f"Token {key}"})
+        assert answer.status_code == status, answer.text
+    assert Job.objects.filter(batch=batch).count() == 2
+    assert api.delete(url).status_code == 204
+    assert not Job.objects.filter(pk__in=[job.pk for job in jobs]).exists()
+    assert api.get(url).status_code == 404

@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from inferencehub.processes import PYTHON, ManagedProcess, child_env, manage
 from kafka_wire.config import kafka_names
 from stack import processes
+from stack.common import redis_password, redis_url
 from stack.processes import AppProcess
 from tests.conftest import REPO
 from tests.distributed import hosts
@@ -55,6 +56,7 @@ STACK_ENV = {
     "STACK_KAFKA_PORT": str(KAFKA_PORT),
     "STACK_KAFKA_CONTROLLER_PORT": str(CONTROLLER_PORT),
 }
+STATE = REPO / STACK_ENV["STACK_DIR"]
 # Six partitions share evenly between one, two or three worker hosts.
 PARTITIONS = 6
 # Partitions move off a cut-off worker host well within the 30 s of scenario 2.
@@ -154,7 +156,10 @@ def app_env(name: str, **overrides: str) -> dict:
         # bootstrap keeps the demo password in the hosts' state folder.
         STACK_DIR=STACK_ENV["STACK_DIR"],
         DJANGO_ALLOWED_HOSTS=CORE.address,
-        CELERY_BROKER_URL=f"redis://{CORE.address}:6379/0",
+        # With the password the hosts' Redis made when it started (data_services.py).
+        CELERY_BROKER_URL=redis_url(
+            0, host=CORE.address, port=int(STACK_ENV["STACK_REDIS_PORT"]), state=STATE
+        ),
         KAFKA_BOOTSTRAP_SERVERS=KAFKA,
         KAFKA_REPLICATION_FACTOR="3",
         KAFKA_TOPIC_PARTITIONS=str(PARTITIONS),
@@ -244,6 +249,7 @@ def start_app(cluster) -> Iterator[Callable[..., HostedApp]]:
         # A previous scenario's leftover tasks would run in this one.
         subprocess.run(
             CORE.exec_argv(["redis-cli", "-h", CORE.address, "flushall"]),
+            env={**os.environ, "REDISCLI_AUTH": redis_password(STATE)},
             check=True,
             capture_output=True,
         )

@@ -43,9 +43,9 @@ def prepare(core: str, brokers: list[str]) -> dict:
         node.prepare()
     return {
         "mariadb": services.mariadb_argv(core),
-        # Redis refuses clients from other hosts in protected mode (no password here); the
-        # test hosts' network reaches nothing else.
-        "redis": [*services.redis_argv(core), "--protected-mode", "no"],
+        # With a password (in the state folder), as under `make run`: Redis then takes
+        # clients from the other hosts.
+        "redis": services.redis_argv(core),
         "kafka": [{"argv": node.argv(), "log": str(common.log_path(node.name))} for node in nodes],
         "kafka_started": kafka.KAFKA_STARTED_LINE,
     }

@@ -36,6 +36,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from inferencehub.processes import PYTHON, ManagedProcess, child_env, manage
 from kafka_wire.config import kafka_names
 from stack import processes
+from stack.common import redis_password, redis_url
 from stack.processes import AppProcess
 from tests.conftest import DATA, REPO, started_processes
 
@@ -57,6 +58,8 @@ DATABASE = {
     "password": "inferencehub",
     "database": "inferencehub",
 }
+FAULT_STATE = REPO / STACK_ENV["STACK_DIR"]
+REDIS_PORT = int(STACK_ENV["STACK_REDIS_PORT"])
 SINGLE_KAFKA = "127.0.0.1:28092"
 CLUSTER_KAFKA = "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094"
 WEB_PORT = 28000
@@ -96,7 +99,7 @@ class FaultStack:
 
 @dataclass
 class App:
-    """One scenario's app processes (web, celery, beat, two workers, bridge) and its API user."""
+    """One scenario's app processes (web, two Celery, beat, two workers, bridge) and its user."""
 
     name: str
     env: dict
@@ -112,17 +115,27 @@ class App:
     def start_process(self, process: AppProcess) -> ManagedProcess:
         # A restarted role gets a fresh log (bridge.log, then bridge-2.log, ...).
         role = process.name
-        runs = sum(1 for name in self.processes if name.split("-")[0] == role)
+        runs = len(self.runs_of(role))
         name = role if runs == 0 else f"{role}-{runs + 1}"
         managed = self.start(process, name=f"{self.name}-{name}")
         self.processes[name] = managed
         return managed
 
+    def runs_of(self, role: str) -> list[ManagedProcess]:
+        """The processes started for a role (celery: celery, celery-2, ...; not celery-results)."""
+        return [p for name, p in self.processes.items() if re.fullmatch(rf"{role}(-\d+)?", name)]
+
     def start_web(self) -> ManagedProcess:
         return self.start_process(processes.web(PYTHON, port=WEB_PORT))
 
-    def start_celery(self) -> ManagedProcess:
-        return self.start_process(processes.celery(PYTHON, hostname=f"{self.name}@%h"))
+    def start_celery(self) -> list[ManagedProcess]:
+        """Both Celery workers, as `make run` has them: preprocessing, and results."""
+        return [
+            self.start_process(processes.preprocess_celery(PYTHON, hostname=f"{self.name}@%h")),
+            self.start_process(
+                processes.results_celery(PYTHON, hostname=f"{self.name}-results@%h")
+            ),
+        ]
 
     def start_beat(self) -> ManagedProcess:
         schedule = str(LOG_DIR / f"{self.name}-beat-schedule")
@@ -140,7 +153,7 @@ class App:
 
     def current(self, role: str) -> ManagedProcess:
         """The latest process started for a role."""
-        return [p for name, p in self.processes.items() if name.split("-")[0] == role][-1]
+        return self.runs_of(role)[-1]
 
     def log_text(self) -> str:
         return "\n".join(p.log_path.read_text(errors="replace") for p in self.processes.values())
@@ -170,13 +183,25 @@ def app_env(name: str, kafka: str, **overrides: str) -> dict:
         database_url="mysql://{user}:{password}@{host}:{port}/{database}".format(**DATABASE),
         # The demo password file of bootstrap goes to the fault stack's folder.
         STACK_DIR=STACK_ENV["STACK_DIR"],
-        CELERY_BROKER_URL="redis://127.0.0.1:26379/0",
+        # With the password the fault stack's Redis made when it first started.
+        CELERY_BROKER_URL=redis_url(0, port=REDIS_PORT, state=FAULT_STATE),
         KAFKA_BOOTSTRAP_SERVERS=kafka,
         **kafka_names(name),
         MEDIA_ROOT=str(REPO / STACK_ENV["STACK_DIR"] / "media"),
         MODEL_WEIGHTS="random",
         **overrides,
     )
+
+
+def redis_cli(*args: str) -> str:
+    """redis-cli on the fault stack's Redis, its password in the environment, not argv."""
+    return subprocess.run(
+        ["redis-cli", "-p", str(REDIS_PORT), *args],
+        env={**os.environ, "REDISCLI_AUTH": redis_password(FAULT_STATE)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -204,9 +229,7 @@ def start_app(fault_stack) -> Iterator[Callable[..., App]]:
             name = f"faults-{scenario}-{uuid.uuid4().hex[:6]}"
             env = app_env(name, kafka, **overrides)
             # A previous scenario's leftover tasks would run in this one.
-            subprocess.run(
-                ["redis-cli", "-p", "26379", "flushall"], check=True, capture_output=True
-            )
+            redis_cli("flushall")
             # Schema, static files, this scenario's topics and its user, as under `make run`.
             output = run_manage(env, "bootstrap", "--username", name)
             clear_leftovers()

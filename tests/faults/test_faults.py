@@ -6,7 +6,6 @@ reported and never asserted (two shared cores make it vary widely)."""
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.faults.conftest import (
     MemorySampler,
     assert_nothing_lost,
     job_states,
+    redis_cli,
     settle,
     wait_for_progress,
 )
@@ -120,21 +120,22 @@ def test_a_celery_worker_killed_mid_task_still_finishes_every_job(start_app):
         kill_a_busy_pool_process(app)
         killed_at = time.monotonic()
         time.sleep(15)
-        # The whole node dies: its unacked tasks wait in Redis for the visibility timeout,
-        # then the restarted node takes them back.
-        celery = psutil.Process(app.current("celery").popen.pid)
+        # The whole nodes die (preprocessing and results): their unacked tasks wait in
+        # Redis for the visibility timeout, then the restarted nodes take them back.
+        nodes = [psutil.Process(app.current(role).popen.pid) for role in CELERY_ROLES]
         deadline = time.monotonic() + 60
         while int(redis_cli("hlen", "unacked")) == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)  # until the node holds a task
-        for process in [*celery.children(recursive=True), celery]:
-            process.kill()
+            time.sleep(0.01)  # until a node holds a task
+        for node in nodes:
+            for process in [*node.children(recursive=True), node]:
+                process.kill()
         unacked = int(redis_cli("hlen", "unacked"))
         time.sleep(5)
         app.start_celery()
         time.sleep(20)
     lost_in_child = "WorkerLostError" in app.processes["celery"].log_path.read_text()
     outcome = settle(
-        "SIGKILL a Celery pool process mid-task, then the whole Celery node (restarted)",
+        "SIGKILL a Celery pool process mid-task, then the whole Celery nodes (restarted)",
         app,
         stream,
         fault_at=killed_at,
@@ -143,6 +144,10 @@ def test_a_celery_worker_killed_mid_task_still_finishes_every_job(start_app):
         f"{resubmitted(app)}; visibility timeout 30 s, job timeout 60 s here",
     )
     assert_nothing_lost(outcome)
+
+
+# Every Celery node of an app (App.start_celery starts one of each).
+CELERY_ROLES = ("celery", "celery-results")
 
 
 def resubmitted(app) -> int:
@@ -170,12 +175,6 @@ def kill_a_busy_pool_process(app, attempts: int = 2000) -> None:
                 return
         time.sleep(0.005)
     celery.children()[0].kill()
-
-
-def redis_cli(*args: str) -> str:
-    return subprocess.run(
-        ["redis-cli", "-p", "26379", *args], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 @pytest.mark.parametrize("service", ["kafka", "mariadb", "redis"])

@@ -38,17 +38,27 @@
     });
   }
 
-  async function waitForJob(url) {
+  // As the job page's template writes it.
+  function queueText(queue) {
+    let text = queue.position ? `queued: ${queue.position} ahead of it` : "queued: next";
+    if (queue.estimated_start_s !== null) text += `, about ${queue.estimated_start_s} s`;
+    return text;
+  }
+
+  // While the job waits for admission the page asks with a short wait (its data-wait) and
+  // writes where the job stands from the answer; any other answer renders the page again.
+  async function waitForJob() {
     for (;;) {
       const live = document.getElementById("live");
       if (!live || !live.hasAttribute("data-live")) return;
       try {
-        const response = await fetch(url, { headers: { Accept: "application/json" } });
+        const response = await fetch(live.dataset.wait, { headers: { Accept: "application/json" } });
         const job = response.ok ? await response.json() : null;
-        if (job && response.headers.get("Retry-After") === null) {
-          await swap();
-          continue;
-        }
+        const held = job && response.headers.get("Retry-After") === null;
+        const queue = document.getElementById("queue");
+        if (job && job.queue && queue) queue.textContent = queueText(job.queue);
+        else if (held) await swap();
+        if (held) continue;
       } catch (error) {
         // A network blip: ask again after the pause.
       }
@@ -58,7 +68,7 @@
 
   const live = document.getElementById("live");
   if (live && live.dataset.events) listen(live.dataset.events);
-  else if (live && live.dataset.wait) waitForJob(live.dataset.wait);
+  else if (live && live.dataset.wait) waitForJob();
 
   // An image that cannot be shown (its stored original deleted by hand, say) becomes a
   // note instead of a broken-image icon; images of swapped-in parts are caught too.

@@ -3,12 +3,13 @@
 // then reports each job's changes until every job has finished.
 (function () {
   const FINISHED = ["succeeded", "failed"];
-  const DONE = [...FINISHED, "refused"];
   // An upload whose answer did not come (the network failed, or the server took longer
   // than this) is sent again, up to ATTEMPTS times in all, with the Idempotency-Key of its
   // first try: if the server did store it, the resend answers with that job, not a second.
   const ATTEMPTS = 4;
   const TIMEOUT_MS = 120000;
+  // While some job waits for admission, where the batch stands is asked for this often.
+  const QUEUE_POLL_MS = 5000;
   const form = document.getElementById("upload");
   const picker = document.getElementById("files");
   const dropzone = document.getElementById("dropzone");
@@ -22,6 +23,8 @@
   const entries = new Map(); // job id -> the list item's parts
   let batchId = null; // a promise, so images uploaded at once share one batch
   let stream = null; // the batch's EventSource while some job is unfinished
+  let queue = null; // where the batch's waiting jobs stand (the batch detail's "queue")
+  let watchingQueue = false;
 
   function element(tag, className, text) {
     const node = document.createElement(tag);
@@ -46,12 +49,21 @@
     return ol;
   }
 
+  // "2/5 done, 1 failed, 3 refused": a refused upload made no job, so it is counted apart
+  // from the jobs, not as one done.
   function showOverall() {
     const count = (status) => allEntries.filter((entry) => entry.last === status).length;
-    const done = allEntries.filter((entry) => DONE.includes(entry.last)).length;
-    let text = `${done}/${allEntries.length} done`;
-    for (const status of ["failed", "refused"]) {
-      if (count(status)) text += `, ${count(status)} ${status}`;
+    const refused = count("refused");
+    const accepted = allEntries.length - refused;
+    const done = allEntries.filter((entry) => FINISHED.includes(entry.last)).length;
+    const parts = [];
+    if (accepted) parts.push(`${done}/${accepted} done`);
+    if (count("failed")) parts.push(`${count("failed")} failed`);
+    if (refused) parts.push(`${refused} refused`);
+    let text = parts.join(", ");
+    if (queue && count("queued")) {
+      text += `, ${queue.waiting} queued: ${queue.ahead ? `${queue.ahead} ahead of them` : "next"}`;
+      if (queue.estimated_start_s !== null) text += `, about ${queue.estimated_start_s} s`;
     }
     overall.textContent = text;
     overall.hidden = false;
@@ -67,6 +79,8 @@
   // "refused": the server turned the upload down and made no job; "failed": a job that
   // ran and failed, or an upload that never reached the server.
   function fail(entry, reason, status = "failed") {
+    // The API's refusals name the file ("photo.jpg: ..."); the card's title already does.
+    if (reason.startsWith(`${entry.name}: `)) reason = reason.slice(entry.name.length + 2);
     entry.progress.hidden = true;
     setStatus(entry, status);
     entry.result.replaceChildren(element("p", "error", reason));
@@ -106,7 +120,7 @@
     entry.progress.setAttribute("aria-label", `upload of ${file.name}`);
     body.append(entry.title, entry.status, entry.progress, entry.result);
     item.append(thumb, body);
-    list.prepend(item);
+    list.append(item); // in the order the files were chosen
     allEntries.push(entry);
     showOverall();
     return entry;
@@ -181,6 +195,7 @@
       entries.set(job.id, entry);
       show(entry, job);
       listen();
+      watchQueue();
     };
     xhr.send(data);
   }
@@ -192,6 +207,28 @@
       const key = newKey();
       ensureBatch().then((batch) => send(file, batch, entry, key), (error) => fail(entry, error.message));
     }
+  }
+
+  // The event stream tells of the jobs' changes, not of the jobs ahead of them: the
+  // batch's detail says where its waiting jobs stand.
+  async function watchQueue() {
+    if (watchingQueue) return;
+    watchingQueue = true;
+    while (allEntries.some((entry) => entry.last === "queued")) {
+      try {
+        const url = `/api/batches/${await batchId}/?page_size=1`;
+        const response = await fetch(url, { headers: { Accept: "application/json" } });
+        if (response.ok) {
+          queue = (await response.json()).queue;
+          showOverall();
+        }
+      } catch (error) {
+        // A network blip: ask again after the pause.
+      }
+      await new Promise((resolve) => setTimeout(resolve, QUEUE_POLL_MS));
+    }
+    queue = null;
+    watchingQueue = false;
   }
 
   function unfinished() {
@@ -215,18 +252,34 @@
     });
   }
 
+  // A visible alert: role="alert" has screen readers read it out too.
+  function complain(message, field) {
+    formMessage.textContent = message;
+    formMessage.hidden = false;
+    field.focus();
+  }
+
+  // The page checks the form itself (the form has novalidate): the browser's own bubble
+  // would leave an earlier message on the page, and says nothing to some screen readers.
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    if (!picker.files.length) {
-      // A visible alert: role="alert" has screen readers read it out too.
-      formMessage.textContent = "Choose one or more images first.";
-      formMessage.hidden = false;
-      picker.focus();
-      return;
+    if (!picker.files.length) return complain("Choose one or more images first.", picker);
+    if (!topK.checkValidity() || topK.value === "") {
+      return complain(`Top-k must be a whole number from ${topK.min} to ${topK.max}.`, topK);
     }
     upload([...picker.files]);
     picker.value = "";
   });
+  // Choosing files answers "Choose one or more images first."
+  picker.addEventListener("change", () => { formMessage.hidden = true; });
+
+  // Dropped files join the chosen ones; like them, they wait for the Upload button.
+  function addToSelection(files) {
+    const selection = new DataTransfer();
+    for (const file of [...picker.files, ...files]) selection.items.add(file);
+    picker.files = selection.files;
+    picker.dispatchEvent(new Event("change"));
+  }
   // The drop zone is a button, so Enter and Space open the picker as a click does.
   dropzone.addEventListener("click", () => picker.click());
   dropzone.addEventListener("dragover", (e) => { e.preventDefault(); dropzone.classList.add("over"); });
@@ -237,6 +290,6 @@
   dropzone.addEventListener("drop", (e) => {
     e.preventDefault();
     dropzone.classList.remove("over");
-    upload([...e.dataTransfer.files]);
+    addToSelection(e.dataTransfer.files);
   });
 })();
