@@ -18,7 +18,7 @@ from rest_framework.settings import api_settings
 from inferencehub.errors import error_response
 from predictions import selectors, services
 from predictions.models import Job
-from predictions.throttles import AnonThrottle
+from predictions.throttles import AnonThrottle, UserThrottle
 
 
 def _require_enabled() -> None:
@@ -56,22 +56,28 @@ def _user(request: HttpRequest):
     return Request(request, authenticators=authenticators).user
 
 
-def _anonymous_refusal(request: HttpRequest, user) -> HttpResponse | None:
-    """None when the caller may go on: a signed-in one, or an anonymous one while
-    SEED_API_ANONYMOUS is on and their address is within API_THROTTLE_ANON (counted with
-    the REST API's anonymous requests). Otherwise the error to answer."""
-    if user.is_authenticated:
-        return None
-    if not settings.SEED_API_ANONYMOUS:
+def _refusal(request: HttpRequest, user) -> HttpResponse | None:
+    """None when the caller may upload or register: a signed-in one, or an anonymous one
+    while SEED_API_ANONYMOUS is on, within the rates (_throttled). Otherwise the error."""
+    if not user.is_authenticated and not settings.SEED_API_ANONYMOUS:
         return error_response(
             "the seed API needs credentials (Authorization: Token <token>): "
             "calls without them are switched off (SEED_API_ANONYMOUS)",
             401,
         )
-    throttle = AnonThrottle()
+    return _throttled(request, user)
+
+
+def _throttled(request: HttpRequest, user) -> HttpResponse | None:
+    """A 429 once the caller is over the REST API's rates, counted with its requests: per
+    signed-in user (API_THROTTLE_USER), else per address (API_THROTTLE_ANON)."""
+    # The throttles read the caller from request.user, which the token sets only here.
+    request.user = user
+    throttle = UserThrottle() if user.is_authenticated else AnonThrottle()
     if throttle.allow_request(request, None):
         return None
-    response = error_response("too many requests from this address; try again later", 429)
+    who = "this user" if user.is_authenticated else "this address"
+    response = error_response(f"too many requests from {who}; try again later", 429)
     response["Retry-After"] = str(math.ceil(throttle.wait()))
     return response
 
@@ -87,7 +93,7 @@ def register(request):
         caller = _user(request)
     except APIException as exc:
         return error_response(str(exc.detail), exc.status_code)
-    if (refusal := _anonymous_refusal(request, caller)) is not None:
+    if (refusal := _refusal(request, caller)) is not None:
         return refusal
     # Never the caller's: the uuid is the capability, and batch ids show in page URLs.
     return JsonResponse({"uuid": str(services.create_batch(owner=None).pk)})
@@ -102,7 +108,7 @@ def image(request):
         uploader = _user(request)
     except APIException as exc:
         return error_response(str(exc.detail), exc.status_code)
-    if (refusal := _anonymous_refusal(request, uploader)) is not None:
+    if (refusal := _refusal(request, uploader)) is not None:
         return refusal
     try:
         upload = services.upload_images(
@@ -136,7 +142,15 @@ def result(request):
     _require_enabled()
     raw = request.GET.get("uuid")
     try:
-        batch = selectors.usable_batch(_batch_id(raw), _user(request))
+        caller = _user(request)
+    except APIException as exc:
+        return error_response(str(exc.detail), exc.status_code)
+    # Reading a batch by its uuid stays open to anonymous callers (the uuid is the
+    # capability), within the same rates.
+    if (refusal := _throttled(request, caller)) is not None:
+        return refusal
+    try:
+        batch = selectors.usable_batch(_batch_id(raw), caller)
         seq_start = _int_field(request.GET, "seqStart")
         seq_end = _int_field(request.GET, "seqEnd")
     except ValueError as exc:

@@ -341,3 +341,16 @@ def test_the_job_list_reads_no_distinct_values_of_the_jobs_table(client, operato
         assert client.get(JOBS_URL).status_code == 200
     scans = [q["sql"] for q in queries if "DISTINCT" in q["sql"] and "predictions_job" in q["sql"]]
     assert scans == []
+
+
+def test_a_search_by_label_or_file_name_reads_no_distinct_join(client, operator):
+    job, other = JobFactory(original_name="garden.jpg"), JobFactory(original_name="hen.jpg")
+    PredictionFactory(job=job, label="hen-of-the-woods")
+    PredictionFactory(job=job, rank=2, label="hen")
+    PredictionFactory(job=other, label="goldfish")
+    with CaptureQueriesContext(connection) as queries:
+        found = client.get(JOBS_URL, {"q": "hen"}).context["cl"].result_list
+    # Once each, though both its predictions match, and the file name matches as well.
+    assert sorted(j.pk for j in found) == sorted([job.pk, other.pk])
+    listing = [q["sql"] for q in queries if "FROM `predictions_job`" in q["sql"]]
+    assert listing and not any("DISTINCT" in sql for sql in listing)

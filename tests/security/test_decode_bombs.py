@@ -263,3 +263,20 @@ def test_the_seed_apis_anonymous_callers_are_throttled_per_address(settings):
     assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
     assert int(answers[3]["Retry-After"]) > 0
     assert other.post("/register").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_seed_apis_signed_in_callers_and_results_are_throttled_too(settings):
+    settings.API_THROTTLE_USER = "2/minute"
+    settings.API_THROTTLE_ANON = "2/minute"
+    if time.time() % 60 > 55:
+        time.sleep(6)
+    token = Token.objects.create(user=UserFactory()).key
+    client = Client(REMOTE_ADDR="198.51.100.5")
+    signed_in = [client.post("/register", HTTP_AUTHORIZATION=f"Token {token}") for _ in range(3)]
+    assert [answer.status_code for answer in signed_in] == [200, 200, 429]
+    assert signed_in[2].json()["error"] == "too many requests from this user; try again later"
+    batch = Batch.objects.create(owner=None)
+    query = {"uuid": batch.pk, "seqStart": 0, "seqEnd": 9}
+    results = [Client(REMOTE_ADDR="198.51.100.6").get("/result", query) for _ in range(3)]
+    assert [answer.status_code for answer in results] == [200, 200, 429]
