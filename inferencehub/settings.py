@@ -233,6 +233,8 @@ AXES_LOCKOUT_CALLABLE = "inferencehub.errors.sign_in_locked_out"
 # the tables the cache handler leaves empty.
 AXES_DISABLE_ACCESS_LOG = True
 AXES_ENABLE_ADMIN = False
+# Its start-up banner would be a line in every command's output; lockouts are still logged.
+AXES_VERBOSE = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
