@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -130,9 +131,14 @@ class Watch:
         self._event = asyncio.Event() if loop is not None else None
         # Whether its channels are subscribed; the listener sets it when it (re)connects.
         self.told = False
+        # When (time.monotonic()) the reason to look again arose: a reading of the database
+        # begun later sees what it was told of (the change was committed before it was told).
+        self.woken_at = -math.inf
+        self.reason_at = -math.inf
 
     def wake(self) -> None:
         """From the listener's thread."""
+        self.woken_at = time.monotonic()
         self._flag.set()
         if self._loop is not None:
             with contextlib.suppress(RuntimeError):  # its loop has just ended
@@ -154,6 +160,7 @@ class Watch:
         self._event.clear()
         woken = self._flag.is_set()
         self._flag.clear()
+        self.reason_at = self.woken_at if woken else time.monotonic()
         return woken or polling
 
     def wait_sync(self, until: float) -> bool:

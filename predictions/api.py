@@ -1,12 +1,15 @@
 """The REST API under /api/: jobs, batches and the models served."""
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -432,10 +435,15 @@ def batch_counts(batch) -> dict:
     }
 
 
+log = logging.getLogger(__name__)
+
 # How long one event stream lasts: the browser then reconnects, from its last event.
 STREAM_SECONDS = WAIT_MAX_SECONDS
 # A stream looks at its batch at most this often, however many changes are told.
 STREAM_LOOK_SECONDS = 0.5
+# A shared reading holds the jobs finished this much longer ago than a stream lasts: a
+# stream's own `since` after its first look is never older than its start.
+READING_SLACK_SECONDS = 5
 # A comment this often keeps proxies from closing a quiet stream.
 KEEPALIVE_SECONDS = 10
 RETRY_LATER = "retry: 5000\n: every held request of this process is taken\n\n"
@@ -443,6 +451,65 @@ RETRY_LATER = "retry: 5000\n: every held request of this process is taken\n\n"
 
 def _event(kind: str, event_id: int, data) -> str:
     return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, cls=JSONEncoder)}\n\n"
+
+
+def recent_jobs(batch, *, since: datetime) -> list[Job]:
+    """The batch's jobs that may have changed since `since`: the unfinished ones and those
+    finished since (finished jobs do not change until retried, which unsets finished_at),
+    with what their answers show."""
+    looked_at = batch.jobs.filter(Q(finished_at__isnull=True) | Q(finished_at__gte=since))
+    return list(
+        looked_at.select_related("routed_to__model", "owner")
+        .prefetch_related("predictions")
+        .order_by("seq", "pk")
+    )
+
+
+@dataclass
+class BatchReading:
+    """One reading of a batch's recent jobs, shared by the held process's streams of it."""
+
+    begun: float = -math.inf  # time.monotonic() when its query began
+    now: datetime | None = None
+    jobs: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    streams: int = 0
+
+
+_readings: dict = {}
+
+
+async def shared_reading(batch, *, after: float) -> BatchReading:
+    """A reading of the batch begun after `after` (when the stream was told of a change):
+    the first stream woken by a change reads, the others woken by the same change take its
+    reading. So a batch watched by a thousand pages costs one query per change, not a
+    thousand, and the process's one thread for sync code stays free for the others."""
+    reading = _readings[batch.pk]
+    async with reading.lock:
+        if reading.begun <= after:
+            begun = time.monotonic()
+            now = timezone.now()
+            since = now - timedelta(seconds=STREAM_SECONDS + READING_SLACK_SECONDS)
+            jobs, counts = await sync_to_async(
+                lambda: (recent_jobs(batch, since=since), batch_counts(batch))
+            )()
+            reading.begun, reading.now, reading.jobs, reading.counts = begun, now, jobs, counts
+            log.debug("batch %s read for its %d streams", batch.pk, reading.streams)
+    return reading
+
+
+@contextlib.contextmanager
+def streaming(batch) -> Iterator[None]:
+    """Counts the held process's streams of a batch; its reading goes with the last."""
+    reading = _readings.setdefault(batch.pk, BatchReading())
+    reading.streams += 1
+    try:
+        yield
+    finally:
+        reading.streams -= 1
+        if not reading.streams:
+            del _readings[batch.pk]
 
 
 class BatchStream:
@@ -461,14 +528,17 @@ class BatchStream:
     def look(self) -> str:
         """The events of one look, "" when nothing changed."""
         now = timezone.now()
-        # Finished jobs do not change until retried, which unsets finished_at.
-        looked_at = self.batch.jobs.filter(
-            Q(finished_at__isnull=True) | Q(finished_at__gte=self.since)
-        )
+        jobs = recent_jobs(self.batch, since=self.since)
+        return self.events_of(jobs, lambda: batch_counts(self.batch), now=now)
+
+    def events_of(self, jobs: list[Job], counts, *, now: datetime) -> str:
+        """The events for a reading of the batch's jobs taken at `now`: those changed since
+        this stream's last look; counts() only when some did (or on the first look)."""
         changed = [
             job
-            for job in looked_at.prefetch_related("predictions").order_by("seq", "pk")
-            if self.known.get(job.pk) != (job.status, job.attempts)
+            for job in jobs
+            if (job.finished_at is None or job.finished_at >= self.since)
+            and self.known.get(job.pk) != (job.status, job.attempts)
         ]
         # A second of overlap: a job finishing during this look is seen by the next.
         self.since = now - timedelta(seconds=1)
@@ -479,7 +549,7 @@ class BatchStream:
             if self.context is not None:
                 text += _event("job", event_id, JobSerializer(job, context=self.context).data)
         if changed or self.first:
-            text += _event("counts", event_id, batch_counts(self.batch))
+            text += _event("counts", event_id, counts())
             self.first = False
         return text
 
@@ -511,7 +581,7 @@ class BatchStream:
 
     async def async_events(self) -> AsyncIterator[str]:
         """For the held process's event loop: holds no thread."""
-        with holding.held_slot() as held:
+        with holding.held_slot() as held, streaming(self.batch):
             if not held:
                 yield RETRY_LATER
                 return
@@ -525,7 +595,14 @@ class BatchStream:
                     if look:
                         await asyncio.sleep(looked + STREAM_LOOK_SECONDS - time.monotonic())
                         looked = time.monotonic()
-                        if text := await sync_to_async(self.look)():
+                        if self.first:  # from the client's own `since`
+                            text = await sync_to_async(self.look)()
+                        else:
+                            reading = await shared_reading(self.batch, after=watch.reason_at)
+                            text = await sync_to_async(self.events_of)(
+                                reading.jobs, lambda r=reading: r.counts, now=reading.now
+                            )
+                        if text:
                             yield text
                             spoke = looked
                     if time.monotonic() >= deadline:

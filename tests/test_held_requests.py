@@ -205,3 +205,49 @@ def test_the_held_process_middleware_answers_errors_in_the_apps_shape(held_port)
     page = requests.get(f"{base}/no/such/page/", timeout=10)
     assert page.status_code == 404 and page.headers["Content-Type"].startswith("text/html")
     assert "/no/such/page/" in page.text
+
+
+def test_many_streams_of_one_batch_share_one_reading_per_change(start_process, user, token):
+    port = free_port()
+    held = start_process(
+        processes.held(PYTHON, port=port, name="held-readings"),
+        HELD_POLL_SECONDS="600",
+        LOG_LEVEL="DEBUG",
+    )
+    batch = BatchFactory(owner=user)
+    jobs = [
+        JobFactory(owner=user, batch=batch, seq=n, status=Job.Status.SUBMITTED) for n in range(3)
+    ]
+    path = f"/api/batches/{batch.pk}/events/?since=0"
+    streams = 40
+
+    async def stream_until_succeeded(first_look: asyncio.Event, seen: list) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Token {token}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        while line := await reader.readline():
+            if line.startswith(b"event: counts"):
+                seen.append("counts")
+                if len(seen) == streams:
+                    first_look.set()
+            if line.startswith(b"data: ") and b'"status": "succeeded"' in line:
+                writer.close()
+                return
+
+    async def scenario() -> None:
+        first_look, seen = asyncio.Event(), []
+        tasks = [
+            asyncio.create_task(stream_until_succeeded(first_look, seen)) for _ in range(streams)
+        ]
+        await asyncio.wait_for(first_look.wait(), 30)  # every stream has made its own look
+        await asyncio.to_thread(finish, jobs[:1])
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)  # every stream was told
+
+    asyncio.run(scenario())
+    readings = held.log_path.read_text().count(f"batch {batch.pk} read for its")
+    # One change, forty streams: one shared reading (two if a stream's wake came while it
+    # was being taken), not one per stream.
+    assert 1 <= readings <= 2, readings
