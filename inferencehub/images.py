@@ -1,6 +1,7 @@
 """Image checks at upload and preprocessing for the model, both judged by the bytes alone."""
 
 import io
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO
@@ -177,21 +178,33 @@ def prepare_upload(file: BinaryIO, *, size: int, thumbnail_sizes: tuple[int, ...
     Applies EXIF orientation, flattens transparency onto white and takes the centre square,
     resampled to size x size. A JPEG is decoded at a reduced DCT scale: the fastest path
     measured, within a stated bound of a full-size decode (docs/performance.md, "Decoding").
-    The thumbnails are made from the same decode, so a JPEG's are at most the size of its
-    DCT-scaled decode (for a 12 MP photo 500x375: no less than size on either side).
+    The thumbnails are made from the same decode, which a JPEG's DCT scale keeps large
+    enough for the largest of them (a 12 MP photo still decodes at 1/8, 500x375).
     """
     with Image.open(file, formats=ACCEPTED_FORMATS) as image:
         original = image.size
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         if image.format == "JPEG":
             # libjpeg-turbo decodes at the smallest DCT scale (1/2, 1/4, 1/8) that leaves
-            # at least size pixels per side.
-            image.draft("RGB", (size, size))
+            # at least this many pixels per side.
+            image.draft("RGB", draft_size(original, size, max(thumbnail_sizes, default=0)))
         decoded = _flatten_onto_white(image)
         return Prepared(
             model_input=model_input(decoded, original=original, size=size, orientation=orientation),
             thumbnails=_thumbnails(decoded, thumbnail_sizes, orientation=orientation),
         )
+
+
+def draft_size(original: tuple[int, int], size: int, thumbnail: int) -> tuple[int, int]:
+    """The least decoded size that gives the model `size` pixels per side and the largest
+    thumbnail its longer side (`thumbnail`, or the original's when smaller)."""
+    width, height = original
+    longest = max(width, height)
+    wanted = min(thumbnail, longest)
+    return (
+        max(size, math.ceil(wanted * width / longest)),
+        max(size, math.ceil(wanted * height / longest)),
+    )
 
 
 # Pillow first shrinks by an integer factor (box filter) while the remaining scale stays

@@ -129,3 +129,20 @@ def test_decode_comparison_times_every_path_and_its_difference_from_a_full_decod
             assert figures.get("cpu_ms", 0) > 0 or "skipped" in figures, (group, name)
     table = "\n".join(decoding_lines({"decoding": results}))
     assert "| in use: prepare_for_model |" in table and "PNG 2 MP" in table
+
+
+@pytest.mark.parametrize(("width", "height"), [(640, 480), (4000, 3000), (300, 200)])
+def test_a_jpegs_largest_thumbnail_is_full_size_whatever_its_dct_scale(width, height):
+    import io
+
+    from PIL import Image
+
+    from inferencehub.images import prepare_upload
+
+    photo = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 140, 60)).save(photo, "JPEG")
+    photo.seek(0)
+    prepared = prepare_upload(photo, size=224, thumbnail_sizes=(96, 480))
+    with Image.open(io.BytesIO(prepared.thumbnails[480])) as thumb:
+        assert max(thumb.size) == min(480, max(width, height))
+    assert prepared.model_input.shape == (224, 224, 3)
