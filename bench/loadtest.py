@@ -247,7 +247,12 @@ def b_under_backlog(
         a_jobs += upload(a, users.base_url, backlog[start : start + per_request])
     log(f"A queued {len(a_jobs)} jobs in {time.monotonic() - started:.1f} s; B uploads one")
     b_ms = result_latency_ms(session(users.token_b), users.base_url, image)
-    return {"a_jobs": len(a_jobs), "b_ms": b_ms, "ratio_to_light": b_ms / light_ms}
+    return {
+        "a_jobs": len(a_jobs),
+        "a_job_ids": a_jobs,
+        "b_ms": b_ms,
+        "ratio_to_light": b_ms / light_ms,
+    }
 
 
 def median(values: list[float]) -> float:

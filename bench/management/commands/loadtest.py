@@ -34,6 +34,21 @@ def big_webp(megapixels: float) -> bytes:
     return out.getvalue()
 
 
+def throughput(job_ids: list[str], timeout_s: float = 1800) -> dict:
+    """A's jobs once all have finished: how many per second the stack stored, from the first
+    upload to the last result (its saturation throughput, front door included)."""
+    deadline = time.monotonic() + timeout_s
+    jobs = Job.objects.filter(pk__in=job_ids)
+    while jobs.exclude(status__in=Job.FINISHED).exists():
+        if time.monotonic() > deadline:
+            raise CommandError(f"A's jobs unfinished after {timeout_s} s")
+        time.sleep(1)
+    first = min(jobs.values_list("created_at", flat=True))
+    last = max(jobs.values_list("finished_at", flat=True))
+    failed = jobs.filter(status=Job.Status.FAILED).count()
+    return {"a_jobs_per_s": len(job_ids) / (last - first).total_seconds(), "a_failed": failed}
+
+
 class Command(BaseCommand):
     help = (
         "Load test the running stack: /healthz and a job read under open event streams, "
@@ -114,6 +129,7 @@ class Command(BaseCommand):
                 light_ms=light_median,
                 log=self.stdout.write,
             )
+            report["backlog"].update(throughput(report["backlog"].pop("a_job_ids")))
             self.stdout.write(f"backlog: {json.dumps(report['backlog'])}")
         if "big" in parts:
             big = ("big.webp", big_webp(options["big_megapixels"]))
@@ -126,6 +142,7 @@ class Command(BaseCommand):
                 light_ms=light_median,
                 log=self.stdout.write,
             )
+            report["big"].update(throughput(report["big"].pop("a_job_ids")))
             self.stdout.write(f"big: {json.dumps(report['big'])}")
 
         out = Path(options["out"])
