@@ -10,6 +10,9 @@ WEB_URL = http://127.0.0.1:$(or $(STACK_WEB_PORT),8000)
 SERVED_MODEL = $(shell python3 -c 'from stack.processes import SERVED_MODEL; print(SERVED_MODEL)')
 # The bearer token the web's /metrics asks for (METRICS_TOKEN), made on the first run.
 METRICS_TOKEN_FILE = $(or $(STACK_DIR),.stack)/metrics-token
+# The app runs with DEBUG off, as in production (plain HTTP on loopback: no HTTPS
+# redirect, cookies not marked secure), with a secret key made on the first run.
+SECRET_KEY_FILE = $(or $(STACK_DIR),.stack)/secret-key
 
 .DEFAULT_GOAL := help
 .PHONY: help install services run test test-fast test-faults test-distributed bench k8s-render stop status lint format clean
@@ -27,10 +30,13 @@ run: services ## Bootstrap (schema, static, the served model, topics, demo user)
 	@echo "Checking that the workers' model weights load (falls back to random weights)..."
 	@echo "Exporting the fastest model package that passes the faithfulness gate (once, cached in .stack/)..."
 	test -s $(METRICS_TOKEN_FILE) || (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > $(METRICS_TOKEN_FILE))
+	test -s $(SECRET_KEY_FILE) || (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(50))' > $(SECRET_KEY_FILE))
 	weights=$$($(PY) manage.py resolve_weights) && \
 	  package=$$($(PY) manage.py ensure_model_package --weights $$weights) && \
 	  $(PY) manage.py bootstrap --model $(SERVED_MODEL) --package "$$package" --weights $$weights && \
 	  MODEL_WEIGHTS=$$weights SEED_API_ANONYMOUS=$${SEED_API_ANONYMOUS:-true} \
+	  DJANGO_DEBUG=$${DJANGO_DEBUG:-false} DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$$(cat $(SECRET_KEY_FILE))} \
+	  DJANGO_SECURE_SSL_REDIRECT=$${DJANGO_SECURE_SSL_REDIRECT:-false} DJANGO_SECURE_COOKIES=$${DJANGO_SECURE_COOKIES:-false} \
 	  METRICS_TOKEN=$${METRICS_TOKEN:-$$(cat $(METRICS_TOKEN_FILE))} $(STACK) up all && \
 	  echo "" && echo "Workers serve $(SERVED_MODEL): $$($(PY) manage.py ensure_model_package --weights $$weights --describe)"
 	@echo ""

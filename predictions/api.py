@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.handlers.asgi import ASGIRequest
 from django.db import DatabaseError, connection
 from django.db.models import Count, Q, QuerySet
@@ -73,6 +73,10 @@ def exception_handler(exc, context):
             f"too many files in one request; the limit is {settings.DATA_UPLOAD_MAX_NUMBER_FILES}",
             400,
         )
+    if isinstance(exc, RequestDataTooBig):
+        # A form or JSON body over what Django reads into memory; files are limited apart.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(f"the request's fields are over the limit of {limit} bytes", 413)
     if isinstance(exc, TooManyFieldsSent):
         limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
         return error_response(f"too many form fields in one request; the limit is {limit}", 400)

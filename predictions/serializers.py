@@ -416,7 +416,8 @@ def batch_events_query(query, last_event_id: str | None) -> dict:
         field = serializers.IntegerField(min_value=0, max_value=EPOCH_MS_MAX)
         if not (last_event_id.isascii() and last_event_id.isdigit()):
             raise serializers.ValidationError(
-                {"Last-Event-ID": [f"must be an event id (epoch ms), got {last_event_id!r}"]}
+                # Not echoed: a header's bytes come decoded as Latin-1 and would read garbled.
+                {"Last-Event-ID": ["must be an event id: the digits of an epoch in ms"]}
             )
         try:
             checked["since"] = field.run_validation(last_event_id)

@@ -28,8 +28,8 @@ KAFKA_CLUSTER_PORT = int(os.environ.get("STACK_KAFKA_CLUSTER_PORT", "19192"))
 KAFKA_SECURE_PORT = int(os.environ.get("STACK_KAFKA_SECURE_PORT", "19392"))
 # The S3 server (s3proxy) for stored originals shared by several hosts.
 S3_PORT = int(os.environ.get("STACK_S3_PORT", "19480"))
-# Loopback only unless STACK_WEB_HOST says otherwise: the demo runs with DEBUG on and a
-# staff user, which must not be reachable from other machines by default.
+# Loopback only unless STACK_WEB_HOST says otherwise: the demo has a staff user, which
+# must not be reachable from other machines by default.
 WEB_HOST = os.environ.get("STACK_WEB_HOST", "127.0.0.1")
 WEB_PORT = int(os.environ.get("STACK_WEB_PORT", "8000"))
 # nginx serves WEB_HOST:WEB_PORT; gunicorn behind it listens on loopback only, here.

@@ -1,6 +1,7 @@
 """Errors in one shape: JSON {"error": ...} from the API and the seed API, a branded page
 from the web pages, never Django's debug page (make run runs with DEBUG on)."""
 
+import json
 import uuid
 
 import pytest
@@ -123,3 +124,13 @@ def test_a_signed_in_user_gets_404_for_someone_elses_job(client):
     client.force_login(JobFactory().owner)
     response = client.get(f"/jobs/{job.pk}/")
     assert response.status_code == 404 and b"InferenceHub" in response.content
+
+
+def test_a_json_body_over_the_memory_limit_answers_413_saying_so(api, settings):
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = json.dumps({"name": "x" * (limit + 1)})
+    response = api.post(
+        f"{api.base_url}/api/batches/", data=body, headers={"Content-Type": "application/json"}
+    )
+    error = assert_json_error(response, 413)["error"]
+    assert error == f"the request's fields are over the limit of {limit} bytes"
