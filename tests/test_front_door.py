@@ -5,6 +5,7 @@ import http.client
 import json
 import re
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -135,7 +136,11 @@ def test_only_held_requests_go_to_the_held_process(small_front_door, proxy_dir):
     }
     for path in paths:
         requests.get(f"{small_front_door}{path}", timeout=10)
-    assert {path: upstreams(proxy_dir)[path] for path in paths} == paths
+    # nginx writes a request's log line as it finishes with it, a moment after the answer.
+    deadline = time.monotonic() + 10
+    while not set(paths) <= set(upstreams(proxy_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert {path: upstreams(proxy_dir).get(path) for path in paths} == paths
 
 
 def test_an_app_that_does_not_answer_gets_the_apps_json_error_shape(start_process):
