@@ -4,6 +4,7 @@ round-robin over owners (predictions/selectors.py, services.dispatch_jobs)."""
 import time
 
 import pytest
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db.models import Max
@@ -70,7 +71,9 @@ def test_one_uploaders_backlog_does_not_hold_up_anothers_job(pipeline, api):
     a_jobs = Job.objects.filter(pk__in=[job.pk for job in backlog])
     assert b.status == Job.Status.SUCCEEDED
     assert a_jobs.filter(status=Job.Status.SUCCEEDED).count() == 300
-    # FIFO would have put B behind all 300.
-    assert a_jobs.filter(admitted_at__gt=b.admitted_at).count() >= 200
-    assert a_jobs.filter(finished_at__gt=b.finished_at).count() >= 200
+    # FIFO would have put B behind all 300. Round-robin lets in at most the cap of A's
+    # before B (admitted before B uploaded) and the rest of the round B is admitted in.
+    ahead_at_most = 2 * settings.DISPATCH_IN_FLIGHT_PER_MODEL
+    assert a_jobs.filter(admitted_at__gt=b.admitted_at).count() >= 300 - ahead_at_most
+    assert a_jobs.filter(finished_at__gt=b.finished_at).count() >= 300 - ahead_at_most
     assert a_jobs.aggregate(last=Max("finished_at"))["last"] > b.finished_at
