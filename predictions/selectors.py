@@ -4,6 +4,7 @@ Ids are random UUIDs, but they show in page URLs, so an id is a capability only 
 belongs to no one (anonymous uploads, and every batch the seed API's /register makes).
 """
 
+import contextlib
 import math
 import uuid
 from datetime import timedelta
@@ -13,6 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from predictions.models import Batch, Job, Prediction
 
@@ -168,8 +170,13 @@ def _last_served_key(model_version_id: int | None) -> str:
 
 def last_served(model_version_id: int | None) -> int | None | str:
     """The owner whose job the dispatcher admitted last for this model version, or "" when
-    none is remembered (the turn then starts with the lowest id)."""
-    remembered = cache.get(_last_served_key(model_version_id))
+    none is remembered (the turn then starts with the lowest id). The turn is kept in Redis:
+    while Redis is away, it starts from the lowest id, which costs one round's fairness, and
+    nothing is admitted anyway (preprocessing cannot be enqueued)."""
+    try:
+        remembered = cache.get(_last_served_key(model_version_id))
+    except RedisError:
+        return ""
     if remembered is None:
         return ""
     return None if remembered == "anonymous" else int(remembered)
@@ -177,7 +184,8 @@ def last_served(model_version_id: int | None) -> int | None | str:
 
 def remember_served(model_version_id: int | None, owner_id: int | None) -> None:
     served = "anonymous" if owner_id is None else str(owner_id)
-    cache.set(_last_served_key(model_version_id), served, timeout=None)
+    with contextlib.suppress(RedisError):
+        cache.set(_last_served_key(model_version_id), served, timeout=None)
 
 
 def _turns(owners, after: int | None | str) -> list:

@@ -19,9 +19,10 @@ from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.uploadedfile import UploadedFile
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Case, Count, F, FloatField, Value, When
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from inferencehub import notifications
 from inferencehub.images import ImageRejected, inspect_image, prepare_upload
@@ -365,12 +366,19 @@ def _enqueue_or_withdraw(jobs: list[Job]) -> None:
     Without Redis the dispatcher cannot enqueue preprocessing, and a client told 202 would
     wait for a job nobody processes until Redis returned; withdrawing it lets the client
     retry instead, and nothing accepted is left behind. Runs after commit; the UploadError
-    leaves create_jobs, which deletes the stored images."""
+    leaves create_jobs, which deletes the stored images.
+
+    The database failing here is another matter: the jobs are committed, and a 503 would
+    leave jobs stored that their client was told were refused. They wait in the database
+    for the next dispatch (beat's, every DISPATCH_INTERVAL_SECONDS), and the upload is
+    answered 202."""
     from kombu.exceptions import OperationalError
 
     try:
         dispatch_jobs()
-    except OperationalError as exc:
+    except DatabaseError as exc:
+        log.warning("dispatcher stopped by the database, %d new jobs wait: %s", len(jobs), exc)
+    except (OperationalError, RedisError) as exc:
         log.warning("task queue unavailable, %d new jobs withdrawn: %s", len(jobs), exc)
         # A task already enqueued for one of them finds no job and does nothing.
         Job.objects.filter(pk__in=[job.pk for job in jobs]).delete()

@@ -177,22 +177,7 @@ def kill_a_busy_pool_process(app, attempts: int = 2000) -> None:
     celery.children()[0].kill()
 
 
-# Session 8: with the fair dispatcher, the MariaDB and Redis outages failed once in the last
-# check before the session ended, not yet understood; marked so until they are fixed
-# (issue 21 stays open for it), never left out.
-OUTAGE_NOT_YET_RIDDEN = pytest.mark.xfail(
-    reason="the dispatcher's recovery from this outage is not yet right (issue 21)", strict=False
-)
-
-
-@pytest.mark.parametrize(
-    "service",
-    [
-        "kafka",
-        pytest.param("mariadb", marks=OUTAGE_NOT_YET_RIDDEN),
-        pytest.param("redis", marks=OUTAGE_NOT_YET_RIDDEN),
-    ],
-)
+@pytest.mark.parametrize("service", ["kafka", "mariadb", "redis"])
 def test_a_data_service_stopped_for_30_s_loses_nothing(start_app, fault_stack, service):
     # Tasks whose ack was lost with Redis come back after the visibility timeout.
     app = start_app(f"{service}-outage", CELERY_VISIBILITY_TIMEOUT_SECONDS="60")
