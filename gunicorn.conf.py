@@ -12,7 +12,7 @@ it has cores of its own: one Python process uses about one core.
 
 The web's Prometheus metrics are counted across all worker processes: each process writes
 its counts to files in PROMETHEUS_MULTIPROC_DIR and /metrics adds them up
-(inferencehub/metrics.py), so a scrape does not see only the process that answered it.
+(common/metrics.py), so a scrape does not see only the process that answered it.
 
 Each worker process runs `threads` threads. Held requests (a job's `?wait=`, a batch's
 event stream) go to the held process instead (uvicorn, inferencehub/asgi.py), where they
@@ -30,7 +30,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 threads = 4
 timeout = 120
 # Oversized request heads are refused before Django runs; bodies are capped by
-# REQUEST_MAX_BYTES (inferencehub/limits.py) from their Content-Length.
+# REQUEST_MAX_BYTES (common/limits.py) from their Content-Length.
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inferencehub.processes import REPO
+from stack.harness import REPO
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--model-package", default="")
     args = parser.parse_args()
 
-    from workers.loading import load_served
+    from serving.loading import load_served
 
     served = load_served(
         package=args.model_package,

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from bench.images import MEGAPIXELS, PHOTOS_DIR, make_images
-from inferencehub.images import ACCEPTED_FORMATS, model_input, prepare_for_model
+from common.images import ACCEPTED_FORMATS, model_input, prepare_for_model
 
 # libvips' messages, one per operation at INFO, would be timed with its path.
 logging.getLogger("pyvips").setLevel(logging.WARNING)
@@ -69,7 +69,7 @@ def pyvips_thumbnail(data: bytes, size: int) -> np.ndarray:
 
 
 def in_use(data: bytes, size: int) -> np.ndarray:
-    """What the pipeline runs: inferencehub.images.prepare_for_model."""
+    """What the pipeline runs: common.images.prepare_for_model."""
     return prepare_for_model(io.BytesIO(data), size=size)
 
 

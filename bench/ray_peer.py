@@ -34,7 +34,7 @@ def main() -> None:
     @serve.deployment(max_ongoing_requests=256)
     class Classifier:
         def __init__(self) -> None:
-            from workers.loading import load_served
+            from serving.loading import load_served
 
             self.model = load_served(
                 package=args.model_package,
@@ -54,7 +54,7 @@ def main() -> None:
             ]
 
         async def __call__(self, request: Request) -> list[dict]:
-            from inferencehub.images import prepare_for_model
+            from common.images import prepare_for_model
 
             body = await request.body()
             return await self.classify(prepare_for_model(io.BytesIO(body), size=224))

@@ -1,6 +1,6 @@
 """One benchmark run: every figure measured side by side on this machine, in one go.
 
-Runs inside `manage.py benchmark` with inferencehub.bench_settings, connected to its own
+Runs inside `manage.py benchmark` with bench.settings, connected to its own
 database. It starts the processes each configuration needs (web, Celery, inference workers,
 bridge; or the Ray Serve peer) with their own Kafka topics, measures, and stops them.
 """
@@ -33,8 +33,12 @@ from bench.ceiling import single_and_batched
 from bench.decode import measure_decoding
 from bench.images import make_images
 from bench.runtimes import export_packages, make_run_choice, measure_runtimes
-from inferencehub.images import prepare_for_model
-from inferencehub.processes import (
+from common.images import prepare_for_model
+from kafka_wire.config import kafka_names
+from kafka_wire.topics import ensure_topics
+from predictions.models import Job
+from stack import processes
+from stack.harness import (
     PYTHON,
     REPO,
     ManagedProcess,
@@ -43,10 +47,6 @@ from inferencehub.processes import (
     free_port,
     unique_celery_hostname,
 )
-from kafka_wire.config import kafka_names
-from kafka_wire.topics import ensure_topics
-from predictions.models import Job
-from stack import processes
 from stack.services import running_pid
 
 STAGES = (
@@ -285,7 +285,7 @@ def make_token() -> str:
 
 def process_env(**overrides: str) -> dict:
     return child_env(
-        settings_module="inferencehub.bench_settings",
+        settings_module="bench.settings",
         database_url=database_url(connection.settings_dict),
         INFERENCEHUB_BENCH_RUN_ID=settings.BENCH_RUN_ID,
         **overrides,

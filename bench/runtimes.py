@@ -11,8 +11,8 @@ from pathlib import Path
 from django.core.management import CommandError, call_command
 
 from bench.ceiling import single_and_batched
-from workers.package import FASTEST_FIRST
-from workers.runtimes import cpu_runs_bf16
+from serving.package import FASTEST_FIRST
+from serving.runtimes.openvino import cpu_runs_bf16
 
 
 def export_packages(folder: Path, log) -> dict:

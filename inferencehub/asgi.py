@@ -1,6 +1,6 @@
 """The held process's application (uvicorn, stack/processes.py `held`): a job's `?wait=`
 and the batches' event streams, which nginx sends here, wait in its event loop without a
-thread each (inferencehub/notifications.py). It serves every other route too, but for
+thread each (common/notifications.py). It serves every other route too, but for
 the static files.
 
 Django's ASGIHandler gives each request a thread of its own for its sync code (the

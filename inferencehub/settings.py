@@ -143,7 +143,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "axes",
     "predictions",
-    "kafka_bridge",
+    "registry",
     "workers",
     "bench",
 ]
@@ -153,11 +153,11 @@ MIDDLEWARE = [
     # raise DisallowedHost for a foreign Host header, CommonMiddleware a RuntimeError under
     # DEBUG for a POST without its trailing slash), and Django turns what they raise into
     # its debug page right there; only a middleware outside them sees that page to replace.
-    "inferencehub.errors.ErrorPagesMiddleware",
+    "common.errors.ErrorPagesMiddleware",
     # Before anything reads the body: refuses an oversized request by its Content-Length.
-    "inferencehub.limits.RequestSizeLimitMiddleware",
+    "common.limits.RequestSizeLimitMiddleware",
     # Early, so the latency it measures includes the other middleware.
-    "inferencehub.metrics.RequestMetricsMiddleware",
+    "common.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -173,7 +173,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "inferencehub.urls"
-CSRF_FAILURE_VIEW = "inferencehub.errors.csrf_failure"
+CSRF_FAILURE_VIEW = "common.errors.csrf_failure"
 WSGI_APPLICATION = "inferencehub.wsgi.application"
 
 TEMPLATES = [
@@ -227,8 +227,8 @@ LOGIN_LOCKOUT_MINUTES = env_positive_int("LOGIN_LOCKOUT_MINUTES", 15)
 AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 # The address the proxy saw, not the proxy's own (behind it, every client is 127.0.0.1).
-AXES_CLIENT_IP_CALLABLE = "inferencehub.clients.client_address"
-AXES_LOCKOUT_CALLABLE = "inferencehub.errors.sign_in_locked_out"
+AXES_CLIENT_IP_CALLABLE = "common.clients.client_address"
+AXES_LOCKOUT_CALLABLE = "common.errors.sign_in_locked_out"
 # Every sign-in is already in the web's log; no table of them, and no admin pages for
 # the tables the cache handler leaves empty.
 AXES_DISABLE_ACCESS_LOG = True
@@ -316,8 +316,8 @@ UPLOAD_MAX_FILES_PER_REQUEST = env_positive_int("UPLOAD_MAX_FILES_PER_REQUEST", 
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_HANDLERS = [
-    "inferencehub.uploads.MemoryFileUploadHandler",
-    "inferencehub.uploads.TemporaryFileUploadHandler",
+    "common.uploads.MemoryFileUploadHandler",
+    "common.uploads.TemporaryFileUploadHandler",
 ]
 DATA_UPLOAD_MAX_NUMBER_FILES = UPLOAD_MAX_FILES_PER_REQUEST
 # A request whose Content-Length is above this gets 413 before its body is read. Default:
@@ -512,14 +512,14 @@ CACHES = {
 
 # --- REST API ------------------------------------------------------------------------
 # Requests each web process may hold open at once (a job's ?wait=, a batch's event
-# stream; inferencehub/holding.py): a safety limit for the held process, where one costs
+# stream; common/holding.py): a safety limit for the held process, where one costs
 # no thread; gunicorn.conf.py sets 2 for gunicorn's, where one keeps a thread. 0 holds none.
 WEB_HELD_REQUESTS = env("WEB_HELD_REQUESTS", int, 10000)
 if WEB_HELD_REQUESTS < 0:
     raise ImproperlyConfigured(
         f"Setting WEB_HELD_REQUESTS must be 0 or more, got {WEB_HELD_REQUESTS}"
     )
-# Held requests are told of job changes over Redis pub/sub (inferencehub/notifications.py),
+# Held requests are told of job changes over Redis pub/sub (common/notifications.py),
 # on the broker's Redis: channels are not per database, so their names start with the prefix.
 NOTIFY_REDIS_URL = CELERY_BROKER_URL
 NOTIFY_CHANNEL_PREFIX = env("NOTIFY_CHANNEL_PREFIX", str, "inferencehub")
@@ -556,7 +556,7 @@ API_THROTTLE_USER = env_rate("API_THROTTLE_USER", "100000/hour")
 API_THROTTLE_ANON = env_rate("API_THROTTLE_ANON", "1000/hour")
 # Addresses (or networks, 10.0.0.0/8) of the reverse proxies in front of the web (`make
 # run`: nginx on this machine). A request from one of them is counted by the client
-# address the proxy puts in X-Forwarded-For (inferencehub/clients.py); from anyone else
+# address the proxy puts in X-Forwarded-For (common/clients.py); from anyone else
 # that header is ignored, so a client cannot choose the address it is throttled as.
 # Empty: no proxy is trusted.
 TRUSTED_PROXIES = [
@@ -609,7 +609,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {"()": "inferencehub.logs.JsonFormatter"},
+        "json": {"()": "common.logs.JsonFormatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

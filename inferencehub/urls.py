@@ -3,8 +3,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter, SimpleRouter
 
-from inferencehub import errors, health, metrics
-from predictions import seed_api
+from common import errors, metrics
+from predictions import health, seed_api
 from predictions.api import BatchViewSet, JobViewSet, ModelViewSet, held_job_detail
 
 

@@ -8,7 +8,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from django.conf import settings
 
-from inferencehub import metrics
+from common import metrics
 from kafka_wire.config import producer_config
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from inferencehub import metrics
+from common import metrics
 from kafka_wire.config import consumer_config
 
 logger = logging.getLogger(__name__)

@@ -17,12 +17,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
-from inferencehub.limits import TOP_K_MAX, TOP_K_MIN
+from common.limits import TOP_K_MAX, TOP_K_MIN
 from predictions import services
 from predictions.models import Batch, Job, Prediction
 from predictions.selectors import with_id
-from workers.inference import PRECISIONS, RUNTIMES
-from workers.models import ModelVersion
+from registry.models import ModelVersion
+from serving.inference import PRECISIONS, RUNTIMES
 
 TOP_K_FIELD = forms.IntegerField(min_value=TOP_K_MIN, max_value=TOP_K_MAX)
 

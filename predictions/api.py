@@ -36,9 +36,9 @@ from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from inferencehub import holding, notifications
-from inferencehub.errors import error_body, error_response
-from inferencehub.limits import (
+from common import holding, notifications
+from common.errors import error_body, error_response
+from common.limits import (
     PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
     WAIT_MAX_SECONDS,
@@ -61,8 +61,8 @@ from predictions.serializers import (
     ModelStatusSerializer,
     batch_events_query,
 )
-from workers import selectors as registry
-from workers.models import ModelVersion
+from registry import selectors as registry
+from registry.models import ModelVersion
 
 
 def exception_handler(exc, context):
@@ -520,7 +520,7 @@ class BatchStream:
     """The event stream's text: the jobs changed since since_ms, then changes as they
     come; with no serializer context, only the counts. It looks at the batch (one query of
     its unfinished and just finished jobs) when its channel tells of a change, or every
-    HELD_POLL_SECONDS while Redis is away (inferencehub/notifications.py)."""
+    HELD_POLL_SECONDS while Redis is away (common/notifications.py)."""
 
     def __init__(self, batch, since_ms: int, context: dict | None) -> None:
         self.batch = batch

@@ -6,7 +6,7 @@ class PredictionsConfig(AppConfig):
     verbose_name = "Predictions"
 
     def ready(self) -> None:
-        from inferencehub.metrics import SCRAPE_TIME_REGISTRY
+        from common.metrics import SCRAPE_TIME_REGISTRY
         from predictions.metrics import JobsCollector
 
         SCRAPE_TIME_REGISTRY.register(JobsCollector())

@@ -19,7 +19,7 @@ from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
-from inferencehub.readings import kept_reading
+from common.readings import kept_reading
 
 # Beyond this many tokens the kept lookups are all dropped, so that many clients' tokens
 # cannot grow a process without bound (a refused token is never kept).

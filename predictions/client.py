@@ -27,7 +27,7 @@ RETRY_BACKOFF_S = 0.5
 UNAVAILABLE = (502, 503, 504)
 FINISHED = ("succeeded", "failed")
 # The longest `?wait=` the server holds a job's answer (WAIT_MAX_SECONDS in
-# inferencehub/limits.py; not imported, as this client needs no Django).
+# common/limits.py; not imported, as this client needs no Django).
 HELD_WAIT_MAX_S = 30
 # How long to wait before asking again when the server did not say (no Retry-After, or
 # none it could be, such as an unreachable server's).

@@ -83,7 +83,7 @@ class Job(models.Model):
     # The registered model version the upload chose (or the default's); NULL for the
     # unregistered path. PROTECT: a version with jobs is retired by disabling it.
     routed_to = models.ForeignKey(
-        "workers.ModelVersion",
+        "registry.ModelVersion",
         null=True,
         blank=True,
         on_delete=models.PROTECT,

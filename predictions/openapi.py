@@ -5,7 +5,7 @@ and the error responses every operation documents."""
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter
 
-from inferencehub.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
+from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
 from predictions.serializers import ErrorSerializer
 from predictions.services import UPLOAD_KEY
 

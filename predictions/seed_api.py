@@ -15,7 +15,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
-from inferencehub.errors import error_response
+from common.errors import error_response
 from predictions import selectors, services
 from predictions.models import Job
 from predictions.throttles import AnonThrottle, UserThrottle

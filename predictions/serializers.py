@@ -4,7 +4,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inferencehub.limits import (
+from common.limits import (
     PAGE_SIZE_MAX,
     TOP_K_DEFAULT,
     TOP_K_MAX,

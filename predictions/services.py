@@ -24,16 +24,16 @@ from django.db.models import Case, Count, F, FloatField, Value, When
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from inferencehub import notifications
-from inferencehub.images import ImageRejected, inspect_image, prepare_upload
-from inferencehub.limits import (
+from common import notifications
+from common.images import ImageRejected, inspect_image, prepare_upload
+from common.limits import (
     REQUEST_MAX_DECODED_WHOLE_PIXELS,
     TOP_K_MAX,
     TOP_K_MIN,
     upload_pixel_limits,
 )
-from kafka_bridge.requests import publish_requests
 from kafka_wire.contract import InferenceRequest, InferenceResult
+from kafka_wire.requests import publish_requests
 from predictions import selectors
 from predictions.models import Batch, Job, Prediction
 from predictions.storage import (
@@ -43,8 +43,8 @@ from predictions.storage import (
     delete_stored,
     save_thumbnails,
 )
-from workers.models import ModelVersion
-from workers.selectors import ROUTING_MAX_AGE_S, UnknownModel, servable_version
+from registry.models import ModelVersion
+from registry.selectors import ROUTING_MAX_AGE_S, UnknownModel, servable_version
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def upload_images(
 ) -> Upload:
     """The one way in for uploads, from the REST API (and so the upload page) and the seed
     API: check the Idempotency-Key and answer a resent upload with its first jobs, find
-    the batch the uploader may use and the model version (workers.selectors.servable_version:
+    the batch the uploader may use and the model version (registry.selectors.servable_version:
     the named or default model, the given or latest enabled version), then check and store
     every file (create_jobs).
 

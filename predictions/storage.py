@@ -8,8 +8,8 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 from redis.exceptions import LockError
 
-from inferencehub.images import thumbnail_jpeg
-from inferencehub.limits import upload_pixel_limits
+from common.images import thumbnail_jpeg
+from common.limits import upload_pixel_limits
 from predictions.models import Job
 from predictions.throttles import counter_client
 

@@ -14,8 +14,8 @@ from django.conf import settings
 from redis.exceptions import RedisError
 from rest_framework import throttling
 
-from inferencehub.clients import client_address
-from inferencehub.errors import SEED_API_PATHS, error_answer
+from common.clients import client_address
+from common.errors import SEED_API_PATHS, error_answer
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def counter_client(location: str) -> redis.Redis:
 
 
 class ByClientAddress:
-    """Anonymous clients are told apart by inferencehub.clients.client_address: DRF's own
+    """Anonymous clients are told apart by common.clients.client_address: DRF's own
     get_ident takes X-Forwarded-For from anyone, so a client could pick a new address for
     each request and never be throttled."""
 

@@ -18,9 +18,9 @@ from PIL import Image
 from redis.exceptions import RedisError
 from rest_framework.exceptions import AuthenticationFailed
 
-from inferencehub.errors import error_answer, error_response
-from inferencehub.images import ACCEPTED_FORMATS
-from inferencehub.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN, upload_pixel_limits
+from common.errors import error_answer, error_response
+from common.images import ACCEPTED_FORMATS
+from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN, upload_pixel_limits
 from predictions import selectors, services
 from predictions.authentication import api_user
 from predictions.models import Job
@@ -33,7 +33,7 @@ from predictions.storage import (
     job_thumbnail,
 )
 from predictions.throttles import ImageThrottle
-from workers.models import ModelVersion
+from registry.models import ModelVersion
 
 # Jobs per page of a batch's page: a big batch is read a page at a time.
 BATCH_PAGE_SIZE = 50
@@ -235,7 +235,7 @@ def job_original(request: HttpRequest, pk) -> HttpResponseBase:
         raise Http404("the stored image cannot be read") from None
     except STORE_UNAVAILABLE:
         return error_response(STORE_UNAVAILABLE_MESSAGE, 503)
-    # The bytes were judged an image of this format on upload (inferencehub/images.py);
+    # The bytes were judged an image of this format on upload (common/images.py);
     # nosniff (SecurityMiddleware) and the sandbox keep a browser from treating them as
     # anything else.
     response = FileResponse(

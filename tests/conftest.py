@@ -24,7 +24,8 @@ import requests
 from django.conf import settings
 from django.db import connection
 
-from inferencehub.processes import (
+from stack import processes
+from stack.harness import (
     PYTHON,
     ManagedProcess,
     child_env,
@@ -34,7 +35,6 @@ from inferencehub.processes import (
     start_ready,
     unique_celery_hostname,
 )
-from stack import processes
 from stack.processes import AppProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ def kafka_topics(django_db_blocker):
 def process_env(django_db_setup) -> dict:
     """Environment for processes the tests start: same settings, the test database."""
     return child_env(
-        settings_module="inferencehub.test_settings",
+        settings_module="tests.settings",
         database_url=database_url(connection.settings_dict),
     )
 
@@ -264,8 +264,8 @@ def pipeline(kafka_topics, celery_worker, start_process):
 @pytest.fixture(autouse=True)
 def fresh_routes():
     """Uploads are routed by a reading of the model registry kept a few seconds per process
-    (workers/selectors.py); a test's registry is rolled back without saying so."""
-    from workers.selectors import forget_routes
+    (registry/selectors.py); a test's registry is rolled back without saying so."""
+    from registry.selectors import forget_routes
 
     forget_routes()
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from bench.run import cpu_seconds, jit_cpu_seconds, service_pids
-from inferencehub.processes import REPO, manage
+from stack.harness import REPO, manage
 
 pytestmark = pytest.mark.e2e
 

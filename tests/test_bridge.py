@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from kafka_bridge.results import STORE_CHUNK, handle_results
 from kafka_wire.contract import ClassScore, InferenceResult, encode_result
 from kafka_wire.producer import BatchProducer, DeliveryError
+from predictions.bridge import STORE_CHUNK, handle_results
 from predictions.management.commands import consume_results
 from predictions.models import Job
 from predictions.tasks import store_results

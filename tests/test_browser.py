@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from inferencehub.limits import upload_pixel_limits
+from common.limits import upload_pixel_limits
 from predictions.models import Job
 from tests.conftest import DATA, REPO
 from tests.factories import BatchFactory, JobFactory, finish_later
@@ -530,8 +530,8 @@ def queued_behind_others(browser_user) -> Job:
     first (owners take turns, Erin's id first), about 10 s each."""
     from django.utils import timezone
 
+    from registry.services import register_version
     from tests.factories import UserFactory
-    from workers.services import register_version
 
     version = register_version(name="queue-page", source="keras", input_size=64, classes=3)
     other = UserFactory()

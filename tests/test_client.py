@@ -11,7 +11,7 @@ import requests
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from inferencehub.limits import WAIT_MAX_SECONDS
+from common.limits import WAIT_MAX_SECONDS
 from predictions import client as client_module
 from predictions.client import InferenceHubClient, WaitStopped, WaitTimeout
 from predictions.models import Job

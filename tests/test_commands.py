@@ -15,11 +15,11 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 from rest_framework.authtoken.models import Token
 
-from inferencehub.processes import PYTHON
 from predictions import services
 from predictions.client import InferenceHubClient
 from predictions.models import Job
 from stack import processes
+from stack.harness import PYTHON
 from tests.conftest import DATA, REPO, manage
 
 
@@ -202,7 +202,7 @@ def test_submit_help_shows_the_defaults():
         ([str(DATA), "--token", "t", "--top-k", "0"], "--top-k must be between 1 and 1000", 1),
         ([str(DATA), "--token", "t", "--per-request", "0"], "--per-request must be 1 or more", 1),
         ([str(DATA)], "an API token is needed", 2),
-        ([str(REPO / "kafka_bridge"), "--token", "t"], "no image files found", 1),
+        ([str(REPO / "kafka_wire"), "--token", "t"], "no image files found", 1),
         ([str(DATA), "--token", "t", "--server", "http://127.0.0.1:9"], "cannot reach", 2),
         (
             [str(DATA), "--token", "t", "--server", "http://127.0.0.1:9", "--batch", "new"],

@@ -14,11 +14,11 @@ import pytest
 import requests
 from django.conf import settings
 
-from inferencehub.processes import PYTHON, free_port
-from inferencehub.test_settings import RUN_ID
 from stack import processes
 from stack.common import WEB_APP_PORT, WEB_HOST, WEB_PORT
+from stack.harness import PYTHON, free_port
 from tests.conftest import start_front_door
+from tests.settings import RUN_ID
 
 pytestmark = pytest.mark.services
 
@@ -91,7 +91,7 @@ def small_front_door(start_process, proxy_dir) -> str:
 def test_the_proxy_takes_its_body_limit_from_the_apps_setting_also_for_a_chunked_body(
     small_front_door,
 ):
-    # Without a Content-Length the app's own check (inferencehub/limits.py) cannot see the
+    # Without a Content-Length the app's own check (common/limits.py) cannot see the
     # size: only the proxy, counting the body as it reads it, refuses it.
     chunks = (b"x" * 10_000 for _ in range(20))
     response = requests.post(f"{small_front_door}/api/jobs/", data=chunks, timeout=30)

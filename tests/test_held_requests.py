@@ -191,7 +191,7 @@ def test_without_redis_a_held_wait_gets_the_result_by_polling(start_process, use
 
 def test_the_held_process_middleware_answers_errors_in_the_apps_shape(held_port):
     """Its middleware runs as async code: Django's debug page for a foreign Host header
-    (DEBUG, as the tests run) is still replaced by the app's answer (inferencehub/errors.py),
+    (DEBUG, as the tests run) is still replaced by the app's answer (common/errors.py),
     and a page keeps its branded 404."""
     port, _ = held_port
     base = f"http://127.0.0.1:{port}"

@@ -1,4 +1,4 @@
-"""Preprocessing for the model (inferencehub.images.prepare_for_model): every accepted kind
+"""Preprocessing for the model (common.images.prepare_for_model): every accepted kind
 of image decodes right, and the fast JPEG path stays within a stated bound of a full-size
 decode (docs/performance.md, "Decoding")."""
 
@@ -11,7 +11,7 @@ from PIL import Image
 from bench.decode import PATHS, measure_decoding, plain
 from bench.images import make_images
 from bench.report import decoding_lines
-from inferencehub.images import prepare_for_model
+from common.images import prepare_for_model
 
 SIZE = 224
 # The fast path (DCT-scaled decode) against a full-size decode of the same JPEG, for each
@@ -137,7 +137,7 @@ def test_a_jpegs_largest_thumbnail_is_full_size_whatever_its_dct_scale(width, he
 
     from PIL import Image
 
-    from inferencehub.images import prepare_upload
+    from common.images import prepare_upload
 
     photo = io.BytesIO()
     Image.new("RGB", (width, height), (90, 140, 60)).save(photo, "JPEG")

@@ -12,8 +12,8 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from predictions.models import Job
 from predictions.serializers import JobSerializer
+from registry.services import register_version
 from tests.factories import BatchFactory, JobFactory, PredictionFactory
-from workers.services import register_version
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from inferencehub.limits import PAGE_SIZE_MAX
+from common.limits import PAGE_SIZE_MAX
 from predictions import services
 from predictions.models import Job
 from tests.factories import (

@@ -16,7 +16,7 @@ from kombu import __version__ as kombu_version
 from kombu.transport import redis as kombu_redis
 
 from inferencehub import celery as celery_module
-from inferencehub.processes import ManagedProcess
+from stack.harness import ManagedProcess
 from tests.conftest import LOGS
 
 pytestmark = pytest.mark.services

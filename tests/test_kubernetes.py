@@ -24,10 +24,11 @@ from django.test import override_settings
 from django.urls import resolve
 
 import inferencehub.settings as settings_module
-from inferencehub import health, metrics
+from common import metrics
 from kafka_wire.config import consumer_config, model_route, producer_config
 from kafka_wire.runner import BatchConsumer
 from kafka_wire.topics import admin_client
+from predictions import health
 from stack import processes
 from tests.conftest import PYTHON, free_port, started_processes
 

@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-from inferencehub.processes import PYTHON
+from stack.harness import PYTHON
 from tests.conftest import REPO
 
 LOG_ONE_WARNING = """

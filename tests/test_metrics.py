@@ -10,10 +10,10 @@ import requests
 from django.core.cache import cache
 from prometheus_client.parser import text_string_to_metric_families
 
-from inferencehub.logs import JsonFormatter
-from inferencehub.processes import PYTHON
+from common.logs import JsonFormatter
 from predictions.metrics import FIGURES_KEY
 from stack import processes
+from stack.harness import PYTHON
 from tests.conftest import DATA, free_port, started_processes
 from tests.factories import JobFactory
 

@@ -15,11 +15,11 @@ from django.core.management import CommandError, call_command
 from PIL import Image
 
 from predictions.models import Job
+from serving.inference import ModelLoadError
+from serving.runtimes.openvino import cpu_runs_bf16
 from tests.conftest import DATA, REPO
 from tests.test_pipeline import wait_until_finished
 from tests.test_trained_model import COLOURS, SIZE, png, start_stack, train_colour_model
-from workers.inference import ModelLoadError
-from workers.runtimes import cpu_runs_bf16
 
 PER_COLOUR = 4
 
@@ -161,7 +161,7 @@ def test_a_worker_serving_a_package_does_not_load_tensorflow(int8_package, proce
     script = (
         "import json, sys, django; django.setup()\n"
         "from workers.management.commands import run_worker\n"
-        "from workers.loading import load_served\n"
+        "from serving.loading import load_served\n"
         f"served = load_served(package={str(package)!r})\n"
         "print(json.dumps({'runtime': served.runtime, 'precision': served.precision,"
         " 'loaded': sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)}))\n"
@@ -221,8 +221,8 @@ def test_the_gate_refuses_a_package_converted_from_a_broken_model(
 
     import keras
 
-    from workers.export import GateRefused, export_package, image_files, load_image_files
-    from workers.serving import load_model
+    from serving.export import GateRefused, export_package, image_files, load_image_files
+    from serving.runtimes.tensorflow import load_model
 
     served = load_model(
         name="colours",
@@ -263,7 +263,7 @@ def broken_copy(package: Path, tmp_path: Path) -> Path:
 
 
 def test_a_package_with_a_missing_file_is_refused_naming_it(int8_package, tmp_path):
-    from workers.package import load_package
+    from serving.package import load_package
 
     copy = broken_copy(int8_package[0], tmp_path)
     (copy / "model.bin").unlink()
@@ -272,7 +272,7 @@ def test_a_package_with_a_missing_file_is_refused_naming_it(int8_package, tmp_pa
 
 
 def test_a_package_with_an_edited_file_is_refused(int8_package, tmp_path):
-    from workers.package import load_package
+    from serving.package import load_package
 
     copy = broken_copy(int8_package[0], tmp_path)
     with open(copy / "model.bin", "r+b") as file:
@@ -284,7 +284,7 @@ def test_a_package_with_an_edited_file_is_refused(int8_package, tmp_path):
 
 
 def test_a_package_whose_labels_do_not_match_its_outputs_is_refused(int8_package, tmp_path):
-    from workers.package import load_package, sha256_of
+    from serving.package import load_package, sha256_of
 
     copy = broken_copy(int8_package[0], tmp_path)
     (copy / "labels.txt").write_text("red\ngreen\n")
@@ -296,7 +296,7 @@ def test_a_package_whose_labels_do_not_match_its_outputs_is_refused(int8_package
 
 
 def test_a_folder_holding_a_package_names_the_package_inside(int8_package):
-    from workers.package import load_package
+    from serving.package import load_package
 
     package, _ = int8_package
     with pytest.raises(ModelLoadError, match=f"holds {package}: give one of those"):
@@ -325,7 +325,7 @@ def test_predict_warns_that_random_weights_do_not_classify(tmp_path, capsys, set
 
 
 def test_a_folder_without_a_manifest_is_not_a_package(tmp_path):
-    from workers.package import load_package
+    from serving.package import load_package
 
     with pytest.raises(ModelLoadError, match="is not a model package"):
         load_package(tmp_path)
@@ -354,14 +354,14 @@ def test_int8_without_calibration_images_is_refused(colour_model, tmp_path):
 
 
 def test_a_precision_tensorflow_cannot_run_is_refused():
-    from workers.loading import load_served
+    from serving.loading import load_served
 
     with pytest.raises(ModelLoadError, match="tensorflow runtime runs fp32 only, not int8"):
         load_served(runtime="tensorflow", precision="int8")
 
 
 def test_bf16_refuses_on_a_cpu_without_bf16_unless_fallback_is_allowed(int8_package, tmp_path):
-    from workers.package import load_package
+    from serving.package import load_package
 
     copy = broken_copy(int8_package[0], tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -378,7 +378,7 @@ def test_bf16_refuses_on_a_cpu_without_bf16_unless_fallback_is_allowed(int8_pack
 def test_make_runs_package_is_the_fastest_that_passes_the_gate_exported_once(
     colour_model, tmp_path, settings, monkeypatch
 ):
-    from workers.package import FASTEST_FIRST, read_manifest
+    from serving.package import FASTEST_FIRST, read_manifest
 
     settings.MODEL_NAME = "colours"
     settings.MODEL_FILE = str(colour_model / "colours.keras")

@@ -8,9 +8,9 @@ from rest_framework.test import APIClient
 
 from kafka_wire.config import model_route
 from predictions.models import Job
+from registry.models import ModelVersion, RegisteredModel
 from tests.conftest import DATA
 from tests.factories import UserFactory
-from workers.models import ModelVersion, RegisteredModel
 
 pytestmark = pytest.mark.django_db
 
@@ -203,7 +203,7 @@ def fake_package(folder, *, created_at: str):
     loads nothing); created_at stands for another export of the same model."""
     import json
 
-    from workers.package import FORMAT, LABELS, MANIFEST, MODEL_BIN, MODEL_XML, sha256_of
+    from serving.package import FORMAT, LABELS, MANIFEST, MODEL_BIN, MODEL_XML, sha256_of
 
     folder.mkdir(exist_ok=True)
     for name, text in ((MODEL_XML, "<net/>"), (MODEL_BIN, "weights"), (LABELS, "a\nb\n")):
@@ -267,20 +267,20 @@ def test_staff_with_the_registry_rights_edit_it_in_the_admin_and_others_cannot()
     models("register", "colours", "--builtin", "resnet50")
     outsider = Client()
     outsider.force_login(UserFactory(is_staff=True))
-    assert outsider.get("/admin/workers/modelversion/").status_code == 403
+    assert outsider.get("/admin/registry/modelversion/").status_code == 403
 
     operator = UserFactory(is_staff=True)
     operator.user_permissions.set(
         Permission.objects.filter(
-            content_type__app_label="workers", codename__regex="^(view|change)_"
+            content_type__app_label="registry", codename__regex="^(view|change)_"
         )
     )
     browser = Client()
     browser.force_login(operator)
-    assert "colours:1" in browser.get("/admin/workers/modelversion/").content.decode()
+    assert "colours:1" in browser.get("/admin/registry/modelversion/").content.decode()
     colours = RegisteredModel.objects.get(name="colours")
     response = browser.post(
-        "/admin/workers/registeredmodel/",
+        "/admin/registry/registeredmodel/",
         {"action": "make_default", "_selected_action": [colours.pk]},
         follow=True,
     )
@@ -288,13 +288,13 @@ def test_staff_with_the_registry_rights_edit_it_in_the_admin_and_others_cannot()
     assert "The default model is now colours." in response.content.decode()
     assert RegisteredModel.objects.get(is_default=True) == colours
     version = ModelVersion.objects.get(model=colours)
-    page = browser.get(f"/admin/workers/modelversion/{version.pk}/change/").content.decode()
+    page = browser.get(f"/admin/registry/modelversion/{version.pk}/change/").content.decode()
     # As registered: only `enabled` is a field to edit; the package's hash is not.
     assert 'name="package_sha256"' not in page and 'name="enabled"' in page
-    listing = browser.get("/admin/workers/modelversion/").content.decode()
+    listing = browser.get("/admin/registry/modelversion/").content.decode()
     for column in ("ready", "workers", "lag"):
         assert f'class="column-{column}' in listing
-    response = browser.post(f"/admin/workers/modelversion/{version.pk}/change/", {"enabled": ""})
+    response = browser.post(f"/admin/registry/modelversion/{version.pk}/change/", {"enabled": ""})
     assert response.status_code == 302
     assert not ModelVersion.objects.get(pk=version.pk).enabled
 
@@ -365,8 +365,8 @@ def test_the_upload_page_offers_the_enabled_versions_default_model_first():
 def test_uploads_are_routed_by_a_reading_at_most_seconds_old_and_a_registry_change_is_seen_at_once(
     labels, monkeypatch
 ):
-    from inferencehub import readings
-    from workers import selectors
+    from common import readings
+    from registry import selectors
 
     models("register", "resnet", "--builtin", "resnet50", "--weights", "random")
     first = selectors.servable_version(None, None, max_age_s=5)

@@ -8,13 +8,13 @@ import time
 import pytest
 from django.core.management import call_command
 
-from inferencehub.processes import PYTHON
 from predictions.models import Job
+from registry.models import ModelVersion
 from stack import processes
+from stack.harness import PYTHON
 from tests.conftest import started_processes
 from tests.test_pipeline import wait_until_finished
 from tests.test_trained_model import COLOURS, png, train_colour_model
-from workers.models import ModelVersion
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from inferencehub import metrics
+from common import metrics
 from predictions.metrics import JobsCollector
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"

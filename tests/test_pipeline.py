@@ -116,7 +116,7 @@ def test_seed_compatible_api_register_image_result(pipeline, live_server):
     assert [item["seq"] for item in items["items"]] == [1, 2]
     imagenet_short_names = {
         line.split(",")[0].strip()
-        for line in (REPO / "workers" / "imagenet_labels.txt").read_text().splitlines()
+        for line in (REPO / "serving" / "imagenet_labels.txt").read_text().splitlines()
     }
     for item in items["items"]:
         assert len(item["predictions"]) == 3

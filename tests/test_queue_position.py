@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from predictions import services
 from predictions.models import Job
+from registry.services import register_version
 from tests.factories import BatchFactory, JobFactory, UserFactory
-from workers.services import register_version
 
 pytestmark = pytest.mark.django_db
 

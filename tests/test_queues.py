@@ -9,7 +9,6 @@ from django.test import override_settings
 from kombu import Connection
 
 from inferencehub.celery import app as celery_app
-from inferencehub.processes import PYTHON, unique_celery_hostname
 from kafka_wire.config import kafka_names
 from kafka_wire.contract import ClassScore, InferenceResult, encode_result
 from kafka_wire.producer import BatchProducer, new_producer
@@ -17,6 +16,7 @@ from kafka_wire.topics import ensure_topics
 from predictions.models import Job
 from predictions.services import PREPROCESS_TASK
 from stack import processes
+from stack.harness import PYTHON, unique_celery_hostname
 from tests.conftest import started_processes
 from tests.factories import JobFactory
 

@@ -14,13 +14,13 @@ from django.conf import settings
 from django.test import override_settings
 from django.utils import timezone
 
-from inferencehub.processes import PYTHON, unique_celery_hostname
 from inferencehub.settings import s3_storage
 from kafka_wire.config import kafka_names
 from kafka_wire.topics import ensure_topics
 from predictions import services
 from predictions.models import Job
 from stack import processes
+from stack.harness import PYTHON, unique_celery_hostname
 from tests.conftest import DATA, REPO, free_port, started_processes
 from tests.factories import JobFactory, UserFactory
 from tests.test_pipeline import PHOTOS, upload, wait_until_finished

@@ -15,10 +15,10 @@ import requests
 from confluent_kafka import Consumer, Producer
 from django.test import override_settings
 
-from inferencehub.processes import PYTHON, manage, unique_celery_hostname
 from kafka_wire.config import consumer_config, kafka_names, producer_config, security_config
 from kafka_wire.topics import KafkaRefused, KafkaUnreachable, check_reachable, ensure_topics
 from stack import processes
+from stack.harness import PYTHON, manage, unique_celery_hostname
 from tests.conftest import REPO, free_port, started_processes
 from tests.test_pipeline import PHOTOS, upload, wait_until_finished
 

@@ -13,9 +13,9 @@ from django.utils import timezone
 from kafka_wire.contract import ClassScore, InferenceResult
 from predictions import services
 from predictions.models import Job
+from registry.services import register_version
 from tests.conftest import DATA
 from tests.factories import JobFactory
-from workers.services import register_version
 
 pytestmark = pytest.mark.django_db
 

@@ -21,8 +21,13 @@ from kafka_wire.contract import (
     encode_request,
 )
 from kafka_wire.producer import DeliveryError
+from serving.runtimes.tensorflow import (
+    IMAGENET_LABELS_FILE,
+    ModelLoadError,
+    ServedModel,
+    load_model,
+)
 from tests.conftest import REPO
-from workers.serving import IMAGENET_LABELS_FILE, ModelLoadError, ServedModel, load_model
 from workers.worker import InferenceHandler
 
 
@@ -311,7 +316,7 @@ def test_a_worker_serving_the_instant_model_does_not_load_tensorflow():
     """The benchmark's plumbing rows and the distributed suite start many such workers."""
     script = (
         "import json, sys\n"
-        "from workers.loading import load_served\n"
+        "from serving.loading import load_served\n"
         "served = load_served(name='instant', input_size=64)\n"
         "print(json.dumps({'runtime': served.runtime,"
         " 'loaded': sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)}))\n"

@@ -11,10 +11,10 @@ import time
 import pytest
 from django.core.management import CommandError, call_command
 
-from inferencehub.processes import PYTHON
 from predictions.management.commands import stack_status
 from stack import processes
 from stack.common import StackError
+from stack.harness import PYTHON
 from stack.processes import AppProcess
 from stack.supervise import Supervisor
 

@@ -47,7 +47,7 @@ def test_a_token_is_looked_up_once_per_cache_period(client, user, settings, monk
     settings.API_TOKEN_CACHE_SECONDS = 5
     key = Token.objects.create(user=user).key
     now = [1000.0]
-    monkeypatch.setattr("inferencehub.readings.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("common.readings.time.monotonic", lambda: now[0])
     assert token_queries(client, key) == 1
     now[0] += 4.9
     assert token_queries(client, key) == 0

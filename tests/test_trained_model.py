@@ -9,10 +9,10 @@ import pytest
 import requests
 from PIL import Image
 
-from inferencehub.processes import PYTHON, free_port, unique_celery_hostname
 from predictions.models import Job
 from stack import processes
 from stack.common import redis_url
+from stack.harness import PYTHON, free_port, unique_celery_hostname
 from stack.processes import AppProcess
 from tests.conftest import manage
 from tests.test_pipeline import wait_until_finished

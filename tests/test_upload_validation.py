@@ -194,7 +194,7 @@ def test_accepted_upload_answers_202_with_id_status_and_url(client):
 
 
 def test_images_larger_than_a_read_arrive_whole_in_memory_or_spooled_to_disk(client):
-    """The body is read in 1 MiB pieces (inferencehub/uploads.py): a photo spanning several,
+    """The body is read in 1 MiB pieces (common/uploads.py): a photo spanning several,
     kept in memory (up to FILE_UPLOAD_MAX_MEMORY_SIZE) or spooled to a temporary file."""
     photos = []
     for width, height in ((1000, 500), (2600, 1300)):  # 1.5 MB kept in memory, 10 MB spooled

@@ -11,7 +11,7 @@ import os
 import socket
 import time
 
-from inferencehub import metrics
+from common import metrics
 from kafka_wire.contract import (
     ClassScore,
     ContractError,
@@ -24,7 +24,7 @@ from kafka_wire.contract import (
 )
 from kafka_wire.producer import BatchProducer, send_to_dead_letter
 from kafka_wire.runner import Message
-from workers.inference import ServedModel
+from serving.inference import ServedModel
 
 logger = logging.getLogger(__name__)
 

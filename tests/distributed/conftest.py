@@ -27,10 +27,10 @@ import MySQLdb
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from inferencehub.processes import PYTHON, ManagedProcess, child_env, manage
 from kafka_wire.config import kafka_names
 from stack import processes
 from stack.common import redis_password, redis_url
+from stack.harness import PYTHON, ManagedProcess, child_env, manage
 from stack.processes import AppProcess
 from tests.conftest import REPO
 from tests.distributed import hosts

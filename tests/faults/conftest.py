@@ -33,10 +33,10 @@ import pytest
 import requests
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from inferencehub.processes import PYTHON, ManagedProcess, child_env, manage
 from kafka_wire.config import kafka_names
 from stack import processes
 from stack.common import redis_password, redis_url
+from stack.harness import PYTHON, ManagedProcess, child_env, manage
 from stack.processes import AppProcess
 from tests.conftest import DATA, REPO, started_processes
 

@@ -13,6 +13,7 @@ import MySQLdb
 import psutil
 import pytest
 
+from serving.package import read_manifest
 from tests.faults.conftest import (
     CLUSTER_KAFKA,
     DATABASE,
@@ -24,7 +25,6 @@ from tests.faults.conftest import (
     settle,
     wait_for_progress,
 )
-from workers.package import read_manifest
 
 pytestmark = pytest.mark.faults
 

@@ -17,7 +17,7 @@ from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from inferencehub.limits import (
+from common.limits import (
     DECODED_WHOLE_MAX_PIXELS,
     REQUEST_MAX_DECODED_WHOLE_PIXELS,
 )

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from inferencehub.limits import CLIENT_IDLE_SECONDS
+from common.limits import CLIENT_IDLE_SECONDS
 
 pytestmark = pytest.mark.services
 

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from bench.run import CONFIGS, Options
 
-BENCH_SETTINGS = "inferencehub.bench_settings"
+BENCH_SETTINGS = "bench.settings"
 PARTS = ("ceiling", "runtimes", *CONFIGS, "ray", "ray-package", "decode")
 
 

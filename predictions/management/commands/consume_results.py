@@ -1,4 +1,4 @@
-"""`manage.py consume_results`: the result bridge. Runs kafka_bridge.results' handler over the
+"""`manage.py consume_results`: the result bridge. Runs predictions.bridge' handler over the
 results topic, its sinks wired to this app's Celery tasks."""
 
 import functools
@@ -7,12 +7,12 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from inferencehub import metrics
-from kafka_bridge.results import handle_results
+from common import metrics
 from kafka_wire.contract import InferenceResult
 from kafka_wire.producer import BatchProducer, new_producer
 from kafka_wire.runner import BatchConsumer, subscribed_consumer
 from kafka_wire.topics import ADMIN_TIMEOUT_S, KafkaRefused, KafkaUnreachable, check_reachable
+from predictions.bridge import handle_results
 from predictions.tasks import fail_job, store_results
 
 log = logging.getLogger(__name__)

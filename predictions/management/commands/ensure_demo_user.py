@@ -52,7 +52,7 @@ class Command(BaseCommand):
         user.user_permissions.set(
             Permission.objects.filter(content_type__app_label="predictions")
             | Permission.objects.filter(
-                content_type__app_label="workers", codename__regex=r"^(view|change)_"
+                content_type__app_label="registry", codename__regex=r"^(view|change)_"
             )
         )
         token, _ = Token.objects.get_or_create(user=user)

@@ -7,8 +7,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.inference import PRECISIONS, ModelLoadError
-from workers.package import sha256_of
+from serving.inference import PRECISIONS, ModelLoadError
+from serving.package import sha256_of
 
 
 def fraction(text: str) -> float:
@@ -85,8 +85,8 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="write even if the gate fails")
 
     def handle(self, *args, **options):
-        from workers.export import ExportError, export_package, synthetic_images
-        from workers.serving import load_model
+        from serving.export import ExportError, export_package, synthetic_images
+        from serving.runtimes.tensorflow import load_model
 
         try:
             # Keras reports downloads on stdout.
@@ -139,14 +139,14 @@ class Command(BaseCommand):
         return None
 
     def folder_images(self, folder: Path, size: int):
-        from workers.export import image_files, load_image_files
+        from serving.export import image_files, load_image_files
 
         return load_image_files(image_files(folder), size=size, name=str(folder))
 
     def upload_images(self, count: int, size: int):
-        from inferencehub.images import prepare_for_model
+        from common.images import prepare_for_model
         from predictions.models import Job
-        from workers.export import ExportError, ImageSet
+        from serving.export import ExportError, ImageSet
 
         if count < 1:
             raise ExportError("--calibrate-from-uploads needs a positive number of jobs")

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from kafka_wire.config import ModelRoute
 from kafka_wire.producer import TRANSIENT_ERRORS
 from kafka_wire.topics import describe_topics, ensure_topics, project_topics
-from workers.models import ModelVersion
+from registry.models import ModelVersion
 
 
 def registered_routes() -> list[ModelRoute]:

@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.template import Context, Engine
 
-from inferencehub.errors import RETRY_AFTER_SECONDS
-from inferencehub.limits import CLIENT_IDLE_SECONDS, WAIT_MAX_SECONDS
+from common.errors import RETRY_AFTER_SECONDS
+from common.limits import CLIENT_IDLE_SECONDS, WAIT_MAX_SECONDS
 from stack.common import ROOT, SERVICE_USER
 
 TEMPLATE = ROOT / "stack" / "nginx.conf"

@@ -2,7 +2,6 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Count
 
-from inferencehub import health
 from kafka_wire.topics import (
     ADMIN_TIMEOUT_S,
     admin_client,
@@ -10,10 +9,11 @@ from kafka_wire.topics import (
     group_states,
     project_topics,
 )
+from predictions import health
 from predictions.models import Job
+from registry.models import ModelVersion
 from stack.common import LOGS, STATE
 from stack.supervise import Supervisor
-from workers.models import ModelVersion
 
 
 class Command(BaseCommand):

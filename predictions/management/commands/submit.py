@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from inferencehub.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
+from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
 from predictions.client import (
     IMAGES_PER_REQUEST,
     InferenceHubClient,

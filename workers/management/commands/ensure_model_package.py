@@ -13,8 +13,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.inference import ModelLoadError
-from workers.package import FASTEST_FIRST, read_manifest
+from serving.inference import ModelLoadError
+from serving.package import FASTEST_FIRST, read_manifest
 
 
 def cache_root() -> Path:

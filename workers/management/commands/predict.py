@@ -7,10 +7,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from PIL import UnidentifiedImageError
 
-from inferencehub.images import prepare_for_model
-from inferencehub.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
-from workers.inference import PRECISIONS, RUNTIMES, ModelLoadError
-from workers.loading import load_served
+from common.images import prepare_for_model
+from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
+from serving.inference import PRECISIONS, RUNTIMES, ModelLoadError
+from serving.loading import load_served
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from workers.serving import ModelLoadError, load_model
+from serving.runtimes.tensorflow import ModelLoadError, load_model
 
 
 class Command(BaseCommand):

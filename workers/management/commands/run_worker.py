@@ -10,14 +10,14 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from inferencehub import metrics
+from common import metrics
 from kafka_wire.producer import BatchProducer, new_producer
 from kafka_wire.runner import BatchConsumer, subscribed_consumer
 from kafka_wire.topics import ADMIN_TIMEOUT_S, KafkaRefused, KafkaUnreachable, check_reachable
-from workers.inference import PRECISIONS, RUNTIMES, ModelLoadError, ServedModel
-from workers.loading import load_served
-from workers.models import ModelVersion
-from workers.selectors import UnknownModel, find_version, parse_reference, servable_version
+from registry.models import ModelVersion
+from registry.selectors import UnknownModel, find_version, parse_reference, servable_version
+from serving.inference import PRECISIONS, RUNTIMES, ModelLoadError, ServedModel
+from serving.loading import load_served
 from workers.worker import InferenceHandler, worker_id
 
 logger = logging.getLogger(__name__)

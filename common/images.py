@@ -29,7 +29,7 @@ class ImageInfo:
 @dataclass(frozen=True)
 class PixelLimits:
     """How many pixels an upload may claim, so that decoding it stays within a bound
-    (the values and why: inferencehub/limits.py)."""
+    (the values and why: common/limits.py)."""
 
     # A JPEG is decoded at a reduced DCT scale (1/8 for big ones), so it may be larger.
     jpeg: int

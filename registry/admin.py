@@ -5,9 +5,9 @@ import threading
 from django.contrib import admin
 
 from kafka_wire.topics import GroupState
-from workers import services
-from workers.models import ModelVersion, RegisteredModel
-from workers.selectors import UPLOAD_STATE_MAX_AGE_S, serving_states
+from registry import services
+from registry.models import ModelVersion, RegisteredModel
+from registry.selectors import UPLOAD_STATE_MAX_AGE_S, serving_states
 
 _page = threading.local()
 

@@ -5,10 +5,10 @@ import logging
 
 from django.db.models.signals import post_delete, post_save
 
-from inferencehub.readings import kept_reading
+from common.readings import kept_reading
 from kafka_wire.producer import TRANSIENT_ERRORS
 from kafka_wire.topics import GroupState, group_states
-from workers.models import ModelVersion, RegisteredModel
+from registry.models import ModelVersion, RegisteredModel
 
 logger = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from workers import services
-from workers.inference import PRECISIONS, RUNTIMES, ModelLoadError, read_labels
-from workers.models import ModelVersion
-from workers.selectors import UnknownModel, parse_reference
+from registry import services
+from registry.models import ModelVersion
+from registry.selectors import UnknownModel, parse_reference
+from serving.inference import PRECISIONS, RUNTIMES, ModelLoadError, read_labels
 
 # The built-in ResNet50's input and classes (ImageNet).
 RESNET50_INPUT_SIZE = 224
@@ -74,7 +74,7 @@ class Command(BaseCommand):
     def register(self, options: dict) -> None:
         name = options["name"]
         if options["package"]:
-            from workers.package import LABELS, MANIFEST, read_manifest, sha256_of
+            from serving.package import LABELS, MANIFEST, read_manifest, sha256_of
 
             folder = Path(options["package"]).resolve()
             manifest = read_manifest(folder)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import openvino as ov
 
-from workers.inference import (
+from serving.inference import (
     INPUT_TRANSFORMS,
     PRECISIONS,
     ModelLoadError,
@@ -21,7 +21,7 @@ from workers.inference import (
     check_label_count,
     read_labels,
 )
-from workers.runtimes import compile_model, output_shape, runner
+from serving.runtimes.openvino import compile_model, output_shape, runner
 
 logger = logging.getLogger(__name__)
 

@@ -25,11 +25,13 @@ class RegisteredModel(models.Model):
         ],
     )
     # Uploads that name no model go to the default model's latest enabled version; at most
-    # one is (workers.services.set_default; MariaDB has no partial unique index for it).
+    # one is (registry.services.set_default; MariaDB has no partial unique index for it).
     is_default = models.BooleanField("default", default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        # The registry began in the workers app: its tables kept their names.
+        db_table = "workers_registeredmodel"
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -62,6 +64,7 @@ class ModelVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        db_table = "workers_modelversion"
         ordering = ["model__name", "-version"]
         constraints = [
             models.UniqueConstraint(fields=["model", "version"], name="unique_model_version"),

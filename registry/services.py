@@ -3,8 +3,8 @@
 from django.db import transaction
 from django.db.models import Max
 
-from workers.models import ModelVersion, RegisteredModel
-from workers.selectors import UnknownModel, find_version, forget_routes
+from registry.models import ModelVersion, RegisteredModel
+from registry.selectors import UnknownModel, find_version, forget_routes
 
 
 @transaction.atomic

@@ -5,8 +5,8 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from inferencehub.errors import error_response
-from inferencehub.images import PixelLimits
+from common.errors import error_response
+from common.images import PixelLimits
 
 # How many classes a job may ask for: every form, serializer, schema and check reads these.
 TOP_K_MIN = 1

@@ -2,8 +2,8 @@
 run by TensorFlow or converted to OpenVINO at start.
 
 A package (or the built-in "instant" model) is loaded without importing TensorFlow:
-workers.serving and workers.export, which import it, are imported only when a Keras model is
-needed.
+serving.runtimes.tensorflow and serving.export, which import it, are imported only when a
+Keras model is needed.
 """
 
 import logging
@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from workers.inference import (
+from serving.inference import (
     ModelLoadError,
     ServedModel,
     check_runtime_precision,
@@ -36,7 +36,7 @@ def load_served(
 ) -> ServedModel:
     """Load and warm up the model to serve; ModelLoadError with advice when that fails."""
     if package:
-        from workers.package import load_package
+        from serving.package import load_package
 
         served = load_package(package, threads=threads, bf16_fallback=bf16_fallback)
         warm_up(served)
@@ -44,7 +44,7 @@ def load_served(
     if name == "instant" and not model_file:
         return instant_model(labels_file, input_size)
     check_runtime_precision(runtime, precision)
-    from workers.serving import load_model
+    from serving.runtimes.tensorflow import load_model
 
     served = load_model(
         name=name,
@@ -56,7 +56,7 @@ def load_served(
     )
     if runtime == "tensorflow":
         return served
-    from workers.export import ExportError, convert_at_start
+    from serving.export import ExportError, convert_at_start
 
     started = time.monotonic()
     try:

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import openvino as ov
 
-from workers.inference import ModelLoadError
+from serving.inference import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

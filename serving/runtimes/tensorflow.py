@@ -3,13 +3,13 @@
 Two kinds of model can be served:
 - the built-in ResNet50 (name "resnet50"), with ImageNet weights from Keras' download
   cache, weights from a file, or random weights for demos;
-- the built-in "instant" model (workers/inference.py, no TensorFlow work);
+- the built-in "instant" model (serving/inference.py, no TensorFlow work);
 - any saved Keras classifier (model_file, a .keras file) that takes (S, S, 3) float32 pixels
   in 0..255, does its own rescaling/normalisation inside the model, and outputs class
   probabilities (a softmax), one per line of its labels file.
 
-This module imports TensorFlow; workers/inference.py holds what a served model shares with
-the OpenVINO runtime (workers/runtimes.py), which must not import it.
+This module imports TensorFlow; serving/inference.py holds what a served model shares with
+the OpenVINO runtime (serving/runtimes/openvino.py), which must not import it.
 """
 
 import logging
@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from workers.inference import (
+from serving.inference import (
     IMAGENET_LABELS_FILE,
     ModelLoadError,
     ServedModel,

@@ -1,9 +1,9 @@
-"""Exporting a Keras classifier as a model package (workers/package.py): conversion to
+"""Exporting a Keras classifier as a model package (serving/package.py): conversion to
 OpenVINO, int8 post-training quantization with NNCF, and the faithfulness gate that compares
 the package with the fp32 Keras model on held-out images.
 
 Images reach calibration and the gate through the pipeline's own preprocessing
-(inferencehub.images.prepare_for_model) and the served model's input transform
+(common.images.prepare_for_model) and the served model's input transform
 (ServedModel.model_input), exactly as a worker sees them. Imports TensorFlow.
 """
 
@@ -20,10 +20,10 @@ import openvino as ov
 import tensorflow as tf
 from PIL import Image
 
-from inferencehub.images import ACCEPTED_FORMATS, prepare_for_model
-from workers.inference import ServedModel, check_runtime_precision
-from workers.package import load_package, write_package
-from workers.runtimes import compile_model, runner
+from common.images import ACCEPTED_FORMATS, prepare_for_model
+from serving.inference import ServedModel, check_runtime_precision
+from serving.package import load_package, write_package
+from serving.runtimes.openvino import compile_model, runner
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from inferencehub.errors import error_response
+from common.errors import error_response
 
 logger = logging.getLogger(__name__)
 
