@@ -15,13 +15,16 @@ METRICS_TOKEN_FILE = $(or $(STACK_DIR),.stack)/metrics-token
 SECRET_KEY_FILE = $(or $(STACK_DIR),.stack)/secret-key
 
 .DEFAULT_GOAL := help
-.PHONY: help install services run test test-fast test-faults test-distributed bench k8s-render stop status lint format clean
+.PHONY: help install install-dev services run test test-fast test-faults test-distributed test-compose bench k8s-render stop status lint format clean
 
 help: ## Show this list of targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-11s %s\n", $$1, $$2}'
 
-install: ## Install apt packages, .venv with requirements, Kafka jars (skips what is done)
+install: ## Install apt packages, .venv with what running needs (requirements.txt), Kafka jars (skips what is done)
 	$(STACK) install
+
+install-dev: install ## Also the test and lint tools (requirements-dev.txt); the test and lint targets run it
+	$(STACK) install dev
 
 services: install ## Start MariaDB, Redis and Kafka (idempotent)
 	$(STACK) up
@@ -52,17 +55,22 @@ run: services ## Bootstrap (schema, static, the served model, topics, demo user)
 
 # The data services start first: the tests' settings read Redis's password, which Redis
 # gets when it first starts.
-test: services ## Run the tests, starting the services they need (extra pytest args: make test PYTEST_ARGS="-k upload -x")
+test: services install-dev ## Run the tests, starting the services they need (extra pytest args: make test PYTEST_ARGS="-k upload -x")
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: ## Run only the tests that need no data service; starts nothing
+test-fast: install-dev ## Run only the tests that need no data service; starts nothing
 	$(PY) -m pytest --no-services $(PYTEST_ARGS)
 
-test-faults: install ## Kill and stop services on purpose, on a stack of their own (.stack/faults/)
+test-faults: install-dev ## Kill and stop services on purpose, on a stack of their own (.stack/faults/)
 	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
-test-distributed: install ## Several hosts in network namespaces, links cut (docs/distributed.md)
+test-distributed: install-dev ## Several hosts in network namespaces, links cut (docs/distributed.md)
 	$(PY) -m pytest -m distributed tests/distributed $(PYTEST_ARGS)
+
+# Podman, the images and Docker Compose are built once and kept (.stack/containers/).
+test-compose: install-dev ## Start docker/compose.yaml under Podman, test it, remove it (docs/compose.md)
+	python3 -m stack.containers install
+	$(PY) -m pytest -m compose tests/compose $(PYTEST_ARGS)
 
 bench: services ## Benchmark against the model's ceiling, the seed and Ray Serve (docs/performance.md)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
@@ -77,10 +85,10 @@ stop: ## Stop the app processes and the data services
 status: ## Show each service and app process; exits 1 if one is down or restarting
 	$(STACK) status
 
-lint: ## Check code style with ruff, and the import arrows with import-linter (pyproject.toml)
+lint: install-dev ## Check code style with ruff, and the import arrows with import-linter (pyproject.toml)
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports
 
-format: ## Reformat code and apply safe ruff fixes
+format: install-dev ## Reformat code and apply safe ruff fixes
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
 
 clean: stop ## Stop everything and delete .stack/ (data, logs, Kafka jars; keeps .venv)

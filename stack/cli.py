@@ -1,7 +1,8 @@
 """Local service manager for InferenceHub: MariaDB, Redis, Kafka and the app processes.
 
 Usage:
-    python3 stack/stack.py install            apt packages, .venv + requirements, Kafka jars
+    python3 stack/stack.py install            apt packages, .venv + requirements.txt, Kafka jars
+    python3 stack/stack.py install dev        the test and lint tools (requirements-dev.txt)
     python3 stack/stack.py up [all|NAME...]   no names: data services; "all": data services + apps
     python3 stack/stack.py down [all|NAME...] no names or "all": everything, in reverse order
     python3 stack/stack.py status             exit code 0 only if every data service is up and
@@ -104,18 +105,6 @@ def select(names: list[str]) -> tuple[list[Service], list[str]]:
     return [s for s in SERVICES.values() if s.name in names], [n for n in APP_NAMES if n in names]
 
 
-def cmd_install(_names: list[str]) -> int:
-    STATE.mkdir(exist_ok=True)
-    install.install_apt()
-    install.install_service_user()
-    install.install_venv()
-    install.install_requirements()
-    install.install_kafka_jars()
-    install.install_s3proxy_jars()
-    say("[install] all done")
-    return 0
-
-
 def cmd_up(names: list[str]) -> int:
     for directory in (LOGS, RUN):
         directory.mkdir(parents=True, exist_ok=True)
@@ -194,7 +183,7 @@ def cmd_cluster(args: list[str]) -> int:
 
 
 COMMANDS = {
-    "install": cmd_install,
+    "install": install.cmd_install,
     "up": cmd_up,
     "down": cmd_down,
     "status": cmd_status,

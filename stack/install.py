@@ -1,4 +1,6 @@
-"""`install`: apt packages, .venv with the requirements, the Kafka jars; each skipped when done."""
+"""`install`: apt packages, .venv with requirements.txt, the Kafka and s3proxy jars; `install
+dev`: the test and lint tools (requirements-dev.txt). Each step is skipped when done, prints
+one line and keeps its tools' full output in .stack/logs/install/<step>.log."""
 
 import hashlib
 import os
@@ -8,7 +10,18 @@ import sys
 import time
 from pathlib import Path
 
-from stack.common import KAFKA_LIBS, ROOT, SERVICE_USER, STATE, VENV, StackError, quiet, say
+from stack.common import (
+    KAFKA_LIBS,
+    ROOT,
+    SERVICE_USER,
+    STATE,
+    VENV,
+    StackError,
+    log_path,
+    log_tail,
+    quiet,
+    say,
+)
 
 APT_PACKAGES = [
     "mariadb-server",
@@ -26,28 +39,45 @@ APT_PACKAGES = [
 # Present on this machine kind outside apt; installed from apt only if missing.
 APT_FOR_MISSING_COMMANDS = {"java": "openjdk-17-jre-headless", "mvn": "maven"}
 REQUIREMENTS = ROOT / "requirements.txt"
+# Includes requirements.txt (-r), so pip resolves the tools against the runtime's pins.
+DEV_REQUIREMENTS = ROOT / "requirements-dev.txt"
 POM = ROOT / "stack" / "pom.xml"
 S3PROXY_POM = ROOT / "stack" / "s3proxy-pom.xml"
 # Shared by every stack, like the Kafka jars.
 S3PROXY_LIBS = ROOT / ".stack" / "s3proxy" / "libs"
-HEARTBEAT_SECONDS = 30  # long install steps print at least this often
+HEARTBEAT_SECONDS = 30  # a long step's line grows at least this often
 
 
-def run_step(label: str, argv: list[str], **kwargs) -> None:
-    """Run a long install command with its output visible, plus a heartbeat line
-    so that a step whose tool prints nothing for a while (pip downloading a large
-    wheel without a terminal) never looks hung."""
+def run_step(step: str, label: str, *commands: list[str], env: dict | None = None) -> None:
+    """Run a step's commands one after the other, their output in the step's log and one
+    line on the terminal: Maven, apt and pip print thousands of lines a user never reads
+    unless something fails. The line grows by the elapsed time every HEARTBEAT_SECONDS, so
+    a long step (pip downloading TensorFlow) never looks hung. On failure the error
+    carries the log's path and its last lines."""
+    log = log_path(f"install/{step}")
+    log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    proc = subprocess.Popen(argv, **kwargs)
-    while True:
-        try:
-            code = proc.wait(timeout=HEARTBEAT_SECONDS)
-            break
-        except subprocess.TimeoutExpired:
-            say(f"[install] {label}: still running ({time.monotonic() - started:.0f} s)...")
-    if code != 0:
-        raise StackError(f"[install] {label}: failed with exit code {code}: {' '.join(argv)}")
-    say(f"[install] {label}: done in {time.monotonic() - started:.0f} s")
+    print(f"[install] {label} ...", end="", flush=True)
+    with log.open("w") as out:
+        for argv in commands:
+            out.write(f"$ {' '.join(argv)}\n")
+            out.flush()
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+            while True:
+                try:
+                    code = proc.wait(timeout=HEARTBEAT_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    print(f" {time.monotonic() - started:.0f} s ...", end="", flush=True)
+            if code != 0:
+                say(f" failed (exit code {code})")
+                raise StackError(
+                    f"[install] {label}: `{' '.join(argv)}` failed with exit code {code};"
+                    f" full output in {log}\n{log_tail(f'install/{step}')}"
+                )
+    say(f" done in {time.monotonic() - started:.0f} s")
 
 
 def apt_missing() -> list[str]:
@@ -67,10 +97,13 @@ def install_apt() -> None:
         return
     if os.geteuid() != 0:
         raise StackError(f"[install] apt: missing {' '.join(missing)}; run as root or install them")
-    say(f"[install] apt: installing {' '.join(missing)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run_step("apt-get update", ["apt-get", "update"], env=env)
-    run_step("apt-get install", ["apt-get", "install", "-y", *missing], env=env)
+    run_step(
+        "apt",
+        f"apt: {len(missing)} packages ({' '.join(missing)})",
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", *missing],
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+    )
 
 
 def install_service_user() -> None:
@@ -90,21 +123,45 @@ def install_venv() -> None:
     if (VENV / "bin" / "python").exists():
         say("[install] venv: .venv exists, skipping")
         return
-    say("[install] venv: creating .venv")
-    run_step("venv", [sys.executable, "-m", "venv", str(VENV)])
+    run_step("venv", "venv: creating .venv", [sys.executable, "-m", "venv", str(VENV)])
 
 
 def install_requirements() -> None:
-    if not REQUIREMENTS.exists():
-        raise StackError(f"[install] pip: {REQUIREMENTS} not found")
-    stamp = STATE / "requirements.sha256"
-    digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text().strip() == digest:
-        say("[install] pip: requirements.txt unchanged since last install, skipping")
+    install_pip(
+        "runtime",
+        REQUIREMENTS,
+        "first run downloads ~700 MB: TensorFlow",
+        stamp=STATE / "requirements.sha256",
+    )
+
+
+def install_dev_requirements() -> None:
+    if not (VENV / "bin" / "python").exists():
+        raise StackError("[install] pip (dev): no .venv; `python3 stack/stack.py install` first")
+    # The stamp covers requirements.txt too: the file includes it.
+    install_pip(
+        "dev",
+        DEV_REQUIREMENTS,
+        "the test and lint tools",
+        stamp=STATE / "requirements-dev.sha256",
+        also_hashed=REQUIREMENTS,
+    )
+
+
+def install_pip(
+    kind: str, requirements: Path, what: str, *, stamp: Path, also_hashed: Path | None = None
+) -> None:
+    if not requirements.exists():
+        raise StackError(f"[install] pip ({kind}): {requirements} not found")
+    digest = hashlib.sha256(requirements.read_bytes())
+    if also_hashed:
+        digest.update(also_hashed.read_bytes())
+    if stamp.exists() and stamp.read_text().strip() == digest.hexdigest():
+        say(f"[install] pip ({kind}): {requirements.name} unchanged since last install, skipping")
         return
-    say("[install] pip: installing requirements (first run downloads ~700 MB: TensorFlow)...")
     run_step(
-        "pip",
+        f"pip-{kind}",
+        f"pip ({kind}): {requirements.name} ({what})",
         [
             str(VENV / "bin" / "python"),
             "-m",
@@ -112,11 +169,11 @@ def install_requirements() -> None:
             "install",
             "--disable-pip-version-check",
             "-r",
-            str(REQUIREMENTS),
+            str(requirements),
         ],
     )
     # Written only after success, so a failed or interrupted install is retried.
-    stamp.write_text(digest + "\n")
+    stamp.write_text(digest.hexdigest() + "\n")
 
 
 def install_kafka_jars() -> None:
@@ -136,10 +193,10 @@ def install_jars(name: str, pom: Path, libs: Path, what: str) -> None:
     if stamp.exists() and stamp.read_text().strip() == digest:
         say(f"[install] {name}: jars present in {libs.relative_to(ROOT)}, skipping")
         return
-    say(f"[install] {name}: resolving {what} with Maven...")
     shutil.rmtree(libs, ignore_errors=True)
     run_step(
-        "maven",
+        name,
+        f"{name}: {what}, resolved by Maven",
         [
             "mvn",
             "-B",
@@ -153,8 +210,14 @@ def install_jars(name: str, pom: Path, libs: Path, what: str) -> None:
     stamp.write_text(digest + "\n")
 
 
-def cmd_install(_names: list[str]) -> int:
+def cmd_install(names: list[str]) -> int:
+    """No names: what running needs; `dev`: the test and lint tools, once that is done."""
+    if names not in ([], ["dev"]):
+        raise StackError("usage: stack.py install [dev]")
     STATE.mkdir(exist_ok=True)
+    if names == ["dev"]:
+        install_dev_requirements()
+        return 0
     install_apt()
     install_service_user()
     install_venv()
