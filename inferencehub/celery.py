@@ -2,18 +2,44 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import task_postrun, task_prerun
+from celery.signals import before_task_publish, task_postrun, task_prerun
 from django.db import close_old_connections
 from kombu import __version__ as kombu_version
 from kombu.transport import redis as kombu_redis
 
+from common import request_ids
+
 logger = logging.getLogger(__name__)
+# The task header holding the request id of the upload that led to the task.
+REQUEST_ID_HEADER = "inferencehub_request_id"
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inferencehub.settings")
 
 app = Celery("inferencehub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@before_task_publish.connect
+def _pass_the_request_id_along(headers, **_kwargs) -> None:
+    """A task enqueued while a request is handled (or by a task working for one) carries
+    that request's id in its headers."""
+    if request_id := request_ids.current.get():
+        headers.setdefault(REQUEST_ID_HEADER, request_id)
+
+
+@task_prerun.connect
+def _take_the_request_id_up(task, **_kwargs) -> None:
+    # An eager task (run in its caller) keeps its caller's id.
+    if request_id := task.request.get(REQUEST_ID_HEADER):
+        task.request_id_token = request_ids.current.set(request_id)
+
+
+@task_postrun.connect
+def _put_the_request_id_down(task, **_kwargs) -> None:
+    if token := getattr(task, "request_id_token", None):
+        request_ids.current.reset(token)
+        task.request_id_token = None
 
 
 @task_prerun.connect

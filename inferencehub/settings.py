@@ -149,7 +149,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # Outermost: every other middleware can raise (SecurityMiddleware and CommonMiddleware
+    # Outermost: the request's id is set before anything logs, and its access line has the
+    # status the client gets, error pages included.
+    "common.request_ids.RequestIdMiddleware",
+    # Next: every other middleware can raise (SecurityMiddleware and CommonMiddleware
     # raise DisallowedHost for a foreign Host header, CommonMiddleware a RuntimeError under
     # DEBUG for a POST without its trailing slash), and Django turns what they raise into
     # its debug page right there; only a middleware outside them sees that page to replace.
@@ -456,6 +459,9 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", str, redis_url(0, host="127.0.0.1")
 CELERY_TASK_ACKS_LATE = True  # a task is redone if its worker dies mid-way
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's processes log through LOGGING above, as every other process does: one line
+# format, with the request id of the upload that enqueued the task.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery's Django fix-up closes every database connection before and after each task
@@ -608,15 +614,25 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
         "json": {"()": "common.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "filters": {"request_id": {"()": "common.request_ids.RequestIdFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "kafka": {"level": "WARNING"},
         # Named here so that Django's own console handler on "django" goes: with DEBUG it
         # printed each of its warnings a second time, bare, before the root's line.
         "django": {"level": "INFO"},
+        # Its warning for each 4xx answer repeats the access line (common/request_ids.py);
+        # a 5xx still logs its traceback.
+        "django.request": {"level": "ERROR"},
     },
 }
