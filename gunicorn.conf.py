@@ -30,7 +30,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 threads = 4
 timeout = 120
 # Oversized request heads are refused before Django runs; bodies are capped by
-# REQUEST_MAX_BYTES (common/limits.py) from their Content-Length.
+# REQUEST_MAX_BYTES (common/uploads.py) from their Content-Length.
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190

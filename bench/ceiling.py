@@ -1,11 +1,12 @@
 """The model's own predict throughput on preprocessed tensors: the pipeline's ceiling.
 
 Run as `python -m bench.ceiling --batch-size 32 --threads 2 --seconds 10` (add
-`--runtime openvino --precision fp32` or `--model-package DIR`), once per worker process
-the pipeline would run, all started together: each loads the model as a worker does,
-prints "loaded" (the parent times the start from it), then "ready", waits for a line on
-stdin so that all measure at the same time, then prints one JSON line with what it
-measured, its resident memory included.
+`--runtime openvino --precision fp32` or `--model-package DIR`, and for a package how
+OpenVINO runs it: `--hint`, `--streams`, `--requests`), once per worker process the
+pipeline would run, all started together: each loads the model as a worker does, prints
+"loaded" (the parent times the start from it), then "ready", waits for a line on stdin so
+that all measure at the same time, then prints one JSON line with what it measured, its
+resident memory and CPU time per image included.
 """
 
 import argparse
@@ -30,9 +31,13 @@ def main() -> None:
     parser.add_argument("--runtime", default="tensorflow")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--model-package", default="")
+    parser.add_argument("--hint", default="auto", help="OpenVINO: auto, throughput or latency")
+    parser.add_argument("--streams", type=int, default=0, help="OpenVINO: 0 for its choice")
+    parser.add_argument("--requests", type=int, default=0, help="OpenVINO: 0 for its choice")
     args = parser.parse_args()
 
     from serving.loading import load_served
+    from serving.runtimes.openvino import Execution
 
     served = load_served(
         package=args.model_package,
@@ -41,6 +46,7 @@ def main() -> None:
         name=args.model,
         weights="random",
         threads=args.threads or None,
+        execution=Execution(hint=args.hint, streams=args.streams, requests=args.requests),
     )
     print("loaded", flush=True)
     rng = np.random.default_rng(0)
@@ -52,12 +58,16 @@ def main() -> None:
     sys.stdin.readline()
 
     batch_seconds = []
+    # The whole process's CPU, OpenVINO's and TensorFlow's threads included: on a shared
+    # machine, core-ms per image is the figure that other work does not change much.
+    cpu_started = time.process_time()
     started = time.perf_counter()
     while time.perf_counter() - started < args.seconds or len(batch_seconds) < 3:
         before = time.perf_counter()
         served.predict(images, top_k)
         batch_seconds.append(time.perf_counter() - before)
     elapsed = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu_started
     print(
         json.dumps(
             {
@@ -66,6 +76,9 @@ def main() -> None:
                 "batches": len(batch_seconds),
                 "images_per_s": len(batch_seconds) * args.batch_size / elapsed,
                 "batch_ms_p50": float(np.percentile(batch_seconds, 50) * 1000),
+                "cpu_s": cpu_s,
+                "images": len(batch_seconds) * args.batch_size,
+                "execution": served.execution,
                 "rss_mib": resident_mib(),
             }
         ),
@@ -129,6 +142,10 @@ def run_ceiling_probes(
         "images_per_s": sum(m["images_per_s"] for m in measured),
         "batch_ms_p50": statistics.median(m["batch_ms_p50"] for m in measured),
         "rss_mib": max(m["rss_mib"] for m in measured),
+        "cpu_ms_per_image": sum(m["cpu_s"] for m in measured)
+        * 1000
+        / sum(m["images"] for m in measured),
+        "execution": measured[0]["execution"],
         # With several probes starting together, the last to load waited on the others.
         "start_s": min(start_s),
     }
@@ -156,3 +173,36 @@ def single_and_batched(
         name,
     )
     return single, batched
+
+
+def package_ceilings(options, package: str, log_dir: Path, log) -> dict:
+    """The package's ceiling in each way of running it that a host could use, and the best:
+    the workers' batch in several processes with the latency hint (as the workers ran
+    before), or in one with the latency hint, or in one with the throughput hint's streams
+    fed by 2 or 4 infer requests, each a slice of the batch."""
+    batch = options.max_batch_size
+    ways = {
+        f"{options.workers} processes, latency hint, batch {batch}": (
+            options.workers,
+            ("--hint", "latency", "--requests", "1"),
+        ),
+        f"1 process, latency hint, batch {batch}": (1, ("--hint", "latency", "--requests", "1")),
+    }
+    for requests in (2, 4):
+        name = f"1 process, throughput hint, {requests} requests of {-(-batch // requests)}"
+        ways[name] = (1, ("--hint", "throughput", "--requests", str(requests)))
+    tried = {}
+    for index, (name, (processes, execution)) in enumerate(ways.items()):
+        figures = run_ceiling_probes(
+            processes,
+            batch,
+            options.threads,
+            options.ceiling_seconds,
+            log_dir,
+            ("--model-package", package, *execution),
+            f"-way{index}",
+        )
+        tried[name] = {"processes": processes, **figures}
+        log(f"  {name}: {json.dumps(tried[name])}")
+    best = max(tried, key=lambda name: tried[name]["images_per_s"])
+    return {"tried": tried, "best": best}

@@ -1,21 +1,40 @@
-"""The peer: Ray Serve with @serve.batch serving the same Keras ResNet50 over HTTP.
+"""The peer: Ray Serve with @serve.batch serving the same model over HTTP.
 
-Run as `python -m bench.ray_peer --port P ...`: starts a local Ray cluster limited to this
-machine's cores, deploys the classifier at http://127.0.0.1:P/classify (POST the image
-file's bytes, get the top 5 as JSON), prints "ray peer ready" and serves until SIGTERM,
-then shuts the cluster down. It decodes and resizes with the project's own
-prepare_for_model and predicts with the project's ServedModel, so the only difference
-from the pipeline is the serving framework.
+Run as `python -m bench.ray_peer --port P ...` with the Python of the peer's own venv
+(bench/peers.py): starts a local Ray cluster limited to this machine's cores, deploys the
+classifier at http://127.0.0.1:P/classify (POST the image file's bytes, get the top 5 as
+JSON) and at /classify/batch (POST several images packed by pack_images, get a list of top
+5s), prints "ray peer ready" and serves until SIGTERM, then shuts the cluster down. It
+decodes and resizes with the project's own prepare_for_model and predicts with the
+project's ServedModel, so the only difference from the pipeline is the serving framework.
 """
 
 import argparse
+import asyncio
 import io
 import os
 import signal
+import struct
 import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+BATCH_PATH = "/batch"
+
+
+def pack_images(images: list[bytes]) -> bytes:
+    """Several image files in one request body: each after its length (4 bytes, big-endian).
+    Not multipart: parsing a form would be the peer's own cost, not the framework's."""
+    return b"".join(struct.pack(">I", len(image)) + image for image in images)
+
+
+def unpack_images(body: bytes) -> list[bytes]:
+    images, offset = [], 0
+    while offset < len(body):
+        (size,) = struct.unpack_from(">I", body, offset)
+        images.append(body[offset + 4 : offset + 4 + size])
+        offset += 4 + size
+    return images
 
 
 def main() -> None:
@@ -53,10 +72,16 @@ def main() -> None:
                 for best in predictions
             ]
 
-        async def __call__(self, request: Request) -> list[dict]:
+        async def __call__(self, request: Request) -> list:
             from common.images import prepare_for_model
 
             body = await request.body()
+            if request.url.path.endswith(BATCH_PATH):
+                # Each image joins @serve.batch's batches like a request of its own.
+                images = [
+                    prepare_for_model(io.BytesIO(data), size=224) for data in unpack_images(body)
+                ]
+                return list(await asyncio.gather(*(self.classify(image) for image in images)))
             return await self.classify(prepare_for_model(io.BytesIO(body), size=224))
 
     ray.init(

@@ -29,14 +29,17 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import override_settings
 
-from bench.ceiling import single_and_batched
+from bench.ceiling import package_ceilings, single_and_batched
 from bench.decode import measure_decoding
 from bench.images import make_images
+from bench.peers import PEERS_DIR, PeerUnavailable, peer_python
+from bench.ray_peer import BATCH_PATH, pack_images
 from bench.runtimes import export_packages, make_run_choice, measure_runtimes
 from common.images import prepare_for_model
 from kafka_wire.config import kafka_names
 from kafka_wire.topics import ensure_topics
 from predictions.models import Job
+from serving.runtimes.openvino import cpu_flags
 from stack import processes
 from stack.harness import (
     PYTHON,
@@ -80,13 +83,16 @@ class Options:
         "plumbing-multi",
         "plumbing-small",
         "pipeline-multi-package",
-        "ray",
+        "pipeline-multi-package-2",
         "ray-package",
+        "ray-package-batch",
         "decode",
     )
     out_dir: Path = REPO / "bench-results"
     # The model package make run would serve, exported by the run (bench/runtimes.py).
     package: str = ""
+    # Make a peer's venv (bench/peers.py) when it is missing; else skip the peer, saying so.
+    peer_install: bool = True
 
 
 @dataclass
@@ -98,6 +104,9 @@ class PipelineConfig:
     max_batch_size: int | None = None  # None: Options.max_batch_size
     images_per_request: int = 1
     package: bool = False  # serve Options.package instead of TensorFlow fp32
+    workers: int | None = None  # inference worker processes; None: Options.workers
+    # OPENVINO_PERFORMANCE_HINT of the workers serving a package.
+    openvino_hint: str = "auto"
     # Only the benchmark's images of this size (bench.images.MEGAPIXELS); None: all of them.
     megapixels: float | None = None
 
@@ -126,15 +135,32 @@ CONFIGS = {
         images_per_request=8,
         megapixels=0.3,
     ),
+    # As make run serves its package: one worker process, OpenVINO's throughput streams.
     "pipeline-multi-package": PipelineConfig(
         "pipeline-multi-package",
-        "pipeline, 8 images per upload, make run's model package",
+        "pipeline, 8 images per upload, make run's model package (1 worker, throughput)",
         images_per_request=8,
         package=True,
+        workers=1,
+    ),
+    # As it did before issue 27, for the before/after in one run.
+    "pipeline-multi-package-2": PipelineConfig(
+        "pipeline-multi-package-2",
+        "pipeline, 8 images per upload, make run's model package (2 workers, latency)",
+        images_per_request=8,
+        package=True,
+        workers=2,
+        openvino_hint="latency",
     ),
 }
 # Parts that need the model packages exported at the start of the run.
-PACKAGE_PARTS = ("runtimes", "pipeline-multi-package", "ray-package")
+PACKAGE_PARTS = (
+    "runtimes",
+    "pipeline-multi-package",
+    "pipeline-multi-package-2",
+    "ray-package",
+    "ray-package-batch",
+)
 
 
 @dataclass
@@ -145,6 +171,8 @@ class Results:
     ceiling: dict = field(default_factory=dict)
     packages: dict = field(default_factory=dict)
     runtimes: dict = field(default_factory=dict)
+    # make run's package's ceiling in each way of running it (bench.ceiling.package_ceilings).
+    ceilings: dict = field(default_factory=dict)
     runs: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
     decoding: dict = field(default_factory=dict)
@@ -178,6 +206,9 @@ def run_benchmark(options: Options, log=print) -> Path:
     if "runtimes" in options.parts:
         log("runtimes: every runtime and precision's ceiling, memory and start time ...")
         results.runtimes = measure_runtimes(options, results.packages, out / "logs", log)
+        if options.package:
+            log("make run's package: its ceiling in each way of running it ...")
+            results.ceilings = package_ceilings(options, options.package, out / "logs", log)
     if any(name in options.parts for name in CONFIGS):
         with bench_database(), web_server(options, out / "logs") as web:
             token = make_token()
@@ -186,23 +217,18 @@ def run_benchmark(options: Options, log=print) -> Path:
                     log(f"{config.title} ...")
                     results.runs[name] = run_pipeline(config, options, images, web, token, out)
                     log(f"  {summary_line(results.runs[name])}")
-    if "ray" in options.parts:
-        reason = ray_unavailable()
-        if reason:
-            results.skipped["ray"] = reason
-            log(f"Ray Serve peer SKIPPED: {reason}")
-        else:
-            log("Ray Serve peer ...")
-            results.runs["ray"] = run_ray(options, images, out)
-            log(f"  {summary_line(results.runs['ray'])}")
-    if "ray-package" in options.parts and options.package:
-        reason = ray_unavailable()
-        if reason:
-            results.skipped["ray-package"] = reason
-        else:
-            log("Ray Serve peer with make run's model package ...")
-            results.runs["ray-package"] = run_ray(options, images, out, options.package)
-            log(f"  {summary_line(results.runs['ray-package'])}")
+    for name, per_request in RAY_PARTS.items():
+        if name not in options.parts or not options.package:
+            continue
+        try:
+            python = peer_python("ray", log) if options.peer_install else ready_peer("ray")
+        except PeerUnavailable as error:
+            results.skipped[name] = str(error)
+            log(f"Ray Serve peer SKIPPED: {error}")
+            continue
+        log(f"Ray Serve peer, make run's model package, {per_request} per request ...")
+        results.runs[name] = run_ray(options, images, out, python, per_request)
+        log(f"  {summary_line(results.runs[name])}")
     if "decode" in options.parts:
         log("decoding: every decode path side by side ...")
         results.decoding = measure_decoding(settings.MODEL_INPUT_SIZE, log)
@@ -222,6 +248,7 @@ def machine_info() -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "load_before": load_average(),
@@ -333,6 +360,7 @@ def pipeline_processes(
         MODEL_NAME=config.model,
         REQUEST_DTYPE=config.request_dtype,
         MODEL_PACKAGE=options.package if config.package else "",
+        OPENVINO_PERFORMANCE_HINT=config.openvino_hint,
     )
     worker_options = ["--max-batch-size", str(config.max_batch_size or options.max_batch_size)]
     worker_options += ["--max-batch-delay-ms", str(options.batch_delay_ms)]
@@ -343,7 +371,7 @@ def pipeline_processes(
     )
     wanted = [celery, processes.bridge(PYTHON)] + [
         processes.worker(PYTHON, f"worker{i}", *worker_options)
-        for i in range(1, options.workers + 1)
+        for i in range(1, (config.workers or options.workers) + 1)
     ]
     started: list[ManagedProcess] = []
     try:
@@ -640,45 +668,63 @@ def percentiles(values: list[float]) -> dict:
 
 # --- The Ray Serve peer ----------------------------------------------------------------
 
+# The Ray Serve parts, each serving make run's model package: images per request.
+RAY_PARTS = {"ray-package": 1, "ray-package-batch": 8}
 
-def ray_unavailable() -> str:
-    """Why the Ray Serve peer cannot run here, or "" when it can."""
-    try:
-        import ray.serve  # noqa: F401
-    except ImportError:
-        return (
-            "ray[serve] is not installed: it is a benchmark-only dependency "
-            "(requirements-bench.txt), installed by `make bench`, not by `make test`"
+
+def ready_peer(name: str) -> Path:
+    """The peer's venv's Python when it is made already (the benchmark's --no-peer-install)."""
+    python = PEERS_DIR / name / "bin" / "python"
+    if not python.exists():
+        raise PeerUnavailable(
+            f"the {name} peer's venv ({python.parent.parent}) is not made, and "
+            f"--no-peer-install was given (a benchmark run without it makes it)"
         )
-    return ""
+    return python
 
 
 def run_ray(
-    options: Options, images: list[tuple[str, bytes]], out: Path, package: str = ""
+    options: Options,
+    images: list[tuple[str, bytes]],
+    out: Path,
+    python: Path,
+    per_request: int = 1,
 ) -> dict:
     port = free_port()
-    argv = [sys.executable, "-m", "bench.ray_peer", "--port", str(port)]
-    argv += ["--model-package", package]
+    argv = [str(python), "-m", "bench.ray_peer", "--port", str(port)]
+    argv += ["--model-package", options.package]
     argv += ["--max-batch-size", str(options.max_batch_size)]
     argv += ["--batch-wait-ms", str(options.batch_delay_ms), "--threads", str(options.threads)]
-    peer = ManagedProcess("ray-peer", argv, dict(os.environ), out / "logs").start()
+    # The project's code (serving/, common/) from the checkout; everything else from the
+    # peer's venv.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    peer = ManagedProcess("ray-peer", argv, env, out / "logs").start()
     url = f"http://127.0.0.1:{port}/classify"
+    batch_url = url + BATCH_PATH
     try:
         peer.wait_for_log("ray peer ready", timeout=300)
         session = requests.Session()
         for index in range(4):
             classify(session, url, images[index % len(images)])
+        classify_many(session, batch_url, images[:per_request])
         load_before = load_average()
         local = threading.local()
 
-        def one(index: int) -> None:
+        def one(start: int) -> None:
             if not hasattr(local, "session"):
                 local.session = requests.Session()
-            classify(local.session, url, images[index % len(images)])
+            chunk = [
+                images[i % len(images)]
+                for i in range(start, min(start + per_request, options.images))
+            ]
+            if per_request == 1:
+                classify(local.session, url, chunk[0])
+            else:
+                classify_many(local.session, batch_url, chunk)
 
         started = time.time()
         with ThreadPoolExecutor(options.clients) as pool:
-            list(pool.map(one, range(options.images)))
+            list(pool.map(one, range(0, options.images, per_request)))
         seconds = time.time() - started
         load_after = load_average()
         latencies = []
@@ -689,9 +735,10 @@ def run_ray(
     finally:
         peer.stop(timeout=60)
     return {
-        "title": "Ray Serve peer (@serve.batch, same model"
-        + (", make run's model package)" if package else ", TensorFlow fp32)"),
+        "title": f"Ray Serve peer (@serve.batch, make run's model package, {per_request} "
+        f"per request)",
         "unit": "images",
+        "images_per_request": per_request,
         "count": options.images,
         "failed": 0,
         "seconds": seconds,
@@ -706,4 +753,10 @@ def run_ray(
 def classify(session: requests.Session, url: str, image: tuple[str, bytes]) -> None:
     response = session.post(url, data=image[1], timeout=120)
     if response.status_code != 200:
+        raise RuntimeError(f"Ray Serve answered {response.status_code}: {response.text[:500]}")
+
+
+def classify_many(session: requests.Session, url: str, images: list[tuple[str, bytes]]) -> None:
+    response = session.post(url, data=pack_images([data for _, data in images]), timeout=120)
+    if response.status_code != 200 or len(response.json()) != len(images):
         raise RuntimeError(f"Ray Serve answered {response.status_code}: {response.text[:500]}")

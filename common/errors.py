@@ -10,8 +10,11 @@ import logging
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
+from rest_framework.exceptions import MethodNotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +161,47 @@ class ErrorPagesMiddleware:
                 replacement[name] = value
         replacement.cookies = response.cookies
         return replacement
+
+
+def exception_handler(exc, context):
+    """DRF's EXCEPTION_HANDLER: every API error is {"error": "<readable message>"} plus
+    "fields" for form errors."""
+    if isinstance(exc, TooManyFilesSent):
+        # Django raises it while reading the form; said here, not only in the log.
+        return error_response(
+            f"too many files in one request; the limit is {settings.DATA_UPLOAD_MAX_NUMBER_FILES}",
+            400,
+        )
+    if isinstance(exc, RequestDataTooBig):
+        # A form or JSON body over what Django reads into memory; files are limited apart.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(f"the request's fields are over the limit of {limit} bytes", 413)
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return error_response(f"too many form fields in one request; the limit is {limit}", 400)
+    if isinstance(exc, DatabaseError):
+        # The database being away is an outage to wait out, not a server bug: a 503 lets
+        # clients retry, and nothing was accepted.
+        return error_response("the database is unavailable; try again in a few seconds", 503)
+    # Imported here: DRF's views module loads the throttle classes named in the settings,
+    # which use this module's SEED_API_PATHS.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    detail = response.data
+    if isinstance(exc, MethodNotAllowed):
+        # The Allow header says it to programs; the message says it to people.
+        allowed = ", ".join(context["view"].allowed_methods)
+        response.data = error_body(
+            f"method {context['request'].method} is not allowed here; allowed: {allowed}"
+        )
+    elif isinstance(detail, dict) and set(detail) == {"detail"}:
+        response.data = error_body(str(detail["detail"]))
+    elif isinstance(detail, dict):
+        messages = [f"{field}: {' '.join(map(str, errors))}" for field, errors in detail.items()]
+        response.data = error_body("; ".join(messages), detail)
+    else:
+        response.data = error_body(" ".join(map(str, detail)))
+    return response

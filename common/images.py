@@ -160,9 +160,42 @@ def _check_jpeg_ends(file: BinaryIO, *, scan_start: int) -> None:
     raise ImageRejected("image could not be decoded: the JPEG data is truncated")
 
 
-def prepare_for_model(file: BinaryIO, *, size: int) -> np.ndarray:
-    """Return the image as a (size, size, 3) uint8 RGB array, as ResNet50 expects it."""
-    return prepare_upload(file, size=size).model_input
+@dataclass(frozen=True)
+class Fit:
+    """How an image is brought to the model's size x size: its short side resized to
+    resize_to (None: to size, the whole centre square) and the centre size x size cut out,
+    or the whole image stretched to size x size. A model's input spec says which
+    (serving/onnx.py); the default is what ResNet50 and the Keras models take."""
+
+    resize_to: int | None = None
+    stretch: bool = False
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "Fit":
+        """From an input spec as the registry and a package's manifest keep it ({} for
+        models without one)."""
+        return cls(resize_to=spec.get("resize_to"), stretch=spec.get("resize") == "stretch")
+
+    def box(self, width: int, height: int, size: int) -> tuple[float, float, float, float]:
+        """The part of a width x height image that becomes the size x size input."""
+        if self.stretch:
+            return (0, 0, width, height)
+        side = min(width, height) * size / max(size, self.resize_to or size)
+        left, top = (width - side) / 2, (height - side) / 2
+        return (left, top, left + side, top + side)
+
+    def decoded_side(self, size: int) -> int:
+        """The fewest pixels the short side may be decoded at for the input to have size."""
+        return max(size, self.resize_to or size)
+
+
+# Today's fit, the default: the whole centre square.
+CENTRE_SQUARE = Fit()
+
+
+def prepare_for_model(file: BinaryIO, *, size: int, fit: Fit = CENTRE_SQUARE) -> np.ndarray:
+    """Return the image as a (size, size, 3) uint8 RGB array, brought to size as fit says."""
+    return prepare_upload(file, size=size, fit=fit).model_input
 
 
 @dataclass(frozen=True)
@@ -172,12 +205,15 @@ class Prepared:
     thumbnails: dict[int, bytes]
 
 
-def prepare_upload(file: BinaryIO, *, size: int, thumbnail_sizes: tuple[int, ...] = ()) -> Prepared:
+def prepare_upload(
+    file: BinaryIO, *, size: int, thumbnail_sizes: tuple[int, ...] = (), fit: Fit = CENTRE_SQUARE
+) -> Prepared:
     """The model's (size, size, 3) uint8 RGB array, and thumbnails, from one decode.
 
-    Applies EXIF orientation, flattens transparency onto white and takes the centre square,
-    resampled to size x size. A JPEG is decoded at a reduced DCT scale: the fastest path
-    measured, within a stated bound of a full-size decode (docs/performance.md, "Decoding").
+    Applies EXIF orientation, flattens transparency onto white and takes the part fit says
+    (by default the centre square), resampled to size x size. A JPEG is decoded at a
+    reduced DCT scale: the fastest path measured, within a stated bound of a full-size
+    decode (docs/performance.md, "Decoding").
     The thumbnails are made from the same decode, which a JPEG's DCT scale keeps large
     enough for the largest of them (a 12 MP photo still decodes at 1/8, 500x375).
     """
@@ -187,10 +223,13 @@ def prepare_upload(file: BinaryIO, *, size: int, thumbnail_sizes: tuple[int, ...
         if image.format == "JPEG":
             # libjpeg-turbo decodes at the smallest DCT scale (1/2, 1/4, 1/8) that leaves
             # at least this many pixels per side.
-            image.draft("RGB", draft_size(original, size, max(thumbnail_sizes, default=0)))
+            needed = fit.decoded_side(size)
+            image.draft("RGB", draft_size(original, needed, max(thumbnail_sizes, default=0)))
         decoded = _flatten_onto_white(image)
         return Prepared(
-            model_input=model_input(decoded, original=original, size=size, orientation=orientation),
+            model_input=model_input(
+                decoded, original=original, size=size, orientation=orientation, fit=fit
+            ),
             thumbnails=_thumbnails(decoded, thumbnail_sizes, orientation=orientation),
         )
 
@@ -219,20 +258,20 @@ def model_input(
     size: int,
     orientation: int = 1,
     reducing_gap: float | None = REDUCING_GAP,
+    fit: Fit = CENTRE_SQUARE,
 ) -> np.ndarray:
-    """The centre square of an image of `original` size, resampled bilinearly to size x
-    size from `decoded`: that image in RGB at full size or at n/8 of it (JPEG DCT
-    scaling), still in its stored orientation; then turned as EXIF `orientation` says.
+    """The part of an image of `original` size that fit says (by default its centre
+    square), resampled bilinearly to size x size from `decoded`: that image in RGB at full
+    size or at n/8 of it (JPEG DCT scaling), still in its stored orientation; then turned
+    as EXIF `orientation` says.
 
-    The square is taken in the stored orientation, and the small result turned: the centre
+    The part is taken in the stored orientation, and the small result turned: the centre
     square of a turned image is the turned centre square.
     """
     width, height = original
     # A DCT-scaled decode is ceil(width * n / 8) wide, so this recovers n exactly.
     scale = Fraction(8 * decoded.width // width, 8)
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    box = (left * scale, top * scale, (left + side) * scale, (top + side) * scale)
+    box = tuple(edge * scale for edge in fit.box(width, height, size))
     square = decoded.resize(
         (size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=reducing_gap
     )

@@ -1,12 +1,9 @@
-"""Limits of what a request may ask for: the top_k range, and a declared body too large
-to read."""
+"""Limits of what a request may ask for, each written once: the top_k range, page sizes,
+how long an answer is held, the pixels an upload may claim.
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.conf import settings
-from django.http import HttpRequest, HttpResponse
-
-from common.errors import error_response
-from common.images import PixelLimits
+It imports nothing, so that what runs without Django (predictions/client.py, the Kafka
+contract) reads the same values as the app; the checks that need Django's settings are in
+common/uploads.py."""
 
 # How many classes a job may ask for: every form, serializer, schema and check reads these.
 TOP_K_MIN = 1
@@ -14,43 +11,11 @@ TOP_K_MAX = 1000
 TOP_K_DEFAULT = 5
 
 
-class RequestSizeLimitMiddleware:
-    """413 with the API's JSON error shape when Content-Length exceeds REQUEST_MAX_BYTES.
-
-    Django checks DATA_UPLOAD_MAX_MEMORY_SIZE only for non-file fields, and per-file sizes
-    only after a file is received; this stops a huge upload at its headers, so the server
-    neither reads nor stores it. A body without Content-Length (chunked) is left to gunicorn
-    and to those later checks."""
-
-    # Both modes: a sync-only middleware would cost the held process a thread per request
-    # (inferencehub/asgi.py).
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response) -> None:
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
-        return self.refusal(request) or self.get_response(request)
-
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        return self.refusal(request) or await self.get_response(request)
-
-    def refusal(self, request: HttpRequest) -> HttpResponse | None:
-        try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return error_response("Content-Length is not a number", 400)
-        if declared > settings.REQUEST_MAX_BYTES:
-            return error_response(
-                f"the request body is {declared} bytes; the limit is {settings.REQUEST_MAX_BYTES}",
-                413,
-            )
+def top_k_problem(top_k: int, *, name: str = "top_k") -> str | None:
+    """What is wrong with a top_k (name: the field as the caller calls it), or None."""
+    if TOP_K_MIN <= top_k <= TOP_K_MAX:
         return None
+    return f"{name} must be between {TOP_K_MIN} and {TOP_K_MAX}, got {top_k}"
 
 
 # Jobs per page of a list (the API's page_size, the pages' pagination).
@@ -83,13 +48,3 @@ MIN_BYTES_PER_MEGAPIXEL = 1_000
 # Pixels decoded whole that one request may bring, all its files together: about ten
 # seconds of one Celery process.
 REQUEST_MAX_DECODED_WHOLE_PIXELS = 160_000_000
-
-
-def upload_pixel_limits() -> PixelLimits:
-    """The limits inspect_image applies to each file (UPLOAD_MAX_PIXELS is a setting)."""
-    return PixelLimits(
-        jpeg=settings.UPLOAD_MAX_PIXELS,
-        decoded_whole=min(settings.UPLOAD_MAX_PIXELS, DECODED_WHOLE_MAX_PIXELS),
-        ratio_checked_above=RATIO_CHECKED_ABOVE_PIXELS,
-        min_bytes_per_megapixel=MIN_BYTES_PER_MEGAPIXEL,
-    )

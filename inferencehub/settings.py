@@ -59,6 +59,13 @@ def env_positive_int(name: str, default: int) -> int:
     return value
 
 
+def env_non_negative_int(name: str, default: int) -> int:
+    value = env(name, int, default)
+    if value < 0:
+        raise ImproperlyConfigured(f"Setting {name} must be 0 or a positive integer, got {value}")
+    return value
+
+
 def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
     value = env(name, str, default)
     if value not in choices:
@@ -158,7 +165,7 @@ MIDDLEWARE = [
     # its debug page right there; only a middleware outside them sees that page to replace.
     "common.errors.ErrorPagesMiddleware",
     # Before anything reads the body: refuses an oversized request by its Content-Length.
-    "common.limits.RequestSizeLimitMiddleware",
+    "common.uploads.RequestSizeLimitMiddleware",
     # Early, so the latency it measures includes the other middleware.
     "common.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -441,6 +448,19 @@ MODEL_RUNTIME = env_choice("MODEL_RUNTIME", ("tensorflow", "openvino"), "tensorf
 MODEL_PRECISION = env_choice("MODEL_PRECISION", ("fp32", "bf16", "int8"), "fp32")
 # bf16 asked for on a CPU without bf16 refuses to start unless this allows fp32 instead.
 MODEL_BF16_FALLBACK = env_bool("MODEL_BF16_FALLBACK", False)
+# How OpenVINO runs a model package on this CPU (serving/runtimes/openvino.py): "auto" is
+# the throughput hint with streams and several infer requests from one process on more than
+# one core, the latency hint on one; 0 streams or requests: OpenVINO's choice.
+OPENVINO_PERFORMANCE_HINT = env_choice(
+    "OPENVINO_PERFORMANCE_HINT", ("auto", "throughput", "latency"), "auto"
+)
+OPENVINO_STREAMS = env_non_negative_int("OPENVINO_STREAMS", 0)
+OPENVINO_INFER_REQUESTS = env_non_negative_int("OPENVINO_INFER_REQUESTS", 0)
+if OPENVINO_STREAMS and OPENVINO_PERFORMANCE_HINT == "latency":
+    raise ImproperlyConfigured(
+        "Setting OPENVINO_STREAMS applies to the throughput hint, but "
+        "OPENVINO_PERFORMANCE_HINT is latency (one stream)"
+    )
 WORKER_MAX_BATCH_SIZE = env_positive_int("WORKER_MAX_BATCH_SIZE", 32)
 # Short: a lone request waits this long for company, while under load batches fill from
 # what arrives during the previous predict anyway (docs/performance.md).
@@ -545,7 +565,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "predictions.api.exception_handler",
+    "EXCEPTION_HANDLER": "common.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": [
         "predictions.throttles.UserThrottle",
         "predictions.throttles.AnonThrottle",

@@ -5,7 +5,8 @@ from rest_framework.routers import DefaultRouter, SimpleRouter
 
 from common import errors, metrics
 from predictions import health, seed_api
-from predictions.api import BatchViewSet, JobViewSet, ModelViewSet, held_job_detail
+from predictions.api import BatchViewSet, JobViewSet, ModelViewSet
+from predictions.events import held_job_detail
 
 
 class WithoutTrailingSlashRouter(SimpleRouter):

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.limits import TOP_K_MAX, TOP_K_MIN
+
 MAGIC = b"IHUB"
 VERSION = 1
 KIND_REQUEST = 1
@@ -31,7 +33,6 @@ _PREFIX = struct.Struct(">4sBBI")
 # Real headers are a few hundred bytes (a result with 1000 predictions is ~70 KiB);
 # the cap bounds the JSON parser's work on hostile input.
 MAX_HEADER_BYTES = 1024 * 1024
-MAX_TOP_K = 1000
 MAX_IMAGE_SIDE = 4096
 # numpy dtype of each accepted "dtype" header value; float32 is little-endian IEEE 754.
 DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype("<f4")}
@@ -68,7 +69,7 @@ class InferenceRequest:
 
     def __post_init__(self) -> None:
         _check_job_id(self.job_id)
-        _check_int("top_k", self.top_k, 1, MAX_TOP_K)
+        _check_int("top_k", self.top_k, TOP_K_MIN, TOP_K_MAX)
         _check_int("submitted_at_ms", self.submitted_at_ms, 0, _MAX_INT)
         _check_int("attempt", self.attempt, 1, _MAX_INT)
         if not isinstance(self.image, np.ndarray) or self.image.dtype not in DTYPES.values():

@@ -77,18 +77,21 @@ class BatchProducer:
 
 
 def send_to_dead_letter(producer: BatchProducer | Producer, message: Message, reason: str) -> None:
-    """Produce a message that cannot be handled, unchanged, to the dead-letter topic.
+    """Produce a message that cannot be handled, unchanged, to the dead-letter topic (the
+    runner does, for each poison message its handler signals).
 
     The Kafka headers say why and where it came from (docs/message-contract.md)."""
     key = message.key()
+    # Keys are job ids by the contract; a garbage key is still worth logging.
+    job_id = key.decode(errors="replace") if key else None
     logger.warning(
-        "dead-lettering %s[%d]@%d: %s",
+        "dead-lettering %s[%d]@%d (job %s): %s",
         message.topic(),
         message.partition(),
         message.offset(),
+        job_id,
         reason,
-        # Keys are job ids by the contract; a garbage key is still worth logging.
-        extra={"job_id": key.decode(errors="replace") if key else None},
+        extra={"job_id": job_id},
     )
     metrics.DEAD_LETTERS.labels(message.topic()).inc()
     headers = [

@@ -1,21 +1,27 @@
-"""A consumer loop that hands batches of messages to a handler and commits only what was handled.
+"""A consumer loop that hands batches of messages to a handler, dead-letters what the handler
+could not handle, and commits only what was handled.
 
 The runner knows nothing about what the messages mean: a handler is a plain function of a
-list of confluent_kafka Messages, testable without a broker. The handler deals with bad
-single messages itself (producer.send_to_dead_letter) and raises only when the whole batch
+list of confluent_kafka Messages, testable without a broker. It returns a Poison for each
+message it could not handle (undecodable, or failing on its own) and handles the rest; the
+runner dead-letters each Poison (producer.send_to_dead_letter) and stores the batch's offsets
+only once every dead letter is delivered. The handler raises only when the whole batch
 failed, e.g. its output could not be delivered; the runner then rewinds and redoes the batch.
-Delivery is therefore at least once.
+Delivery is therefore at least once. One place for the dead-letter rule, as Sentry's arroyo
+does it: each handler keeps only its domain reaction (an error result, a failed job).
 """
 
 import logging
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from common import metrics
 from kafka_wire.config import consumer_config
+from kafka_wire.producer import BatchProducer, new_producer, send_to_dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +29,18 @@ logger = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 0.5
 THROUGHPUT_LOG_INTERVAL_S = 60.0
 MAX_RETRY_BACKOFF_S = 30.0
+
+
+@dataclass(frozen=True)
+class Poison:
+    """A message its handler could not handle, and why: the runner dead-letters it."""
+
+    message: Message
+    reason: str
+
+
+# A handler returns the batch's poison messages; None (or nothing) when there was none.
+Handler = Callable[[list[Message]], list[Poison] | None]
 
 
 def subscribed_consumer(group_id: str, topics: list[str]) -> Consumer:
@@ -39,18 +57,20 @@ class BatchConsumer:
     def __init__(
         self,
         consumer: Consumer,
-        handle_batch: Callable[[list[Message]], None],
+        handle_batch: Handler,
         *,
         max_batch_size: int,
         max_batch_delay_ms: int,
         busy_batch_delay_ms: int | None = None,
         name: str = "consumer",
         retry_backoff_s: float = 1.0,
+        dead_letters: BatchProducer | None = None,
     ) -> None:
         """busy_batch_delay_ms, when given, replaces max_batch_delay_ms after a batch of more
         than one message: messages arriving faster than one per delay are gathered into
         fewer, larger batches, while one message at a time still waits only
-        max_batch_delay_ms."""
+        max_batch_delay_ms. dead_letters produces the dead letters (default: a producer of
+        its own, made at the first poison message)."""
         busy_batch_delay_ms = (
             max_batch_delay_ms if busy_batch_delay_ms is None else busy_batch_delay_ms
         )
@@ -64,6 +84,7 @@ class BatchConsumer:
         self.busy = False
         self.name = name
         self.retry_backoff_s = retry_backoff_s
+        self.dead_letters = dead_letters
         self.shutdown = False
         self.consecutive_failures = 0
         self.messages_since_log = 0
@@ -100,7 +121,7 @@ class BatchConsumer:
         if not batch:
             return False
         try:
-            self.handle_batch(batch)
+            self.dead_letter(self.handle_batch(batch) or [])
         except Exception:
             self.consecutive_failures += 1
             logger.exception(
@@ -118,6 +139,17 @@ class BatchConsumer:
         self.batches_since_log += 1
         self.record_metrics(batch)
         return True
+
+    def dead_letter(self, poisoned: list[Poison]) -> None:
+        """Produce each poison message to the dead-letter topic and wait for every one: until
+        they are delivered, the batch's offsets are not stored (DeliveryError redoes it)."""
+        if not poisoned:
+            return
+        if self.dead_letters is None:
+            self.dead_letters = BatchProducer(new_producer())
+        for poison in poisoned:
+            send_to_dead_letter(self.dead_letters, poison.message, poison.reason)
+        self.dead_letters.flush_or_raise()
 
     def record_metrics(self, batch: list[Message]) -> None:
         metrics.BATCH_SIZE.labels(self.name).observe(len(batch))

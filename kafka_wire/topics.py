@@ -1,14 +1,18 @@
 """Topic admin: creating the project's topics, reporting how far each consumer group has read
-them, and checking that a broker answers."""
+them, and checking that a broker answers (the consumers' preflight)."""
 
+import logging
 import time
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
+from django.core.management.base import CommandError
 
 from kafka_wire.config import ModelRoute, client_config, consumer_config
+
+logger = logging.getLogger(__name__)
 
 # Short, so a command run against a stopped broker fails in seconds rather than minutes.
 ADMIN_TIMEOUT_S = 10.0
@@ -65,6 +69,19 @@ def check_reachable(timeout_s: float) -> None:
     failure = why_unreachable(timeout_s)
     if failure is not None:
         raise failure
+
+
+def preflight() -> None:
+    """What a consumer command (run_worker, consume_results) checks before it starts: a
+    refused login or an untrusted certificate stops it here, naming the setting (CommandError),
+    rather than leaving librdkafka retrying in the log and the consumer idle forever. A broker
+    that is down only warns: it may come back, and the consumer waits for it."""
+    try:
+        check_reachable(ADMIN_TIMEOUT_S)
+    except KafkaRefused as error:
+        raise CommandError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {error}") from None
+    except KafkaUnreachable as error:
+        logger.warning("Kafka not reachable yet, waiting for it: %s", error)
 
 
 def why_unreachable(timeout_s: float) -> KafkaUnreachable | None:

@@ -9,7 +9,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import ValidationError
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -18,11 +18,15 @@ from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
 from common.limits import TOP_K_MAX, TOP_K_MIN
-from predictions import services
+from predictions import selectors, services
+from predictions.admin_filters import (
+    BatchFilter,
+    ModelFilter,
+    OwnerFilter,
+    PrecisionFilter,
+    RuntimeFilter,
+)
 from predictions.models import Batch, Job, Prediction
-from predictions.selectors import with_id
-from registry.models import ModelVersion
-from serving.inference import PRECISIONS, RUNTIMES
 
 TOP_K_FIELD = forms.IntegerField(min_value=TOP_K_MIN, max_value=TOP_K_MAX)
 
@@ -32,100 +36,12 @@ admin.site.index_title = "Jobs, batches and predictions"
 admin.site.enable_nav_sidebar = False
 
 
-class InputFilter(admin.SimpleListFilter):
-    """A text box instead of a list of choices, for values too many to list."""
-
-    template = "admin/input_filter.html"
-
-    def lookups(self, request, model_admin):
-        # Never shown, but a filter with no lookups is hidden altogether.
-        return [("", "")]
-
-    def choices(self, changelist):
-        all_choice = next(super().choices(changelist))
-        all_choice["query_parts"] = [
-            (key, value)
-            for key, values in changelist.get_filters_params().items()
-            if key != self.parameter_name
-            for value in (values if isinstance(values, list) else [values])
-        ]
-        if changelist.query:
-            all_choice["query_parts"].append(("q", changelist.query))
-        yield all_choice
-
-
-class BatchFilter(InputFilter):
-    title = "batch id"
-    parameter_name = "batch"
-
-    def queryset(self, request, queryset: QuerySet) -> QuerySet:
-        if not self.value():
-            return queryset
-        batches = with_id(Batch.objects.all(), self.value())
-        if batches is None:
-            return queryset.none()
-        return queryset.filter(batch__in=batches.values("pk"))
-
-
-class OwnerFilter(InputFilter):
-    title = "owner (user name)"
-    parameter_name = "owner"
-
-    def queryset(self, request, queryset: QuerySet) -> QuerySet:
-        if not self.value():
-            return queryset
-        return queryset.filter(owner__username=self.value().strip())
-
-
-class ChoicesFilter(admin.SimpleListFilter):
-    """Choices named in advance, so listing them reads nothing."""
-
-    choices_list: list[str] = []
-
-    def lookups(self, request, model_admin):
-        return [(value, value) for value in self.choices_list]
-
-    def queryset(self, request, queryset: QuerySet) -> QuerySet:
-        if self.value():
-            return queryset.filter(**{self.parameter_name: self.value()})
-        return queryset
-
-
-class RuntimeFilter(ChoicesFilter):
-    title = parameter_name = "runtime"
-    choices_list = list(RUNTIMES)
-
-
-class PrecisionFilter(ChoicesFilter):
-    title = parameter_name = "precision"
-    choices_list = list(PRECISIONS)
-
-
-class ModelFilter(admin.SimpleListFilter):
-    """The registered model versions (a small table), not the distinct values of jobs."""
-
-    title = "model"
-    parameter_name = "model"
-
-    def lookups(self, request, model_admin):
-        versions = ModelVersion.objects.select_related("model").order_by("model__name", "version")
-        return [(str(version), str(version)) for version in versions]
-
-    def queryset(self, request, queryset: QuerySet) -> QuerySet:
-        if not self.value():
-            return queryset
-        name, _, version = self.value().rpartition(":")
-        if not version.isdecimal():
-            return queryset.filter(model_name=self.value())
-        return queryset.filter(model_name=name, model_version=int(version))
-
-
 class SearchByIdMixin:
     """A pasted id, or the short id the lists show (its first 8 hex digits or more), finds
     its row by primary key (an index range), not by a text scan."""
 
     def get_search_results(self, request, queryset, search_term):
-        if (found := with_id(queryset, search_term)) is not None:
+        if (found := selectors.with_id(queryset, search_term)) is not None:
             return found, False
         return super().get_search_results(request, queryset, search_term)
 
@@ -227,15 +143,7 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        top = Prediction.objects.filter(job=OuterRef("pk"), rank=1)
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                top_label=Subquery(top.values("label")[:1]),
-                top_score=Subquery(top.values("score")[:1]),
-            )
-        )
+        return selectors.with_top_prediction(super().get_queryset(request))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # jobs come from uploads
@@ -248,11 +156,11 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        if (found := with_id(queryset, term)) is not None:
+        if (found := selectors.with_id(queryset, term)) is not None:
             return found, False
         # The top-1 label, as the API's `label` filter: a fifth of the predictions to read.
-        labelled = Prediction.objects.filter(job=OuterRef("pk"), rank=1, label__icontains=term)
-        return queryset.filter(Q(original_name__icontains=term) | Exists(labelled)), False
+        labelled = selectors.top_label_contains(term)
+        return queryset.filter(Q(original_name__icontains=term) | labelled), False
 
     def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
         # A job is read, never edited: its page has no Save buttons. The list's actions
@@ -399,15 +307,7 @@ class BatchAdmin(SearchByIdMixin, admin.ModelAdmin):
     readonly_fields = ["id", "name", "owner", "created_at", "job_count"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        # A correlated count per listed row; a GROUP BY would count every batch's jobs.
-        counts = (
-            Job.objects.filter(batch=OuterRef("pk"))
-            .order_by()
-            .values("batch")
-            .annotate(n=Count("pk"))
-            .values("n")
-        )
-        return super().get_queryset(request).annotate(n_jobs=Subquery(counts))
+        return selectors.with_jobs_count(super().get_queryset(request))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # batches come from the API

@@ -4,7 +4,8 @@
     uploaded = client.upload([Path("cat.jpg")], top_k=3)
     jobs = client.wait([job["id"] for job in uploaded if "id" in job])
 
-It needs only `requests`, not Django.
+It needs only `requests`, not Django (common/limits.py, whose values it shares with the
+server, imports nothing).
 """
 
 import contextlib
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import requests
 
+from common.limits import TOP_K_DEFAULT, WAIT_MAX_SECONDS
+
 REQUEST_TIMEOUT_S = 120.0
 IMAGES_PER_REQUEST = 8
 # An upload whose answer was lost, or that met a briefly unavailable server, is sent again
@@ -26,9 +29,6 @@ UPLOAD_ATTEMPTS = 4
 RETRY_BACKOFF_S = 0.5
 UNAVAILABLE = (502, 503, 504)
 FINISHED = ("succeeded", "failed")
-# The longest `?wait=` the server holds a job's answer (WAIT_MAX_SECONDS in
-# common/limits.py; not imported, as this client needs no Django).
-HELD_WAIT_MAX_S = 30
 # How long to wait before asking again when the server did not say (no Retry-After, or
 # none it could be, such as an unreachable server's).
 NOT_TOLD_WAIT_S = 1.0
@@ -123,7 +123,7 @@ class InferenceHubClient:
         self,
         paths: list[Path],
         *,
-        top_k: int = 5,
+        top_k: int = TOP_K_DEFAULT,
         batch: str | None = None,
         model: str | None = None,
     ) -> list[dict]:
@@ -172,7 +172,7 @@ class InferenceHubClient:
         self,
         paths: list[Path],
         *,
-        top_k: int = 5,
+        top_k: int = TOP_K_DEFAULT,
         batch: str | None = None,
         model: str | None = None,
         concurrency: int = 4,
@@ -254,7 +254,7 @@ class InferenceHubClient:
                     break
                 # Rounded up: a wait of 0 is answered at once, so rounding down would poll
                 # as fast as the server answers for the last second.
-                hold = min(HELD_WAIT_MAX_S, max(0, math.ceil(left)))
+                hold = min(WAIT_MAX_SECONDS, max(0, math.ceil(left)))
                 try:
                     response = self.send("GET", f"/api/jobs/{job_id}/", params={"wait": hold})
                 except InferenceHubError as exc:

@@ -3,8 +3,11 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
+
+from common.limits import TOP_K_DEFAULT
 
 BATCH_NAME_MAX = 200
 
@@ -37,6 +40,39 @@ def original_image_path(job: "Job", filename: str) -> str:
     return f"originals/{job.created_at:%Y/%m/%d}/{job.id}"
 
 
+class JobQuerySet(models.QuerySet):
+    def start_new_attempt(self, *, now: datetime, **changes) -> int:
+        """Put these jobs back to wait for the dispatcher as a new attempt, with nothing of
+        the last one left (its stage times, result, error): what the sweep does to a stuck
+        attempt and retry and re-run to a finished one. changes: other fields to set (a
+        re-run's top_k). One UPDATE; returns how many jobs it changed."""
+        return self.update(
+            status=Job.Status.QUEUED,
+            attempts=F("attempts") + 1,
+            attempt_started_at=now,
+            error="",
+            admitted_at=None,
+            preprocessed_at=None,
+            submitted_at=None,
+            inferred_at=None,
+            finished_at=None,
+            preprocess_ms=None,
+            inference_ms=None,
+            inference_batch_size=None,
+            model_name="",
+            model_version=None,
+            model_weights="",
+            runtime="",
+            precision="",
+            worker="",
+            **changes,
+        )
+
+
+def _ms_between(start: datetime | None, end: datetime | None) -> float | None:
+    return None if start is None or end is None else (end - start).total_seconds() * 1000
+
+
 class Job(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -59,7 +95,7 @@ class Job(models.Model):
         Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
     )
     seq = models.PositiveIntegerField(null=True, blank=True)
-    top_k = models.PositiveSmallIntegerField(default=5)
+    top_k = models.PositiveSmallIntegerField(default=TOP_K_DEFAULT)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=1)
@@ -105,12 +141,14 @@ class Job(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     attempt_started_at = models.DateTimeField(default=timezone.now, editable=False)
     # When the dispatcher let this attempt into preprocessing; NULL while it waits its turn
-    # in the database (services.dispatch_jobs, docs/scheduling.md).
+    # in the database (pipeline.dispatch_jobs, docs/scheduling.md).
     admitted_at = models.DateTimeField(null=True, blank=True, editable=False)
     preprocessed_at = models.DateTimeField(null=True, blank=True)
     submitted_at = models.DateTimeField(null=True, blank=True)
     inferred_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -176,17 +214,34 @@ class Job(models.Model):
         rows = []
         for index, (name, moment) in enumerate(moments):
             before = moments[index - 1][1] if index else None
-            since = None if None in (moment, before) else (moment - before).total_seconds() * 1000
-            rows.append((name, moment, since))
+            rows.append((name, moment, _ms_between(before, moment)))
         return rows
+
+    def timings(self) -> dict:
+        """The API's timings: when each stage of this attempt ended, and the milliseconds
+        between them (None while not known)."""
+        return {
+            "uploaded_at": self.created_at,
+            "preprocessed_at": self.preprocessed_at,
+            "submitted_at": self.submitted_at,
+            "inferred_at": self.inferred_at,
+            "stored_at": self.finished_at,
+            "preprocess_ms": self.preprocess_ms,
+            "inference_ms": self.inference_ms,
+            "queue_to_preprocessed_ms": _ms_between(self.attempt_started_at, self.preprocessed_at),
+            "preprocessed_to_submitted_ms": _ms_between(self.preprocessed_at, self.submitted_at),
+            "submitted_to_inferred_ms": _ms_between(self.submitted_at, self.inferred_at),
+            "inferred_to_stored_ms": _ms_between(self.inferred_at, self.finished_at),
+            "total_ms": self.total_ms,
+        }
 
     @property
     def total_ms(self) -> float | None:
-        """From the start of this attempt to its stored result: a retried job's earlier
-        attempts are not counted (the one definition the API and the admin show)."""
-        if self.finished_at is None:
-            return None
-        return (self.finished_at - self.attempt_started_at).total_seconds() * 1000
+        """From the start of this attempt to its stored result: the API's total_ms and the
+        admin's "total ms". Not from the upload: a retried job's earlier attempts, and the
+        time before someone asked for the retry, are not the pipeline's (README, the API's
+        GET /api/jobs/{id}/)."""
+        return _ms_between(self.attempt_started_at, self.finished_at)
 
 
 class Prediction(models.Model):

@@ -7,7 +7,7 @@ from drf_spectacular.utils import OpenApiParameter
 
 from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
 from predictions.serializers import ErrorSerializer
-from predictions.services import UPLOAD_KEY
+from predictions.uploads import UPLOAD_KEY
 
 TOP_K = {"type": "integer", "minimum": TOP_K_MIN, "maximum": TOP_K_MAX}
 

@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from common.errors import error_response
-from predictions import selectors, services
+from predictions import selectors, uploads
 from predictions.models import Job
 from predictions.throttles import AnonThrottle, UserThrottle
 
@@ -96,7 +96,7 @@ def register(request):
     if (refusal := _refusal(request, caller)) is not None:
         return refusal
     # Never the caller's: the uuid is the capability, and batch ids show in page URLs.
-    return JsonResponse({"uuid": str(services.create_batch(owner=None).pk)})
+    return JsonResponse({"uuid": str(uploads.create_batch(owner=None).pk)})
 
 
 @csrf_exempt
@@ -111,7 +111,7 @@ def image(request):
     if (refusal := _refusal(request, uploader)) is not None:
         return refusal
     try:
-        upload = services.upload_images(
+        upload = uploads.upload_images(
             uploader=uploader,
             files=[request.FILES["payload"]] if "payload" in request.FILES else [],
             top_k=_int_field(request.POST, "topk"),
@@ -121,9 +121,9 @@ def image(request):
             # job. Anonymous callers may send one too: their key belongs to the batch.
             upload_key=request.headers.get("Idempotency-Key"),
         )
-    except services.UnknownBatch:
+    except uploads.UnknownBatch:
         return error_response(_not_usable(raw), 400)
-    except services.UploadError as exc:
+    except uploads.UploadError as exc:
         return error_response(str(exc), exc.status)
     except ValueError as exc:
         return error_response(str(exc), 400)
@@ -159,11 +159,7 @@ def result(request):
         return error_response(str(exc.detail), exc.status_code)
     if batch is None:
         return error_response(_not_usable(raw), 400)
-    jobs = (
-        batch.jobs.filter(seq__gte=seq_start, seq__lte=seq_end, status__in=Job.FINISHED)
-        .prefetch_related("predictions")
-        .order_by("seq")
-    )
+    jobs = selectors.batch_jobs(batch, seq_start=seq_start, seq_end=seq_end, finished_only=True)
     items = []
     for job in jobs:
         item = {"seq": job.seq, "predictions": [p.short_label for p in job.predictions.all()]}

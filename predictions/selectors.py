@@ -1,4 +1,5 @@
-"""Who may see and act on jobs and batches: the one place these rules are written.
+"""Every read of jobs, batches and predictions that the API, the pages, the seed API and
+the admin share, and who may see and act on what: the one place these rules are written.
 
 Ids are random UUIDs, but they show in page URLs, so an id is a capability only for what
 belongs to no one (anonymous uploads, and every batch the seed API's /register makes).
@@ -7,12 +8,12 @@ belongs to no one (anonymous uploads, and every batch the seed API's /register m
 import contextlib
 import math
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from string import hexdigits
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -50,7 +51,7 @@ def visible_jobs(user: AnyUser, *, by_id: bool) -> QuerySet[Job]:
 
 def search_jobs(jobs: QuerySet[Job], user: AnyUser, query: dict) -> QuerySet[Job]:
     """Narrow jobs already limited to what the user may see, by a validated job-list query
-    (predictions.serializers.JobListQuerySerializer): only one's own (mine), any of some
+    (predictions.queries.JobListQuerySerializer): only one's own (mine), any of some
     statuses, one batch, a top-1 label or file name containing a text (any case), an
     owner's username, a creation time range; in its ordering."""
     if query.get("mine"):
@@ -60,8 +61,7 @@ def search_jobs(jobs: QuerySet[Job], user: AnyUser, query: dict) -> QuerySet[Job
     if "batch" in query:
         jobs = jobs.filter(batch__in=with_id(Batch.objects.all(), query["batch"]).values("pk"))
     if label := query.get("label"):
-        top = Prediction.objects.filter(job=OuterRef("pk"), rank=1, label__icontains=label)
-        jobs = jobs.filter(Exists(top))
+        jobs = jobs.filter(top_label_contains(label))
     if name := query.get("name"):
         jobs = jobs.filter(original_name__icontains=name)
     if owner := query.get("owner"):
@@ -137,7 +137,86 @@ def usable_batch(batch_id: uuid.UUID, user: AnyUser) -> Batch | None:
     return Batch.objects.filter(Q(owner__isnull=True) | _own(user), pk=batch_id).first()
 
 
-# --- The dispatcher's order (services.dispatch_jobs admits jobs in it) -----------------
+# --- A batch's jobs, as the API, the pages and the seed API show them -------------------
+
+
+def batch_jobs(
+    batch: Batch,
+    *,
+    seq_start: int | None = None,
+    seq_end: int | None = None,
+    finished_only: bool = False,
+) -> QuerySet[Job]:
+    """The batch's jobs in seq order with their predictions, those with seq in
+    [seq_start, seq_end] (either bound optional); finished_only: succeeded or failed."""
+    jobs = batch.jobs.prefetch_related("predictions").order_by("seq", "pk")
+    if seq_start is not None:
+        jobs = jobs.filter(seq__gte=seq_start)
+    if seq_end is not None:
+        jobs = jobs.filter(seq__lte=seq_end)
+    if finished_only:
+        jobs = jobs.filter(status__in=Job.FINISHED)
+    return jobs
+
+
+def batch_counts(batch: Batch) -> dict[str, int]:
+    """How many of the batch's jobs are in each status, every status named (one grouped
+    count)."""
+    counts = dict(batch.jobs.order_by().values_list("status").annotate(n=Count("pk")))
+    return {status: counts.get(status, 0) for status in Job.Status.values}
+
+
+def recent_batch_jobs(batch: Batch, *, since: datetime) -> list[Job]:
+    """The batch's jobs that may have changed since `since`: the unfinished ones and those
+    finished since (finished jobs do not change until retried, which unsets finished_at),
+    with what their answers show, in seq order."""
+    looked_at = batch.jobs.filter(Q(finished_at__isnull=True) | Q(finished_at__gte=since))
+    return list(
+        looked_at.select_related("routed_to__model", "owner")
+        .prefetch_related("predictions")
+        .order_by("seq", "pk")
+    )
+
+
+def job_finished(job_id: str) -> bool:
+    """Whether the job has finished, or is gone (a held answer then waits no longer)."""
+    status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+    return status is None or status in Job.FINISHED
+
+
+# --- The top-1 prediction, as the API's label filter and the admin's list read it ------
+
+
+def top_label_contains(text: str) -> Exists:
+    """A condition on jobs: the top-1 label contains the text, in any case. An EXISTS per
+    job, not a join: joined, each job came once per prediction."""
+    return Exists(Prediction.objects.filter(job=OuterRef("pk"), rank=1, label__icontains=text))
+
+
+def with_top_prediction(jobs: QuerySet[Job]) -> QuerySet[Job]:
+    """Each job with its top-1 prediction's top_label and top_score (a subquery per listed
+    row, not a query per row)."""
+    top = Prediction.objects.filter(job=OuterRef("pk"), rank=1)
+    return jobs.annotate(
+        top_label=Subquery(top.values("label")[:1]),
+        top_score=Subquery(top.values("score")[:1]),
+    )
+
+
+def with_jobs_count(batches: QuerySet[Batch]) -> QuerySet[Batch]:
+    """Each batch with n_jobs, its number of jobs: a correlated count per listed row (the
+    admin's pages), where with_counts' GROUP BY counts every listed batch's jobs at once."""
+    counts = (
+        Job.objects.filter(batch=OuterRef("pk"))
+        .order_by()
+        .values("batch")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return batches.annotate(n_jobs=Subquery(counts))
+
+
+# --- The dispatcher's order (pipeline.dispatch_jobs admits jobs in it) -----------------
 #
 # Jobs wait in the database, per model version, until the dispatcher admits them. The
 # order is round-robin over owners: each owner in turn has its oldest waiting job

@@ -1,18 +1,16 @@
+"""The API's answers: each one's fields (the schema) and how it is built from the models.
+What clients send is checked in predictions/queries.py."""
+
 from datetime import UTC, datetime
 
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from common.limits import (
-    PAGE_SIZE_MAX,
-    TOP_K_DEFAULT,
-    TOP_K_MAX,
-    TOP_K_MIN,
-    WAIT_MAX_SECONDS,
-)
 from predictions import selectors
 from predictions.models import BATCH_NAME_MAX, Batch, Job, Prediction
+from registry import selectors as registry
+from registry.models import ModelVersion
 
 
 class PredictionSerializer(serializers.ModelSerializer):
@@ -176,24 +174,7 @@ class JobSerializer(serializers.ModelSerializer):
 
     def get_timings(self, job: Job) -> dict:
         """Timestamps of each stage, and milliseconds spent between them."""
-
-        def ms(start, end):
-            return None if start is None or end is None else (end - start).total_seconds() * 1000
-
-        return {
-            "uploaded_at": job.created_at,
-            "preprocessed_at": job.preprocessed_at,
-            "submitted_at": job.submitted_at,
-            "inferred_at": job.inferred_at,
-            "stored_at": job.finished_at,
-            "preprocess_ms": job.preprocess_ms,
-            "inference_ms": job.inference_ms,
-            "queue_to_preprocessed_ms": ms(job.attempt_started_at, job.preprocessed_at),
-            "preprocessed_to_submitted_ms": ms(job.preprocessed_at, job.submitted_at),
-            "submitted_to_inferred_ms": ms(job.submitted_at, job.inferred_at),
-            "inferred_to_stored_ms": ms(job.inferred_at, job.finished_at),
-            "total_ms": job.total_ms,
-        }
+        return job.timings()
 
     @extend_schema_field(JobQueueSerializer(allow_null=True))
     def get_queue(self, job: Job) -> dict | None:
@@ -213,118 +194,6 @@ def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).isoformat().removesuffix("+00:00") + "Z"
-
-
-JOB_ORDERINGS = ["created_at", "finished_at", "original_name", "status"]
-
-
-class StrictQuerySerializer(serializers.Serializer):
-    """A query string in which any parameter but these fields is refused: a misspelt
-    filter must not silently answer with every job."""
-
-    # DRF's own: ?format=json picks the renderer.
-    format = serializers.CharField(required=False)
-
-    @classmethod
-    def from_query(cls, query, **kwargs) -> "StrictQuerySerializer":
-        """From request.GET: a repeated parameter joins its values with commas, and an
-        empty one (a form's empty field) counts as not given."""
-        data = {key: ",".join(v for v in query.getlist(key) if v) for key in query}
-        known = cls._declared_fields
-        return cls(data={k: v for k, v in data.items() if v or k not in known}, **kwargs)
-
-    def to_internal_value(self, data):
-        if unknown := sorted(set(data) - set(self.fields)):
-            known = f"unknown query parameter; known: {', '.join(self.fields)}"
-            raise serializers.ValidationError({name: [known] for name in unknown})
-        return super().to_internal_value(data)
-
-
-class JobListQuerySerializer(StrictQuerySerializer):
-    """The query of a job list (the API's and the My jobs page's)."""
-
-    def validate_batch(self, value: str) -> str:
-        if selectors.with_id(Batch.objects.none(), value) is None:
-            raise serializers.ValidationError(
-                "must be a batch id or its first 8 or more hex digits"
-            )
-        return value
-
-    status = serializers.CharField(
-        required=False,
-        help_text="one or more statuses, comma-separated or repeated: the jobs in any of them",
-    )
-    batch = serializers.CharField(
-        required=False,
-        max_length=36,
-        help_text="a batch id, or its first 8 or more hex digits (the short id pages show)",
-    )
-    label = serializers.CharField(
-        required=False, max_length=255, help_text="text in the top-1 label, any case"
-    )
-    name = serializers.CharField(
-        required=False, max_length=255, help_text="text in the uploaded file's name, any case"
-    )
-    mine = serializers.BooleanField(
-        required=False, default=False, help_text="only your own jobs (staff otherwise see all)"
-    )
-    owner = serializers.CharField(
-        required=False, max_length=150, help_text="staff only: the jobs of this username"
-    )
-    created_after = serializers.DateTimeField(required=False)
-    created_before = serializers.DateTimeField(required=False)
-    ordering = serializers.ChoiceField(
-        choices=[f"{sign}{field}" for field in JOB_ORDERINGS for sign in ("", "-")],
-        required=False,
-        default="-created_at",
-    )
-    page = serializers.IntegerField(min_value=1, required=False)
-    page_size = serializers.IntegerField(min_value=1, max_value=PAGE_SIZE_MAX, required=False)
-
-    def validate_status(self, value: str) -> list[str]:
-        statuses = [part.strip() for part in value.split(",") if part.strip()]
-        wrong = [status for status in statuses if status not in Job.Status.values]
-        if wrong or not statuses:
-            raise serializers.ValidationError(
-                f"{', '.join(wrong) or 'nothing'} is not a status; "
-                f"use one or more of {', '.join(Job.Status.values)}"
-            )
-        return statuses
-
-    def validate_owner(self, value: str) -> str:
-        request = self.context.get("request")
-        if request is None or not selectors.may_see_every_job(request.user):
-            raise serializers.ValidationError(
-                "only staff with the permission to view jobs may list other users' jobs"
-            )
-        return value
-
-
-class JobCreateSerializer(serializers.Serializer):
-    """Form fields of an upload; the images themselves are read from request.FILES."""
-
-    top_k = serializers.IntegerField(
-        min_value=TOP_K_MIN, max_value=TOP_K_MAX, default=TOP_K_DEFAULT
-    )
-    batch = serializers.UUIDField(required=False)
-    seq = serializers.IntegerField(min_value=0, required=False)
-    model = serializers.CharField(
-        max_length=63, required=False, help_text="a registered model (default: the default one)"
-    )
-    model_version = serializers.IntegerField(
-        min_value=1, required=False, help_text="default: the model's latest enabled version"
-    )
-
-    # The multipart part that carries the files; request.FILES has them, request.data too.
-    FILES_FIELD = "image"
-
-    def to_internal_value(self, data):
-        # A misspelt field (the seed API's `topk`) must not silently give the default.
-        if unknown := sorted(set(data) - set(self.fields) - {self.FILES_FIELD}):
-            known = ", ".join([self.FILES_FIELD, *self.fields])
-            message = f"unknown field; an upload takes: {known}"
-            raise serializers.ValidationError({name: [message] for name in unknown})
-        return super().to_internal_value(data)
 
 
 class BatchCountsSerializer(serializers.Serializer):
@@ -373,68 +242,8 @@ class BatchSerializer(serializers.ModelSerializer):
         return request.build_absolute_uri(path) if request else path
 
 
-class JobDetailQuerySerializer(StrictQuerySerializer):
-    wait = serializers.IntegerField(
-        min_value=0,
-        max_value=WAIT_MAX_SECONDS,
-        default=0,
-        help_text="hold the answer up to this many seconds until the job has finished",
-    )
-
-
-class BatchExportQuerySerializer(StrictQuerySerializer):
-    format = serializers.ChoiceField(choices=["csv", "json"], default="csv")
-
-
-# The last epoch millisecond a datetime (and MariaDB's DATETIME) can hold, 9999-12-31:
-# a later "since" is no time at all, and overflowed the stream's datetime.
-EPOCH_MS_MAX = 253_402_300_799_999
-
-
-class BatchEventsQuerySerializer(StrictQuerySerializer):
-    jobs = serializers.BooleanField(
-        default=True, help_text="false: only the counts, no event per job"
-    )
-    since = serializers.IntegerField(
-        min_value=0,
-        max_value=EPOCH_MS_MAX,
-        required=False,
-        help_text="epoch milliseconds: jobs that changed before this are left out",
-    )
-
-
-def batch_events_query(query, last_event_id: str | None) -> dict:
-    """The checked query of a batch's event stream, {"jobs": bool, "since": epoch ms}: the
-    Last-Event-ID header (the id of the last event an EventSource got) wins over ?since=.
-    Raises ValidationError (400) for either one out of range or not a plain number; "²"
-    passes str.isdigit() but not int()."""
-    params = BatchEventsQuerySerializer.from_query(query)
-    params.is_valid(raise_exception=True)
-    checked = {"jobs": params.validated_data["jobs"]}
-    checked["since"] = params.validated_data.get("since", 0)
-    if last_event_id:
-        field = serializers.IntegerField(min_value=0, max_value=EPOCH_MS_MAX)
-        if not (last_event_id.isascii() and last_event_id.isdigit()):
-            raise serializers.ValidationError(
-                # Not echoed: a header's bytes come decoded as Latin-1 and would read garbled.
-                {"Last-Event-ID": ["must be an event id: the digits of an epoch in ms"]}
-            )
-        try:
-            checked["since"] = field.run_validation(last_event_id)
-        except serializers.ValidationError as exc:
-            raise serializers.ValidationError({"Last-Event-ID": exc.detail}) from None
-    return checked
-
-
-class BatchDetailQuerySerializer(StrictQuerySerializer):
-    seq_start = serializers.IntegerField(min_value=0, required=False)
-    seq_end = serializers.IntegerField(min_value=0, required=False)
-    page = serializers.IntegerField(min_value=1, required=False)
-    page_size = serializers.IntegerField(min_value=1, max_value=PAGE_SIZE_MAX, required=False)
-
-
 class ErrorSerializer(serializers.Serializer):
-    """The one error shape of the API (predictions.api.exception_handler); for the schema."""
+    """The one error shape of the API (common.errors.exception_handler); for the schema."""
 
     def get_fields(self) -> dict:
         # "fields" would shadow Serializer.fields if declared as a class attribute.
@@ -447,7 +256,7 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class JobListSerializer(serializers.Serializer):
-    """The answer to an upload of several images; for the schema."""
+    """The answer to an upload of several images: JobListSerializer({"jobs": jobs})."""
 
     jobs = JobSerializer(many=True)
 
@@ -466,8 +275,16 @@ class BatchQueueSerializer(serializers.Serializer):
     )
 
 
+def batch_totals(batch: Batch) -> dict:
+    """A batch's jobs per status and their total: in its detail and its counts events."""
+    counts = selectors.batch_counts(batch)
+    return {"counts": counts, "total": sum(counts.values())}
+
+
 class BatchDetailSerializer(BatchSerializer):
-    """The batch detail view's answer; for the schema."""
+    """The batch detail view's answer: the batch, its counts and where its waiting jobs
+    stand, and one page of its jobs (context "paginator": a PageNumberPagination that has
+    paginated them, "page": that page's jobs)."""
 
     counts = serializers.DictField(child=serializers.IntegerField(), help_text="jobs per status")
     total = serializers.IntegerField()
@@ -489,9 +306,22 @@ class BatchDetailSerializer(BatchSerializer):
             "jobs",
         ]
 
+    def to_representation(self, batch: Batch) -> dict:
+        paginator = self.context["paginator"]
+        return {
+            **BatchSerializer(batch, context=self.context).data,
+            **batch_totals(batch),
+            "queue": selectors.batch_queue(batch),
+            "jobs_count": paginator.page.paginator.count,
+            "next": paginator.get_next_link(),
+            "previous": paginator.get_previous_link(),
+            "jobs": JobSerializer(self.context["page"], many=True, context=self.context).data,
+        }
+
 
 class ModelStatusSerializer(serializers.Serializer):
-    """One registered model version and how it is served; for the schema."""
+    """One registered model version and how it is served (context "states": the versions'
+    serving states, registry.selectors.serving_states; None when Kafka did not answer)."""
 
     name = serializers.CharField()
     version = serializers.IntegerField()
@@ -512,6 +342,26 @@ class ModelStatusSerializer(serializers.Serializer):
     requests_topic = serializers.CharField()
     worker_group = serializers.CharField()
 
+    def to_representation(self, version: ModelVersion) -> dict:
+        states = self.context["states"]
+        state = None if states is None else states[version.pk]
+        return {
+            "name": version.model.name,
+            "version": version.version,
+            "source": version.source,
+            "runtime": version.runtime,
+            "precision": version.precision,
+            "input_size": version.input_size,
+            "classes": version.classes,
+            "enabled": version.enabled,
+            "default": version.model.is_default,
+            "ready": registry.is_ready(version, states),
+            "workers": None if state is None else state.members,
+            "lag": None if state is None else state.lag,
+            "requests_topic": version.route.requests_topic,
+            "worker_group": version.route.worker_group,
+        }
+
 
 class TensorMetadataSerializer(serializers.Serializer):
     name = serializers.CharField()
@@ -519,11 +369,52 @@ class TensorMetadataSerializer(serializers.Serializer):
     shape = serializers.ListField(child=serializers.IntegerField())
 
 
+# The Open Inference Protocol's name for what runs each kind of version.
+PLATFORMS = {
+    "openvino": "openvino_ir",
+    "tensorflow": "tensorflow_keras",
+    "onnxruntime": "onnxruntime_onnx",
+}
+
+
 class ModelMetadataSerializer(serializers.Serializer):
-    """The Open Inference Protocol's model metadata; for the schema."""
+    """The Open Inference Protocol's model metadata, of a model's versions (oldest first):
+    inputs and outputs are those of its latest enabled version (its latest, when none is
+    enabled). An ONNX model's are its own tensors, as its input spec records them; the
+    others take the uploaded image as uint8 and answer probabilities."""
 
     name = serializers.CharField()
     versions = serializers.ListField(child=serializers.CharField())
     platform = serializers.CharField()
     inputs = TensorMetadataSerializer(many=True)
     outputs = TensorMetadataSerializer(many=True)
+
+    def to_representation(self, versions: list[ModelVersion]) -> dict:
+        enabled = [version for version in versions if version.enabled]
+        current = (enabled or versions)[-1]
+        spec = current.input_spec or None
+        image = {
+            "name": "image",
+            "datatype": "UINT8",
+            "shape": [-1, current.input_size, current.input_size, 3],
+        }
+        probabilities = {
+            "name": "probabilities",
+            "datatype": "FP32",
+            "shape": [-1, current.classes],
+        }
+        return {
+            "name": current.model.name,
+            "versions": [str(version.version) for version in enabled],
+            "platform": PLATFORMS.get(current.runtime, current.runtime),
+            "inputs": [spec["model_input"] if spec else image],
+            "outputs": [spec["model_output"] if spec else probabilities],
+            "input_spec": spec,
+        }
+
+    input_spec = serializers.JSONField(
+        allow_null=True,
+        help_text="an ONNX model's input spec: how an uploaded image becomes its input "
+        "(layout, channels, resize, resize_to, size, scale, mean, std, output, dtype); null "
+        "for the others",
+    )

@@ -9,7 +9,7 @@ from django.core.files.storage import Storage
 from redis.exceptions import LockError
 
 from common.images import thumbnail_jpeg
-from common.limits import upload_pixel_limits
+from common.uploads import upload_pixel_limits
 from predictions.models import Job
 from predictions.throttles import counter_client
 

@@ -6,7 +6,7 @@ from django.db import DatabaseError
 
 from kafka_wire.contract import InferenceResult
 from kafka_wire.producer import TRANSIENT_ERRORS as KAFKA_TRANSIENT_ERRORS
-from predictions import services
+from predictions import pipeline, services
 from predictions.storage import STORE_UNAVAILABLE
 
 # Kafka, the database or the image store being briefly away is waited out, not turned
@@ -22,32 +22,32 @@ RETRY_POLICY = {
 
 
 # Named by services, which enqueue it after commit without importing this module.
-@shared_task(name=services.PREPROCESS_TASK, **RETRY_POLICY)
+@shared_task(name=pipeline.PREPROCESS_TASK, **RETRY_POLICY)
 def preprocess_jobs(job_ids: list[str]) -> None:
-    services.preprocess_and_submit(job_ids=job_ids)
+    pipeline.preprocess_and_submit(job_ids=job_ids)
 
 
 # Finished jobs free places in flight: the next waiting ones are admitted at once.
 @shared_task(**RETRY_POLICY)
 def store_results(results: list[dict]) -> None:
-    services.record_results(results=[InferenceResult.from_dict(result) for result in results])
-    services.dispatch_jobs()
+    pipeline.record_results(results=[InferenceResult.from_dict(result) for result in results])
+    pipeline.dispatch_jobs()
 
 
 @shared_task(**RETRY_POLICY)
 def fail_job(job_id: str, reason: str) -> None:
-    services.fail_job(job_id=job_id, reason=reason)
-    services.dispatch_jobs()
+    pipeline.fail_job(job_id=job_id, reason=reason)
+    pipeline.dispatch_jobs()
 
 
 @shared_task(**RETRY_POLICY)
 def dispatch_jobs() -> int:
-    return services.dispatch_jobs()
+    return pipeline.dispatch_jobs()
 
 
 @shared_task
 def sweep_stuck_jobs() -> tuple[int, int]:
-    return services.sweep_stuck_jobs()
+    return pipeline.sweep_stuck_jobs()
 
 
 @shared_task

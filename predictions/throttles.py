@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class OpenWhenCacheIsDown:
     """Lets requests through while Redis is away: throttling guards against abuse, and an
     outage of its counter store must not turn every API request into a 500. Uploads then
-    get 503 from the task queue being away too (services.create_jobs)."""
+    get 503 from the task queue being away too (uploads.create_jobs)."""
 
     def allow_request(self, request, view) -> bool:
         try:

@@ -9,7 +9,6 @@ from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.db.models import Count
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
@@ -20,11 +19,12 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from common.errors import error_answer, error_response
 from common.images import ACCEPTED_FORMATS
-from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN, upload_pixel_limits
+from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
+from common.uploads import upload_pixel_limits
 from predictions import selectors, services
 from predictions.authentication import api_user
 from predictions.models import Job
-from predictions.serializers import JobListQuerySerializer
+from predictions.queries import JobListQuerySerializer
 from predictions.storage import (
     STORE_UNAVAILABLE,
     STORE_UNAVAILABLE_MESSAGE,
@@ -33,7 +33,7 @@ from predictions.storage import (
     job_thumbnail,
 )
 from predictions.throttles import ImageThrottle
-from registry.models import ModelVersion
+from registry import selectors as registry
 
 # Jobs per page of a batch's page: a big batch is read a page at a time.
 BATCH_PAGE_SIZE = 50
@@ -58,10 +58,7 @@ def upload_page(request: HttpRequest) -> HttpResponse:
             "max_megapixels": f"{limits.jpeg / 1e6:g}",
             "decoded_whole_megapixels": f"{limits.decoded_whole / 1e6:g}",
             # The enabled versions, the default model's first (newest first per model).
-            "model_choices": sorted(
-                ModelVersion.objects.filter(enabled=True).select_related("model"),
-                key=lambda v: (not v.model.is_default, v.model.name, -v.version),
-            ),
+            "model_choices": registry.upload_choices(),
         },
     )
 
@@ -157,17 +154,17 @@ def batch_page(request: HttpRequest, pk) -> HttpResponse:
     batch = _visible_or_sign_in(selectors.visible_batches(request.user, by_id=True), request, pk)
     if isinstance(batch, HttpResponse):
         return batch
-    jobs = batch.jobs.prefetch_related("predictions").order_by("seq", "pk")
+    jobs = selectors.batch_jobs(batch)
     page = Paginator(jobs, BATCH_PAGE_SIZE).get_page(request.GET.get("page"))
-    counts = dict(batch.jobs.values_list("status").annotate(n=Count("pk")))
+    counts = selectors.batch_counts(batch)
     return render(
         request,
         "predictions/batch.html",
         {
             "batch": batch,
             "page": page,
-            "counts": [(status, counts.get(status, 0)) for status in Job.Status.values],
-            "unfinished": any(status not in Job.FINISHED for status in counts),
+            "counts": list(counts.items()),
+            "unfinished": any(n for status, n in counts.items() if status not in Job.FINISHED),
             "queue": selectors.batch_queue(batch),
             # The event stream reports only what changed after this page was made.
             "rendered_ms": int(time.time() * 1000),

@@ -59,6 +59,9 @@ class ModelVersion(models.Model):
     precision = models.CharField(max_length=8, default="fp32")
     input_size = models.PositiveIntegerField()
     classes = models.PositiveIntegerField()
+    # An ONNX model's input spec (serving/onnx.py, as its package's manifest has it): how
+    # Celery brings an image to input_size, and its real input and output; {} for others.
+    input_spec = models.JSONField(default=dict, blank=True)
     # A disabled version takes no new uploads; what is queued for it is still served.
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -33,6 +33,27 @@ def parse_reference(reference: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
+def every_version() -> list[ModelVersion]:
+    """Every registered version with its model, by model name, newest first."""
+    return list(ModelVersion.objects.select_related("model"))
+
+
+def versions_of(name: str) -> list[ModelVersion]:
+    """The model's versions, enabled or not, oldest first; [] for no such model."""
+    return list(
+        ModelVersion.objects.filter(model__name=name).select_related("model").order_by("version")
+    )
+
+
+def upload_choices() -> list[ModelVersion]:
+    """The enabled versions an upload may choose: the default model's first, then by name,
+    newest first per model."""
+    return sorted(
+        ModelVersion.objects.filter(enabled=True).select_related("model"),
+        key=lambda v: (not v.model.is_default, v.model.name, -v.version),
+    )
+
+
 def default_model() -> RegisteredModel | None:
     return RegisteredModel.objects.filter(is_default=True).first()
 

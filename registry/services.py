@@ -20,6 +20,7 @@ def register_version(
     package_sha256: str = "",
     runtime: str = "tensorflow",
     precision: str = "fp32",
+    input_spec: dict | None = None,
 ) -> ModelVersion:
     """Add the next version of name (1 for a new model), enabled. The first model registered
     becomes the default, so that uploads naming no model have one to go to."""
@@ -43,6 +44,7 @@ def register_version(
         runtime=runtime,
         precision=precision,
         input_size=input_size,
+        input_spec=input_spec or {},
         classes=classes,
     )
 

@@ -1,10 +1,12 @@
-"""Exporting a Keras classifier as a model package (serving/package.py): conversion to
-OpenVINO, int8 post-training quantization with NNCF, and the faithfulness gate that compares
-the package with the fp32 Keras model on held-out images.
+"""Exporting a Keras or ONNX classifier as a model package (serving/package.py): conversion
+to OpenVINO, int8 post-training quantization with NNCF, and the faithfulness gate that
+compares the package with the fp32 reference on held-out images: the Keras model, or for an
+ONNX model its own answers computed by ONNX Runtime.
 
 Images reach calibration and the gate through the pipeline's own preprocessing
 (common.images.prepare_for_model) and the served model's input transform
-(ServedModel.model_input), exactly as a worker sees them. Imports TensorFlow.
+(ServedModel.model_input), exactly as a worker sees them. Imports TensorFlow only to
+convert a Keras model.
 """
 
 import io
@@ -17,13 +19,14 @@ from pathlib import Path
 import nncf
 import numpy as np
 import openvino as ov
-import tensorflow as tf
 from PIL import Image
 
-from common.images import ACCEPTED_FORMATS, prepare_for_model
+from common.images import ACCEPTED_FORMATS, CENTRE_SQUARE, Fit, prepare_for_model
 from serving.inference import ServedModel, check_runtime_precision
+from serving.onnx import OnnxModel
 from serving.package import load_package, write_package
-from serving.runtimes.openvino import compile_model, runner
+from serving.runtimes.onnxruntime import onnxruntime_served
+from serving.runtimes.openvino import compile_model, runner, with_input_spec
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +74,14 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_image_files(files: list[Path], *, size: int, name: str) -> ImageSet:
+def load_image_files(
+    files: list[Path], *, size: int, name: str, fit: Fit = CENTRE_SQUARE
+) -> ImageSet:
     images = []
     for path in files:
         try:
             with open(path, "rb") as file:
-                images.append(prepare_for_model(file, size=size))
+                images.append(prepare_for_model(file, size=size, fit=fit))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise ExportError(
                 f"{path} is not an image in an accepted format "
@@ -85,7 +90,9 @@ def load_image_files(files: list[Path], *, size: int, name: str) -> ImageSet:
     return ImageSet(name, images)
 
 
-def synthetic_images(*, size: int, count: int = SYNTHETIC_IMAGES, seed: int = 0) -> ImageSet:
+def synthetic_images(
+    *, size: int, count: int = SYNTHETIC_IMAGES, seed: int = 0, fit: Fit = CENTRE_SQUARE
+) -> ImageSet:
     """Smooth colour gradients with noise, as PNG files through the pipeline's
     preprocessing: for a model whose real images are not at hand (make run's first start)."""
     rng = np.random.default_rng(seed)
@@ -101,12 +108,14 @@ def synthetic_images(*, size: int, count: int = SYNTHETIC_IMAGES, seed: int = 0)
         buffer = io.BytesIO()
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "PNG")
         buffer.seek(0)
-        images.append(prepare_for_model(buffer, size=size))
+        images.append(prepare_for_model(buffer, size=size, fit=fit))
     return ImageSet(f"{count} synthetic gradient images (seed {seed})", images)
 
 
 def convert(served: ServedModel) -> ov.Model:
     """The Keras model as an OpenVINO model with a dynamic batch dimension."""
+    import tensorflow as tf
+
     if not hasattr(served.model, "save_weights"):
         raise ExportError(f"model {served.name!r} is not a Keras model and cannot be exported")
     keras_model = served.model
@@ -133,7 +142,8 @@ def quantize(model: ov.Model, served: ServedModel, calibration: ImageSet) -> ov.
         model,
         nncf.Dataset(data),
         subset_size=len(data),
-        ignored_scope=nncf.IgnoredScope(types=["MatMul"]),
+        # Not every ONNX classifier's head is a MatMul.
+        ignored_scope=nncf.IgnoredScope(types=["MatMul"], validate=False),
     )
 
 
@@ -165,31 +175,56 @@ def export_package(
     min_top1: float = DEFAULT_MIN_TOP1,
     force: bool = False,
     log=logger.info,
+    onnx: OnnxModel | None = None,
+    runtime: str = "openvino",
 ) -> dict:
     """Convert, quantize (int8), gate and write the package; returns its manifest.
 
+    served is the fp32 reference: the Keras model, or for onnx the ONNX file run by ONNX
+    Runtime (onnx_reference). runtime "onnxruntime" packages the ONNX file itself (fp32),
+    which is its own reference: nothing to gate.
     calibration: required for int8; without held_out, a quarter of it is held out.
     For fp32 and bf16, held_out (or calibration, or synthetic images) is only compared on.
     GateRefused when top-1 agreement is under min_top1 and not force.
     """
     check_runtime_precision("openvino", precision)
+    if runtime == "onnxruntime" and (onnx is None or precision != "fp32"):
+        raise ExportError("the onnxruntime runtime packages an ONNX model (--onnx) at fp32 only")
     if precision == "int8":
         if calibration is None:
             raise ExportError("an int8 export needs calibration images")
         if held_out is None:
             calibration, held_out = calibration.split()
     else:
-        held_out = held_out or calibration or synthetic_images(size=served.input_size)
+        held_out = (
+            held_out or calibration or synthetic_images(size=served.input_size, fit=served.fit)
+        )
         calibration = None
-    model = convert(served)
+    if runtime == "onnxruntime":
+        return write_checked(
+            output,
+            model=onnx.path,
+            labels=served.labels,
+            manifest={
+                **manifest_of(served, onnx, precision, source, calibration),
+                "runtime": "onnxruntime",
+                "faithfulness": None,
+            },
+        )
+    model = convert(served) if onnx is None else convert_onnx(onnx)
     if calibration is not None:
         log(f"quantizing to int8 on {len(calibration.images)} images ({calibration.name}) ...")
         model = quantize(model, served, calibration)
     compiled, _ = compile_model(model, precision)
     candidate = on_openvino(served, compiled, precision)
-    figures = {**faithfulness(served, candidate, held_out), "min_top1_agreement": min_top1}
+    reference = "Keras" if onnx is None else "ONNX Runtime"
+    figures = {
+        **faithfulness(served, candidate, held_out),
+        "reference": f"fp32 {reference}",
+        "min_top1_agreement": min_top1,
+    }
     log(
-        f"faithfulness against fp32 Keras on {figures['images']} held-out images: "
+        f"faithfulness against fp32 {reference} on {figures['images']} held-out images: "
         f"top-1 agreement {figures['top1_agreement']:.2%}, top-5 overlap "
         f"{figures['top5_overlap']:.2%}, max probability difference "
         f"{figures['max_probability_difference']:.4f}"
@@ -204,23 +239,40 @@ def export_package(
         figures["forced"] = True
         log("top-1 agreement is under the threshold: written anyway (--force)")
     manifest = {
-        "name": served.name,
+        **manifest_of(served, onnx, precision, source, calibration),
         "runtime": "openvino",
+        "faithfulness": figures,
+    }
+    return write_checked(output, model=model, labels=served.labels, manifest=manifest)
+
+
+def manifest_of(
+    served: ServedModel,
+    onnx: OnnxModel | None,
+    precision: str,
+    source: dict,
+    calibration: ImageSet | None,
+) -> dict:
+    return {
+        "name": served.name,
         "precision": precision,
         "input_size": served.input_size,
         "input_transform": served.input_transform,
+        **({"input_spec": onnx.describe()} if onnx else {}),
         "classes": len(served.labels),
         "source": source,
         "calibration": (
             {"images": len(calibration.images), "set": calibration.name} if calibration else None
         ),
-        "faithfulness": figures,
     }
+
+
+def write_checked(output: Path, *, model, labels: list[str], manifest: dict) -> dict:
     # Written to a sibling folder and renamed, so a failed export never leaves half a
     # package where a worker may look.
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as staging:
-        written = write_package(Path(staging), model=model, labels=served.labels, manifest=manifest)
+        written = write_package(Path(staging), model=model, labels=labels, manifest=manifest)
         load_package(staging)  # reads back what a worker will read, hashes included
         shutil.rmtree(output, ignore_errors=True)
         Path(staging).rename(output)
@@ -247,8 +299,22 @@ def convert_at_start(
     return converted
 
 
+def onnx_reference(onnx: OnnxModel, *, name: str) -> ServedModel:
+    """The ONNX model as its authors run it (ONNX Runtime, fp32): the gate's reference."""
+    return onnxruntime_served(onnx.path, onnx.spec, onnx.labels, name=name)
+
+
+def convert_onnx(onnx: OnnxModel) -> ov.Model:
+    """The ONNX model in OpenVINO, taking uint8 images with its input spec inside."""
+    try:
+        model = ov.convert_model(str(onnx.path))
+    except Exception as error:  # the ONNX frontend's errors have no common type
+        raise ExportError(f"OpenVINO could not convert {onnx.path}: {error}") from error
+    return with_input_spec(model, onnx.spec)
+
+
 def on_openvino(served: ServedModel, compiled, precision: str) -> ServedModel:
-    """The Keras model's twin run by OpenVINO: same name, labels and input transform."""
+    """The reference model's twin run by OpenVINO: same name, labels and input transform."""
     return ServedModel(
         served.name,
         served.weights,
@@ -259,4 +325,5 @@ def on_openvino(served: ServedModel, compiled, precision: str) -> ServedModel:
         runtime="openvino",
         precision=precision,
         model=compiled,
+        fit=served.fit,
     )

@@ -3,6 +3,7 @@ predictions and labels. Imports neither TensorFlow nor OpenVINO, so a worker ser
 model package never loads TensorFlow.
 """
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,15 +11,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.images import CENTRE_SQUARE, Fit
 from kafka_wire.contract import ClassScore
 
 IMAGENET_LABELS_FILE = Path(__file__).with_name("imagenet_labels.txt")
 RUNTIMES = ("tensorflow", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
 # How pixels become the model's input: "raw" 0..255 RGB floats (a saved classifier does
-# its own rescaling), or "caffe": BGR with the ImageNet channel means subtracted, which is
-# what keras.applications.resnet50.preprocess_input does.
-INPUT_TRANSFORMS = ("raw", "caffe")
+# its own rescaling), "caffe": BGR with the ImageNet channel means subtracted, which is
+# what keras.applications.resnet50.preprocess_input does, or "spec": the uint8 images as
+# they are, the runtime applying the model's input spec (serving/onnx.py).
+INPUT_TRANSFORMS = ("raw", "caffe", "spec")
 CAFFE_BGR_MEANS = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
@@ -41,6 +44,10 @@ class ServedModel:
     precision: str = "fp32"
     # The runtime's own model object (a Keras model, a compiled OpenVINO model).
     model: object = None
+    # How its images are brought to input_size (Celery does it the same way).
+    fit: Fit = CENTRE_SQUARE
+    # How the runtime runs it on this CPU (OpenVINO's hint, streams, requests), for the log.
+    execution: str = ""
 
     def predict(self, images, top_k: list[int]) -> list[list[ClassScore]]:
         """Top-k predictions, best first, for each image of a batch.
@@ -64,8 +71,8 @@ class ServedModel:
         return np.asarray(self.run(self.model_input(images)))
 
     def model_input(self, images) -> np.ndarray:
-        """The float32 batch the model takes: the one place the input transform is applied,
-        for serving, calibration and the faithfulness gate alike."""
+        """The batch the model takes (float32; uint8 for "spec"): the one place the input
+        transform is applied, for serving, calibration and the faithfulness gate alike."""
         batch = np.stack([self.fit_to_input(image) for image in images])
         return transform_input(batch, self.input_transform)
 
@@ -77,15 +84,26 @@ class ServedModel:
             image = np.asarray(
                 Image.fromarray(image.astype(np.uint8)).resize(side, Image.Resampling.BILINEAR)
             )
-        return image.astype(np.float32)
+        return image
 
 
 def transform_input(batch: np.ndarray, input_transform: str) -> np.ndarray:
     if input_transform == "raw":
-        return batch
+        return batch.astype(np.float32)
     if input_transform == "caffe":
-        return batch[..., ::-1] - CAFFE_BGR_MEANS
+        return batch[..., ::-1].astype(np.float32) - CAFFE_BGR_MEANS
+    if input_transform == "spec":
+        return batch.astype(np.uint8)
     raise ModelLoadError(f"unknown input transform {input_transform!r}: {INPUT_TRANSFORMS}")
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks (model files are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_labels(path) -> list[str]:

@@ -8,6 +8,7 @@ Keras model is needed.
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from serving.inference import (
     check_runtime_precision,
     instant_model,
 )
+
+if TYPE_CHECKING:
+    from serving.runtimes.openvino import Execution
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +37,22 @@ def load_served(
     input_size: int = 224,
     threads: int | None = None,
     bf16_fallback: bool = False,
+    execution: "Execution | None" = None,
 ) -> ServedModel:
-    """Load and warm up the model to serve; ModelLoadError with advice when that fails."""
+    """Load and warm up the model to serve; ModelLoadError with advice when that fails.
+
+    execution: how OpenVINO runs a package on this CPU (serving.runtimes.openvino).
+    """
     if package:
         from serving.package import load_package
+        from serving.runtimes.openvino import DEFAULT_EXECUTION
 
-        served = load_package(package, threads=threads, bf16_fallback=bf16_fallback)
+        served = load_package(
+            package,
+            threads=threads,
+            bf16_fallback=bf16_fallback,
+            execution=execution or DEFAULT_EXECUTION,
+        )
         warm_up(served)
         return served
     if name == "instant" and not model_file:

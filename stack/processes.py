@@ -132,8 +132,12 @@ def local_stack(
     proxy_dir: str = "/tmp/inferencehub-nginx",
     proxy_access_log: str = "",
 ) -> list[AppProcess]:
-    """What `make run` supervises: everything, with two inference workers of SERVED_MODEL.
-    Users reach nginx on web_host:web_port; gunicorn listens on loopback only, behind it."""
+    """What `make run` supervises: everything, with one inference worker of SERVED_MODEL.
+    Users reach nginx on web_host:web_port; gunicorn listens on loopback only, behind it.
+
+    One worker: serving a model package, it keeps every core busy with OpenVINO's
+    throughput streams, which measured better than two processes each using every core
+    (docs/performance.md, "One worker per host")."""
     return [
         proxy(
             python,
@@ -149,7 +153,6 @@ def local_stack(
         preprocess_celery(python),
         results_celery(python),
         beat(python, schedule=beat_schedule),
-        worker(python, "worker1", "--model", SERVED_MODEL),
-        worker(python, "worker2", "--model", SERVED_MODEL),
+        worker(python, "worker", "--model", SERVED_MODEL),
         bridge(python),
     ]

@@ -5,9 +5,13 @@ run's own topics.
 
 A test needs the data services when it has one of SERVICE_MARKERS or uses one of
 SERVICE_FIXTURES (directly or through another fixture); such tests are marked `services`
-at collection. `--no-services` (make test-fast) leaves them out and points the services'
-settings at an address where nothing listens, so a test that reaches for one anyway fails
-instead of quietly using a running stack."""
+at collection. `--no-services` (make test-fast) leaves them out, and the `manifests` and
+`slow` tests too, and points the services' settings at an address where nothing listens,
+so a test that reaches for one anyway fails instead of quietly using a running stack.
+
+The `domain` tests (tests/domain) are the exception: they run in both tiers, on SQLite in
+memory in the fast one and on MariaDB in `make test`, with fakes for the image store,
+Celery, Kafka and the notifications (tests/domain/conftest.py)."""
 
 import contextlib
 import functools
@@ -48,6 +52,9 @@ SERVICE_FIXTURES = {"django_db_setup", "live_server", "kafka_topics"}
 # In the fast tier, what the tests' own settings point at instead of the data services:
 # nothing listens there, so a connection is refused at once.
 NO_SERVICE = "127.0.0.1:9"
+# The fast tier's database, for the domain tests alone (pytest-django lets no other test
+# reach it): nothing they show depends on MariaDB, and it needs no server.
+FAST_TIER_DATABASE = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 # A fast-tier test still running after this long is waiting for something that is not
 # there; it is failed rather than left to hang. Generous: the slowest fast test (ResNet50
 # weights saved and loaded) takes over a minute on a busy two-core machine.
@@ -63,6 +70,8 @@ def pytest_addoption(parser):
 
 
 def needs_services(item: pytest.Item) -> bool:
+    if item.config.getoption("no_services") and item.get_closest_marker("domain"):
+        return False
     if any(item.get_closest_marker(name) for name in SERVICE_MARKERS):
         return True
     return not SERVICE_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
@@ -74,10 +83,16 @@ def pytest_collection_modifyitems(config, items):
         if needs_services(item):
             item.add_marker(pytest.mark.services)
     if config.getoption("no_services"):
-        deselected = [item for item in items if item.get_closest_marker("services")]
+        deselected = [item for item in items if not fast(item)]
         if deselected:
             config.hook.pytest_deselected(items=deselected)
-            items[:] = [item for item in items if not item.get_closest_marker("services")]
+            items[:] = [item for item in items if fast(item)]
+
+
+def fast(item: pytest.Item) -> bool:
+    """Whether the fast tier runs the test: no data service, no manifest to render (a cold
+    checkout builds kustomize first), no real model or process started (`slow`)."""
+    return not any(item.get_closest_marker(name) for name in ("services", "manifests", "slow"))
 
 
 def pytest_configure(config):
@@ -100,6 +115,18 @@ def pytest_configure(config):
             },
             KAFKA_BOOTSTRAP_SERVERS=NO_SERVICE,
         ).enable()
+        use_fast_tier_database()
+
+
+def use_fast_tier_database() -> None:
+    """Point the default database at FAST_TIER_DATABASE. tests.settings names MariaDB, and
+    Django made (without opening it) that connection while loading the models, before this
+    conftest could have a say: it is dropped, and the next use makes the SQLite one."""
+    from django.db import connections
+
+    settings.DATABASES["default"] = FAST_TIER_DATABASE
+    connections.configure_settings(settings.DATABASES)
+    del connections["default"]
 
 
 @pytest.hookimpl(wrapper=True)

@@ -5,7 +5,7 @@ import factory
 from django.contrib.auth import get_user_model
 
 from kafka_wire.contract import ClassScore, InferenceResult
-from predictions import services
+from predictions import pipeline
 from predictions.models import Batch, Job, Prediction
 
 
@@ -37,7 +37,7 @@ class BatchFactory(factory.django.DjangoModelFactory):
 
 
 class JobFactory(factory.django.DjangoModelFactory):
-    """A job row with no stored file; use services.create_jobs when the image matters."""
+    """A job row with no stored file; use uploads.create_jobs when the image matters."""
 
     class Meta:
         model = Job
@@ -72,7 +72,7 @@ def finish_later(jobs: list[Job], after_s: list[float]) -> threading.Thread:
             time.sleep(max(0.0, started + at - time.monotonic()))
             # Through the service, which tells the requests held for the job.
             fox = ClassScore(class_id=277, label="red fox", score=0.9)
-            services.record_results(
+            pipeline.record_results(
                 results=[InferenceResult(job_id=str(job.pk), ok=True, predictions=[fox])]
             )
 

@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from predictions import services
+from predictions import pipeline, uploads
 from predictions.models import Batch, Job, Prediction
 from tests.conftest import DATA
 from tests.factories import BatchFactory, JobFactory, PredictionFactory, UserFactory
@@ -51,7 +51,7 @@ def many_jobs(count: int) -> list[Job]:
 
 def stored_job(owner, status: str = Job.Status.FAILED) -> Job:
     upload = SimpleUploadedFile("fox.png", (DATA / "fox.png").read_bytes())
-    job = services.create_jobs(owner=owner, uploads=[upload], top_k=5)[0]
+    job = uploads.create_jobs(owner=owner, uploads=[upload], top_k=5)[0]
     Job.objects.filter(pk=job.pk).update(status=status, error="boom" if status == "failed" else "")
     return Job.objects.get(pk=job.pk)
 
@@ -173,7 +173,7 @@ def test_retry_puts_failed_jobs_back_in_the_queue(
     assert not failed.predictions.exists()
     assert succeeded.status == Job.Status.SUCCEEDED
     # The job waits its turn: the dispatcher runs once the reset is committed.
-    assert [c for c in callbacks if c is services.dispatch_jobs] == [services.dispatch_jobs]
+    assert [c for c in callbacks if c is pipeline.dispatch_jobs] == [pipeline.dispatch_jobs]
 
 
 def test_re_run_restarts_finished_jobs_with_the_top_k_given(client, operator):
@@ -213,9 +213,9 @@ def test_deleting_jobs_removes_their_stored_images(
 def test_deleting_a_batch_removes_its_jobs_stored_images(
     client, operator, django_capture_on_commit_callbacks
 ):
-    batch = services.create_batch(owner=operator)
+    batch = uploads.create_batch(owner=operator)
     upload = SimpleUploadedFile("fox.png", (DATA / "fox.png").read_bytes())
-    job = services.create_jobs(owner=operator, uploads=[upload], top_k=5, batch=batch)[0]
+    job = uploads.create_jobs(owner=operator, uploads=[upload], top_k=5, batch=batch)[0]
     with django_capture_on_commit_callbacks(execute=True):
         client.post(f"/admin/predictions/batch/{batch.pk}/delete/", {"post": "yes"})
     assert not Batch.objects.exists()

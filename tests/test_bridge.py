@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from kafka_wire.contract import ClassScore, InferenceResult, encode_result
-from kafka_wire.producer import BatchProducer, DeliveryError
+from kafka_wire.runner import Poison
 from predictions.bridge import STORE_CHUNK, handle_results
 from predictions.management.commands import consume_results
 from predictions.models import Job
@@ -37,39 +37,16 @@ class Message:
         return self._value
 
 
-class Producer:
-    """Acknowledges every message at flush, or leaves them all undelivered."""
-
-    def __init__(self, *, delivers: bool = True) -> None:
-        self.delivers = delivers
-        self.produced: list[tuple[str, bytes | None, bytes, dict]] = []
-        self.callbacks = []
-
-    def produce(self, topic, *, key, value, headers=None, on_delivery=None) -> None:
-        self.produced.append((topic, key, value, dict(headers or [])))
-        self.callbacks.append(on_delivery)
-
-    def flush(self, timeout: float) -> int:
-        pending = 0 if self.delivers else len(self.callbacks)
-        if self.delivers:
-            for callback in self.callbacks:
-                callback(None, None)
-        self.callbacks = []
-        return pending
-
-
 class Sinks:
-    def __init__(self, *, delivers: bool = True) -> None:
+    def __init__(self) -> None:
         self.stored: list[list[InferenceResult]] = []
         self.failed: list[tuple[str, str]] = []
-        self.producer = Producer(delivers=delivers)
 
-    def handle(self, messages: list[Message]) -> None:
-        handle_results(
+    def handle(self, messages: list[Message]) -> list[Poison]:
+        return handle_results(
             messages,
             store=self.stored.append,
             fail_job=lambda job_id, reason: self.failed.append((job_id, reason)),
-            dead_letters=BatchProducer(self.producer),
         )
 
 
@@ -97,9 +74,9 @@ def test_decoded_results_reach_the_store_sink_as_they_were_sent():
         InferenceResult(job_id=str(uuid.uuid4()), ok=False, error="model exploded"),
     ]
     sinks = Sinks()
-    sinks.handle([message_of(result, offset) for offset, result in enumerate(sent)])
+    poisoned = sinks.handle([message_of(result, offset) for offset, result in enumerate(sent)])
     assert sinks.stored == [sent]
-    assert sinks.failed == [] and sinks.producer.produced == []
+    assert sinks.failed == [] and poisoned == []
 
 
 def test_results_are_stored_in_chunks():
@@ -110,37 +87,27 @@ def test_results_are_stored_in_chunks():
     assert [result for chunk in sinks.stored for result in chunk] == sent
 
 
-def test_an_undecodable_result_is_dead_lettered_and_fails_its_job_while_the_rest_is_stored(
-    settings,
-):
-    settings.KAFKA_DEAD_LETTER_TOPIC = "dead-letters"
+def test_an_undecodable_result_is_signalled_poison_and_fails_its_job_while_the_rest_is_stored():
     job_id = str(uuid.uuid4())
     good = ok_result(str(uuid.uuid4()), "tench")
-    garbage = b"IHUB\x01\x02 not a result"
+    garbage = Message(job_id.encode(), b"IHUB\x01\x02 not a result", offset=7)
     sinks = Sinks()
-    sinks.handle([Message(job_id.encode(), garbage, offset=7), message_of(good, offset=8)])
+    [poison] = sinks.handle([garbage, message_of(good, offset=8)])
 
     assert sinks.stored == [[good]]
     [(failed_job, reason)] = sinks.failed
     assert failed_job == job_id
     assert reason.startswith("the worker's result could not be read: ")
-    [(topic, key, value, headers)] = sinks.producer.produced
-    assert (topic, key, value) == ("dead-letters", job_id.encode(), garbage)
-    assert headers["error"].startswith(b"undecodable result: ")
-    assert (headers["source_topic"], headers["source_offset"]) == (b"results", b"7")
+    # The runner dead-letters it (tests/test_runner_batching.py).
+    assert poison.message is garbage
+    assert poison.reason.startswith("undecodable result: ")
 
 
-def test_an_undecodable_result_without_a_job_key_is_only_dead_lettered():
+def test_an_undecodable_result_without_a_job_key_is_only_signalled_poison():
     sinks = Sinks()
-    sinks.handle([Message(b"not-a-uuid", b"junk"), Message(None, b"junk")])
+    poisoned = sinks.handle([Message(b"not-a-uuid", b"junk"), Message(None, b"junk")])
     assert sinks.stored == [] and sinks.failed == []
-    assert len(sinks.producer.produced) == 2
-
-
-def test_the_batch_fails_when_a_dead_letter_is_not_delivered():
-    sinks = Sinks(delivers=False)
-    with pytest.raises(DeliveryError, match="1 are still pending"):
-        sinks.handle([Message(str(uuid.uuid4()).encode(), b"junk")])
+    assert len(poisoned) == 2
 
 
 @pytest.mark.django_db
@@ -171,7 +138,6 @@ def test_the_commands_sinks_store_results_and_fail_jobs_through_celery(celery_wo
         [message_of(ok_result(str(stored.pk), "tench")), Message(str(failed.pk).encode(), b"x")],
         store=consume_results.store,
         fail_job=consume_results.fail,
-        dead_letters=BatchProducer(Producer()),
     )
     deadline = time.monotonic() + 60
     while Job.objects.filter(pk__in=[stored.pk, failed.pk], finished_at=None).exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from common.limits import upload_pixel_limits
+from common.uploads import upload_pixel_limits
 from predictions.models import Job
 from tests.conftest import DATA, REPO
 from tests.factories import BatchFactory, JobFactory, finish_later
@@ -352,7 +352,7 @@ def admin_jobs(browser_user) -> list[Job]:
     from django.contrib.auth.models import Permission
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from predictions import services
+    from predictions import uploads
 
     browser_user.is_staff = True
     browser_user.save()
@@ -360,7 +360,7 @@ def admin_jobs(browser_user) -> list[Job]:
         Permission.objects.filter(content_type__app_label="predictions")
     )
     upload = SimpleUploadedFile("a-fox-in-the-garden-at-dusk.png", (DATA / "fox.png").read_bytes())
-    stored = services.create_jobs(owner=browser_user, uploads=[upload], top_k=5)[0]
+    stored = uploads.create_jobs(owner=browser_user, uploads=[upload], top_k=5)[0]
     common = {"owner": browser_user, "model_name": "resnet50", "model_weights": "random"}
     return [
         stored,

@@ -3,6 +3,8 @@ of polling every job, Retry-After when the server's holding slots are taken, and
 timeout."""
 
 import itertools
+import subprocess
+import sys
 import time
 from urllib.parse import urlsplit
 
@@ -11,10 +13,11 @@ import requests
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from common.limits import WAIT_MAX_SECONDS
+from common.limits import TOP_K_DEFAULT, WAIT_MAX_SECONDS
 from predictions import client as client_module
 from predictions.client import InferenceHubClient, WaitStopped, WaitTimeout
 from predictions.models import Job
+from tests.conftest import REPO
 from tests.factories import JobFactory, finish_later
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -143,6 +146,13 @@ def test_a_job_deleted_meanwhile_stops_the_wait_with_every_job_seen(client, user
     assert {i: job["status"] for i, job in stop.value.jobs.items()} == {str(done.pk): "succeeded"}
 
 
-def test_the_client_holds_no_longer_than_the_server_allows():
-    # A copy, as the client needs no Django: a longer hold would be refused with 400.
-    assert client_module.HELD_WAIT_MAX_S == WAIT_MAX_SECONDS
+def test_the_client_reads_the_servers_limits_without_django():
+    # The client caps its holds with the server's own WAIT_MAX_SECONDS (a longer one
+    # would be refused with 400): common/limits.py must load where Django cannot.
+    blocked = "import sys; sys.modules['django'] = None; import predictions.client as c; "
+    shown = "print(c.WAIT_MAX_SECONDS, c.TOP_K_DEFAULT)"
+    run = subprocess.run(
+        [sys.executable, "-c", blocked + shown], cwd=REPO, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(WAIT_MAX_SECONDS), str(TOP_K_DEFAULT)]

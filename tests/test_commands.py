@@ -15,7 +15,7 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 from rest_framework.authtoken.models import Token
 
-from predictions import services
+from predictions import uploads
 from predictions.client import InferenceHubClient
 from predictions.models import Job
 from stack import processes
@@ -232,7 +232,7 @@ def test_one_shot_commands_exit_non_zero_on_bad_arguments():
 
 def stored_job(name: str) -> Job:
     upload = SimpleUploadedFile(name, (DATA / name).read_bytes())
-    (job,) = services.create_jobs(owner=None, uploads=[upload], top_k=1)
+    (job,) = uploads.create_jobs(owner=None, uploads=[upload], top_k=1)
     return job
 
 

@@ -15,6 +15,9 @@ import yaml
 
 from stack import processes
 
+# make test runs these; make test-fast does not (tests/conftest.py).
+pytestmark = pytest.mark.manifests
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO / "docker"
 COMPOSE_FILE = DOCKER_DIR / "compose.yaml"
@@ -285,8 +288,7 @@ def test_every_app_process_make_run_supervises_has_its_compose_service():
     local = processes.local_stack(
         "python", web_host="0.0.0.0", web_port=8000, beat_schedule="/tmp/celerybeat-schedule"
     )
-    # worker1 and worker2 are the compose service `worker` with two replicas.
-    names = [p.name.rstrip("12") for p in local]
+    names = [p.name for p in local]
     assert set(names) == set(IMAGE_PROCESSES)
     assert [p.argv for p in local if p.name not in ADDRESSED] == [
         IMAGE_PROCESSES[name].argv for name in names if name not in ADDRESSED

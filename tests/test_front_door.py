@@ -91,7 +91,7 @@ def small_front_door(start_process, proxy_dir) -> str:
 def test_the_proxy_takes_its_body_limit_from_the_apps_setting_also_for_a_chunked_body(
     small_front_door,
 ):
-    # Without a Content-Length the app's own check (common/limits.py) cannot see the
+    # Without a Content-Length the app's own check (common/uploads.py) cannot see the
     # size: only the proxy, counting the body as it reads it, refuses it.
     chunks = (b"x" * 10_000 for _ in range(20))
     response = requests.post(f"{small_front_door}/api/jobs/", data=chunks, timeout=30)

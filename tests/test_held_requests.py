@@ -13,7 +13,7 @@ import requests
 from rest_framework.authtoken.models import Token
 
 from kafka_wire.contract import ClassScore, InferenceResult
-from predictions import services
+from predictions import pipeline
 from predictions.models import Job
 from stack import processes
 from tests.conftest import PYTHON, free_port
@@ -29,7 +29,7 @@ NO_REDIS = "redis://127.0.0.1:9/1"
 def finish(jobs: list[Job]) -> None:
     """As the result bridge's store task does: one service call for them all."""
     results = [InferenceResult(job_id=str(job.pk), ok=True, predictions=[FOX]) for job in jobs]
-    assert services.record_results(results=results) == len(jobs)
+    assert pipeline.record_results(results=results) == len(jobs)
 
 
 def threads_of(pid: int) -> int:

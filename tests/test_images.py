@@ -118,6 +118,7 @@ def test_sixteen_bit_greyscale_png_keeps_its_levels():
     assert 100 < array[SIZE // 2, SIZE // 2, 0] < 155
 
 
+@pytest.mark.slow
 def test_decode_comparison_times_every_path_and_its_difference_from_a_full_decode():
     results = measure_decoding(SIZE, log=lambda line: None, min_seconds=0)
     assert set(results["groups"]) == {"JPEG 0.3 MP", "JPEG 2 MP", "JPEG 12 MP", "PNG 2 MP"}

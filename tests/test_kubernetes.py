@@ -32,6 +32,9 @@ from predictions import health
 from stack import processes
 from tests.conftest import PYTHON, free_port, started_processes
 
+# make test runs these; make test-fast does not (tests/conftest.py).
+pytestmark = pytest.mark.manifests
+
 REPO = Path(__file__).resolve().parent.parent
 KUBERNETES = REPO / "deploy" / "kubernetes"
 OVERLAYS = sorted(path.name for path in (KUBERNETES / "overlays").iterdir())

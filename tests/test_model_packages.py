@@ -21,6 +21,10 @@ from tests.conftest import DATA, REPO
 from tests.test_pipeline import wait_until_finished
 from tests.test_trained_model import COLOURS, SIZE, png, start_stack, train_colour_model
 
+# Seconds each (a real model exported, loaded or run, or processes started): make test
+# runs them, make test-fast leaves them out (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 PER_COLOUR = 4
 
 
@@ -284,7 +288,8 @@ def test_a_package_with_an_edited_file_is_refused(int8_package, tmp_path):
 
 
 def test_a_package_whose_labels_do_not_match_its_outputs_is_refused(int8_package, tmp_path):
-    from serving.package import load_package, sha256_of
+    from serving.inference import sha256_of
+    from serving.package import load_package
 
     copy = broken_copy(int8_package[0], tmp_path)
     (copy / "labels.txt").write_text("red\ngreen\n")

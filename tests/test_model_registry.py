@@ -167,6 +167,7 @@ def test_model_metadata_has_the_open_inference_protocol_shape(client, labels):
         "platform": "tensorflow_keras",
         "inputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+        "input_spec": None,
     }
     missing = client.get("/api/models/nope/")
     assert missing.status_code == 404
@@ -203,7 +204,8 @@ def fake_package(folder, *, created_at: str):
     loads nothing); created_at stands for another export of the same model."""
     import json
 
-    from serving.package import FORMAT, LABELS, MANIFEST, MODEL_BIN, MODEL_XML, sha256_of
+    from serving.inference import sha256_of
+    from serving.package import FORMAT, LABELS, MANIFEST, MODEL_BIN, MODEL_XML
 
     folder.mkdir(exist_ok=True)
     for name, text in ((MODEL_XML, "<net/>"), (MODEL_BIN, "weights"), (LABELS, "a\nb\n")):

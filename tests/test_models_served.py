@@ -180,7 +180,7 @@ def test_make_runs_workers_serve_the_model_bootstrap_registers(bridge, process_e
         stdout=io.StringIO(),
     )
     local = processes.local_stack(PYTHON, web_host="127.0.0.1", web_port=0, beat_schedule="s")
-    worker = next(process for process in local if process.name == "worker1")
+    worker = next(process for process in local if process.name == "worker")
     ref = f"{processes.SERVED_MODEL}:1"
     with started_processes(process_env) as start:
         start(worker)

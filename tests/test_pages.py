@@ -9,7 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from PIL import Image
 
-from predictions import services
+from predictions import services, uploads
 from predictions.models import Job
 from tests.conftest import DATA
 from tests.factories import (
@@ -27,7 +27,7 @@ def stored_job(owner, name: str = "fox.png") -> Job:
     """A job with a real stored original (its preprocessing is never enqueued: the test's
     transaction is rolled back, so on_commit callbacks do not run)."""
     upload = SimpleUploadedFile(name, (DATA / name).read_bytes())
-    return services.create_jobs(owner=owner, uploads=[upload], top_k=5)[0]
+    return uploads.create_jobs(owner=owner, uploads=[upload], top_k=5)[0]
 
 
 def test_the_upload_page_sends_anonymous_visitors_to_the_login_page(client):

@@ -23,8 +23,9 @@ from kafka_wire.contract import (
     encode_request,
     encode_result,
 )
-from predictions import services
+from predictions import uploads
 from predictions.models import Job
+from predictions.pipeline import fail_job, record_results
 from tests.conftest import DATA, REPO
 from tests.factories import JobFactory
 
@@ -309,7 +310,7 @@ def test_a_result_delivered_twice_is_stored_once(pipeline):
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
     assert list(job.predictions.values_list("rank", "class_id")) == [(1, 997), (2, 1)]
-    assert services.record_results(results=[result]) == 0
+    assert record_results(results=[result]) == 0
 
 
 def test_two_workers_share_the_partitions_and_every_job_finishes_once(pipeline, api):
@@ -352,12 +353,12 @@ def test_a_failed_job_retried_through_the_api_runs_again_and_succeeds(pipeline, 
     from django.db import transaction
 
     with transaction.atomic():  # failed before its preprocessing is enqueued
-        [job] = services.create_jobs(
+        [job] = uploads.create_jobs(
             owner=user,
             uploads=[SimpleUploadedFile("fox.png", (DATA / "fox.png").read_bytes())],
             top_k=2,
         )
-        services.fail_job(job_id=job.pk, reason="inference failed: out of memory")
+        fail_job(job_id=job.pk, reason="inference failed: out of memory")
     response = api.post(f"{api.base_url}/api/jobs/{job.pk}/retry/")
     assert response.status_code == 202, response.text
     assert (response.json()["status"], response.json()["attempts"]) == ("queued", 2)

@@ -8,7 +8,7 @@ import pytest
 import schemathesis
 from django.utils import timezone
 
-from predictions import services
+from predictions import pipeline
 from predictions.models import Job
 from registry.services import register_version
 from tests.factories import BatchFactory, JobFactory, UserFactory
@@ -49,11 +49,11 @@ def test_a_waiting_jobs_answer_says_how_many_jobs_the_dispatcher_admits_before_i
     assert job_answer(client, a, a_jobs[-1])["queue"]["position"] == 5
     # The dispatcher agrees: with 1 place it admits a job of A's; with a second, B's.
     settings.DISPATCH_IN_FLIGHT_PER_MODEL = 1
-    assert services.dispatch_jobs() == 1
+    assert pipeline.dispatch_jobs() == 1
     b_job.refresh_from_db()
     assert b_job.admitted_at is None
     settings.DISPATCH_IN_FLIGHT_PER_MODEL = 2
-    assert services.dispatch_jobs() == 1
+    assert pipeline.dispatch_jobs() == 1
     b_job.refresh_from_db()
     assert b_job.admitted_at is not None
     # Admitted, it no longer waits for its turn.

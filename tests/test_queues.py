@@ -14,7 +14,7 @@ from kafka_wire.contract import ClassScore, InferenceResult, encode_result
 from kafka_wire.producer import BatchProducer, new_producer
 from kafka_wire.topics import ensure_topics
 from predictions.models import Job
-from predictions.services import PREPROCESS_TASK
+from predictions.pipeline import PREPROCESS_TASK
 from stack import processes
 from stack.harness import PYTHON, unique_celery_hostname
 from tests.conftest import started_processes

@@ -1,12 +1,17 @@
-"""Batching, commit and rewind logic of the consumer runner, against an in-memory consumer."""
+"""Batching, commit, rewind and dead-letter logic of the consumer runner, against an
+in-memory consumer, and its dead letters against the real Kafka."""
 
 import time
+import uuid
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic
 
+from kafka_wire.config import consumer_config, producer_config
 from kafka_wire.producer import BatchProducer, DeliveryError, send_to_dead_letter
-from kafka_wire.runner import BatchConsumer
+from kafka_wire.runner import BatchConsumer, Poison
+from kafka_wire.topics import admin_client
 
 
 class FakeMessage:
@@ -321,3 +326,113 @@ def test_dead_letter_keeps_the_original_bytes_and_says_why(settings):
     assert headers["source_partition"] == b"3"
     assert headers["source_offset"] == b"17"
     assert abs(int(headers["failed_at"]) - time.time() * 1000) < 60_000
+
+
+def test_poison_messages_are_dead_lettered_before_the_batch_offsets_are_stored(settings):
+    settings.KAFKA_DEAD_LETTER_TOPIC = "dead-letters"
+    consumer = FakeConsumer(messages_now(3, first_offset=10))
+    dead_letters = FakeProducer()
+    stored_when_dead_lettered = []
+
+    def handler(batch):
+        return [Poison(batch[1], "undecodable request: bad magic")]
+
+    def flush(timeout):
+        stored_when_dead_lettered.append(list(consumer.stored))
+        return FakeProducer.flush(dead_letters, timeout)
+
+    dead_letters.flush = flush
+    runner = make_runner(consumer, handler, dead_letters=BatchProducer(dead_letters))
+    assert runner.process_one() is True
+    [(topic, _, _, headers)] = dead_letters.produced
+    assert topic == "dead-letters"
+    assert dict(headers)["error"] == b"undecodable request: bad magic"
+    assert dict(headers)["source_offset"] == b"11"
+    # The good messages of the batch go on: the whole batch is stored, after the dead letter.
+    assert stored_when_dead_lettered == [[]]
+    assert consumer.stored == [[("requests", 0, 13)]]
+
+
+def test_an_undelivered_dead_letter_fails_the_batch():
+    consumer = FakeConsumer(messages_now(2, first_offset=5))
+    dead_letters = BatchProducer(FakeProducer(pending_after_flush=1))
+    runner = make_runner(
+        consumer, lambda batch: [Poison(batch[0], "poison")], dead_letters=dead_letters
+    )
+    runner.process_one()
+    assert consumer.stored == []
+    assert consumer.seeks == [("requests", 0, 5)]
+    assert runner.consecutive_failures == 1
+
+
+def read_all(topic: str, count: int) -> list:
+    reader = Consumer(consumer_config(f"{topic}-reader"))
+    reader.subscribe([topic])
+    messages = []
+    deadline = time.monotonic() + 30
+    while len(messages) < count and time.monotonic() < deadline:
+        message = reader.poll(1.0)
+        if message is not None and message.error() is None:
+            messages.append(message)
+    reader.close()
+    return messages
+
+
+@pytest.mark.services
+def test_a_handlers_poison_signal_ends_on_the_dead_letter_topic_and_the_batch_is_committed(
+    settings,
+):
+    topic = f"test-poison-{uuid.uuid4().hex[:8]}"
+    settings.KAFKA_DEAD_LETTER_TOPIC = f"{topic}-dead-letters"
+    group = f"{topic}-group"
+    admin = admin_client()
+    created = admin.create_topics(
+        [
+            NewTopic(name, num_partitions=1, replication_factor=1)
+            for name in (topic, settings.KAFKA_DEAD_LETTER_TOPIC)
+        ]
+    )
+    for future in created.values():
+        future.result(30)
+    job_id = str(uuid.uuid4())
+    try:
+        producer = Producer(producer_config())
+        for value in (b"good", b"poison", b"good"):
+            producer.produce(topic, key=job_id.encode(), value=value)
+        assert producer.flush(30) == 0
+        handled = []
+
+        def handler(batch):
+            handled.extend(message.value() for message in batch)
+            if len(handled) == 3:
+                runner.request_shutdown(None, None)
+            return [
+                Poison(message, "inference failed: poison image")
+                for message in batch
+                if message.value() == b"poison"
+            ]
+
+        consumer = Consumer(consumer_config(group))
+        consumer.subscribe([topic])
+        runner = BatchConsumer(consumer, handler, max_batch_size=3, max_batch_delay_ms=2_000)
+        deadline = time.monotonic() + 60
+        while not runner.shutdown and time.monotonic() < deadline:
+            runner.process_one()
+        consumer.close()
+        assert handled == [b"good", b"poison", b"good"]
+
+        [dead] = read_all(settings.KAFKA_DEAD_LETTER_TOPIC, 1)
+        assert (dead.key(), dead.value()) == (job_id.encode(), b"poison")
+        headers = dict(dead.headers())
+        assert headers["error"] == b"inference failed: poison image"
+        assert (headers["source_topic"], headers["source_partition"]) == (topic.encode(), b"0")
+        assert headers["source_offset"] == b"1"
+        # The whole batch, poison included, is committed: the partition moves on.
+        reader = Consumer(consumer_config(group))
+        try:
+            [committed] = reader.committed([TopicPartition(topic, 0)], timeout=30)
+        finally:
+            reader.close()
+        assert committed.offset == 3
+    finally:
+        admin.delete_topics([topic, settings.KAFKA_DEAD_LETTER_TOPIC])

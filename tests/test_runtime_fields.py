@@ -6,7 +6,7 @@ import pytest
 
 from kafka_wire.contract import InferenceResult, decode_result, encode_result
 from predictions.models import Job
-from predictions.services import record_results
+from predictions.pipeline import record_results
 from tests.factories import JobFactory, UserFactory
 from tests.test_contract import envelope, result_header
 

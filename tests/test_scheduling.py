@@ -1,5 +1,5 @@
 """Fair shares between uploaders: jobs wait in the database and the dispatcher admits them
-round-robin over owners (predictions/selectors.py, services.dispatch_jobs)."""
+round-robin over owners (predictions/selectors.py, pipeline.dispatch_jobs)."""
 
 import time
 
@@ -9,8 +9,9 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db.models import Max
 
-from predictions import selectors, services
+from predictions import selectors
 from predictions.models import Job
+from predictions.pipeline import dispatch_jobs
 from tests.conftest import DATA
 from tests.factories import JobFactory, UserFactory
 
@@ -36,7 +37,7 @@ def test_a_jobs_queue_position_is_its_place_in_the_dispatchers_order(settings):
     assert [positions[job.pk] for job in jobs] == [0, 2, 3, 1]
     admitted = []
     for _ in jobs:
-        assert services.dispatch_jobs() == 1
+        assert dispatch_jobs() == 1
         [job] = Job.objects.filter(status=Job.Status.QUEUED, admitted_at__isnull=False)
         admitted.append(job.pk)
         # It finishes, which frees the one place in flight.
@@ -55,7 +56,7 @@ def test_one_uploaders_backlog_does_not_hold_up_anothers_job(pipeline, api):
     backlog = JobFactory.create_batch(
         300, owner=uploader_a, top_k=1, image=name, image_format="PNG"
     )
-    assert services.dispatch_jobs() > 0
+    assert dispatch_jobs() > 0
     response = api.post(
         f"{api.base_url}/api/jobs/",
         files={"image": ("bolete.jpg", (DATA / "bolete.jpg").read_bytes())},

@@ -30,6 +30,10 @@ from serving.runtimes.tensorflow import (
 from tests.conftest import REPO
 from workers.worker import InferenceHandler
 
+# Seconds each (a real model exported, loaded or run, or processes started): make test
+# runs them, make test-fast leaves them out (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def resnet() -> ServedModel:
@@ -254,15 +258,10 @@ def results_by_job(producer: RecordingProducer) -> dict[str, InferenceResult]:
     }
 
 
-def dead_letters(producer: RecordingProducer) -> list[tuple[bytes, dict]]:
-    return [(value, dict(headers)) for topic, _, value, headers in producer.produced if headers]
-
-
-def test_handler_runs_one_predict_per_batch_and_answers_every_request(settings):
-    settings.KAFKA_DEAD_LETTER_TOPIC = "dead-letters"
+def test_handler_runs_one_predict_per_batch_and_answers_every_request():
     model, producer = StubModel(), RecordingProducer()
     messages = [request_message(offset) for offset in range(3)]
-    InferenceHandler(model, producer, results_topic="results")(messages)
+    poisoned = InferenceHandler(model, producer, results_topic="results")(messages)
     assert model.batch_sizes == [3]
     results = results_by_job(producer)
     assert set(results) == {decode_key(m.key()) for m in messages}
@@ -270,11 +269,10 @@ def test_handler_runs_one_predict_per_batch_and_answers_every_request(settings):
         assert result.ok and result.predictions == [ClassScore(0, "tench", 0.9)]
         assert result.batch_size == 3 and result.model == "stub" and result.weights == "random"
         assert result.worker.endswith(f":{os.getpid()}")
-    assert dead_letters(producer) == []
+    assert poisoned == []
 
 
-def test_undecodable_request_is_dead_lettered_and_failed_when_its_key_names_a_job(settings):
-    settings.KAFKA_DEAD_LETTER_TOPIC = "dead-letters"
+def test_undecodable_request_is_signalled_poison_and_failed_when_its_key_names_a_job():
     model, producer = StubModel(), RecordingProducer()
     job_id = str(uuid.uuid4())
     messages = [
@@ -282,28 +280,29 @@ def test_undecodable_request_is_dead_lettered_and_failed_when_its_key_names_a_jo
         StubMessage(b"not-a-job", b"junk", 1),
         request_message(2),
     ]
-    InferenceHandler(model, producer, results_topic="results")(messages)
-    assert [value for value, _ in dead_letters(producer)] == [b"GIF89a...", b"junk"]
-    assert dead_letters(producer)[0][1]["error"].startswith(b"undecodable request: bad magic")
+    poisoned = InferenceHandler(model, producer, results_topic="results")(messages)
+    # The runner dead-letters these (tests/test_runner_batching.py).
+    assert [poison.message for poison in poisoned] == messages[:2]
+    assert poisoned[0].reason.startswith("undecodable request: bad magic")
     results = results_by_job(producer)
     assert not results[job_id].ok
-    assert results[job_id].error.startswith("undecodable request: bad magic")
+    assert results[job_id].error == poisoned[0].reason
+    assert results[job_id].model == "stub" and results[job_id].worker.endswith(f":{os.getpid()}")
     # The valid request is still answered; the keyless junk gets no result.
     assert len(results) == 2
     assert model.batch_sizes == [1]
 
 
-def test_a_poison_image_fails_only_its_own_job(settings):
-    settings.KAFKA_DEAD_LETTER_TOPIC = "dead-letters"
+def test_a_poison_image_fails_only_its_own_job():
     model, producer = StubModel(), RecordingProducer()
     good, poison, other = request_message(0), request_message(1, fill=255), request_message(2)
-    InferenceHandler(model, producer, results_topic="results")([good, poison, other])
+    poisoned = InferenceHandler(model, producer, results_topic="results")([good, poison, other])
     assert model.batch_sizes == [3, 1, 1, 1]
     results = results_by_job(producer)
     assert results[decode_key(good.key())].ok and results[decode_key(other.key())].ok
     failed = results[decode_key(poison.key())]
     assert not failed.ok and failed.error == "inference failed: poison image"
-    assert [value for value, _ in dead_letters(producer)] == [poison.value()]
+    assert [(p.message, p.reason) for p in poisoned] == [(poison, failed.error)]
 
 
 def test_undelivered_output_fails_the_batch():

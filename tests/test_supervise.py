@@ -18,6 +18,10 @@ from stack.harness import PYTHON
 from stack.processes import AppProcess
 from stack.supervise import Supervisor
 
+# Seconds each (a real model exported, loaded or run, or processes started): make test
+# runs them, make test-fast leaves them out (tests/conftest.py).
+pytestmark = pytest.mark.slow
+
 SLEEPER = AppProcess(
     "sleeper", [PYTHON, "-c", "import time; print('up', flush=True); time.sleep(600)"], "up"
 )

@@ -8,7 +8,7 @@ import json
 import pytest
 import requests
 
-from predictions import api as api_module
+from predictions import events as events_module
 from predictions.models import Job
 from tests.factories import BatchFactory, JobFactory, PredictionFactory, UserFactory, finish_later
 
@@ -60,7 +60,7 @@ def read_events(response: requests.Response):
 
 
 def test_the_batch_event_stream_sends_each_job_change_and_the_counts(api, user, monkeypatch):
-    monkeypatch.setattr(api_module, "STREAM_SECONDS", 10)
+    monkeypatch.setattr(events_module, "STREAM_SECONDS", 10)
     batch = BatchFactory(owner=user)
     done = JobFactory(owner=user, batch=batch, seq=0, status=Job.Status.FAILED, error="bad")
     waiting = JobFactory(owner=user, batch=batch, seq=1, status=Job.Status.SUBMITTED)

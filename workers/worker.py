@@ -1,9 +1,10 @@
 """The inference handler: request messages in, one result message per request out.
 
 It is a plain callable of a list of Kafka messages, run by kafka_wire.runner.BatchConsumer.
-A request that cannot be decoded or classified goes to the dead-letter topic and gets an
-error result, so its job is marked failed instead of blocking the partition; the handler
-raises only when its output could not be delivered, so the runner redoes the batch.
+A request that cannot be decoded or classified gets an error result, so its job is marked
+failed instead of blocking the partition, and is returned as a Poison for the runner to
+dead-letter; the handler raises only when its output could not be delivered, so the runner
+redoes the batch.
 """
 
 import logging
@@ -22,8 +23,8 @@ from kafka_wire.contract import (
     encode_result,
     job_id_of_key,
 )
-from kafka_wire.producer import BatchProducer, send_to_dead_letter
-from kafka_wire.runner import Message
+from kafka_wire.producer import BatchProducer
+from kafka_wire.runner import Message, Poison
 from serving.inference import ServedModel
 
 logger = logging.getLogger(__name__)
@@ -50,20 +51,26 @@ class InferenceHandler:
         self.results_topic = results_topic
         self.worker = worker_id()
 
-    def __call__(self, messages: list[Message]) -> None:
+    def __call__(self, messages: list[Message]) -> list[Poison]:
+        poisoned: list[Poison] = []
         decoded = []
         for message in messages:
             try:
                 decoded.append((message, decode_request(message.value())))
             except ContractError as error:
-                self.fail(message, job_id_of_key(message.key()), f"undecodable request: {error}")
+                reason = f"undecodable request: {error}"
+                self.fail(job_id_of_key(message.key()), reason)
+                poisoned.append(Poison(message, reason))
         if decoded:
-            self.infer(decoded)
+            self.infer(decoded, poisoned)
         self.producer.flush_or_raise()
+        return poisoned
 
-    def infer(self, decoded: list[tuple[Message, InferenceRequest]]) -> None:
+    def infer(
+        self, decoded: list[tuple[Message, InferenceRequest]], poisoned: list[Poison]
+    ) -> None:
         """One predict over the whole batch; if that fails, each request alone, so that one
-        poison image fails only its own job."""
+        poison image fails only its own job (and is added to poisoned)."""
         requests = [request for _, request in decoded]
         started = time.perf_counter()
         try:
@@ -76,45 +83,49 @@ class InferenceHandler:
                 logger.exception(
                     "inference failed for job %s", request.job_id, extra={"job_id": request.job_id}
                 )
-                self.fail(message, request.job_id, f"inference failed: {error}")
+                reason = f"inference failed: {error}"
+                self.fail(request.job_id, reason)
+                poisoned.append(Poison(message, reason))
                 return
             logger.warning(
                 "batch of %d failed (%s); retrying each request alone", len(decoded), error
             )
             for pair in decoded:
-                self.infer([pair])
+                self.infer([pair], poisoned)
             return
         inference_s = time.perf_counter() - started
         metrics.INFERENCE_SECONDS.observe(inference_s)
-        inference_ms = inference_s * 1000
         for request, predictions in zip(requests, all_predictions, strict=True):
-            self.publish(self.result(request.job_id, predictions, len(requests), inference_ms))
-
-    def fail(self, message: Message, job_id: str | None, reason: str) -> None:
-        send_to_dead_letter(self.producer, message, reason)
-        if job_id is not None:
             self.publish(
-                InferenceResult(
-                    job_id=job_id,
-                    ok=False,
-                    error=reason,
-                    worker=self.worker,
-                    model=self.model.name,
-                    weights=self.model.weights,
-                    runtime=self.model.runtime,
-                    precision=self.model.precision,
-                    model_version=self.model_version,
-                    inferred_at_ms=int(time.time() * 1000),
+                self.result(
+                    request.job_id,
+                    predictions=predictions,
+                    batch_size=len(requests),
+                    inference_ms=inference_s * 1000,
                 )
             )
 
+    def fail(self, job_id: str | None, reason: str) -> None:
+        """An error result, so the job fails now rather than at its timeout; a message whose
+        key names no job has no one to tell."""
+        if job_id is not None:
+            self.publish(self.result(job_id, error=reason))
+
     def result(
-        self, job_id: str, predictions: list[ClassScore], batch_size: int, inference_ms: float
+        self,
+        job_id: str,
+        *,
+        predictions: list[ClassScore] | None = None,
+        error: str = "",
+        batch_size: int = 0,
+        inference_ms: float = 0.0,
     ) -> InferenceResult:
+        """The answer to one request: its predictions, or the error that stopped it."""
         return InferenceResult(
             job_id=job_id,
-            ok=True,
-            predictions=predictions,
+            ok=not error,
+            predictions=predictions or [],
+            error=error,
             worker=self.worker,
             model=self.model.name,
             weights=self.model.weights,

@@ -1,9 +1,9 @@
 """Loading a Keras classifier and serving it with TensorFlow.
 
-Two kinds of model can be served:
+Two kinds of model can be served (the built-in "instant" model, which needs no TensorFlow,
+is dispatched by serving/loading.py before this module is imported):
 - the built-in ResNet50 (name "resnet50"), with ImageNet weights from Keras' download
   cache, weights from a file, or random weights for demos;
-- the built-in "instant" model (serving/inference.py, no TensorFlow work);
 - any saved Keras classifier (model_file, a .keras file) that takes (S, S, 3) float32 pixels
   in 0..255, does its own rescaling/normalisation inside the model, and outputs class
   probabilities (a softmax), one per line of its labels file.
@@ -25,7 +25,6 @@ from serving.inference import (
     ModelLoadError,
     ServedModel,
     check_label_count,
-    instant_model,
     read_labels,
 )
 
@@ -87,8 +86,6 @@ def set_threads(threads: int) -> None:
 
 
 def load_builtin(name: str, weights: str, labels_file: str, input_size: int) -> ServedModel:
-    if name == "instant":
-        return instant_model(labels_file, input_size)
     if name != "resnet50":
         raise ModelLoadError(
             f"unknown built-in model {name!r}: use 'resnet50' (or 'instant', which answers "

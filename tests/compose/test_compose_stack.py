@@ -5,6 +5,7 @@ In file order: the scaling test leaves three workers, one of which the kill test
 """
 
 import itertools
+import re
 import subprocess
 import threading
 
@@ -65,12 +66,11 @@ def assert_answered_once(job: dict) -> None:
 
 
 def served_route(stack: Stack) -> tuple[str, str]:
-    """The served model's requests topic and worker group, as migrate registered them."""
-    logs = stack.compose("logs", "--no-color", "migrate")
-    line = next(line for line in logs.splitlines() if "registered: resnet50" in line)
-    topic = line.split("topic ")[1].split(",")[0]
-    group = line.split("group ")[1].split()[0]
-    return topic, group
+    """The requests topic and group the workers serve, from their start-up line."""
+    logs = stack.compose("logs", "--no-color", "worker")
+    found = re.search(r" topic=(\S+) .* group=(\S+) ", logs)
+    assert found, logs[-3000:]
+    return found.group(1), found.group(2)
 
 
 def assignment(stack: Stack) -> dict:
@@ -129,6 +129,7 @@ def test_a_worker_killed_mid_stream_loses_and_doubles_no_job(stack):
         return counts if counts.get("succeeded", 0) >= 3 else None
 
     before = wait_for("the first jobs of the stream done", some_done, JOBS_DONE_S, every=0.5)
+    assert before["succeeded"] < total, f"the stream was over before the kill: {before}"
     # One replica only, at once: every replica holds partitions (the test above).
     subprocess.run(["podman", "kill", "--signal", "KILL", f"{stack.project}-worker-1"], check=True)
     sender.join()

@@ -21,7 +21,7 @@ from common.limits import (
     DECODED_WHOLE_MAX_PIXELS,
     REQUEST_MAX_DECODED_WHOLE_PIXELS,
 )
-from predictions import services
+from predictions import pipeline, services, uploads
 from predictions.models import Batch, Job
 from predictions.storage import THUMBNAIL_SIZES, thumbnail_name
 from stack import processes
@@ -162,9 +162,9 @@ def test_preprocessing_stores_the_thumbnails_and_the_view_reads_them(kafka_topic
     owner = UserFactory()
     with open(DATA / "toaster.png", "rb") as file:
         upload_file = SimpleUploadedFile("toaster.png", file.read())
-    [job] = services.create_jobs(owner=owner, uploads=[upload_file], top_k=5)
+    [job] = uploads.create_jobs(owner=owner, uploads=[upload_file], top_k=5)
     Job.objects.filter(pk=job.pk).update(admitted_at=timezone.now())  # by the dispatcher
-    services.preprocess_and_submit(job_ids=[str(job.pk)])
+    pipeline.preprocess_and_submit(job_ids=[str(job.pk)])
     storage = job.image.storage
     for size in THUMBNAIL_SIZES:
         assert storage.exists(thumbnail_name(job.image.name, size)), Job.objects.values(
@@ -184,7 +184,7 @@ def test_preprocessing_stores_the_thumbnails_and_the_view_reads_them(kafka_topic
 def test_an_older_jobs_thumbnail_is_made_on_its_first_request_and_stored(client):
     owner = UserFactory()
     with open(DATA / "fox.png", "rb") as file:
-        [job] = services.create_jobs(
+        [job] = uploads.create_jobs(
             owner=owner, uploads=[SimpleUploadedFile("fox.png", file.read())], top_k=5
         )
     name = thumbnail_name(job.image.name, 480)
@@ -202,7 +202,7 @@ def test_an_older_jobs_thumbnail_is_made_on_its_first_request_and_stored(client)
 def test_an_older_job_over_todays_limits_gets_no_thumbnail_made(client):
     owner = UserFactory()
     with open(DATA / "fox.png", "rb") as file:
-        [job] = services.create_jobs(
+        [job] = uploads.create_jobs(
             owner=owner, uploads=[SimpleUploadedFile("fox.png", file.read())], top_k=5
         )
     # As accepted before the limit of images decoded whole was lowered.
@@ -220,7 +220,7 @@ def test_images_are_throttled_per_user(client, settings):
     settings.IMAGE_THROTTLE = "2/minute"
     owner = UserFactory()
     with open(DATA / "fox.png", "rb") as file:
-        [job] = services.create_jobs(
+        [job] = uploads.create_jobs(
             owner=owner, uploads=[SimpleUploadedFile("fox.png", file.read())], top_k=5
         )
     client.force_login(owner)

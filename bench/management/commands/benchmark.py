@@ -9,10 +9,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from bench.run import CONFIGS, Options
+from bench.run import CONFIGS, RAY_PARTS, Options
 
 BENCH_SETTINGS = "bench.settings"
-PARTS = ("ceiling", "runtimes", *CONFIGS, "ray", "ray-package", "decode")
+PARTS = ("ceiling", "runtimes", *CONFIGS, *RAY_PARTS, "decode")
 
 
 class Command(BaseCommand):
@@ -41,6 +41,12 @@ class Command(BaseCommand):
             "--only", default=",".join(PARTS), help=f"comma list of parts: {', '.join(PARTS)}"
         )
         parser.add_argument("--out-dir", default=str(defaults.out_dir))
+        parser.add_argument(
+            "--no-peer-install",
+            action="store_true",
+            help="skip a peer whose venv (.stack/peers/<name>) is not made yet, saying so, "
+            "instead of making it",
+        )
         parser.add_argument(
             "--profile",
             action="store_true",
@@ -77,6 +83,7 @@ class Command(BaseCommand):
                 ceiling_seconds=options["ceiling_seconds"],
                 parts=parts,
                 profile=options["profile"],
+                peer_install=not options["no_peer_install"],
                 out_dir=Path(options["out_dir"]),
             ),
             log=self.stdout.write,

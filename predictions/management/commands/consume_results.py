@@ -5,13 +5,12 @@ import functools
 import logging
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from common import metrics
 from kafka_wire.contract import InferenceResult
-from kafka_wire.producer import BatchProducer, new_producer
 from kafka_wire.runner import BatchConsumer, subscribed_consumer
-from kafka_wire.topics import ADMIN_TIMEOUT_S, KafkaRefused, KafkaUnreachable, check_reachable
+from kafka_wire.topics import preflight
 from predictions.bridge import handle_results
 from predictions.tasks import fail_job, store_results
 
@@ -50,15 +49,7 @@ class Command(BaseCommand):
         busy_batch_delay_ms,
         **options,
     ):
-        # A refused login or an untrusted certificate stops the bridge here, naming the
-        # setting, rather than leaving librdkafka retrying in the log.
-        try:
-            check_reachable(ADMIN_TIMEOUT_S)
-        except KafkaRefused as error:
-            raise CommandError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {error}") from None
-        except KafkaUnreachable as error:
-            # A broker that is down may come back: the consumer waits for it.
-            log.warning("Kafka not reachable yet, waiting for it: %s", error)
+        preflight()
         consumer = subscribed_consumer(group_id, [settings.KAFKA_RESULTS_TOPIC])
         log.info(
             "result bridge consuming %s as group %s from %s (batches of up to %d, %d ms, "
@@ -71,9 +62,7 @@ class Command(BaseCommand):
             busy_batch_delay_ms,
         )
         metrics.serve_metrics(options["metrics_port"])
-        handler = functools.partial(
-            handle_results, store=store, fail_job=fail, dead_letters=BatchProducer(new_producer())
-        )
+        handler = functools.partial(handle_results, store=store, fail_job=fail)
         BatchConsumer(
             consumer,
             handler,

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
+from common.limits import TOP_K_DEFAULT, top_k_problem
 from predictions.client import (
     IMAGES_PER_REQUEST,
     InferenceHubClient,
@@ -147,8 +147,8 @@ class Command(BaseCommand):
             raise CommandError(
                 "an API token is needed: --token or INFERENCEHUB_TOKEN", returncode=NOTHING_SENT
             )
-        if not TOP_K_MIN <= top_k <= TOP_K_MAX:
-            raise CommandError(f"--top-k must be between {TOP_K_MIN} and {TOP_K_MAX}, got {top_k}")
+        if problem := top_k_problem(top_k, name="--top-k"):
+            raise CommandError(problem)
         if concurrency < 1:
             raise CommandError(f"--concurrency must be 1 or more, got {concurrency}")
         if per_request < 1:

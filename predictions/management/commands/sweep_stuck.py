@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from predictions import services
+from predictions import pipeline
 
 
 class Command(BaseCommand):
@@ -10,5 +10,5 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
-        retried, failed = services.sweep_stuck_jobs()
+        retried, failed = pipeline.sweep_stuck_jobs()
         self.stdout.write(f"retried {retried} stuck jobs, failed {failed}")

@@ -9,6 +9,7 @@ from registry import services
 from registry.models import ModelVersion
 from registry.selectors import UnknownModel, parse_reference
 from serving.inference import PRECISIONS, RUNTIMES, ModelLoadError, read_labels
+from serving.onnx import add_input_spec_arguments, read_onnx, spec_from_options
 
 # The built-in ResNet50's input and classes (ImageNet).
 RESNET50_INPUT_SIZE = 224
@@ -28,14 +29,38 @@ class Command(BaseCommand):
         source.add_argument("--package", help="a model package folder (manage.py export_model)")
         source.add_argument("--builtin", choices=["resnet50"], help="the built-in ResNet50")
         source.add_argument("--keras", help="a saved .keras classifier (needs --labels)")
-        register.add_argument("--labels", default="", help="for --keras: one class per line")
-        register.add_argument(
-            "--input-size", type=int, default=RESNET50_INPUT_SIZE, help="for --keras"
+        source.add_argument(
+            "--onnx",
+            help="an ONNX classifier (needs --input-preset): exported to an fp32 package "
+            "(--output) and registered as it",
         )
+        register.add_argument(
+            "--labels",
+            default="",
+            help="one class per line; for --onnx, else from its metadata, else class_0..N-1",
+        )
+        register.add_argument(
+            "--input-size",
+            type=int,
+            default=None,
+            help=f"for --keras (default {RESNET50_INPUT_SIZE}); for --onnx, needed only when "
+            "the model's spatial size is dynamic",
+        )
+        register.add_argument(
+            "--output",
+            help="for --onnx: the package folder to write (default: beside the ONNX file, "
+            "named after it, its sha256 and the runtime)",
+        )
+        add_input_spec_arguments(register)
         register.add_argument(
             "--weights", default="imagenet", help="for --builtin: imagenet, random or a file"
         )
-        register.add_argument("--runtime", choices=RUNTIMES, default="tensorflow")
+        register.add_argument(
+            "--runtime",
+            choices=(*RUNTIMES, "onnxruntime"),
+            help="for --keras and --builtin: tensorflow (default) or openvino; for --onnx: "
+            "openvino (default) or onnxruntime",
+        )
         register.add_argument("--precision", choices=PRECISIONS, default="fp32")
         register.add_argument(
             "--if-new",
@@ -73,20 +98,13 @@ class Command(BaseCommand):
 
     def register(self, options: dict) -> None:
         name = options["name"]
+        runtime = options["runtime"]
         if options["package"]:
-            from serving.package import LABELS, MANIFEST, read_manifest, sha256_of
-
-            folder = Path(options["package"]).resolve()
-            manifest = read_manifest(folder)
-            fields = dict(
-                source=ModelVersion.Source.PACKAGE,
-                path=str(folder),
-                package_sha256=sha256_of(folder / MANIFEST),
-                runtime="openvino",
-                precision=manifest["precision"],
-                input_size=int(manifest["input_size"]),
-                classes=len(read_labels(folder / LABELS)),
-            )
+            fields = package_fields(Path(options["package"]))
+        elif options["onnx"]:
+            fields = package_fields(self.export_onnx(name, options))
+        elif runtime == "onnxruntime":
+            raise CommandError("--runtime onnxruntime runs an ONNX model (--onnx) only")
         elif options["keras"]:
             if not options["labels"]:
                 raise CommandError("--keras needs --labels, a file with one class per line")
@@ -98,16 +116,16 @@ class Command(BaseCommand):
                 source=ModelVersion.Source.KERAS,
                 path=str(model_file),
                 labels_file=str(labels),
-                runtime=options["runtime"],
+                runtime=runtime or "tensorflow",
                 precision=options["precision"],
-                input_size=options["input_size"],
+                input_size=options["input_size"] or RESNET50_INPUT_SIZE,
                 classes=len(read_labels(labels)),
             )
         else:
             fields = dict(
                 source=ModelVersion.Source.BUILTIN,
                 weights=options["weights"],
-                runtime=options["runtime"],
+                runtime=runtime or "tensorflow",
                 precision=options["precision"],
                 input_size=RESNET50_INPUT_SIZE,
                 classes=IMAGENET_CLASSES,
@@ -129,6 +147,40 @@ class Command(BaseCommand):
             f"{', the default' if version.model.is_default else ''}); "
             f"topic {route.requests_topic}, group {route.worker_group}"
         )
+
+    def export_onnx(self, name: str, options: dict) -> Path:
+        """The fp32 package of the ONNX model, exported for its runtime; nothing is
+        registered when the model or its options are refused."""
+        from serving.export import export_package, onnx_reference
+
+        if options["precision"] != "fp32":
+            raise CommandError(
+                "--onnx registers an fp32 package: for int8, make one with `manage.py "
+                "export_model --onnx ... --precision int8` and register it with --package"
+            )
+        onnx = read_onnx(
+            options["onnx"],
+            spec=spec_from_options(options),
+            input_size=options["input_size"],
+            labels_file=options["labels"],
+        )
+        self.stdout.write(f"labels: {onnx.labels_source}")
+        runtime = options["runtime"] or "openvino"
+        default = onnx.path.with_name(f"{onnx.path.stem}-{onnx.sha256[:12]}-{runtime}-fp32")
+        output = Path(options["output"] or default).resolve()
+        export_package(
+            served=onnx_reference(onnx, name=name),
+            output=output,
+            precision="fp32",
+            source={"model": name, **onnx.source()},
+            calibration=None,
+            held_out=None,
+            onnx=onnx,
+            runtime=runtime,
+            log=self.stdout.write,
+        )
+        self.stdout.write(f"wrote {output}")
+        return output
 
     def list(self) -> None:
         header = ("model", "default", "enabled", "source", "runtime", "input", "classes", "topic")
@@ -156,8 +208,27 @@ class Command(BaseCommand):
             )
 
 
+def package_fields(folder: Path) -> dict:
+    from serving.inference import sha256_of
+    from serving.package import LABELS, MANIFEST, read_manifest
+
+    folder = folder.resolve()
+    manifest = read_manifest(folder)
+    return dict(
+        source=ModelVersion.Source.PACKAGE,
+        path=str(folder),
+        package_sha256=sha256_of(folder / MANIFEST),
+        runtime=manifest.get("runtime", "openvino"),
+        precision=manifest["precision"],
+        input_size=int(manifest["input_size"]),
+        input_spec=manifest.get("input_spec", {}),
+        classes=len(read_labels(folder / LABELS)),
+    )
+
+
 REGISTER_HELP = (
     "Add version N+1 of NAME from a model package (--package), the built-in ResNet50 "
-    "(--builtin resnet50 --weights ...) or a .keras file with labels (--keras --labels "
-    "--input-size). The first model registered becomes the default."
+    "(--builtin resnet50 --weights ...), a .keras file with labels (--keras --labels "
+    "--input-size) or an ONNX classifier (--onnx --input-preset ..., exported to an fp32 "
+    "package first). The first model registered becomes the default."
 )

@@ -15,6 +15,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from serving.inference import ModelLoadError
 from serving.package import FASTEST_FIRST, read_manifest
+from serving.runtimes.openvino import describe_choice
+from workers.management.commands.run_worker import execution
 
 
 def cache_root() -> Path:
@@ -46,7 +48,7 @@ class Command(BaseCommand):
         top1 = manifest["faithfulness"]["top1_agreement"]
         return (
             f"openvino {manifest['precision']} ({package}, top-1 agreement with fp32 Keras "
-            f"{top1:.2%})"
+            f"{top1:.2%}), run with the {describe_choice(execution())}"
         )
 
     def source_key(self, weights: str) -> str:

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from PIL import UnidentifiedImageError
 
 from common.images import prepare_for_model
-from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
+from common.limits import TOP_K_DEFAULT, top_k_problem
 from serving.inference import PRECISIONS, RUNTIMES, ModelLoadError
 from serving.loading import load_served
 
@@ -24,7 +24,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--model-package",
             default=settings.MODEL_PACKAGE,
-            help="a package folder from export_model (default: MODEL_PACKAGE, else Keras)",
+            help="a package folder from export_model, OpenVINO or ONNX Runtime (default: "
+            "MODEL_PACKAGE, else Keras)",
         )
         parser.add_argument(
             "--runtime",
@@ -53,8 +54,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
     def handle(self, *args, **options):
-        if not TOP_K_MIN <= options["top_k"] <= TOP_K_MAX:
-            raise CommandError(f"--top-k must be within {TOP_K_MIN}..{TOP_K_MAX}")
+        if problem := top_k_problem(options["top_k"], name="--top-k"):
+            raise CommandError(problem)
         try:
             served = load_served(
                 package=options["model_package"],
@@ -78,7 +79,7 @@ class Command(BaseCommand):
         for path in options["paths"]:
             try:
                 with open(path, "rb") as file:
-                    image = prepare_for_model(file, size=served.input_size)
+                    image = prepare_for_model(file, size=served.input_size, fit=served.fit)
             except UnidentifiedImageError:
                 failed += 1
                 self.stderr.write(f"{path}: not an image in a format that can be read")

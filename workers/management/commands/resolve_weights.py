@@ -4,7 +4,8 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from serving.runtimes.tensorflow import ModelLoadError, load_model
+from serving.inference import ModelLoadError
+from serving.loading import load_served
 
 
 class Command(BaseCommand):
@@ -18,7 +19,7 @@ class Command(BaseCommand):
         try:
             # Keras reports its download on stdout, which must hold only the answer.
             with contextlib.redirect_stdout(sys.stderr):
-                load_model(name=settings.MODEL_NAME, weights=settings.MODEL_WEIGHTS)
+                load_served(name=settings.MODEL_NAME, weights=settings.MODEL_WEIGHTS)
         except ModelLoadError as error:
             sys.stderr.write(
                 f"\n*** {error}\n*** Starting with MODEL_WEIGHTS=random: every result and the "

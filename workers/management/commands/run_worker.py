@@ -6,6 +6,7 @@ on its own topic in its own consumer group."""
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -13,12 +14,15 @@ from django.core.management.base import BaseCommand, CommandError
 from common import metrics
 from kafka_wire.producer import BatchProducer, new_producer
 from kafka_wire.runner import BatchConsumer, subscribed_consumer
-from kafka_wire.topics import ADMIN_TIMEOUT_S, KafkaRefused, KafkaUnreachable, check_reachable
+from kafka_wire.topics import preflight
 from registry.models import ModelVersion
 from registry.selectors import UnknownModel, find_version, parse_reference, servable_version
 from serving.inference import PRECISIONS, RUNTIMES, ModelLoadError, ServedModel
 from serving.loading import load_served
 from workers.worker import InferenceHandler, worker_id
+
+if TYPE_CHECKING:
+    from serving.runtimes.openvino import Execution
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +89,8 @@ class Command(BaseCommand):
         metrics.add_metrics_port_argument(parser)
 
     def handle(self, *args, **options):
-        # Before the slow model load: a refused login or an untrusted certificate would
-        # otherwise only show as librdkafka retrying in the log, the worker idle forever.
-        try:
-            check_reachable(ADMIN_TIMEOUT_S)
-        except KafkaRefused as error:
-            raise CommandError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {error}") from None
-        except KafkaUnreachable as error:
-            # A broker that is down may come back: the consumer waits for it.
-            logger.warning("Kafka not reachable yet, waiting for it: %s", error)
+        # Before the slow model load, so a refused client learns it in seconds.
+        preflight()
         topic = settings.KAFKA_REQUESTS_TOPIC
         group = options["group_id"]
         version_number = 0
@@ -115,6 +112,7 @@ class Command(BaseCommand):
                     labels_file=options["labels_file"],
                     input_size=settings.MODEL_INPUT_SIZE,
                     threads=options["threads"],
+                    execution=execution(),
                 )
         except ModelLoadError as error:
             raise CommandError(str(error)) from None
@@ -123,7 +121,7 @@ class Command(BaseCommand):
             "classes=%d "
             "topic=%s results=%s dead_letters=%s group=%s bootstrap=%s max_batch_size=%d "
             "max_batch_delay_ms=%d "
-            "threads=%s",
+            "threads=%s execution=%s",
             worker_id(),
             model.name,
             version_number or "-",
@@ -141,6 +139,7 @@ class Command(BaseCommand):
             options["max_batch_size"],
             options["max_batch_delay_ms"],
             options["threads"] or "all cores",
+            model.execution or "-",
         )
         metrics.serve_metrics(options["metrics_port"])
         # The model is loaded before joining the group, so no partition waits on a worker
@@ -159,6 +158,7 @@ class Command(BaseCommand):
             max_batch_size=options["max_batch_size"],
             max_batch_delay_ms=options["max_batch_delay_ms"],
             name="inference worker",
+            dead_letters=producer,
         ).run()
 
 
@@ -189,6 +189,20 @@ def load_registered(version: ModelVersion, options: dict) -> ServedModel:
         labels_file=version.labels_file,
         input_size=version.input_size,
         threads=options["threads"],
+        execution=execution(),
     )
     # Results name the model as registered, whatever its package or file calls it.
     return dataclasses.replace(served, name=version.model.name)
+
+
+def execution() -> "Execution":
+    """How OpenVINO runs a package on this CPU, as the OPENVINO_* settings ask."""
+    # Here, not at the top: a worker serving TensorFlow or the instant model never
+    # imports OpenVINO.
+    from serving.runtimes.openvino import Execution
+
+    return Execution(
+        hint=settings.OPENVINO_PERFORMANCE_HINT,
+        streams=settings.OPENVINO_STREAMS,
+        requests=settings.OPENVINO_INFER_REQUESTS,
+    )
