@@ -87,10 +87,9 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
         "short_id",
         "file_name",
         "status",
-        "top_label",
-        "top_score",
+        "top_1",
         "model_and_weights",
-        "worker",
+        "worker_name",
         "latency",
         "owner",
         "created",
@@ -189,13 +188,22 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
             return format_html("{} <strong>random weights</strong>", name)
         return name or "–"
 
-    @admin.display(description="top-1 label")
-    def top_label(self, job: Job) -> str:
-        return job.top_label or "–"
+    # Label and score in one column, and a worker's name cut short: the list must fit 1280
+    # pixels with ImageNet's longest label and a Kubernetes pod's name in it.
+    @admin.display(description="top-1")
+    def top_1(self, job: Job) -> str:
+        if job.top_score is None:
+            return "–"
+        return format_html("{} <strong>{}</strong>", job.top_label, f"{job.top_score:.3f}")
 
-    @admin.display(description="score")
-    def top_score(self, job: Job) -> str:
-        return "–" if job.top_score is None else f"{job.top_score:.3f}"
+    @admin.display(description="worker", ordering="worker")
+    def worker_name(self, job: Job) -> str:
+        # A pod's name has no space to wrap at. Its end tells pods apart (and holds the
+        # pid); the whole name is in the tooltip and on the job's page.
+        if not job.worker:
+            return "–"
+        shown = job.worker if len(job.worker) <= 15 else f"…{job.worker[-14:]}"
+        return format_html('<span title="{}">{}</span>', job.worker, shown)
 
     @admin.display(description="created", ordering="created_at")
     def created(self, job: Job) -> str:
