@@ -218,8 +218,11 @@ def runtime_lines(data: dict) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in runtimes.items():
-        figures = (
-            packages.get(name.split()[-1], {}).get("faithfulness") if "openvino" in name else None
+        # An ONNX package's figures are against ONNX Runtime fp32, Keras' against TensorFlow.
+        figures = r.get("faithfulness") or (
+            packages.get(name.split()[-1], {}).get("faithfulness")
+            if name.startswith("openvino")
+            else None
         )
         gate = (
             f"{figures['top1_agreement']:.1%} | {figures['top5_overlap']:.1%} | "

@@ -34,7 +34,12 @@ from bench.decode import measure_decoding
 from bench.images import make_images
 from bench.peers import PEERS_DIR, PeerUnavailable, peer_python
 from bench.ray_peer import BATCH_PATH, pack_images
-from bench.runtimes import export_packages, make_run_choice, measure_runtimes
+from bench.runtimes import (
+    export_onnx_packages,
+    export_packages,
+    make_run_choice,
+    measure_runtimes,
+)
 from common.images import prepare_for_model
 from kafka_wire.config import kafka_names
 from kafka_wire.topics import ensure_topics
@@ -205,7 +210,11 @@ def run_benchmark(options: Options, log=print) -> Path:
         log(f"  make run would serve: openvino {chosen} ({options.package})")
     if "runtimes" in options.parts:
         log("runtimes: every runtime and precision's ceiling, memory and start time ...")
-        results.runtimes = measure_runtimes(options, results.packages, out / "logs", log)
+        log("the same network as an ONNX file: its packages ...")
+        onnx_packages = export_onnx_packages(out / "packages" / "onnx", log)
+        results.runtimes = measure_runtimes(
+            options, results.packages, out / "logs", log, onnx_packages
+        )
         if options.package:
             log("make run's package: its ceiling in each way of running it ...")
             results.ceilings = package_ceilings(options, options.package, out / "logs", log)

@@ -1,6 +1,8 @@
 """Every runtime and precision side by side: model packages exported for this run (with
 their faithfulness figures), then each one's ceiling at batch 1 and at the workers' batch
-size, with its worker-like process's resident memory and start time."""
+size, with its worker-like process's resident memory and start time. Beside Keras'
+ResNet50, the same network as an ONNX file (bench/onnx_resnet.py) through OpenVINO fp32 and
+int8 and through ONNX Runtime fp32, as a user's own ONNX model is served."""
 
 import contextlib
 import io
@@ -51,6 +53,40 @@ def export_packages(folder: Path, log) -> dict:
     return packages
 
 
+# The ONNX model's packages: (runtime, precision) of each.
+ONNX_PACKAGES = (("openvino", "fp32"), ("openvino", "int8"), ("onnxruntime", "fp32"))
+
+
+def export_onnx_packages(folder: Path, log) -> dict:
+    """ "onnx RUNTIME PRECISION" -> {"path", "faithfulness"} or {"skipped": reason}, the
+    packages of a ResNet-50 ONNX file with random weights (--input-preset imagenet). Its
+    OpenVINO packages are gated against ONNX Runtime's fp32 answers (written whatever the
+    gate says: --force); ONNX Runtime's is the file itself."""
+    from bench.onnx_resnet import write_resnet50
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_file = write_resnet50(folder / "resnet50.onnx")
+    packages = {}
+    for runtime, precision in ONNX_PACKAGES:
+        name = f"onnx {runtime} {precision}"
+        output = folder / f"{runtime}-{precision}"
+        arguments = ["--onnx", str(onnx_file), "--input-preset", "imagenet", "--force"]
+        arguments += ["--output", str(output), "--runtime", runtime, "--precision", precision]
+        if precision == "int8":
+            arguments.append("--synthetic-calibration")
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                call_command("export_model", *arguments, stdout=io.StringIO())
+        except CommandError as error:
+            packages[name] = {"skipped": str(error)}
+            log(f"  {name} export failed: {error}")
+            continue
+        manifest = json.loads((output / "manifest.json").read_text())
+        packages[name] = {"path": str(output), "faithfulness": manifest.get("faithfulness")}
+        log(f"  {name}: {json.dumps(packages[name]['faithfulness'])}")
+    return packages
+
+
 def make_run_choice(packages: dict) -> str | None:
     """The precision make run would serve: the fastest package that passes the gate."""
     for precision in FASTEST_FIRST:
@@ -59,7 +95,9 @@ def make_run_choice(packages: dict) -> str | None:
     return None
 
 
-def measure_runtimes(options, packages: dict, log_dir: Path, log) -> dict:
+def measure_runtimes(
+    options, packages: dict, log_dir: Path, log, onnx_packages: dict | None = None
+) -> dict:
     configurations = {"tensorflow fp32": ()}
     for precision in FASTEST_FIRST[::-1]:
         if "path" in packages.get(precision, {}):
@@ -67,6 +105,9 @@ def measure_runtimes(options, packages: dict, log_dir: Path, log) -> dict:
                 "--model-package",
                 packages[precision]["path"],
             )
+    for name, package in (onnx_packages or {}).items():
+        if "path" in package:
+            configurations[name] = ("--model-package", package["path"])
     figures = {}
     for name, model_args in configurations.items():
         tag = "-" + name.replace(" ", "-")
@@ -80,6 +121,8 @@ def measure_runtimes(options, packages: dict, log_dir: Path, log) -> dict:
             "rss_mib": single["rss_mib"],
             "start_s": single["start_s"],
         }
+        if name in (onnx_packages or {}):
+            figures[name]["faithfulness"] = onnx_packages[name]["faithfulness"]
         log(f"  {name}: {json.dumps(figures[name])}")
     base = figures["tensorflow fp32"]["images_per_s"]
     for values in figures.values():

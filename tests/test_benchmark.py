@@ -62,6 +62,9 @@ def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
         assert figures["images_per_s"] > 0 and figures["batch_1_images_per_s"] > 0, name
         assert figures["rss_mib"] > 0 and figures["start_s"] > 0, name
     assert 0 <= packages["int8"]["faithfulness"]["top1_agreement"] <= 1
+    # The same network as an ONNX file, as a user's own model is served.
+    assert {"onnx openvino fp32", "onnx openvino int8", "onnx onnxruntime fp32"} <= set(runtimes)
+    assert runtimes["onnx openvino int8"]["faithfulness"]["reference"].startswith("fp32 ONNX")
     assert "path" in packages["bf16"] or "no bf16" in packages["bf16"]["skipped"]
     for name in ("pipeline-multi-package", "pipeline-multi-package-2"):  # 1 worker, 2 workers
         run = results["runs"][name]

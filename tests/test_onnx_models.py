@@ -315,6 +315,57 @@ def test_a_bad_onnx_model_or_option_is_refused_naming_the_problem_and_registers_
 
 
 @pytest.mark.django_db
+def test_registering_again_never_replaces_the_package_a_version_serves(tmp_path):
+    """A refused name is refused before anything is written; the same file registered under
+    another name or with other labels gets a folder of its own; an --output that a version
+    serves is refused."""
+    onnx_file = colour_classifier(tmp_path / "colours.onnx", shape=("N", 3, 32, 32))
+    (tmp_path / "labels.txt").write_text("\n".join(COLOURS) + "\n")
+    register_onnx(
+        "colours", onnx_file, "--input-preset", "imagenet", "--labels", str(tmp_path / "labels.txt")
+    )
+    (served,) = ModelVersion.objects.all()
+    manifest = (Path(served.path) / "manifest.json").read_bytes()
+
+    with pytest.raises(CommandError, match="model name 'Colours.2'"):
+        register_onnx("Colours.2", onnx_file, "--input-preset", "imagenet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["colours.onnx", "labels.txt", Path(served.path).name]
+    )
+    register_onnx("shades", onnx_file, "--input-preset", "imagenet")
+    with pytest.raises(CommandError, match="is the package colours:1 serves"):
+        register_onnx("colours", onnx_file, "--input-preset", "imagenet", "--output", served.path)
+    assert (Path(served.path) / "manifest.json").read_bytes() == manifest
+    assert load_package(Path(served.path)).labels == list(COLOURS)
+    paths = set(ModelVersion.objects.values_list("path", flat=True))
+    assert len(paths) == 2
+
+
+@pytest.mark.django_db
+def test_a_package_written_past_its_gate_is_registered_with_a_warning(tmp_path):
+    onnx_file = colour_classifier(tmp_path / "colours.onnx", shape=("N", 3, 32, 32))
+    register_onnx("colours", onnx_file, "--input-preset", "imagenet")
+    package = Path(ModelVersion.objects.get().path)
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["faithfulness"] = {
+        "top1_agreement": 0.9,
+        "reference": "fp32 ONNX Runtime",
+        "min_top1_agreement": 0.99,
+        "forced": True,
+    }
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    err = io.StringIO()
+    call_command(
+        "models", "register", "colours", "--package", str(package), stdout=io.StringIO(), stderr=err
+    )
+    assert (
+        "failed its faithfulness gate (top-1 agreement 90.00% with fp32 ONNX Runtime"
+        in err.getvalue()
+    )
+    assert ModelVersion.objects.count() == 2
+
+
+@pytest.mark.django_db
 def test_labels_come_from_the_file_else_the_onnx_metadata_else_are_numbered(tmp_path):
     labels = "\n".join(COLOURS)
     with_metadata = colour_classifier(

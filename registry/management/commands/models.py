@@ -1,12 +1,14 @@
 """`manage.py models register|list|enable|disable|set-default`: the model registry."""
 
+import hashlib
+import json
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from registry import services
-from registry.models import ModelVersion
+from registry.models import ModelVersion, RegisteredModel
 from registry.selectors import UnknownModel, parse_reference
 from serving.inference import PRECISIONS, RUNTIMES, ModelLoadError, read_labels
 from serving.onnx import add_input_spec_arguments, read_onnx, spec_from_options
@@ -99,8 +101,14 @@ class Command(BaseCommand):
     def register(self, options: dict) -> None:
         name = options["name"]
         runtime = options["runtime"]
+        # Before any export: a refused name must cost nothing and write nothing.
+        try:
+            RegisteredModel._meta.get_field("name").run_validators(name)
+        except ValidationError as error:
+            raise CommandError(f"model name {name!r}: {' '.join(error.messages)}") from None
         if options["package"]:
             fields = package_fields(Path(options["package"]))
+            self.warn_if_forced(Path(options["package"]))
         elif options["onnx"]:
             fields = package_fields(self.export_onnx(name, options))
         elif runtime == "onnxruntime":
@@ -166,8 +174,9 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"labels: {onnx.labels_source}")
         runtime = options["runtime"] or "openvino"
-        default = onnx.path.with_name(f"{onnx.path.stem}-{onnx.sha256[:12]}-{runtime}-fp32")
-        output = Path(options["output"] or default).resolve()
+        output = Path(options["output"] or default_output(onnx, name, runtime)).resolve()
+        if serving := ModelVersion.objects.filter(path=str(output)).first():
+            raise CommandError(f"{output} is the package {serving} serves: choose another --output")
         export_package(
             served=onnx_reference(onnx, name=name),
             output=output,
@@ -181,6 +190,18 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"wrote {output}")
         return output
+
+    def warn_if_forced(self, folder: Path) -> None:
+        """Say so when the package failed its faithfulness gate and was written anyway."""
+        from serving.package import read_manifest
+
+        figures = read_manifest(folder.resolve()).get("faithfulness") or {}
+        if figures.get("forced"):
+            self.stderr.write(
+                f"warning: this package failed its faithfulness gate (top-1 agreement "
+                f"{figures['top1_agreement']:.2%} with {figures['reference']}, under "
+                f"{figures['min_top1_agreement']:.2%}) and was written with --force"
+            )
 
     def list(self) -> None:
         header = ("model", "default", "enabled", "source", "runtime", "input", "classes", "topic")
@@ -206,6 +227,24 @@ class Command(BaseCommand):
             self.stdout.write(
                 "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
             )
+
+
+def default_output(onnx, name: str, runtime: str) -> Path:
+    """Beside the ONNX file, named after the model and a digest of all the package is made
+    of: registering the file again with another name, spec or labels writes a new folder
+    rather than replacing the one a version serves; the same again, the same folder."""
+    made_of = json.dumps(
+        {
+            "name": name,
+            "onnx": onnx.sha256,
+            "spec": onnx.describe(),
+            "labels": onnx.labels,
+            "runtime": runtime,
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(made_of.encode()).hexdigest()[:12]
+    return onnx.path.with_name(f"{name}-{digest}-{runtime}-fp32")
 
 
 def package_fields(folder: Path) -> dict:
