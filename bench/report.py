@@ -1,4 +1,7 @@
-"""Writing a benchmark run's results: results.json, results.md and PNG plots."""
+"""Writing a benchmark run's results: results.json, results.md and PNG plots.
+
+Over 400 lines: one function per table or plot of the report, each reading results.json's
+figures only, so that a table is changed in one place."""
 
 import json
 from dataclasses import asdict

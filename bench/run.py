@@ -3,6 +3,11 @@
 Runs inside `manage.py benchmark` with bench.settings, connected to its own
 database. It starts the processes each configuration needs (web, Celery, inference workers,
 bridge; or the Ray Serve peer) with their own Kafka topics, measures, and stops them.
+
+Over 400 lines because it is the run's script from start to end: the configurations, the
+order of the parts and each part's measuring. The measuring that stands alone lives beside
+it (ceiling.py, runtimes.py, decode.py, peers.py, report.py); the pipeline runs and the
+Ray peer's are the next to move out.
 """
 
 import contextlib

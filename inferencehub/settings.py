@@ -3,6 +3,9 @@
 Every default points at the local stack that `make run` starts (see stack/stack.py),
 so a developer needs no configuration. A malformed value stops start-up with a
 message that names the variable.
+
+One long module on purpose: every setting is read from the environment once, here
+(README's Configuration section describes each).
 """
 
 import ipaddress

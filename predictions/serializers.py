@@ -1,5 +1,9 @@
 """The API's answers: each one's fields (the schema) and how it is built from the models.
-What clients send is checked in predictions/queries.py."""
+What clients send is checked in predictions/queries.py.
+
+Over 400 lines: one small serializer per answer, kept together because the answers nest
+(a batch's answer holds its jobs', an upload's its jobs' and its model's), and the schema
+of each is the serializer that builds it."""
 
 from datetime import UTC, datetime
 
