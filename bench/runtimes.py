@@ -30,27 +30,29 @@ def export_packages(folder: Path, log) -> dict:
             packages[precision] = {"skipped": "this CPU has no bf16 instructions"}
             log("  bf16 SKIPPED: this CPU has no bf16 instructions")
             continue
-        output = folder / precision
-        arguments = ["--output", str(output), "--precision", precision, "--weights", "random"]
-        arguments += ["--force"]
-        if precision == "int8":
-            arguments.append("--synthetic-calibration")
-        try:
-            with contextlib.redirect_stdout(sys.stderr):
-                call_command("export_model", *arguments, stdout=io.StringIO())
-        except CommandError as error:
-            packages[precision] = {"skipped": str(error)}
-            log(f"  {precision} export failed: {error}")
-            continue
-        manifest = json.loads((output / "manifest.json").read_text())
-        figures = manifest["faithfulness"]
-        packages[precision] = {
-            "path": str(output),
-            "faithfulness": figures,
-            "passed": figures["top1_agreement"] >= figures["min_top1_agreement"],
-        }
-        log(f"  {precision}: {json.dumps(figures)}")
+        package = export(precision, folder / precision, precision, ["--weights", "random"], log)
+        if "path" in package:
+            figures = package["faithfulness"]
+            package["passed"] = figures["top1_agreement"] >= figures["min_top1_agreement"]
+        packages[precision] = package
     return packages
+
+
+def export(name: str, output: Path, precision: str, arguments: list[str], log) -> dict:
+    """{"path", "faithfulness"} of the package export_model writes to output past its gate
+    (--force; int8 calibrated on synthetic images), or {"skipped": why}."""
+    arguments = [*arguments, "--output", str(output), "--precision", precision, "--force"]
+    if precision == "int8":
+        arguments.append("--synthetic-calibration")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            call_command("export_model", *arguments, stdout=io.StringIO())
+    except CommandError as error:
+        log(f"  {name} export failed: {error}")
+        return {"skipped": str(error)}
+    figures = json.loads((output / "manifest.json").read_text()).get("faithfulness")
+    log(f"  {name}: {json.dumps(figures)}")
+    return {"path": str(output), "faithfulness": figures}
 
 
 # The ONNX model's packages: (runtime, precision) of each.
@@ -69,21 +71,8 @@ def export_onnx_packages(folder: Path, log) -> dict:
     packages = {}
     for runtime, precision in ONNX_PACKAGES:
         name = f"onnx {runtime} {precision}"
-        output = folder / f"{runtime}-{precision}"
-        arguments = ["--onnx", str(onnx_file), "--input-preset", "imagenet", "--force"]
-        arguments += ["--output", str(output), "--runtime", runtime, "--precision", precision]
-        if precision == "int8":
-            arguments.append("--synthetic-calibration")
-        try:
-            with contextlib.redirect_stdout(sys.stderr):
-                call_command("export_model", *arguments, stdout=io.StringIO())
-        except CommandError as error:
-            packages[name] = {"skipped": str(error)}
-            log(f"  {name} export failed: {error}")
-            continue
-        manifest = json.loads((output / "manifest.json").read_text())
-        packages[name] = {"path": str(output), "faithfulness": manifest.get("faithfulness")}
-        log(f"  {name}: {json.dumps(packages[name]['faithfulness'])}")
+        arguments = ["--onnx", str(onnx_file), "--input-preset", "imagenet", "--runtime", runtime]
+        packages[name] = export(name, folder / f"{runtime}-{precision}", precision, arguments, log)
     return packages
 
 
