@@ -10,6 +10,7 @@ from django.conf import settings
 
 from common import metrics
 from kafka_wire.config import producer_config
+from kafka_wire.headers import request_id_headers, request_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def send_to_dead_letter(producer: BatchProducer | Producer, message: Message, re
     key = message.key()
     # Keys are job ids by the contract; a garbage key is still worth logging.
     job_id = key.decode(errors="replace") if key else None
+    request_id = request_id_of(message)
     logger.warning(
         "dead-lettering %s[%d]@%d (job %s): %s",
         message.topic(),
@@ -91,10 +93,11 @@ def send_to_dead_letter(producer: BatchProducer | Producer, message: Message, re
         message.offset(),
         job_id,
         reason,
-        extra={"job_id": job_id},
+        extra={"job_id": job_id, "request_id": request_id or "-"},
     )
     metrics.DEAD_LETTERS.labels(message.topic()).inc()
     headers = [
+        *request_id_headers(request_id),
         ("error", reason[:MAX_REASON_CHARS].encode(errors="replace")),
         ("source_topic", message.topic().encode()),
         ("source_partition", str(message.partition()).encode()),

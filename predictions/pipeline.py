@@ -129,6 +129,7 @@ REQUEST_FIELDS = (
     "image",
     "top_k",
     "attempts",
+    "request_id",
     "routed_to__input_size",
     "routed_to__input_spec",
     "routed_to__version",
@@ -193,7 +194,7 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
     batches = {job.batch_id for job in jobs if job.pk in decode_ms}
     preprocessed_at = timezone.now()
     try:
-        publish_requests(by_topic)
+        publish_requests(by_topic, {str(job.pk): job.request_id for job in jobs})
     except Exception:
         # Recorded so that the status says where the job waits while Kafka is away.
         _mark_preprocessed(decode_ms, batches, at=preprocessed_at, status=Job.Status.PREPROCESSED)

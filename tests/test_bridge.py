@@ -33,6 +33,9 @@ class Message:
     def key(self) -> bytes | None:
         return self._key
 
+    def headers(self) -> list | None:
+        return None
+
     def value(self) -> bytes:
         return self._value
 

@@ -33,6 +33,9 @@ class FakeMessage:
     def key(self):
         return b"key"
 
+    def headers(self):
+        return None
+
     def value(self):
         return b"value"
 

@@ -20,6 +20,7 @@ from kafka_wire.contract import (
     encode_key,
     encode_request,
 )
+from kafka_wire.headers import REQUEST_ID
 from kafka_wire.producer import DeliveryError
 from serving.runtimes.tensorflow import (
     IMAGENET_LABELS_FILE,
@@ -211,8 +212,11 @@ class StubModel:
 
 
 class StubMessage:
-    def __init__(self, key: bytes | None, value: bytes, offset: int):
-        self._key, self._value, self._offset = key, value, offset
+    def __init__(self, key: bytes | None, value: bytes, offset: int, headers=None):
+        self._key, self._value, self._offset, self._headers = key, value, offset, headers
+
+    def headers(self):
+        return self._headers
 
     def key(self):
         return self._key
@@ -243,11 +247,11 @@ class RecordingProducer:
             raise DeliveryError("broker down")
 
 
-def request_message(offset: int, fill: int = 0) -> StubMessage:
+def request_message(offset: int, fill: int = 0, headers=None) -> StubMessage:
     job_id = str(uuid.uuid4())
     image = np.full((4, 4, 3), fill, dtype=np.uint8)
     request = InferenceRequest(job_id=job_id, top_k=1, image=image, submitted_at_ms=1)
-    return StubMessage(encode_key(job_id), encode_request(request), offset)
+    return StubMessage(encode_key(job_id), encode_request(request), offset, headers)
 
 
 def results_by_job(producer: RecordingProducer) -> dict[str, InferenceResult]:
@@ -291,6 +295,22 @@ def test_undecodable_request_is_signalled_poison_and_failed_when_its_key_names_a
     # The valid request is still answered; the keyless junk gets no result.
     assert len(results) == 2
     assert model.batch_sizes == [1]
+
+
+def test_each_result_carries_its_requests_id_and_a_failure_is_logged_with_it(caplog):
+    model, producer = StubModel(), RecordingProducer()
+    traced = request_message(0, headers=[(REQUEST_ID, b"upload-7f3a")])
+    poison = request_message(1, fill=255, headers=[(REQUEST_ID, b"upload-99")])
+    untraced = request_message(2)
+    InferenceHandler(model, producer, results_topic="results")([traced, poison, untraced])
+    headers = {decode_key(key): h for topic, key, _, h in producer.produced if topic == "results"}
+    assert headers == {
+        decode_key(traced.key()): [(REQUEST_ID, b"upload-7f3a")],
+        decode_key(poison.key()): [(REQUEST_ID, b"upload-99")],
+        decode_key(untraced.key()): [],
+    }
+    [failure] = [r for r in caplog.records if r.getMessage().startswith("inference failed")]
+    assert (failure.request_id, failure.job_id) == ("upload-99", decode_key(poison.key()))
 
 
 def test_a_poison_image_fails_only_its_own_job():

@@ -23,6 +23,7 @@ from kafka_wire.contract import (
     encode_result,
     job_id_of_key,
 )
+from kafka_wire.headers import request_id_headers, request_id_of
 from kafka_wire.producer import BatchProducer
 from kafka_wire.runner import Message, Poison
 from serving.inference import ServedModel
@@ -59,7 +60,7 @@ class InferenceHandler:
                 decoded.append((message, decode_request(message.value())))
             except ContractError as error:
                 reason = f"undecodable request: {error}"
-                self.fail(job_id_of_key(message.key()), reason)
+                self.fail(job_id_of_key(message.key()), reason, request_id_of(message))
                 poisoned.append(Poison(message, reason))
         if decoded:
             self.infer(decoded, poisoned)
@@ -80,11 +81,14 @@ class InferenceHandler:
         except Exception as error:
             if len(decoded) == 1:
                 message, request = decoded[0]
+                request_id = request_id_of(message)
                 logger.exception(
-                    "inference failed for job %s", request.job_id, extra={"job_id": request.job_id}
+                    "inference failed for job %s",
+                    request.job_id,
+                    extra={"job_id": request.job_id, "request_id": request_id or "-"},
                 )
                 reason = f"inference failed: {error}"
-                self.fail(request.job_id, reason)
+                self.fail(request.job_id, reason, request_id)
                 poisoned.append(Poison(message, reason))
                 return
             logger.warning(
@@ -95,21 +99,22 @@ class InferenceHandler:
             return
         inference_s = time.perf_counter() - started
         metrics.INFERENCE_SECONDS.observe(inference_s)
-        for request, predictions in zip(requests, all_predictions, strict=True):
+        for (message, request), predictions in zip(decoded, all_predictions, strict=True):
             self.publish(
                 self.result(
                     request.job_id,
                     predictions=predictions,
                     batch_size=len(requests),
                     inference_ms=inference_s * 1000,
-                )
+                ),
+                request_id_of(message),
             )
 
-    def fail(self, job_id: str | None, reason: str) -> None:
+    def fail(self, job_id: str | None, reason: str, request_id: str | None) -> None:
         """An error result, so the job fails now rather than at its timeout; a message whose
         key names no job has no one to tell."""
         if job_id is not None:
-            self.publish(self.result(job_id, error=reason))
+            self.publish(self.result(job_id, error=reason), request_id)
 
     def result(
         self,
@@ -137,7 +142,11 @@ class InferenceHandler:
             inferred_at_ms=int(time.time() * 1000),
         )
 
-    def publish(self, result: InferenceResult) -> None:
+    def publish(self, result: InferenceResult, request_id: str | None) -> None:
+        """Produce the result with the request's id, so the bridge's lines carry it too."""
         self.producer.produce(
-            self.results_topic, key=encode_key(result.job_id), value=encode_result(result)
+            self.results_topic,
+            key=encode_key(result.job_id),
+            value=encode_result(result),
+            headers=request_id_headers(request_id),
         )

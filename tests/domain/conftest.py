@@ -62,17 +62,27 @@ def sent_tasks(monkeypatch) -> SentTasks:
     return sent
 
 
+class Published(dict):
+    """The requests handed to Kafka, by topic; request_ids: the upload's request id each
+    job's message carries in its header, by job id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.request_ids: dict[str, str] = {}
+
+
 @pytest.fixture(autouse=True)
-def published_requests(monkeypatch) -> dict:
+def published_requests(monkeypatch) -> Published:
     """The requests handed to Kafka, by topic; `refuse` in it makes the producer raise, as
     it does when Kafka does not take them."""
-    published: dict = {}
+    published = Published()
 
-    def publish_requests(by_topic: dict) -> None:
+    def publish_requests(by_topic: dict, request_ids: dict | None = None) -> None:
         if "refuse" in published:
             raise published["refuse"]
         for topic, requests in by_topic.items():
             published.setdefault(topic, []).extend(requests)
+        published.request_ids.update(request_ids or {})
 
     monkeypatch.setattr(pipeline, "publish_requests", publish_requests)
     return published

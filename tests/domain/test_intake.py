@@ -8,6 +8,7 @@ from botocore.exceptions import ClientError
 from django.core.files.storage import Storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from common import request_ids
 from common.limits import TOP_K_MAX, TOP_K_MIN
 from predictions.models import Job
 from predictions.storage import STORE_UNAVAILABLE_MESSAGE
@@ -66,6 +67,18 @@ def test_a_good_upload_makes_queued_jobs_with_the_batchs_next_seqs(
         {str(jobs[1].pk), str(jobs[2].pk)},
     ]
     assert f"{batch.pk}" in " ".join(notified)
+
+
+def test_the_jobs_of_an_upload_keep_the_id_of_the_request_that_made_them(image_store):
+    token = request_ids.current.set("client-chosen-42")
+    try:
+        upload = upload_images(uploader=UserFactory(), files=[image("fox.png")], top_k=3)
+    finally:
+        request_ids.current.reset(token)
+    outside = upload_images(uploader=UserFactory(), files=[image("fox.png")], top_k=3)
+
+    assert Job.objects.get(pk=upload.jobs[0].pk).request_id == "client-chosen-42"
+    assert Job.objects.get(pk=outside.jobs[0].pk).request_id == ""
 
 
 def test_an_upload_sent_again_with_its_idempotency_key_answers_the_same_jobs(image_store):

@@ -96,6 +96,17 @@ def test_preprocessing_hands_the_requests_to_kafka_and_marks_the_jobs_submitted(
             assert image_store.exists(thumbnail_name(job.image.name, size))
 
 
+def test_each_request_carries_the_request_id_of_the_upload_that_made_its_job(
+    image_store, published_requests
+):
+    traced = stored_job(image_store, (DATA / "fox.png").read_bytes(), request_id="upload-7f3a")
+    older = stored_job(image_store, (DATA / "fox.png").read_bytes())  # made before ids
+
+    pipeline.preprocess_and_submit(job_ids=[str(traced.pk), str(older.pk)])
+
+    assert published_requests.request_ids == {str(traced.pk): "upload-7f3a", str(older.pk): ""}
+
+
 def test_an_image_that_cannot_be_decoded_fails_its_job_and_the_others_go_on(
     settings, image_store, published_requests
 ):
