@@ -180,7 +180,9 @@ def test_each_request_goes_to_its_versions_topic_at_its_input_size(
     for job in (routed, unrouted):
         job.image.save(str(job.pk), ContentFile((DATA / "fox.png").read_bytes()))
     published = {}
-    monkeypatch.setattr(pipeline, "publish_requests", published.update)
+    monkeypatch.setattr(
+        pipeline, "publish_requests", lambda by_topic, request_ids: published.update(by_topic)
+    )
     # One read of what the requests need (no field loaded later, one by one) and one UPDATE.
     with django_assert_num_queries(2):
         pipeline.preprocess_and_submit(job_ids=[str(routed.pk), str(unrouted.pk)])
