@@ -2,12 +2,12 @@ import logging
 import os
 
 from celery import Celery
-from celery.signals import before_task_publish, task_postrun, task_prerun
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
 from django.db import close_old_connections
 from kombu import __version__ as kombu_version
 from kombu.transport import redis as kombu_redis
 
-from common import request_ids
+from common import request_ids, tracing
 
 logger = logging.getLogger(__name__)
 # The task header holding the request id of the upload that led to the task.
@@ -18,6 +18,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inferencehub.settings")
 app = Celery("inferencehub")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_process_init.connect(weak=False)
+def _trace_the_tasks(**_kwargs) -> None:
+    """With tracing on (common/tracing.py), a span per task, in the trace of whoever
+    enqueued it; in each pool process, as the SDK's exporter thread does not survive a fork."""
+    if tracing.configure("inferencehub-celery"):
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        CeleryInstrumentor().instrument()
 
 
 @before_task_publish.connect

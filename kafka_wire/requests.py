@@ -3,7 +3,6 @@
 from collections.abc import Mapping
 
 from kafka_wire.contract import InferenceRequest, encode_key, encode_request
-from kafka_wire.headers import request_id_headers
 from kafka_wire.producer import BatchProducer, get_producer
 
 # Short enough for a Celery task to give up and retry while the broker is away.
@@ -12,11 +11,11 @@ PUBLISH_TIMEOUT_S = 15.0
 
 def publish_requests(
     requests_by_topic: dict[str, list[InferenceRequest]],
-    request_ids: Mapping[str, str] | None = None,
+    headers: Mapping[str, list[tuple[str, bytes]]] | None = None,
 ) -> None:
     """Produce each topic's requests and wait until the broker has every one (acks=all);
-    raises one of kafka_wire.producer.TRANSIENT_ERRORS otherwise. request_ids: the id of
-    the HTTP request that uploaded each job, by job id, carried in a header."""
+    raises one of kafka_wire.producer.TRANSIENT_ERRORS otherwise. headers: each job's
+    record headers, by job id (kafka_wire/headers.py)."""
     producer = BatchProducer(get_producer())
     for topic, requests in requests_by_topic.items():
         for request in requests:
@@ -24,6 +23,6 @@ def publish_requests(
                 topic,
                 key=encode_key(request.job_id),
                 value=encode_request(request),
-                headers=request_id_headers((request_ids or {}).get(request.job_id)),
+                headers=(headers or {}).get(request.job_id, []),
             )
     producer.flush_or_raise(PUBLISH_TIMEOUT_S)

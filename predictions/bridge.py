@@ -9,7 +9,11 @@ sink call has returned, and after it has delivered every dead letter.
 
 from collections.abc import Callable
 
+from opentelemetry.trace import SpanKind
+
+from common import tracing
 from kafka_wire.contract import ContractError, InferenceResult, decode_result, job_id_of_key
+from kafka_wire.headers import traceparent_of
 from kafka_wire.runner import Message, Poison
 
 # Results per store call: bounds a task's size (a result with top_k=1000 is ~70 KiB).
@@ -28,11 +32,22 @@ def handle_results(
     poisoned = []
     for message in messages:
         try:
-            results.append(decode_result(message.value()))
+            result = decode_result(message.value())
         except ContractError as exc:
             poisoned.append(Poison(message, f"undecodable result: {exc}"))
             if job_id := job_id_of_key(message.key()):
                 fail_job(job_id, f"the worker's result could not be read: {exc}")
+            continue
+        results.append(result)
+        # The hop from the worker's produce to here, in the job's trace (tracing on).
+        with tracing.tracer.start_as_current_span(
+            "result received",
+            context=tracing.context_of(traceparent_of(message)),
+            kind=SpanKind.CONSUMER,
+            start_time=result.inferred_at_ms * 1_000_000,
+            attributes={"inferencehub.job_id": result.job_id},
+        ):
+            pass
     for start in range(0, len(results), STORE_CHUNK):
         store(results[start : start + STORE_CHUNK])
     return poisoned

@@ -102,6 +102,9 @@ class Job(models.Model):
     # The X-Request-ID of the upload (common/request_ids.py), carried to the worker and the
     # bridge in a Kafka header so that their log lines about the job can be found by it.
     request_id = models.CharField(max_length=64, blank=True, default="")
+    # The W3C traceparent of the upload's span (common/tracing.py): every later hop's spans
+    # join the job's trace from it; "" while tracing is off.
+    trace_parent = models.CharField(max_length=64, blank=True, default="")
     # The client's Idempotency-Key for the upload that made this job, and the image's place
     # in that upload: a retried upload finds its jobs instead of making new ones. NULL
     # without a key, so that the unique constraint below leaves those jobs alone (MariaDB

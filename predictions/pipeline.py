@@ -17,9 +17,10 @@ from django.db import connection, transaction
 from django.db.models import Case, Count, FloatField, Value, When
 from django.utils import timezone
 
-from common import notifications
+from common import notifications, tracing
 from common.images import CENTRE_SQUARE, Fit, prepare_upload
 from kafka_wire.contract import InferenceRequest, InferenceResult
+from kafka_wire.headers import request_id_headers
 from kafka_wire.requests import publish_requests
 from predictions import selectors
 from predictions.models import Job, Prediction
@@ -130,6 +131,7 @@ REQUEST_FIELDS = (
     "top_k",
     "attempts",
     "request_id",
+    "trace_parent",
     "routed_to__input_size",
     "routed_to__input_spec",
     "routed_to__version",
@@ -159,42 +161,29 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
     # input spec says; a job of no registered model takes the unregistered requests topic
     # and MODEL_INPUT_SIZE.
     by_topic: dict[str, list[InferenceRequest]] = {}
+    headers: dict[str, list] = {}
     decode_ms: dict = {}
     for job in jobs:
-        route = job.routed_to
-        size = route.input_size if route else settings.MODEL_INPUT_SIZE
-        fit = Fit.from_spec(route.input_spec) if route else CENTRE_SQUARE
-        topic = route.route.requests_topic if route else settings.KAFKA_REQUESTS_TOPIC
-        started = time.perf_counter()
-        try:
-            with job.image.open("rb") as file:
-                # The thumbnails from the same decode: serving one then reads a small file.
-                prepared = prepare_upload(file, size=size, thumbnail_sizes=THUMBNAIL_SIZES, fit=fit)
-        except (OSError, ValueError) as exc:
-            fail_job(job_id=job.pk, reason=f"preprocessing failed: {exc}")
-            continue
-        decode_ms[job.pk] = (time.perf_counter() - started) * 1000
-        tensor = prepared.model_input
-        try:
-            save_thumbnails(job.image.storage, job.image.name, prepared.thumbnails)
-        except (*STORE_UNAVAILABLE, OSError) as exc:
-            # The job goes on; its thumbnail is made on its first request instead.
-            log.warning("thumbnails of job %s not stored: %s", job.pk, exc)
-        by_topic.setdefault(topic, []).append(
-            InferenceRequest(
-                job_id=str(job.pk),
-                top_k=job.top_k,
-                image=tensor if settings.REQUEST_DTYPE == "uint8" else tensor.astype(np.float32),
-                submitted_at_ms=int(time.time() * 1000),
-                attempt=job.attempts,
+        # Each job's preprocessing is a span of its own trace, whichever task it is in.
+        with tracing.tracer.start_as_current_span(
+            "preprocess",
+            context=tracing.context_of(job.trace_parent),
+            attributes={"inferencehub.job_id": str(job.pk)},
+        ):
+            prepared = _prepared_request(job, decode_ms)
+            if prepared is None:
+                continue
+            topic, request = prepared
+            by_topic.setdefault(topic, []).append(request)
+            headers[request.job_id] = request_id_headers(
+                job.request_id, tracing.current_traceparent()
             )
-        )
     if not by_topic:
         return
     batches = {job.batch_id for job in jobs if job.pk in decode_ms}
     preprocessed_at = timezone.now()
     try:
-        publish_requests(by_topic, {str(job.pk): job.request_id for job in jobs})
+        publish_requests(by_topic, headers)
     except Exception:
         # Recorded so that the status says where the job waits while Kafka is away.
         _mark_preprocessed(decode_ms, batches, at=preprocessed_at, status=Job.Status.PREPROCESSED)
@@ -206,6 +195,37 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
         at=preprocessed_at,
         status=Job.Status.SUBMITTED,
         submitted_at=timezone.now(),
+    )
+
+
+def _prepared_request(job: Job, decode_ms: dict) -> tuple[str, InferenceRequest] | None:
+    """The job's topic and request, its decode time put in decode_ms; None, the job failed,
+    when its image cannot be decoded."""
+    route = job.routed_to
+    size = route.input_size if route else settings.MODEL_INPUT_SIZE
+    fit = Fit.from_spec(route.input_spec) if route else CENTRE_SQUARE
+    topic = route.route.requests_topic if route else settings.KAFKA_REQUESTS_TOPIC
+    started = time.perf_counter()
+    try:
+        with job.image.open("rb") as file:
+            # The thumbnails from the same decode: serving one then reads a small file.
+            prepared = prepare_upload(file, size=size, thumbnail_sizes=THUMBNAIL_SIZES, fit=fit)
+    except (OSError, ValueError) as exc:
+        fail_job(job_id=job.pk, reason=f"preprocessing failed: {exc}")
+        return None
+    decode_ms[job.pk] = (time.perf_counter() - started) * 1000
+    tensor = prepared.model_input
+    try:
+        save_thumbnails(job.image.storage, job.image.name, prepared.thumbnails)
+    except (*STORE_UNAVAILABLE, OSError) as exc:
+        # The job goes on; its thumbnail is made on its first request instead.
+        log.warning("thumbnails of job %s not stored: %s", job.pk, exc)
+    return topic, InferenceRequest(
+        job_id=str(job.pk),
+        top_k=job.top_k,
+        image=tensor if settings.REQUEST_DTYPE == "uint8" else tensor.astype(np.float32),
+        submitted_at_ms=int(time.time() * 1000),
+        attempt=job.attempts,
     )
 
 

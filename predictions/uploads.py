@@ -17,7 +17,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError, IntegrityError, transaction
 from redis.exceptions import RedisError
 
-from common import notifications, request_ids
+from common import notifications, request_ids, tracing
 from common.images import ImageRejected, inspect_image
 from common.limits import REQUEST_MAX_DECODED_WHOLE_PIXELS, top_k_problem
 from common.uploads import upload_pixel_limits
@@ -296,6 +296,7 @@ def create_jobs(
                     upload_fingerprint=None if fingerprints is None else fingerprints[index],
                     routed_to=routed_to,
                     request_id=request_ids.current.get() or "",
+                    trace_parent=tracing.current_traceparent(),
                 )
                 upload.file.seek(0)
                 try:

@@ -181,7 +181,7 @@ def test_each_request_goes_to_its_versions_topic_at_its_input_size(
         job.image.save(str(job.pk), ContentFile((DATA / "fox.png").read_bytes()))
     published = {}
     monkeypatch.setattr(
-        pipeline, "publish_requests", lambda by_topic, request_ids: published.update(by_topic)
+        pipeline, "publish_requests", lambda by_topic, headers: published.update(by_topic)
     )
     # One read of what the requests need (no field loaded later, one by one) and one UPDATE.
     with django_assert_num_queries(2):

@@ -20,7 +20,7 @@ from kafka_wire.contract import (
     encode_key,
     encode_request,
 )
-from kafka_wire.headers import REQUEST_ID
+from kafka_wire.headers import REQUEST_ID, TRACEPARENT
 from kafka_wire.producer import DeliveryError
 from serving.runtimes.tensorflow import (
     IMAGENET_LABELS_FILE,
@@ -311,6 +311,57 @@ def test_each_result_carries_its_requests_id_and_a_failure_is_logged_with_it(cap
     }
     [failure] = [r for r in caplog.records if r.getMessage().startswith("inference failed")]
     assert (failure.request_id, failure.job_id) == ("upload-99", decode_key(poison.key()))
+
+
+@pytest.fixture
+def spans():
+    """The spans finished during the test, through the SDK's tracer provider (installed
+    once per process: OpenTelemetry allows one)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    global SPAN_EXPORTER
+    if SPAN_EXPORTER is None:
+        SPAN_EXPORTER = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(SPAN_EXPORTER))
+        trace.set_tracer_provider(provider)
+    SPAN_EXPORTER.clear()
+    return SPAN_EXPORTER
+
+
+SPAN_EXPORTER = None
+
+
+def test_a_batch_is_one_span_linked_to_each_request_whose_own_span_joins_its_trace(spans):
+    model, producer = StubModel(), RecordingProducer()
+    parents = {
+        f"{trace_id:032x}": f"00-{trace_id:032x}-{span_id:016x}-01"
+        for trace_id, span_id in ((0xA1, 0xB1), (0xA2, 0xB2))
+    }
+    messages = [
+        request_message(offset, headers=[(TRACEPARENT, parent.encode())])
+        for offset, parent in enumerate(parents.values())
+    ]
+    InferenceHandler(model, producer, results_topic="results")(messages)
+
+    finished = {span.name: [] for span in spans.get_finished_spans()}
+    for span in spans.get_finished_spans():
+        finished[span.name].append(span)
+    [batch] = finished["inference batch"]
+    assert batch.attributes["inferencehub.batch_size"] == 2
+    assert {f"{link.context.trace_id:032x}" for link in batch.links} == set(parents)
+    requests = finished["inference request"]
+    assert {f"{span.context.trace_id:032x}" for span in requests} == set(parents)
+    for span in requests:
+        assert [link.context.span_id for link in span.links] == [batch.context.span_id]
+    # Each result goes on in its job's trace, from the request's span.
+    sent = {
+        dict(h)[TRACEPARENT].decode()[3:35] for t, _, _, h in producer.produced if t == "results"
+    }
+    assert sent == set(parents)
 
 
 def test_a_poison_image_fails_only_its_own_job():

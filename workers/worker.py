@@ -5,6 +5,10 @@ A request that cannot be decoded or classified gets an error result, so its job 
 failed instead of blocking the partition, and is returned as a Poison for the runner to
 dead-letter; the handler raises only when its output could not be delivered, so the runner
 redoes the batch.
+
+With tracing on (common/tracing.py), each batch is one span linked to the span of every
+request it served, and each request gets a span of its own trace from the time it was
+handed to Kafka to its result: the wait in Kafka and the inference.
 """
 
 import logging
@@ -12,7 +16,9 @@ import os
 import socket
 import time
 
-from common import metrics
+from opentelemetry.trace import Link, SpanKind
+
+from common import metrics, tracing
 from kafka_wire.contract import (
     ClassScore,
     ContractError,
@@ -23,7 +29,7 @@ from kafka_wire.contract import (
     encode_result,
     job_id_of_key,
 )
-from kafka_wire.headers import request_id_headers, request_id_of
+from kafka_wire.headers import request_id_headers, request_id_of, traceparent_of
 from kafka_wire.producer import BatchProducer
 from kafka_wire.runner import Message, Poison
 from serving.inference import ServedModel
@@ -60,7 +66,7 @@ class InferenceHandler:
                 decoded.append((message, decode_request(message.value())))
             except ContractError as error:
                 reason = f"undecodable request: {error}"
-                self.fail(job_id_of_key(message.key()), reason, request_id_of(message))
+                self.fail(job_id_of_key(message.key()), reason, message)
                 poisoned.append(Poison(message, reason))
         if decoded:
             self.infer(decoded, poisoned)
@@ -75,9 +81,11 @@ class InferenceHandler:
         requests = [request for _, request in decoded]
         started = time.perf_counter()
         try:
-            all_predictions = self.model.predict(
-                [request.image for request in requests], [request.top_k for request in requests]
-            )
+            with self.batch_span(decoded) as batch:
+                all_predictions = self.model.predict(
+                    [request.image for request in requests],
+                    [request.top_k for request in requests],
+                )
         except Exception as error:
             if len(decoded) == 1:
                 message, request = decoded[0]
@@ -88,7 +96,7 @@ class InferenceHandler:
                     extra={"job_id": request.job_id, "request_id": request_id or "-"},
                 )
                 reason = f"inference failed: {error}"
-                self.fail(request.job_id, reason, request_id)
+                self.fail(request.job_id, reason, message)
                 poisoned.append(Poison(message, reason))
                 return
             logger.warning(
@@ -100,21 +108,50 @@ class InferenceHandler:
         inference_s = time.perf_counter() - started
         metrics.INFERENCE_SECONDS.observe(inference_s)
         for (message, request), predictions in zip(decoded, all_predictions, strict=True):
-            self.publish(
-                self.result(
-                    request.job_id,
-                    predictions=predictions,
-                    batch_size=len(requests),
-                    inference_ms=inference_s * 1000,
-                ),
-                request_id_of(message),
-            )
+            with self.request_span(message, request, batch):
+                self.publish(
+                    self.result(
+                        request.job_id,
+                        predictions=predictions,
+                        batch_size=len(requests),
+                        inference_ms=inference_s * 1000,
+                    ),
+                    request_id_headers(request_id_of(message), tracing.current_traceparent()),
+                )
 
-    def fail(self, job_id: str | None, reason: str, request_id: str | None) -> None:
+    def batch_span(self, decoded: list[tuple[Message, InferenceRequest]]):
+        """One span for the batch's predict, linked to each request's span."""
+        contexts = (tracing.span_context_of(traceparent_of(message)) for message, _ in decoded)
+        return tracing.tracer.start_as_current_span(
+            "inference batch",
+            links=[Link(context) for context in contexts if context is not None],
+            attributes={
+                "inferencehub.batch_size": len(decoded),
+                "inferencehub.model": self.model.name,
+                "inferencehub.model_version": self.model_version,
+                "inferencehub.runtime": self.model.runtime,
+                "inferencehub.precision": self.model.precision,
+            },
+        )
+
+    def request_span(self, message: Message, request: InferenceRequest, batch):
+        """The request's span in its job's trace: from its hand-over to Kafka to its result,
+        linked to the batch that served it."""
+        return tracing.tracer.start_as_current_span(
+            "inference request",
+            context=tracing.context_of(traceparent_of(message)),
+            kind=SpanKind.CONSUMER,
+            start_time=request.submitted_at_ms * 1_000_000,
+            links=[Link(batch.get_span_context())],
+            attributes={"inferencehub.job_id": request.job_id},
+        )
+
+    def fail(self, job_id: str | None, reason: str, message: Message) -> None:
         """An error result, so the job fails now rather than at its timeout; a message whose
         key names no job has no one to tell."""
         if job_id is not None:
-            self.publish(self.result(job_id, error=reason), request_id)
+            headers = request_id_headers(request_id_of(message), traceparent_of(message))
+            self.publish(self.result(job_id, error=reason), headers)
 
     def result(
         self,
@@ -142,11 +179,12 @@ class InferenceHandler:
             inferred_at_ms=int(time.time() * 1000),
         )
 
-    def publish(self, result: InferenceResult, request_id: str | None) -> None:
-        """Produce the result with the request's id, so the bridge's lines carry it too."""
+    def publish(self, result: InferenceResult, headers: list) -> None:
+        """Produce the result with the request's id and trace (kafka_wire/headers.py), so the
+        bridge's lines and spans join them."""
         self.producer.produce(
             self.results_topic,
             key=encode_key(result.job_id),
             value=encode_result(result),
-            headers=request_id_headers(request_id),
+            headers=headers,
         )

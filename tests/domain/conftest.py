@@ -63,12 +63,11 @@ def sent_tasks(monkeypatch) -> SentTasks:
 
 
 class Published(dict):
-    """The requests handed to Kafka, by topic; request_ids: the upload's request id each
-    job's message carries in its header, by job id."""
+    """The requests handed to Kafka, by topic; headers: each job's record headers."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.request_ids: dict[str, str] = {}
+        self.headers: dict[str, list] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -77,12 +76,12 @@ def published_requests(monkeypatch) -> Published:
     it does when Kafka does not take them."""
     published = Published()
 
-    def publish_requests(by_topic: dict, request_ids: dict | None = None) -> None:
+    def publish_requests(by_topic: dict, headers: dict | None = None) -> None:
         if "refuse" in published:
             raise published["refuse"]
         for topic, requests in by_topic.items():
             published.setdefault(topic, []).extend(requests)
-        published.request_ids.update(request_ids or {})
+        published.headers.update(headers or {})
 
     monkeypatch.setattr(pipeline, "publish_requests", publish_requests)
     return published

@@ -9,6 +9,7 @@ from django.core.files.base import ContentFile
 from django.utils import timezone
 
 from kafka_wire.contract import ClassScore, InferenceResult
+from kafka_wire.headers import REQUEST_ID
 from predictions import pipeline
 from predictions.models import Job
 from predictions.storage import THUMBNAIL_SIZES, thumbnail_name
@@ -104,7 +105,10 @@ def test_each_request_carries_the_request_id_of_the_upload_that_made_its_job(
 
     pipeline.preprocess_and_submit(job_ids=[str(traced.pk), str(older.pk)])
 
-    assert published_requests.request_ids == {str(traced.pk): "upload-7f3a", str(older.pk): ""}
+    assert published_requests.headers == {
+        str(traced.pk): [(REQUEST_ID, b"upload-7f3a")],
+        str(older.pk): [],
+    }
 
 
 def test_an_image_that_cannot_be_decoded_fails_its_job_and_the_others_go_on(

@@ -7,7 +7,7 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from common import metrics
+from common import metrics, tracing
 from kafka_wire.contract import InferenceResult
 from kafka_wire.runner import BatchConsumer, subscribed_consumer
 from kafka_wire.topics import preflight
@@ -50,6 +50,7 @@ class Command(BaseCommand):
         **options,
     ):
         preflight()
+        tracing.configure("inferencehub-bridge")
         consumer = subscribed_consumer(group_id, [settings.KAFKA_RESULTS_TOPIC])
         log.info(
             "result bridge consuming %s as group %s from %s (batches of up to %d, %d ms, "

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from common import metrics
+from common import metrics, tracing
 from kafka_wire.producer import BatchProducer, new_producer
 from kafka_wire.runner import BatchConsumer, subscribed_consumer
 from kafka_wire.topics import preflight
@@ -91,6 +91,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         # Before the slow model load, so a refused client learns it in seconds.
         preflight()
+        tracing.configure("inferencehub-worker")
         topic = settings.KAFKA_REQUESTS_TOPIC
         group = options["group_id"]
         version_number = 0

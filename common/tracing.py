@@ -1,0 +1,78 @@
+"""OpenTelemetry traces: one trace per job, from the upload to the stored result.
+
+Off unless configured the standard way: OTEL_EXPORTER_OTLP_ENDPOINT (or
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) names the collector, and the SDK reads the other OTEL_*
+variables itself (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, ...).
+Off, the API's no-op tracer costs a function call per span. A job's trace context is
+kept on its row (Job.trace_parent, a W3C traceparent) because its hops are not one call
+chain: the dispatcher may admit it long after its upload, from another request or from
+beat; the Kafka messages carry it in their `traceparent` header (kafka_wire/headers.py).
+"""
+
+import os
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagate import extract, inject
+
+# A proxy until configure() installs the SDK's provider; no-op if it never does.
+tracer = trace.get_tracer("inferencehub")
+
+
+def enabled() -> bool:
+    """Whether the OTEL_* variables ask for traces to be exported."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    if os.environ.get("OTEL_TRACES_EXPORTER", "otlp") == "none":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def configure(service_name: str) -> bool:
+    """Install the SDK's tracer provider exporting over OTLP/HTTP, when enabled(); once per
+    process. OTEL_SERVICE_NAME, when set, names the service instead of service_name."""
+    if not enabled():
+        return False
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    name = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return True
+
+
+def trace_django(service_name: str) -> None:
+    """configure() and, when tracing is on, a span per request of the web's Django (the
+    WSGI and ASGI entry points call it before the application is made)."""
+    if configure(service_name):
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+        DjangoInstrumentor().instrument()
+
+
+def current_traceparent() -> str:
+    """The current span's W3C traceparent, or "" when there is none (tracing off)."""
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def context_of(traceparent: str | None) -> Context | None:
+    """The context a traceparent names, to start a span in; None for none."""
+    return extract({"traceparent": traceparent}) if traceparent else None
+
+
+def span_context_of(traceparent: str | None) -> trace.SpanContext | None:
+    """The remote span a traceparent names, to link a span to; None when invalid."""
+    context = context_of(traceparent)
+    if context is None:
+        return None
+    span_context = trace.get_current_span(context).get_span_context()
+    return span_context if span_context.is_valid else None
