@@ -110,7 +110,8 @@ class PipelineConfig:
     name: str
     title: str
     model: str = "resnet50"
-    request_dtype: str = "uint8"
+    # Modules the Celery worker also imports: bench.seed_celery sends the seed's float32 requests.
+    celery_include: tuple[str, ...] = ()
     max_batch_size: int | None = None  # None: Options.max_batch_size
     images_per_request: int = 1
     package: bool = False  # serve Options.package instead of TensorFlow fp32
@@ -127,7 +128,10 @@ CONFIGS = {
         "pipeline-multi", "pipeline, 8 images per upload", images_per_request=8
     ),
     "seed": PipelineConfig(
-        "seed", "seed-style baseline (batch 1, float32)", request_dtype="float32", max_batch_size=1
+        "seed",
+        "seed-style baseline (batch 1, float32)",
+        celery_include=("bench.seed_celery",),
+        max_batch_size=1,
     ),
     "plumbing": PipelineConfig("plumbing", "plumbing ceiling (instant model)", model="instant"),
     "plumbing-multi": PipelineConfig(
@@ -372,7 +376,6 @@ def pipeline_processes(
     env = process_env(
         **topics,
         MODEL_NAME=config.model,
-        REQUEST_DTYPE=config.request_dtype,
         MODEL_PACKAGE=options.package if config.package else "",
         OPENVINO_PERFORMANCE_HINT=config.openvino_hint,
     )
@@ -381,7 +384,10 @@ def pipeline_processes(
     if options.threads:
         worker_options += ["--threads", str(options.threads)]
     celery = processes.celery(
-        PYTHON, hostname=unique_celery_hostname("bench"), concurrency=options.celery_concurrency
+        PYTHON,
+        hostname=unique_celery_hostname("bench"),
+        concurrency=options.celery_concurrency,
+        include=config.celery_include,
     )
     wanted = [celery, processes.bridge(PYTHON)] + [
         processes.worker(PYTHON, f"worker{i}", *worker_options)

@@ -50,11 +50,22 @@ def configure(service_name: str) -> bool:
 
 def trace_django(service_name: str) -> None:
     """configure() and, when tracing is on, a span per request of the web's Django (the
-    WSGI and ASGI entry points call it before the application is made)."""
+    WSGI entry point calls it before the application is made)."""
     if configure(service_name):
         from opentelemetry.instrumentation.django import DjangoInstrumentor
 
         DjangoInstrumentor().instrument()
+
+
+def trace_asgi(application, service_name: str):
+    """configure() and, when tracing is on, the application wrapped in a span per request.
+    Not Django's instrumentation, as for WSGI: its middleware is sync-only, which the held
+    process refuses (inferencehub/asgi.py)."""
+    if not configure(service_name):
+        return application
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    return OpenTelemetryMiddleware(application)
 
 
 def current_traceparent() -> str:
@@ -76,3 +87,9 @@ def span_context_of(traceparent: str | None) -> trace.SpanContext | None:
         return None
     span_context = trace.get_current_span(context).get_span_context()
     return span_context if span_context.is_valid else None
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id (32 hex digits) a traceparent names; None when there is none."""
+    span_context = span_context_of(traceparent)
+    return format(span_context.trace_id, "032x") if span_context else None

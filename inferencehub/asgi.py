@@ -24,6 +24,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.utils.module_loading import import_string
 
+from common import tracing
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inferencehub.settings")
 
 
@@ -56,4 +58,4 @@ django.setup(set_prefix=False)
 settings.MIDDLEWARE = [
     path for path in settings.MIDDLEWARE if path != "whitenoise.middleware.WhiteNoiseMiddleware"
 ]
-application = SharedThreadASGIHandler()
+application = tracing.trace_asgi(SharedThreadASGIHandler(), "inferencehub-held")

@@ -468,13 +468,6 @@ WORKER_MAX_BATCH_SIZE = env_positive_int("WORKER_MAX_BATCH_SIZE", 32)
 # Short: a lone request waits this long for company, while under load batches fill from
 # what arrives during the previous predict anyway (docs/performance.md).
 WORKER_MAX_BATCH_DELAY_MS = env("WORKER_MAX_BATCH_DELAY_MS", int, 5)
-# Pixel type of the tensors sent to the workers. float32 (4x the bytes) is the seed's
-# format, kept only so the benchmark can measure its baseline: leave it at uint8.
-REQUEST_DTYPE = env("REQUEST_DTYPE", str, "uint8")
-if REQUEST_DTYPE not in ("uint8", "float32"):
-    raise ImproperlyConfigured(
-        f"Setting REQUEST_DTYPE must be uint8 or float32, got {REQUEST_DTYPE!r}"
-    )
 
 # --- Celery (Redis broker) ---------------------------------------------------------
 # Default: the local stack's Redis, with the password it made (stack/common.py).

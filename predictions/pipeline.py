@@ -10,12 +10,12 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, Count, FloatField, Value, When
 from django.utils import timezone
+from opentelemetry.trace import Link
 
 from common import notifications, tracing
 from common.images import CENTRE_SQUARE, Fit, prepare_upload
@@ -223,7 +223,7 @@ def _prepared_request(job: Job, decode_ms: dict) -> tuple[str, InferenceRequest]
     return topic, InferenceRequest(
         job_id=str(job.pk),
         top_k=job.top_k,
-        image=tensor if settings.REQUEST_DTYPE == "uint8" else tensor.astype(np.float32),
+        image=tensor,
         submitted_at_ms=int(time.time() * 1000),
         attempt=job.attempts,
     )
@@ -259,13 +259,19 @@ def record_results(*, results: list[InferenceResult]) -> int:
     by_job: dict[str, InferenceResult] = {}
     for result in results:
         by_job.setdefault(result.job_id, result)  # a second one in the batch is a redelivery
-    with transaction.atomic():
+    started_ns = time.time_ns()
+    with (
+        tracing.tracer.start_as_current_span(
+            "store results", attributes={"inferencehub.results": len(by_job)}
+        ) as store_span,
+        transaction.atomic(),
+    ):
         # Locked in primary-key order, so two batches never wait for each other in a cycle.
         jobs = list(
             Job.objects.select_for_update()
             .filter(pk__in=by_job)
             .order_by("pk")
-            .only("pk", "status", "top_k", "batch_id")
+            .only("pk", "status", "top_k", "batch_id", "trace_parent")
         )
         for unknown in by_job.keys() - {str(job.pk) for job in jobs}:
             log.warning("result for unknown job %s ignored", unknown)
@@ -311,7 +317,18 @@ def record_results(*, results: list[InferenceResult]) -> int:
         notifications.publish_after_commit(
             jobs=stored, batches={job.batch_id for job in jobs if job.pk in stored}
         )
-    return sum(len(pks) for pks in updates.values())
+    # Each stored job's hop in its own trace; the transaction, shared by up to 64 jobs of
+    # as many traces, is the one span they link to.
+    for job in jobs:
+        if job.pk in stored and job.trace_parent:
+            tracing.tracer.start_span(
+                "result stored",
+                context=tracing.context_of(job.trace_parent),
+                start_time=started_ns,
+                links=[Link(store_span.get_span_context())],
+                attributes={"inferencehub.job_id": str(job.pk)},
+            ).end()
+    return len(stored)
 
 
 def fail_job(*, job_id, reason: str) -> bool:

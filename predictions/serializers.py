@@ -11,6 +11,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from common import tracing
 from predictions import selectors
 from predictions.models import BATCH_NAME_MAX, Batch, Job, Prediction
 from registry import selectors as registry
@@ -68,6 +69,14 @@ class JobSerializer(serializers.ModelSerializer):
         read_only=True,
         help_text="The model ran with random weights: its predictions are not real classes.",
     )
+    request_id = serializers.SerializerMethodField(
+        help_text="the X-Request-ID of the upload: every log line about the job carries it; "
+        "null for a job made outside a request"
+    )
+    trace_id = serializers.SerializerMethodField(
+        help_text="the OpenTelemetry trace id of the job (32 hex digits), to find its trace "
+        "in the trace backend; null when tracing was off at its upload"
+    )
 
     class Meta:
         model = Job
@@ -90,6 +99,8 @@ class JobSerializer(serializers.ModelSerializer):
             "finished_at",
             "timings",
             "queue",
+            "request_id",
+            "trace_id",
         ]
 
     def to_representation(self, job: Job) -> dict:
@@ -115,7 +126,15 @@ class JobSerializer(serializers.ModelSerializer):
             "finished_at": _iso(job.finished_at),
             "timings": self.get_timings(job),
             "queue": self.get_queue(job),
+            "request_id": self.get_request_id(job),
+            "trace_id": self.get_trace_id(job),
         }
+
+    def get_request_id(self, job: Job) -> str | None:
+        return job.request_id or None
+
+    def get_trace_id(self, job: Job) -> str | None:
+        return tracing.trace_id_of(job.trace_parent)
 
     def get_url(self, job: Job) -> str:
         return self._absolute(job.get_absolute_url())

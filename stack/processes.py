@@ -81,6 +81,7 @@ def celery(
     hostname: str = "celery@%h",
     concurrency: int = 2,
     name: str = "celery",
+    include: tuple[str, ...] = (),
 ) -> AppProcess:
     """A Celery worker of the given queues (by default both: one process does everything,
     as the tests that need Celery but not the split use it)."""
@@ -90,6 +91,8 @@ def celery(
     # without them a worker is ready sooner.
     argv += ["--concurrency", str(concurrency), "--hostname", hostname]
     argv += ["--without-gossip", "--without-mingle"]
+    if include:
+        argv += ["--include", ",".join(include)]
     return AppProcess(name, argv, "ready.")
 
 

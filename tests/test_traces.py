@@ -1,0 +1,196 @@
+"""One trace per job through the real processes: nginx and the web, Celery, a worker, the
+bridge and Celery again export their spans over OTLP/HTTP to a receiver in this test, as
+they would to a collector (common/tracing.py)."""
+
+import http.server
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+import requests
+from django.test import override_settings
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from kafka_wire.config import kafka_names
+from kafka_wire.topics import ensure_topics
+from stack import processes
+from stack.harness import PYTHON, free_port, unique_celery_hostname
+from tests.conftest import DATA, start_front_door, started_processes
+from tests.settings import RUN_ID
+from tests.test_pipeline import wait_until_finished
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+UPLOAD_PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """An OTLP/HTTP trace receiver keeping every span it is sent, as plain dicts."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", free_port()), ReceiverHandler)
+        self.spans: list[dict] = []
+        self.lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def keep(self, body: bytes) -> None:
+        export = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in export.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}.get(
+                "service.name", ""
+            )
+            for scope_spans in resource_spans.scope_spans:
+                with self.lock:
+                    self.spans += [
+                        {
+                            "service": service,
+                            "name": span.name,
+                            "trace_id": span.trace_id.hex(),
+                            "span_id": span.span_id.hex(),
+                            "parent": span.parent_span_id.hex(),
+                            "links": [
+                                (link.trace_id.hex(), link.span_id.hex()) for link in span.links
+                            ],
+                            "attributes": {
+                                a.key: a.value.string_value or a.value.int_value
+                                for a in span.attributes
+                            },
+                        }
+                        for span in scope_spans.spans
+                    ]
+
+
+class ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.keep(body)
+        answer = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+def traced_stack(receiver, process_env, tmp_path):
+    """The whole path with tracing on, on topics, Celery queues and images of its own: the
+    session's untraced processes must not take its work."""
+    run_id = f"{RUN_ID}tr"
+    topics = kafka_names(f"test-{run_id}")
+    with override_settings(**topics):
+        ensure_topics()
+    env = {
+        **topics,
+        "INFERENCEHUB_TEST_RUN_ID": run_id,
+        "MEDIA_ROOT": str(tmp_path / "media"),
+        "MODEL_NAME": "instant",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        # Spans leave each process within a tenth of a second instead of five.
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    with started_processes({**process_env, **env}, tmp_path / "logs") as start:
+        start(processes.results_celery(PYTHON, hostname=unique_celery_hostname("traced-r")))
+        start(processes.preprocess_celery(PYTHON, hostname=unique_celery_hostname("traced-p")))
+        start(processes.worker(PYTHON, "traced-worker"))
+        start(processes.bridge(PYTHON))
+        yield start_front_door(start, name="traced-front-door")
+
+
+def spans_of_trace(receiver: Receiver, job_ids: list[str], timeout: float = 30) -> list[dict]:
+    """The trace's spans once every job's last hop has arrived."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with receiver.lock:
+            spans = [s for s in receiver.spans if s["trace_id"] == TRACE_ID]
+        stored = {
+            s["attributes"].get("inferencehub.job_id")
+            for s in spans
+            if s["name"] == "result stored"
+        }
+        if stored >= set(job_ids):
+            return spans
+        time.sleep(0.2)
+    raise AssertionError(f"the trace lacks stored jobs: {sorted(s['name'] for s in spans)}")
+
+
+def test_every_job_of_an_upload_has_one_connected_trace_through_every_hop(
+    traced_stack, receiver, user
+):
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=user).key
+    names = ("bolete.jpg", "fox.png", "toaster.png")
+    files = [("image", (name, (DATA / name).read_bytes(), "image/octet-stream")) for name in names]
+    answer = requests.post(
+        f"{traced_stack}/api/jobs/",
+        files=files,
+        headers={"Authorization": f"Token {token}", "traceparent": UPLOAD_PARENT},
+        timeout=60,
+    )
+    assert answer.status_code == 202, answer.text
+    job_ids = [job["id"] for job in answer.json()["jobs"]]
+    assert {job.status for job in wait_until_finished(job_ids)} == {"succeeded"}
+
+    spans = spans_of_trace(receiver, job_ids)
+    by_id = {span["span_id"]: span for span in spans}
+    per_job = defaultdict(dict)
+    for span in spans:
+        if job_id := span["attributes"].get("inferencehub.job_id"):
+            per_job[job_id][span["name"]] = span
+    # The web's span of the upload continues the client's trace.
+    [upload] = [
+        s for s in spans if s["service"] == "inferencehub-web" and s["parent"] == "00f067aa0ba902b7"
+    ]
+    for job_id in job_ids:
+        hops = per_job[job_id]
+        assert {"preprocess", "inference request", "result received", "result stored"} <= set(hops)
+        # Each hop descends from the upload: the chain of parents stays inside the trace.
+        for hop in hops.values():
+            span = hop
+            while span["parent"] and span["parent"] in by_id:
+                span = by_id[span["parent"]]
+            assert span["span_id"] == upload["span_id"], (hop["name"], span["name"])
+        assert hops["preprocess"]["service"] == "inferencehub-celery"
+        assert hops["inference request"]["service"] == "inferencehub-worker"
+        assert hops["result received"]["service"] == "inferencehub-bridge"
+        assert hops["result stored"]["service"] == "inferencehub-celery"
+    # The worker's batches are spans of their own, linked to each request they served.
+    batches = [
+        s
+        for s in receiver.spans
+        if s["name"] == "inference batch" and s["service"] == "inferencehub-worker"
+    ]
+    linked = {
+        span_id for batch in batches for trace_id, span_id in batch["links"] if trace_id == TRACE_ID
+    }
+    assert {per_job[job_id]["preprocess"]["span_id"] for job_id in job_ids} <= linked
+    assert all(batch["attributes"]["inferencehub.model"] == "instant" for batch in batches)
+    # The job's answer names its trace.
+    for job_id in job_ids:
+        body = requests.get(
+            f"{traced_stack}/api/jobs/{job_id}/",
+            headers={"Authorization": f"Token {token}"},
+            timeout=30,
+        ).json()
+        assert body["trace_id"] == TRACE_ID
