@@ -13,6 +13,9 @@ METRICS_TOKEN_FILE = $(or $(STACK_DIR),.stack)/metrics-token
 # The app runs with DEBUG off, as in production (plain HTTP on loopback: no HTTPS
 # redirect, cookies not marked secure), with a secret key made on the first run.
 SECRET_KEY_FILE = $(or $(STACK_DIR),.stack)/secret-key
+# make run TRACES=1: Zipkin too, and every app process sending it its spans (README, Operations).
+TRACES ?=
+TRACE_ENV = $(if $(TRACES),$(shell python3 -c 'from stack.optional import ZIPKIN_CLIENT_ENV as e; print(*(f"{k}={v}" for k, v in e.items()))'))
 
 .DEFAULT_GOAL := help
 .PHONY: help install install-dev services run test test-fast test-faults test-distributed test-compose bench k8s-render stop status lint format clean
@@ -34,13 +37,14 @@ run: services ## Bootstrap (schema, static, the served model, topics, demo user)
 	@echo "Exporting the fastest model package that passes the faithfulness gate (once, cached in .stack/)..."
 	test -s $(METRICS_TOKEN_FILE) || (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(24))' > $(METRICS_TOKEN_FILE))
 	test -s $(SECRET_KEY_FILE) || (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(50))' > $(SECRET_KEY_FILE))
+	$(if $(TRACES),$(STACK) up zipkin)
 	weights=$$($(PY) manage.py resolve_weights) && \
 	  package=$$($(PY) manage.py ensure_model_package --weights $$weights) && \
 	  $(PY) manage.py bootstrap --model $(SERVED_MODEL) --package "$$package" --weights $$weights && \
 	  MODEL_WEIGHTS=$$weights SEED_API_ANONYMOUS=$${SEED_API_ANONYMOUS:-true} \
 	  DJANGO_DEBUG=$${DJANGO_DEBUG:-false} DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$$(cat $(SECRET_KEY_FILE))} \
 	  DJANGO_SECURE_SSL_REDIRECT=$${DJANGO_SECURE_SSL_REDIRECT:-false} DJANGO_SECURE_COOKIES=$${DJANGO_SECURE_COOKIES:-false} \
-	  METRICS_TOKEN=$${METRICS_TOKEN:-$$(cat $(METRICS_TOKEN_FILE))} $(STACK) up all && \
+	  METRICS_TOKEN=$${METRICS_TOKEN:-$$(cat $(METRICS_TOKEN_FILE))} $(TRACE_ENV) $(STACK) up all && \
 	  echo "" && echo "Workers serve $(SERVED_MODEL): $$($(PY) manage.py ensure_model_package --weights $$weights --describe)"
 	@echo ""
 	@echo "InferenceHub is running on $(WEB_URL) (loopback only unless STACK_WEB_HOST is set):"
@@ -49,6 +53,7 @@ run: services ## Bootstrap (schema, static, the served model, topics, demo user)
 	@echo "  admin        $(WEB_URL)/admin/"
 	@echo "  readiness    $(WEB_URL)/readyz"
 	@echo "  models       $(WEB_URL)/api/models/"
+	@$(if $(TRACES),echo "  traces       http://127.0.0.1:$(or $(STACK_ZIPKIN_PORT),19411)/zipkin/ (a job's trace_id in its API answer finds it)")
 	@echo '  metrics      curl -H "Authorization: Bearer $$(cat $(METRICS_TOKEN_FILE))" $(WEB_URL)/metrics'
 	@$(PY) manage.py ensure_demo_user
 	@echo "Logs in $(or $(STACK_DIR),.stack)/logs/, stop with 'make stop'."

@@ -1,8 +1,9 @@
 """OpenTelemetry traces: one trace per job, from the upload to the stored result.
 
 Off unless configured the standard way: OTEL_EXPORTER_OTLP_ENDPOINT (or
-OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) names the collector, and the SDK reads the other OTEL_*
-variables itself (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, ...).
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) names an OTLP/HTTP collector, or OTEL_TRACES_EXPORTER=zipkin
+sends the spans to OTEL_EXPORTER_ZIPKIN_ENDPOINT (make run TRACES=1 starts a Zipkin); the SDK
+reads the other OTEL_* variables itself (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...).
 Off, the API's no-op tracer costs a function call per span. A job's trace context is
 kept on its row (Job.trace_parent, a W3C traceparent) because its hops are not one call
 chain: the dispatcher may admit it long after its upload, from another request or from
@@ -19,13 +20,27 @@ from opentelemetry.propagate import extract, inject
 tracer = trace.get_tracer("inferencehub")
 
 
+EXPORTERS = ("otlp", "zipkin", "none")
+
+
+def exporter_name() -> str:
+    """OTEL_TRACES_EXPORTER, checked: a misspelt one must not leave tracing silently off."""
+    name = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if name not in EXPORTERS:
+        raise ValueError(
+            f"OTEL_TRACES_EXPORTER must be one of {', '.join(EXPORTERS)}, not {name!r}"
+        )
+    return name
+
+
 def enabled() -> bool:
     """Whether the OTEL_* variables ask for traces to be exported."""
     if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return False
-    if os.environ.get("OTEL_TRACES_EXPORTER", "otlp") == "none":
-        return False
-    return bool(
+    name = exporter_name()
+    if name == "zipkin":
+        return True
+    return name == "otlp" and bool(
         os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
@@ -36,14 +51,19 @@ def configure(service_name: str) -> bool:
     process. OTEL_SERVICE_NAME, when set, names the service instead of service_name."""
     if not enabled():
         return False
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    if exporter_name() == "zipkin":
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter as Exporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as Exporter,
+        )
     name = os.environ.get("OTEL_SERVICE_NAME") or service_name
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(Exporter()))
     trace.set_tracer_provider(provider)
     return True
 

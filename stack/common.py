@@ -28,6 +28,8 @@ KAFKA_CLUSTER_PORT = int(os.environ.get("STACK_KAFKA_CLUSTER_PORT", "19192"))
 KAFKA_SECURE_PORT = int(os.environ.get("STACK_KAFKA_SECURE_PORT", "19392"))
 # The S3 server (s3proxy) for stored originals shared by several hosts.
 S3_PORT = int(os.environ.get("STACK_S3_PORT", "19480"))
+# Zipkin, the optional trace backend with a UI (make run TRACES=1).
+ZIPKIN_PORT = int(os.environ.get("STACK_ZIPKIN_PORT", "19411"))
 # Loopback only unless STACK_WEB_HOST says otherwise: the demo has a staff user, which
 # must not be reachable from other machines by default.
 WEB_HOST = os.environ.get("STACK_WEB_HOST", "127.0.0.1")

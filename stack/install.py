@@ -43,8 +43,10 @@ REQUIREMENTS = ROOT / "requirements.txt"
 DEV_REQUIREMENTS = ROOT / "requirements-dev.txt"
 POM = ROOT / "stack" / "pom.xml"
 S3PROXY_POM = ROOT / "stack" / "s3proxy-pom.xml"
+ZIPKIN_POM = ROOT / "stack" / "zipkin-pom.xml"
 # Shared by every stack, like the Kafka jars.
 S3PROXY_LIBS = ROOT / ".stack" / "s3proxy" / "libs"
+ZIPKIN_LIBS = ROOT / ".stack" / "zipkin" / "libs"
 HEARTBEAT_SECONDS = 30  # a long step's line grows at least this often
 
 
@@ -183,6 +185,11 @@ def install_kafka_jars() -> None:
 def install_s3proxy_jars() -> None:
     # A folder of its own, so the two classpaths never mix.
     install_jars("s3proxy", S3PROXY_POM, S3PROXY_LIBS, "s3proxy jars (first run downloads ~70 MB)")
+
+
+def install_zipkin_jar() -> None:
+    # Only when traces are asked for (make run TRACES=1): most runs never need it.
+    install_jars("zipkin", ZIPKIN_POM, ZIPKIN_LIBS, "Zipkin server (first run downloads ~135 MB)")
 
 
 def install_jars(name: str, pom: Path, libs: Path, what: str) -> None:

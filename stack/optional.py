@@ -1,16 +1,17 @@
-"""Services started only by name (`stack.py up kafka-secure`, `up s3proxy`) and stopped with
-everything: a Kafka broker whose clients must log in over TLS, and an S3 server for stored
-originals that several hosts share (docs/distributed.md, "Secured Kafka" and "Shared object
-storage")."""
+"""Services started only by name (`stack.py up kafka-secure`, `up s3proxy`, `up zipkin`) and
+stopped with everything: a Kafka broker whose clients must log in over TLS, an S3 server for
+stored originals that several hosts share (docs/distributed.md, "Secured Kafka" and "Shared
+object storage"), and Zipkin, a trace backend with a UI (README, "Operations")."""
 
 import secrets
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from stack import install
 from stack.certs import CertificateError, make_broker_certificates
-from stack.common import KAFKA_SECURE_PORT, S3_PORT, STATE, StackError, tcp_open
-from stack.install import S3PROXY_LIBS
+from stack.common import KAFKA_SECURE_PORT, S3_PORT, STATE, ZIPKIN_PORT, StackError, tcp_open
+from stack.install import S3PROXY_LIBS, ZIPKIN_LIBS
 from stack.kafka import KafkaNode
 from stack.services import Service
 
@@ -186,4 +187,49 @@ S3_SERVICE = Service(
 )
 
 
-OPTIONAL_SERVICES = [KAFKA_SECURE.service(), S3_SERVICE]
+# Zipkin (traces) --------------------------------------------------------------------
+# Chosen over Jaeger because it comes as one jar from Maven Central, UI included, and runs
+# with the java that Kafka already needs; Jaeger's Go module has no UI without an npm build
+# of a repository the registries do not serve.
+
+# What the app processes need to send it their spans: standard OpenTelemetry variables.
+ZIPKIN_CLIENT_ENV = {
+    "OTEL_TRACES_EXPORTER": "zipkin",
+    "OTEL_EXPORTER_ZIPKIN_ENDPOINT": f"http://127.0.0.1:{ZIPKIN_PORT}/api/v2/spans",
+}
+
+
+def zipkin_argv() -> list[str]:
+    [jar] = ZIPKIN_LIBS.glob("zipkin-server-*-exec.jar")
+    # Spans are kept in memory (the newest 500,000), on loopback only: a look at recent
+    # jobs, not a store.
+    return [
+        "java",
+        "-Xmx512m",
+        "-jar",
+        str(jar),
+        "--armeria.ports[0].ip=127.0.0.1",
+        f"--armeria.ports[0].port={ZIPKIN_PORT}",
+    ]
+
+
+def zipkin_ready() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ZIPKIN_PORT}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+ZIPKIN_SERVICE = Service(
+    "zipkin",
+    zipkin_argv,
+    ZIPKIN_PORT,
+    f"GET :{ZIPKIN_PORT}/health answers 200",
+    zipkin_ready,
+    ready_timeout=120,
+    prepare=install.install_zipkin_jar,
+)
+
+
+OPTIONAL_SERVICES = [KAFKA_SECURE.service(), S3_SERVICE, ZIPKIN_SERVICE]
