@@ -88,6 +88,20 @@ def trace_asgi(application, service_name: str):
     return OpenTelemetryMiddleware(application)
 
 
+def new_trace(name: str, *, linked_to: str | None, attributes: dict) -> str:
+    """The traceparent of a new trace's first span (name), linked to the span linked_to
+    names: a job run again starts a trace of its own rather than growing its first one.
+    "" when tracing is off."""
+    first = span_context_of(linked_to)
+    with tracer.start_as_current_span(
+        name,
+        context=Context(),
+        links=[trace.Link(first)] if first else [],
+        attributes=attributes,
+    ):
+        return current_traceparent()
+
+
 def current_traceparent() -> str:
     """The current span's W3C traceparent, or "" when there is none (tracing off)."""
     carrier: dict[str, str] = {}

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from common import notifications
+from common import notifications, tracing
 from common.limits import top_k_problem
 from predictions.models import Batch, Job, Prediction
 from predictions.pipeline import dispatch_jobs
@@ -52,34 +52,38 @@ def delete_batches(*, batches: Iterable[Batch]) -> int:
 
 def retry_jobs(*, jobs: Iterable[Job]) -> int:
     """Run failed jobs again from the start; returns how many were restarted."""
-    return _restart_jobs([job.pk for job in jobs], statuses=[Job.Status.FAILED])
+    return _restart_jobs([job.pk for job in jobs], statuses=[Job.Status.FAILED], why="retry")
 
 
 def rerun_jobs(*, jobs: Iterable[Job], top_k: int) -> int:
     """Run finished jobs again with another top_k; returns how many were restarted."""
     if problem := top_k_problem(top_k):
         raise ValueError(problem)
-    return _restart_jobs([job.pk for job in jobs], statuses=Job.FINISHED, top_k=top_k)
+    return _restart_jobs([job.pk for job in jobs], statuses=Job.FINISHED, top_k=top_k, why="re-run")
 
 
-def _restart_jobs(job_ids: list, *, statuses, top_k: int | None = None) -> int:
+def _restart_jobs(job_ids: list, *, statuses, why: str, top_k: int | None = None) -> int:
     # Only finished jobs are restarted: one still in the pipeline would get its old
     # attempt's result stored on top of the new one.
     with transaction.atomic():
         restarting = list(
             Job.objects.select_for_update()
             .filter(pk__in=job_ids, status__in=statuses)
-            .values_list("pk", "batch_id")
+            .values_list("pk", "batch_id", "trace_parent")
         )
         if not restarting:
             return 0
-        ids = [job_id for job_id, _ in restarting]
+        ids = [job_id for job_id, _, _ in restarting]
         Prediction.objects.filter(job_id__in=ids).delete()
         changes = {"top_k": top_k} if top_k is not None else {}
         Job.objects.filter(pk__in=ids).start_new_attempt(now=timezone.now(), **changes)
+        for job_id, _, first in restarting:
+            attributes = {"inferencehub.job_id": str(job_id)}
+            if traceparent := tracing.new_trace(why, linked_to=first, attributes=attributes):
+                Job.objects.filter(pk=job_id).update(trace_parent=traceparent)
         transaction.on_commit(dispatch_jobs)
         notifications.publish_after_commit(
-            jobs=ids, batches={batch_id for _, batch_id in restarting}
+            jobs=ids, batches={batch_id for _, batch_id, _ in restarting}
         )
     return len(ids)
 

@@ -325,3 +325,22 @@ def api(live_server, user):
     session.headers["Authorization"] = f"Token {Token.objects.create(user=user).key}"
     session.base_url = live_server.url
     return session
+
+
+@pytest.fixture
+def spans(monkeypatch):
+    """The spans finished during the test, from a tracer of the SDK's own put in place of
+    the project's (common/tracing.py) for this test only: installing a global provider
+    would turn tracing on for every later test of the run."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from common import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("tests"))
+    yield exporter
+    provider.shutdown()

@@ -313,28 +313,6 @@ def test_each_result_carries_its_requests_id_and_a_failure_is_logged_with_it(cap
     assert (failure.request_id, failure.job_id) == ("upload-99", decode_key(poison.key()))
 
 
-@pytest.fixture
-def spans():
-    """The spans finished during the test, through the SDK's tracer provider (installed
-    once per process: OpenTelemetry allows one)."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    global SPAN_EXPORTER
-    if SPAN_EXPORTER is None:
-        SPAN_EXPORTER = InMemorySpanExporter()
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(SPAN_EXPORTER))
-        trace.set_tracer_provider(provider)
-    SPAN_EXPORTER.clear()
-    return SPAN_EXPORTER
-
-
-SPAN_EXPORTER = None
-
-
 def test_a_batch_is_one_span_linked_to_each_request_whose_own_span_joins_its_trace(spans):
     model, producer = StubModel(), RecordingProducer()
     parents = {
