@@ -37,6 +37,7 @@ from django.test.utils import override_settings
 from bench.ceiling import package_ceilings, single_and_batched
 from bench.decode import measure_decoding
 from bench.images import make_images
+from bench.otlp_receiver import OtlpReceiver
 from bench.peers import PEERS_DIR, PeerUnavailable, peer_python
 from bench.ray_peer import BATCH_PATH, pack_images
 from bench.runtimes import (
@@ -93,6 +94,7 @@ class Options:
         "plumbing-multi",
         "plumbing-small",
         "pipeline-multi-package",
+        "pipeline-multi-package-traced",
         "pipeline-multi-package-2",
         "ray-package",
         "ray-package-batch",
@@ -120,6 +122,9 @@ class PipelineConfig:
     openvino_hint: str = "auto"
     # Only the benchmark's images of this size (bench.images.MEGAPIXELS); None: all of them.
     megapixels: float | None = None
+    # Celery, the workers and the bridge export every span (OTLP) to a receiver in this
+    # process; the web, shared by every row, does not.
+    traced: bool = False
 
 
 CONFIGS = {
@@ -157,6 +162,15 @@ CONFIGS = {
         package=True,
         workers=1,
     ),
+    # What tracing costs (issue 26): the row above with every span exported.
+    "pipeline-multi-package-traced": PipelineConfig(
+        "pipeline-multi-package-traced",
+        "pipeline, 8 images per upload, make run's model package, traced",
+        images_per_request=8,
+        package=True,
+        workers=1,
+        traced=True,
+    ),
     # As it did before issue 27, for the before/after in one run.
     "pipeline-multi-package-2": PipelineConfig(
         "pipeline-multi-package-2",
@@ -171,6 +185,7 @@ CONFIGS = {
 PACKAGE_PARTS = (
     "runtimes",
     "pipeline-multi-package",
+    "pipeline-multi-package-traced",
     "pipeline-multi-package-2",
     "ray-package",
     "ray-package-batch",
@@ -367,7 +382,7 @@ def wait_for_http(url: str, timeout: float = 60) -> None:
 
 @contextlib.contextmanager
 def pipeline_processes(
-    config: PipelineConfig, options: Options, log_dir: Path
+    config: PipelineConfig, options: Options, log_dir: Path, traces: OtlpReceiver | None
 ) -> Iterator[list[ManagedProcess]]:
     """Celery, the inference workers and the bridge, on this configuration's own topics."""
     topics = kafka_names(f"bench-{settings.BENCH_RUN_ID}-{config.name}")
@@ -378,6 +393,7 @@ def pipeline_processes(
         MODEL_NAME=config.model,
         MODEL_PACKAGE=options.package if config.package else "",
         OPENVINO_PERFORMANCE_HINT=config.openvino_hint,
+        **({"OTEL_EXPORTER_OTLP_ENDPOINT": traces.endpoint} if traces else {}),
     )
     worker_options = ["--max-batch-size", str(config.max_batch_size or options.max_batch_size)]
     worker_options += ["--max-batch-delay-ms", str(options.batch_delay_ms)]
@@ -420,7 +436,11 @@ def run_pipeline(
     base_url = web.base_url
     session = requests.Session()
     session.headers["Authorization"] = f"Token {token}"
-    with pipeline_processes(config, options, out / "logs") as processes:
+    traces = OtlpReceiver() if config.traced else None
+    with (
+        traces or contextlib.nullcontext(),
+        pipeline_processes(config, options, out / "logs", traces) as processes,
+    ):
         # A few jobs first, so every process has its connections and caches warm.
         warm_up = [upload(session, base_url, images[i % len(images)])[0] for i in range(4)]
         wait_until_finished(warm_up)
@@ -479,6 +499,10 @@ def run_pipeline(
             latencies, stages = measure_latency(session, base_url, images, options.latency_images)
         else:
             latencies, stages = [], {}
+        if traces:
+            # Proof that the row was traced: what has arrived so far (the processes'
+            # last spans are still on their way).
+            saturation["spans_received"] = len(traces.received())
     return {
         "title": config.title,
         "unit": "jobs" if config.model == "instant" else "images",

@@ -19,6 +19,7 @@ from opentelemetry.trace import Link
 
 from common import notifications, tracing
 from common.images import CENTRE_SQUARE, Fit, prepare_upload
+from common.logs import about_jobs
 from kafka_wire.contract import InferenceRequest, InferenceResult
 from kafka_wire.headers import request_id_headers
 from kafka_wire.requests import publish_requests
@@ -188,6 +189,9 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
         # Recorded so that the status says where the job waits while Kafka is away.
         _mark_preprocessed(decode_ms, batches, at=preprocessed_at, status=Job.Status.PREPROCESSED)
         raise
+    sent = [request.job_id for requests in by_topic.values() for request in requests]
+    about, extra = about_jobs(sent)
+    log.info("%d requests handed to Kafka: %s", len(sent), about, extra=extra)
     # Both transitions in one statement: a job is written once on its way to Kafka.
     _mark_preprocessed(
         decode_ms,
@@ -317,6 +321,9 @@ def record_results(*, results: list[InferenceResult]) -> int:
         notifications.publish_after_commit(
             jobs=stored, batches={job.batch_id for job in jobs if job.pk in stored}
         )
+    if stored:
+        about, extra = about_jobs([str(pk) for pk in stored])
+        log.info("%d results stored: %s", len(stored), about, extra=extra)
     # Each stored job's hop in its own trace; the transaction, shared by up to 64 jobs of
     # as many traces, is the one span they link to.
     for job in jobs:

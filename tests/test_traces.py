@@ -2,23 +2,18 @@
 bridge and Celery again export their spans over OTLP/HTTP to a receiver in this test, as
 they would to a collector (common/tracing.py)."""
 
-import http.server
-import threading
 import time
 from collections import defaultdict
 
 import pytest
 import requests
 from django.test import override_settings
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
+from bench.otlp_receiver import OtlpReceiver
 from kafka_wire.config import kafka_names
 from kafka_wire.topics import ensure_topics
 from stack import processes
-from stack.harness import PYTHON, free_port, unique_celery_hostname
+from stack.harness import PYTHON, unique_celery_hostname
 from tests.conftest import DATA, start_front_door, started_processes
 from tests.settings import RUN_ID
 from tests.test_pipeline import wait_until_finished
@@ -29,67 +24,10 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPLOAD_PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
-class Receiver(http.server.ThreadingHTTPServer):
-    """An OTLP/HTTP trace receiver keeping every span it is sent, as plain dicts."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", free_port()), ReceiverHandler)
-        self.spans: list[dict] = []
-        self.lock = threading.Lock()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def keep(self, body: bytes) -> None:
-        export = ExportTraceServiceRequest.FromString(body)
-        for resource_spans in export.resource_spans:
-            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}.get(
-                "service.name", ""
-            )
-            for scope_spans in resource_spans.scope_spans:
-                with self.lock:
-                    self.spans += [
-                        {
-                            "service": service,
-                            "name": span.name,
-                            "trace_id": span.trace_id.hex(),
-                            "span_id": span.span_id.hex(),
-                            "parent": span.parent_span_id.hex(),
-                            "links": [
-                                (link.trace_id.hex(), link.span_id.hex()) for link in span.links
-                            ],
-                            "attributes": {
-                                a.key: a.value.string_value or a.value.int_value
-                                for a in span.attributes
-                            },
-                        }
-                        for span in scope_spans.spans
-                    ]
-
-
-class ReceiverHandler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.keep(body)
-        answer = ExportTraceServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver():
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with OtlpReceiver() as server:
+        yield server
 
 
 @pytest.fixture
@@ -117,12 +55,11 @@ def traced_stack(receiver, process_env, tmp_path):
         yield start_front_door(start, name="traced-front-door")
 
 
-def spans_of_trace(receiver: Receiver, job_ids: list[str], timeout: float = 30) -> list[dict]:
+def spans_of_trace(receiver: OtlpReceiver, job_ids: list[str], timeout: float = 30) -> list[dict]:
     """The trace's spans once every job's last hop has arrived."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with receiver.lock:
-            spans = [s for s in receiver.spans if s["trace_id"] == TRACE_ID]
+        spans = [s for s in receiver.received() if s["trace_id"] == TRACE_ID]
         stored = {
             s["attributes"].get("inferencehub.job_id")
             for s in spans
@@ -135,7 +72,7 @@ def spans_of_trace(receiver: Receiver, job_ids: list[str], timeout: float = 30) 
 
 
 def test_every_job_of_an_upload_has_one_connected_trace_through_every_hop(
-    traced_stack, receiver, user
+    traced_stack, receiver, user, tmp_path
 ):
     from rest_framework.authtoken.models import Token
 
@@ -186,6 +123,14 @@ def test_every_job_of_an_upload_has_one_connected_trace_through_every_hop(
     }
     assert {per_job[job_id]["preprocess"]["span_id"] for job_id in job_ids} <= linked
     assert all(batch["attributes"]["inferencehub.model"] == "instant" for batch in batches)
+    # A job's id finds its lines in the log of every process it crossed, and the upload's
+    # request id finds them too.
+    logs = {path.stem: path.read_text() for path in (tmp_path / "logs").glob("*.log")}
+    request_id = answer.headers["X-Request-ID"]
+    for name in ("celery", "traced-worker", "bridge", "celery-results"):
+        assert all(job_id in logs[name] for job_id in job_ids), name
+    for name in ("traced-front-door-app", "celery", "traced-worker", "bridge"):
+        assert request_id in logs[name], name
     # The job's answer names its trace.
     for job_id in job_ids:
         body = requests.get(
@@ -193,4 +138,4 @@ def test_every_job_of_an_upload_has_one_connected_trace_through_every_hop(
             headers={"Authorization": f"Token {token}"},
             timeout=30,
         ).json()
-        assert body["trace_id"] == TRACE_ID
+        assert (body["trace_id"], body["request_id"]) == (TRACE_ID, request_id)

@@ -19,6 +19,7 @@ import time
 from opentelemetry.trace import Link, SpanKind
 
 from common import metrics, tracing
+from common.logs import about_jobs
 from kafka_wire.contract import (
     ClassScore,
     ContractError,
@@ -107,6 +108,17 @@ class InferenceHandler:
             return
         inference_s = time.perf_counter() - started
         metrics.INFERENCE_SECONDS.observe(inference_s)
+        about, extra = about_jobs(
+            [request.job_id for request in requests],
+            [request_id_of(message) for message, _ in decoded],
+        )
+        logger.info(
+            "inferred a batch of %d in %.1f ms: %s",
+            len(requests),
+            inference_s * 1000,
+            about,
+            extra=extra,
+        )
         for (message, request), predictions in zip(decoded, all_predictions, strict=True):
             with self.request_span(message, request, batch):
                 self.publish(
