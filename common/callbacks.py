@@ -82,15 +82,26 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
 
 
+# In this order: a loopback address is private too, and is said to be loopback.
+_KINDS = (
+    ("loopback", "a loopback address"),
+    ("unspecified", "an unspecified address"),
+    ("link_local", "a link-local address"),
+    ("multicast", "a multicast address"),
+    ("private", "a private address"),
+    ("reserved", "a reserved address"),
+)
+
+
 def address_problem(address: IPAddress) -> str | None:
     """Why this address may not be called, or None for a public one."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
-    for kind in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved"):
+    for kind, said in _KINDS:
         if getattr(address, f"is_{kind}"):
-            return f"a {kind.replace('_', '-')} address"
+            return said
     if not address.is_global:
         return "not a public address"
     return None
