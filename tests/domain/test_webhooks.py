@@ -3,8 +3,11 @@ its jobs; a job's finishing makes one delivery per attempt of the job, whatever 
 it twice, with its task enqueued after commit; an address refused at send time is
 recorded and not called. Sending for real: tests/test_webhook_delivery.py."""
 
+from datetime import timedelta
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from common.callbacks import AllowList
 from kafka_wire.contract import ClassScore, InferenceResult
@@ -185,3 +188,13 @@ def test_a_delivery_taken_by_one_task_is_not_attempted_by_another(
     assert len(calls) == 1
     assert 0.5 <= delay <= 1.0
     assert delivery.attempts.get().error == "ConnectionError: refused"
+
+
+def test_a_pending_delivery_whose_task_was_lost_is_sent_again_by_beat(sent_tasks):
+    job = JobFactory(status=Job.Status.SUCCEEDED, callback_url=HOOK)
+    lost = Delivery.objects.create(
+        job=job, job_attempt=1, url=HOOK, next_attempt_at=timezone.now() - timedelta(minutes=5)
+    )
+    Delivery.objects.create(job=JobFactory(), job_attempt=1, url=HOOK)  # due now: has its task
+    assert webhooks.send_due_deliveries() == 1
+    assert delivery_tasks(sent_tasks) == [[lost.pk]]
