@@ -370,7 +370,7 @@ def job_callback(job: Job) -> dict | None:
             "error": attempt.error,
             "duration_ms": attempt.duration_ms,
         }
-        for attempt in delivery.attempts.all()
+        for attempt in delivery.attempts.order_by("at", "pk")
     ]
     return answer
 

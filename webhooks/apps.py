@@ -9,6 +9,11 @@ class WebhooksConfig(AppConfig):
         # Here and not in predictions: predictions only announces that jobs finished
         # (predictions/signals.py) and never imports this app.
         from predictions.signals import job_finished
-        from webhooks.services import deliveries_for_finished_jobs
 
-        job_finished.connect(deliveries_for_finished_jobs, dispatch_uid="webhooks-deliveries")
+        job_finished.connect(_make_deliveries, dispatch_uid="webhooks-deliveries")
+
+
+def _make_deliveries(sender, *, job_ids: list, **kwargs) -> None:
+    from webhooks.services import create_deliveries
+
+    create_deliveries(job_ids=job_ids)

@@ -61,10 +61,11 @@ def rotate_secret(*, user: AbstractBaseUser) -> WebhookSecret:
     return secret
 
 
-def deliveries_for_finished_jobs(sender, *, job_ids: list, **kwargs) -> None:
-    """job_finished's receiver: a pending delivery for each of the jobs that has a callback
-    URL, its task enqueued once the transition commits. A job's attempt gets one delivery
-    whatever tells of it twice (the unique constraint)."""
+def create_deliveries(*, job_ids: list) -> None:
+    """A pending delivery for each of these finished jobs that has a callback URL, its task
+    enqueued once the transition that finished them commits (job_finished's receiver,
+    webhooks/apps.py, calls this inside it). A job's attempt gets one delivery whatever
+    tells of it twice (the unique constraint)."""
     finished = list(
         Job.objects.filter(pk__in=job_ids)
         .exclude(callback_url="")
