@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.test import override_settings
 from rest_framework.test import APIClient
 
+from common.callbacks import parse_allow_list
 from kafka_wire.contract import ClassScore, InferenceResult
 from predictions import pipeline
 from predictions.models import Job
@@ -22,11 +24,12 @@ from stack import processes
 from stack.harness import PYTHON, free_port, unique_celery_hostname
 from tests.conftest import DATA
 from tests.factories import JobFactory, UserFactory
-from webhooks.models import Delivery
+from webhooks.models import Attempt, Delivery
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 WAIT_S = 60
+HOOK = "https://hooks.example.com/inferencehub"
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +219,49 @@ def test_rotating_the_secret_gives_a_new_one_to_its_owner_alone():
     assert api(alice).get("/api/webhook-secret/").json()["secret"] == rotated["secret"]
     assert api(bob).get("/api/webhook-secret/").json()["secret"] != rotated["secret"]
     assert APIClient().get("/api/webhook-secret/").status_code in (401, 403)
+
+
+def test_the_seed_api_takes_a_callback_url_from_a_signed_in_caller():
+    user = UserFactory()
+    seed = api(user)
+    batch = seed.post("/api/batches/").json()["id"]
+    with (DATA / "fox.png").open("rb") as image:
+        refused = seed.post(
+            "/image",
+            {"uuid": batch, "seq": 0, "topk": 3, "payload": image, "callback_url": "http://[::1]/"},
+            format="multipart",
+        )
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "callback_url is refused: ::1 is a loopback address"
+    with (
+        (DATA / "fox.png").open("rb") as image,
+        override_settings(WEBHOOK_ALLOWED_NETWORKS=parse_allow_list("hooks.example.com")),
+    ):
+        accepted = seed.post(
+            "/image",
+            {"uuid": batch, "seq": 0, "topk": 3, "payload": image, "callback_url": HOOK},
+            format="multipart",
+        )
+    assert accepted.status_code == 200, accepted.content
+    assert Job.objects.get().callback_url == HOOK
+
+
+def test_the_admin_shows_a_jobs_delivery_and_each_attempt(client):
+    operator = UserFactory(is_staff=True, is_superuser=True)
+    client.force_login(operator)
+    job = JobFactory(status=Job.Status.SUCCEEDED, callback_url=HOOK)
+    delivery = Delivery.objects.create(
+        job=job, job_attempt=1, url=HOOK, state=Delivery.State.DELIVERED
+    )
+    Attempt.objects.create(delivery=delivery, error="ConnectTimeout: gone", duration_ms=5000.0)
+    Attempt.objects.create(delivery=delivery, status_code=202, duration_ms=31.0)
+
+    job_page = client.get(f"/admin/predictions/job/{job.pk}/change/").content.decode()
+    assert "Completion webhook" in job_page and "ConnectTimeout: gone" in job_page
+    assert "<td>202</td>" in job_page
+    delivery_page = client.get(f"/admin/webhooks/delivery/{delivery.pk}/change/")
+    assert delivery_page.status_code == 200
+    text = delivery_page.content.decode()
+    assert str(delivery.delivery_id) in text and "ConnectTimeout: gone" in text and "202" in text
+    listed = client.get("/admin/webhooks/delivery/", {"state__exact": "delivered"})
+    assert str(delivery.delivery_id) in listed.content.decode()
