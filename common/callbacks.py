@@ -112,10 +112,12 @@ def check_callback_url(
     *,
     allowed: AllowList | None = None,
     resolver: Callable[[str, int], Iterable[IPAddress]] = resolve,
-) -> None:
+) -> IPAddress | None:
     """Raise CallbackRefused unless url is http(s) and its host is allow-listed or resolves
-    only to addresses that are public or allow-listed. allowed: by default the setting's;
-    resolver: socket's, which tests replace."""
+    only to addresses that are public or allow-listed. Returns the address to connect to
+    (the first the host resolved to), or None for a host allow-listed by name, which is
+    trusted whatever it resolves to. allowed: by default the setting's; resolver: socket's,
+    which tests replace."""
     allowed = settings.WEBHOOK_ALLOWED_NETWORKS if allowed is None else allowed
     if len(url) > CALLBACK_URL_MAX:
         raise CallbackRefused(f"must be at most {CALLBACK_URL_MAX} characters")
@@ -133,7 +135,7 @@ def check_callback_url(
         # Credentials in the URL would be sent and shown back in the job's answer.
         raise CallbackRefused("must not carry a user name or password")
     if allowed.allows_host(host):
-        return
+        return None
     try:
         addresses = list(resolver(host, port))
     except (OSError, UnicodeError) as exc:
@@ -146,3 +148,4 @@ def check_callback_url(
         if problem := address_problem(address):
             shown = host if host == str(address) else f"{host} ({address})"
             raise CallbackRefused(f"is refused: {shown} is {problem}")
+    return addresses[0]

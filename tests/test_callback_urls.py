@@ -7,7 +7,9 @@ import ipaddress
 import os
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -19,6 +21,7 @@ from common.callbacks import (
     parse_allow_list,
 )
 from tests.conftest import REPO
+from webhooks.services import pinned_session
 from webhooks.signing import signature
 
 NOTHING_ALLOWED = AllowList()
@@ -143,3 +146,29 @@ def test_the_signature_verifies_as_stripes_do_and_not_for_another_body_or_secret
     assert not verify(header, body.replace(b"succeeded", b"failed"), "whsec_abc")
     assert not verify(header, body, "whsec_other")
     assert not verify(signature("whsec_abc", int(time.time()) - 3600, body), body, "whsec_abc")
+
+
+def test_a_webhook_connects_to_the_address_checked_not_to_what_dns_says_later():
+    """The host's name is sent (Host header, and TLS's name for https), but the connection
+    goes to the checked address: here "rebound.invalid", which resolves nowhere."""
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.headers["Host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://rebound.invalid:{server.server_port}/hook"
+    try:
+        with pinned_session(ipaddress.ip_address("127.0.0.1")) as session:
+            assert session.post(url, data=b"{}", timeout=5).status_code == 204
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [f"rebound.invalid:{server.server_port}"]

@@ -13,6 +13,7 @@ import time
 from datetime import timedelta
 
 import requests
+import requests.adapters
 from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -20,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.renderers import JSONRenderer
 
-from common.callbacks import CallbackRefused, Unresolvable, check_callback_url
+from common.callbacks import CallbackRefused, IPAddress, Unresolvable, check_callback_url
 from predictions.models import Job
 from predictions.serializers import JobSerializer
 from webhooks import signing
@@ -124,7 +125,7 @@ def attempt_delivery(*, delivery_pk: int) -> float | None:
         delivery.body = job_json(job)
         Delivery.objects.filter(pk=delivery_pk).update(body=delivery.body)
     try:
-        check_callback_url(delivery.url)
+        address = check_callback_url(delivery.url)
     except Unresolvable as exc:
         return _record(delivery, status_code=None, error=str(exc), duration_ms=None)
     except CallbackRefused as exc:
@@ -157,14 +158,17 @@ def attempt_delivery(*, delivery_pk: int) -> float | None:
     status_code, error = None, ""
     try:
         # No redirects: one to a private address would go around the check above.
-        with requests.post(
-            delivery.url,
-            data=body,
-            headers=headers,
-            timeout=settings.WEBHOOK_TIMEOUT_S,
-            allow_redirects=False,
-            stream=True,
-        ) as response:
+        with (
+            pinned_session(address) as session,
+            session.post(
+                delivery.url,
+                data=body,
+                headers=headers,
+                timeout=settings.WEBHOOK_TIMEOUT_S,
+                allow_redirects=False,
+                stream=True,
+            ) as response,
+        ):
             status_code = response.status_code
     except requests.RequestException as exc:
         error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX]
@@ -209,6 +213,50 @@ def _record(
         extra={"job_id": str(delivery.job_id)},
     )
     return delay
+
+
+def pinned_session(address: IPAddress | None) -> requests.Session:
+    """A session whose connections go to this address, whatever DNS answers for the URL's
+    host by then: the check's answer is the one used, so a name that resolves to a public
+    address for the check and a private one a moment later (DNS rebinding) cannot reach
+    inside. TLS still checks the certificate against the URL's host. None: plain DNS (a
+    host the operator allow-listed by name)."""
+    session = requests.Session()
+    if address is not None:
+        adapter = _PinnedAdapter(str(address))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+    return session
+
+
+class _PinnedAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, address: str) -> None:
+        self._address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        # A copy: the pool manager's mapping is urllib3's module-wide default.
+        self.poolmanager.pool_classes_by_scheme = {
+            scheme: _pinned_pool(pool, self._address)
+            for scheme, pool in self.poolmanager.pool_classes_by_scheme.items()
+        }
+
+
+def _pinned_pool(pool: type, address: str) -> type:
+    connection = pool.ConnectionCls
+
+    def _new_conn(self):
+        # urllib3 connects to _dns_host and names the host to TLS from it afterwards:
+        # swapped for the connect alone.
+        named, self._dns_host = self._dns_host, address
+        try:
+            return connection._new_conn(self)
+        finally:
+            self._dns_host = named
+
+    pinned = type(f"Pinned{connection.__name__}", (connection,), {"_new_conn": _new_conn})
+    return type(f"Pinned{pool.__name__}", (pool,), {"ConnectionCls": pinned})
 
 
 def backoff(attempts_made: int) -> float:

@@ -158,7 +158,7 @@ def test_an_address_refused_at_send_time_ends_the_delivery_refused_and_is_not_ca
     def no_post(*args, **kwargs):
         raise AssertionError("a refused address was called")
 
-    monkeypatch.setattr("webhooks.services.requests.post", no_post)
+    monkeypatch.setattr("webhooks.services.requests.Session.post", no_post)
     delivery = Delivery.objects.get()
     assert webhooks.attempt_delivery(delivery_pk=delivery.pk) is None
     delivery.refresh_from_db()
@@ -183,7 +183,7 @@ def test_a_delivery_taken_by_one_task_is_not_attempted_by_another(
         assert webhooks.attempt_delivery(delivery_pk=delivery.pk) is None
         raise webhooks.requests.ConnectionError("refused")
 
-    monkeypatch.setattr("webhooks.services.requests.post", second_task_meanwhile)
+    monkeypatch.setattr("webhooks.services.requests.Session.post", second_task_meanwhile)
     delay = webhooks.attempt_delivery(delivery_pk=delivery.pk)
     assert len(calls) == 1
     assert 0.5 <= delay <= 1.0
