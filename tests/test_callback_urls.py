@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
 
 from common.callbacks import (
     AllowList,
@@ -20,6 +22,7 @@ from common.callbacks import (
     check_callback_url,
     parse_allow_list,
 )
+from stack.certs import make_ca, make_signed
 from tests.conftest import REPO
 from webhooks.services import pinned_session
 from webhooks.signing import signature
@@ -148,27 +151,56 @@ def test_the_signature_verifies_as_stripes_do_and_not_for_another_body_or_secret
     assert not verify(signature("whsec_abc", int(time.time()) - 3600, body), body, "whsec_abc")
 
 
+class Receiver:
+    """An HTTP(S) server on 127.0.0.1 answering 204, keeping each request's Host header."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.hosts: list[str] = []
+        hosts = self.hosts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                hosts.append(self.headers["Host"])
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_port
+
+    def __enter__(self) -> "Receiver":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
 def test_a_webhook_connects_to_the_address_checked_not_to_what_dns_says_later():
-    """The host's name is sent (Host header, and TLS's name for https), but the connection
-    goes to the checked address: here "rebound.invalid", which resolves nowhere."""
-    seen = []
+    """The host's name is sent (the Host header), but the connection goes to the checked
+    address: here "rebound.invalid", which resolves nowhere."""
+    with Receiver() as receiver, pinned_session(LOOPBACK) as session:
+        url = f"http://rebound.invalid:{receiver.port}/hook"
+        assert session.post(url, data=b"{}", timeout=5).status_code == 204
+    assert receiver.hosts == [f"rebound.invalid:{receiver.port}"]
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            seen.append(self.headers["Host"])
-            self.send_response(204)
-            self.end_headers()
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://rebound.invalid:{server.server_port}/hook"
-    try:
-        with pinned_session(ipaddress.ip_address("127.0.0.1")) as session:
-            assert session.post(url, data=b"{}", timeout=5).status_code == 204
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert seen == [f"rebound.invalid:{server.server_port}"]
+def test_a_pinned_https_webhook_still_checks_the_certificate_against_the_urls_host(tmp_path):
+    ca = make_ca(tmp_path)
+    key, cert = make_signed(tmp_path, "hooks", ca, "subjectAltName=DNS:hooks.test\n")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    with Receiver(tls) as receiver, pinned_session(LOOPBACK) as session:
+        answer = session.post(f"https://hooks.test:{receiver.port}/", verify=str(ca[1]), timeout=5)
+        assert answer.status_code == 204
+        with pytest.raises(requests.exceptions.SSLError):
+            session.post(f"https://other.test:{receiver.port}/", verify=str(ca[1]), timeout=5)
+    assert receiver.hosts == [f"hooks.test:{receiver.port}"]
