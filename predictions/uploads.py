@@ -137,7 +137,7 @@ def upload_images(
 def _check_callback_url(url: str, *, owner: AbstractBaseUser | None) -> None:
     if owner is None:
         # Its webhooks are signed with the owner's secret; an anonymous job has no owner.
-        raise UploadError("callback_url needs a signed-in user: webhooks are signed with theirs")
+        raise UploadError("callback_url needs a signed-in user, whose secret signs the webhooks")
     try:
         check_callback_url(url)
     except CallbackRefused as exc:

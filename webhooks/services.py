@@ -26,6 +26,7 @@ from predictions.models import Job
 from predictions.serializers import JobSerializer
 from webhooks import signing
 from webhooks.models import Attempt, Delivery, WebhookSecret, new_secret
+from webhooks.selectors import overdue_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +93,13 @@ def create_deliveries(*, job_ids: list) -> None:
         transaction.on_commit(lambda: _enqueue(pending), robust=True)
 
 
-def _enqueue(delivery_pks: list[int], countdown: float = 0) -> None:
+def _enqueue(delivery_pks: list[int]) -> None:
     for pk in delivery_pks:
-        current_app.send_task(DELIVER_TASK, args=[pk], countdown=countdown)
+        current_app.send_task(DELIVER_TASK, args=[pk])
 
 
 def send_due_deliveries(*, limit: int = 1000) -> int:
     """Enqueue the pending deliveries whose task is overdue (lost); returns how many."""
-    from webhooks.selectors import overdue_deliveries
-
     pks = list(overdue_deliveries(timezone.now()).values_list("pk", flat=True)[:limit])
     _enqueue(pks)
     return len(pks)
