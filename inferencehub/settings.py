@@ -15,8 +15,9 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from common.callbacks import parse_allow_list
 from stack.common import redis_url
-from stack.processes import PREPROCESS_QUEUE, RESULTS_QUEUE
+from stack.processes import PREPROCESS_QUEUE, RESULTS_QUEUE, WEBHOOKS_QUEUE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -156,6 +157,7 @@ INSTALLED_APPS = [
     "registry",
     "workers",
     "bench",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -370,6 +372,18 @@ if IMAGE_RETENTION_DAYS < 0:
         f"Setting IMAGE_RETENTION_DAYS must be 0 or more, got {IMAGE_RETENTION_DAYS}"
     )
 
+# --- Completion webhooks (webhooks/, docs/webhooks.md) ----------------------------------
+# Callback URLs resolving to these networks or naming these hosts are called although they
+# are not public (common/callbacks.py): e.g. "10.20.0.0/16,hooks.internal". Empty: none.
+try:
+    WEBHOOK_ALLOWED_NETWORKS = parse_allow_list(env("WEBHOOK_ALLOWED_NETWORKS", str, ""))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"Setting WEBHOOK_ALLOWED_NETWORKS is malformed: {exc}") from None
+# A delivery is retried with exponential backoff until this long after the job finished.
+WEBHOOK_RETRY_FOR_S = env_positive_int("WEBHOOK_RETRY_FOR_S", 24 * 60 * 60)
+# How long one attempt waits for the receiver's answer.
+WEBHOOK_TIMEOUT_S = env_positive_int("WEBHOOK_TIMEOUT_S", 10)
+
 # --- Kafka ------------------------------------------------------------------------
 KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", str, "127.0.0.1:19092")
 KAFKA_REQUESTS_TOPIC = env("KAFKA_REQUESTS_TOPIC", str, "inference-requests")
@@ -504,6 +518,8 @@ CELERY_TASK_ROUTES = {
     "predictions.tasks.fail_job": {"queue": RESULTS_QUEUE},
     "predictions.tasks.sweep_stuck_jobs": {"queue": RESULTS_QUEUE},
     "predictions.tasks.dispatch_jobs": {"queue": RESULTS_QUEUE},
+    # Waiting for receivers: on workers of their own, so a slow one holds nothing else up.
+    "webhooks.tasks.*": {"queue": WEBHOOKS_QUEUE},
 }
 CELERY_BEAT_SCHEDULE = {
     "dispatch-jobs": {
@@ -519,6 +535,11 @@ CELERY_BEAT_SCHEDULE = {
     "purge-old-images": {
         "task": "predictions.tasks.purge_old_images",
         "schedule": 24 * 60 * 60.0,
+    },
+    "send-due-webhooks": {
+        "task": "webhooks.tasks.send_due_deliveries",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
     },
 }
 

@@ -7,6 +7,7 @@ from common import errors, metrics
 from predictions import health, seed_api
 from predictions.api import BatchViewSet, JobViewSet, ModelViewSet
 from predictions.events import held_job_detail
+from webhooks.api import RotateWebhookSecretView, WebhookSecretView
 
 
 class WithoutTrailingSlashRouter(SimpleRouter):
@@ -49,6 +50,11 @@ urlpatterns = [
     # route label stay "job-detail"; the unslashed form is labelled apart.
     path("api/jobs/<uuid:pk>/", job_detail, name="job-detail"),
     path("api/jobs/<uuid:pk>", job_detail, name="job-detail-unslashed"),
+    path("api/webhook-secret/", WebhookSecretView.as_view(), name="webhook-secret"),
+    path("api/webhook-secret/rotate/", RotateWebhookSecretView.as_view(), name="webhook-rotate"),
+    # Unslashed as the router's are (WithoutTrailingSlashRouter), and as those not in the schema.
+    path("api/webhook-secret", WebhookSecretView.as_view(schema=None)),
+    path("api/webhook-secret/rotate", RotateWebhookSecretView.as_view(schema=None)),
     path("api/", include(router.urls)),
     path("api/", include(without_slash.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -117,7 +117,7 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     inlines = [PredictionInline]
     action_form = JobActionForm
     actions = ["retry_failed", "rerun_with_top_k"]
-    readonly_fields = ["image_preview", "original", "timings", "batch_link"] + [
+    readonly_fields = ["image_preview", "original", "timings", "batch_link", "callback"] + [
         f.name for f in Job._meta.fields if f.name != "batch"
     ]
     fieldsets = [
@@ -139,6 +139,7 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
             },
         ),
         ("Timings", {"fields": ["timings"]}),
+        ("Completion webhook", {"fields": ["callback_url", "callback"]}),
     ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
@@ -240,6 +241,31 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
             return "–"
         url = reverse("admin:predictions_batch_change", args=[job.batch_id])
         return format_html('<a href="{}">{}</a> seq {}', url, job.batch_id, job.seq)
+
+    @admin.display(description="delivery")
+    def callback(self, job: Job) -> str:
+        """The current attempt's delivery and its attempts, as the API's `callback` says,
+        with a link to every delivery of the job (the webhooks app's admin, by URL name:
+        predictions does not import it)."""
+        callback = selectors.job_callback(job)
+        if callback is None:
+            return "–"
+        rows = [
+            (
+                attempt["at"].isoformat(timespec="milliseconds"),
+                attempt["status_code"] or "",
+                attempt["error"],
+                _ms(attempt["duration_ms"]),
+            )
+            for attempt in callback["attempts"]
+        ]
+        every = reverse("admin:webhooks_delivery_changelist") + f"?job__id__exact={job.pk}"
+        return format_html(
+            '{} <a href="{}">(every delivery)</a><table>{}</table>',
+            callback["state"],
+            every,
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
 
     @admin.display(description="per stage")
     def timings(self, job: Job) -> str:

@@ -157,6 +157,7 @@ class JobViewSet(
                 upload_key=request.headers.get("Idempotency-Key"),
                 model=params.validated_data.get("model"),
                 model_version=params.validated_data.get("model_version"),
+                callback_url=params.validated_data.get("callback_url", ""),
             )
         except uploads.UploadError as exc:
             return error_response(str(exc), exc.status)

@@ -7,6 +7,7 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
+from common.callbacks import CALLBACK_URL_MAX
 from common.limits import TOP_K_DEFAULT
 
 BATCH_NAME_MAX = 200
@@ -105,6 +106,9 @@ class Job(models.Model):
     # The W3C traceparent of the upload's span (common/tracing.py): every later hop's spans
     # join the job's trace from it; "" while tracing is off.
     trace_parent = models.CharField(max_length=64, blank=True, default="")
+    # Where the finished job is POSTed (webhooks/, docs/webhooks.md); "" for nowhere.
+    # Checked at upload (common/callbacks.py) and again before each attempt.
+    callback_url = models.CharField(max_length=CALLBACK_URL_MAX, blank=True, default="")
     # The client's Idempotency-Key for the upload that made this job, and the image's place
     # in that upload: a retried upload finds its jobs instead of making new ones. NULL
     # without a key, so that the unique constraint below leaves those jobs alone (MariaDB

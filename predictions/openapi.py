@@ -44,6 +44,14 @@ UPLOAD_REQUEST = {
                 "description": "default: the model's latest enabled version",
                 "example": "",
             },
+            "callback_url": {
+                "type": "string",
+                "format": "uri",
+                "description": "an http(s) URL each job is POSTed to once it has finished, "
+                "signed with your webhook secret (GET /api/webhook-secret/); refused when its "
+                "host is not public (docs/webhooks.md)",
+                "example": "",
+            },
         },
         "required": ["image"],
     }
@@ -125,6 +133,12 @@ SEED_API_PATHS = {
                                 "seq": {"type": "integer", "minimum": 0},
                                 "topk": TOP_K,
                                 "payload": {"type": "string", "format": "binary"},
+                                "callback_url": {
+                                    "type": "string",
+                                    "format": "uri",
+                                    "description": "optional, as the REST API's upload "
+                                    "takes it (docs/webhooks.md); needs credentials",
+                                },
                             },
                             "required": ["uuid", "seq", "topk", "payload"],
                         }

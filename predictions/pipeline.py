@@ -25,6 +25,7 @@ from kafka_wire.headers import request_id_headers
 from kafka_wire.requests import publish_requests
 from predictions import selectors
 from predictions.models import Job, Prediction
+from predictions.signals import job_finished
 from predictions.storage import STORE_UNAVAILABLE, THUMBNAIL_SIZES, save_thumbnails
 
 log = logging.getLogger(__name__)
@@ -321,6 +322,8 @@ def record_results(*, results: list[InferenceResult]) -> int:
         notifications.publish_after_commit(
             jobs=stored, batches={job.batch_id for job in jobs if job.pk in stored}
         )
+        if stored:
+            job_finished.send(sender=Job, job_ids=sorted(stored))
     if stored:
         about, extra = about_jobs([str(pk) for pk in stored])
         log.info("%d results stored: %s", len(stored), about, extra=extra)
@@ -340,15 +343,19 @@ def record_results(*, results: list[InferenceResult]) -> int:
 
 def fail_job(*, job_id, reason: str) -> bool:
     """Mark an unfinished job failed with a readable reason; False if it had finished."""
-    updated = (
-        Job.objects.filter(pk=job_id)
-        .exclude(status__in=Job.FINISHED)
-        .update(status=Job.Status.FAILED, error=reason, finished_at=timezone.now())
-    )
-    if updated:
-        log.info("job %s failed: %s", job_id, reason, extra={"job_id": job_id})
-        batch_id = Job.objects.filter(pk=job_id).values_list("batch_id", flat=True).first()
-        notifications.publish_after_commit(jobs=[job_id], batches=[batch_id])
+    # Atomic: the failure and what job_finished's receivers write (a webhook's delivery)
+    # commit together or not at all.
+    with transaction.atomic():
+        updated = (
+            Job.objects.filter(pk=job_id)
+            .exclude(status__in=Job.FINISHED)
+            .update(status=Job.Status.FAILED, error=reason, finished_at=timezone.now())
+        )
+        if updated:
+            log.info("job %s failed: %s", job_id, reason, extra={"job_id": job_id})
+            batch_id = Job.objects.filter(pk=job_id).values_list("batch_id", flat=True).first()
+            notifications.publish_after_commit(jobs=[job_id], batches=[batch_id])
+            job_finished.send(sender=Job, job_ids=[job_id])
     return bool(updated)
 
 

@@ -107,6 +107,13 @@ class JobCreateSerializer(serializers.Serializer):
     model_version = serializers.IntegerField(
         min_value=1, required=False, help_text="default: the model's latest enabled version"
     )
+    # Checked by the upload (predictions/uploads.py), which every way in goes through.
+    callback_url = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=True,
+        help_text="POSTed each job once it has finished (docs/webhooks.md)",
+    )
 
     # The multipart part that carries the files; request.FILES has them, request.data too.
     FILES_FIELD = "image"

@@ -120,6 +120,8 @@ def image(request):
             # As the REST API's: an image sent again after a lost answer makes no second
             # job. Anonymous callers may send one too: their key belongs to the batch.
             upload_key=request.headers.get("Idempotency-Key"),
+            # Optional, as in the REST API: not in the seed system, so its clients omit it.
+            callback_url=request.POST.get("callback_url", "").strip(),
         )
     except uploads.UnknownBatch:
         return error_response(_not_usable(raw), 400)

@@ -348,6 +348,33 @@ def job_queue(job: Job) -> dict | None:
     }
 
 
+def job_callback(job: Job) -> dict | None:
+    """Its completion webhook (docs/webhooks.md): the URL, and the state and attempts of
+    the delivery of its current attempt ("waiting" until it has finished); None without
+    a callback URL. Read through the webhooks app's reverse relations (Delivery's
+    "deliveries", Attempt's "attempts"): predictions does not import the app above it."""
+    if not job.callback_url:
+        return None
+    answer = {"url": job.callback_url, "state": "waiting", "delivery_id": None, "attempts": []}
+    if not job.is_finished:
+        return answer
+    delivery = job.deliveries.filter(job_attempt=job.attempts).first()
+    if delivery is None:
+        return answer
+    answer["state"] = delivery.state
+    answer["delivery_id"] = str(delivery.delivery_id)
+    answer["attempts"] = [
+        {
+            "at": attempt.at,
+            "status_code": attempt.status_code,
+            "error": attempt.error,
+            "duration_ms": attempt.duration_ms,
+        }
+        for attempt in delivery.attempts.order_by("at", "pk")
+    ]
+    return answer
+
+
 def batch_queue(batch: Batch) -> dict | None:
     """Where a batch's waiting jobs stand: how many wait, how many jobs the dispatcher
     admits before the first of them, and about when that one starts; None when none wait."""

@@ -37,6 +37,33 @@ class JobQueueSerializer(serializers.Serializer):
     )
 
 
+class CallbackAttemptSerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    status_code = serializers.IntegerField(
+        allow_null=True, help_text="the receiver's answer; null when none came (see error)"
+    )
+    error = serializers.CharField(
+        help_text="why no answer came, or why nothing was sent; empty otherwise"
+    )
+    duration_ms = serializers.FloatField(allow_null=True)
+
+
+class CallbackSerializer(serializers.Serializer):
+    """A job's completion webhook; for the schema."""
+
+    url = serializers.CharField()
+    state = serializers.ChoiceField(
+        choices=["waiting", "pending", "delivered", "failed", "refused"],
+        help_text="waiting: the job has not finished; pending: being sent or retried; "
+        "delivered: answered 2xx; failed: no 2xx within WEBHOOK_RETRY_FOR_S; refused: its "
+        "host resolved to an address that may not be called, nothing was sent",
+    )
+    delivery_id = serializers.UUIDField(
+        allow_null=True, help_text="the InferenceHub-Delivery header sent with each attempt"
+    )
+    attempts = CallbackAttemptSerializer(many=True)
+
+
 class JobImageSerializer(serializers.Serializer):
     name = serializers.CharField(help_text="the uploaded file's name")
     format = serializers.CharField()
@@ -77,6 +104,9 @@ class JobSerializer(serializers.ModelSerializer):
         help_text="the OpenTelemetry trace id of the job (32 hex digits), to find its trace "
         "in the trace backend; null when tracing was off at its upload"
     )
+    callback = serializers.SerializerMethodField(
+        help_text="the completion webhook of an upload with callback_url; null without one"
+    )
 
     class Meta:
         model = Job
@@ -101,6 +131,7 @@ class JobSerializer(serializers.ModelSerializer):
             "queue",
             "request_id",
             "trace_id",
+            "callback",
         ]
 
     def to_representation(self, job: Job) -> dict:
@@ -128,6 +159,7 @@ class JobSerializer(serializers.ModelSerializer):
             "queue": self.get_queue(job),
             "request_id": self.get_request_id(job),
             "trace_id": self.get_trace_id(job),
+            "callback": self.get_callback(job),
         }
 
     def get_request_id(self, job: Job) -> str | None:
@@ -206,6 +238,14 @@ class JobSerializer(serializers.ModelSerializer):
         if not self.context.get("queue"):
             return None
         return selectors.job_queue(job)
+
+    @extend_schema_field(CallbackSerializer(allow_null=True))
+    def get_callback(self, job: Job) -> dict | None:
+        callback = selectors.job_callback(job)
+        if callback is not None:
+            for attempt in callback["attempts"]:
+                attempt["at"] = _iso(attempt["at"])
+        return callback
 
     def _absolute(self, path: str) -> str:
         request = self.context.get("request")

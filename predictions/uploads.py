@@ -18,6 +18,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from redis.exceptions import RedisError
 
 from common import notifications, request_ids, tracing
+from common.callbacks import CallbackRefused, check_callback_url
 from common.images import ImageRejected, inspect_image
 from common.limits import REQUEST_MAX_DECODED_WHOLE_PIXELS, top_k_problem
 from common.uploads import upload_pixel_limits
@@ -73,16 +74,20 @@ def upload_images(
     upload_key: str | None = None,
     model: str | None = None,
     model_version: int | None = None,
+    callback_url: str = "",
 ) -> Upload:
     """The one way in for uploads, from the REST API (and so the upload page) and the seed
     API: check the Idempotency-Key and answer a resent upload with its first jobs, find
     the batch the uploader may use and the model version (registry.selectors.servable_version:
     the named or default model, the given or latest enabled version), then check and store
-    every file (create_jobs).
+    every file (create_jobs). callback_url: where each job is POSTed once finished
+    (common/callbacks.py says which are refused), "" for nowhere.
 
     The jobs belong to the uploader, or to no one for an anonymous upload. Raises
     UploadError naming the problem; nothing is stored then."""
     owner = uploader if uploader.is_authenticated else None
+    if callback_url:
+        _check_callback_url(callback_url, owner=owner)
     fingerprints = None
     if upload_key is not None:
         if not UPLOAD_KEY.fullmatch(upload_key):
@@ -95,6 +100,7 @@ def upload_images(
             batch_id=batch_id,
             seq=seq,
             model=_model_reference(model, model_version),
+            callback_url=callback_url,
         )
         if earlier := jobs_of_upload(owner=owner, upload_key=upload_key, batch_id=batch_id):
             if mismatch := _upload_mismatch(earlier, fingerprints, files):
@@ -123,8 +129,19 @@ def upload_images(
         upload_key=upload_key,
         fingerprints=fingerprints,
         routed_to=routed_to,
+        callback_url=callback_url,
     )
     return Upload(jobs=jobs, replayed=False)
+
+
+def _check_callback_url(url: str, *, owner: AbstractBaseUser | None) -> None:
+    if owner is None:
+        # Its webhooks are signed with the owner's secret; an anonymous job has no owner.
+        raise UploadError("callback_url needs a signed-in user, whose secret signs the webhooks")
+    try:
+        check_callback_url(url)
+    except CallbackRefused as exc:
+        raise UploadError(f"callback_url {exc}") from None
 
 
 def _model_reference(model: str | None, version: int | None) -> str | None:
@@ -141,6 +158,7 @@ def _upload_fingerprints(
     batch_id: uuid.UUID | None,
     seq: int | None,
     model: str | None = None,
+    callback_url: str = "",
 ) -> list[dict]:
     """Per image, what an upload sent again with the same Idempotency-Key must match:
     the image's SHA-256 and the upload's fields as sent (seq None: the batch's next; model
@@ -150,6 +168,7 @@ def _upload_fingerprints(
         "batch": None if batch_id is None else str(batch_id),
         "seq": seq,
         "model": model,
+        "callback_url": callback_url or None,
     }
     fingerprints = []
     for file in files:
@@ -167,7 +186,7 @@ def _upload_mismatch(earlier: list[Job], fingerprints: list[dict], files) -> str
     first = earlier[0].upload_fingerprint
     if first is None:  # stored before fingerprints were kept: only the count can tell
         return None
-    for field in ("top_k", "batch", "seq", "model"):
+    for field in ("top_k", "batch", "seq", "model", "callback_url"):
         # .get: fingerprints stored before the model was chosen per upload have no "model".
         if first.get(field) != fingerprints[0][field]:
             then, now = first.get(field), fingerprints[0][field]
@@ -224,6 +243,7 @@ def create_jobs(
     upload_key: str | None = None,
     fingerprints: list[dict] | None = None,
     routed_to: ModelVersion | None = None,
+    callback_url: str = "",
 ) -> list[Job]:
     """Check every upload, then store them and create one queued job each, all or nothing.
 
@@ -297,6 +317,7 @@ def create_jobs(
                     routed_to=routed_to,
                     request_id=request_ids.current.get() or "",
                     trace_parent=tracing.current_traceparent(),
+                    callback_url=callback_url,
                 )
                 upload.file.seek(0)
                 try:

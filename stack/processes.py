@@ -69,9 +69,11 @@ def proxy(
 # The Celery queues, each served by worker processes of its own (inferencehub/settings.py
 # routes every task to one): preprocessing, which one user's big images can keep busy for
 # minutes, and storing or failing results with the light bookkeeping (dispatch, sweep),
-# which must never wait behind it.
+# which must never wait behind it; and completion webhooks, which wait on receivers
+# outside (seconds each when one is slow or down) and must hold up neither.
 PREPROCESS_QUEUE = "preprocess"
 RESULTS_QUEUE = "results"
+WEBHOOKS_QUEUE = "webhooks"
 
 
 def celery(
@@ -82,11 +84,15 @@ def celery(
     concurrency: int = 2,
     name: str = "celery",
     include: tuple[str, ...] = (),
+    pool: str = "",
 ) -> AppProcess:
     """A Celery worker of the given queues (by default both: one process does everything,
-    as the tests that need Celery but not the split use it)."""
+    as the tests that need Celery but not the split use it); pool: Celery's, when not
+    its default (prefork)."""
     argv = [python, "-m", "celery", "-A", "inferencehub", "worker", "--loglevel", "INFO"]
     argv += ["--queues", ",".join(queues)]
+    if pool:
+        argv += ["--pool", pool]
     # Gossip and mingle only exchange state between workers, which no task here uses;
     # without them a worker is ready sooner.
     argv += ["--concurrency", str(concurrency), "--hostname", hostname]
@@ -105,6 +111,19 @@ def results_celery(python: str, *, hostname: str = "results@%h") -> AppProcess:
     slow one (a long sweep, a database retry) does not hold the others up."""
     return celery(
         python, queues=(RESULTS_QUEUE,), hostname=hostname, concurrency=2, name="celery-results"
+    )
+
+
+def webhooks_celery(python: str, *, hostname: str = "webhooks@%h") -> AppProcess:
+    """Completion webhooks: threads, as an attempt is a wait on a receiver's answer
+    (WEBHOOK_TIMEOUT_S at most) and costs no CPU; 16 of them in one small process."""
+    return celery(
+        python,
+        queues=(WEBHOOKS_QUEUE,),
+        hostname=hostname,
+        concurrency=16,
+        name="celery-webhooks",
+        pool="threads",
     )
 
 
@@ -155,6 +174,7 @@ def local_stack(
         held(python, port=held_port),
         preprocess_celery(python),
         results_celery(python),
+        webhooks_celery(python),
         beat(python, schedule=beat_schedule),
         worker(python, "worker", "--model", SERVED_MODEL),
         bridge(python),

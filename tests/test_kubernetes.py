@@ -313,6 +313,7 @@ def test_each_process_runs_the_command_of_the_process_table(objects):
         "held": processes.held("python", host="0.0.0.0").argv,
         "celery": processes.preprocess_celery("python").argv,
         "celery-results": processes.results_celery("python").argv,
+        "celery-webhooks": processes.webhooks_celery("python").argv,
         "beat": processes.beat("python", schedule="/tmp/celerybeat-schedule").argv,
         "worker": processes.worker("python").argv,
         "bridge": processes.bridge("python").argv,

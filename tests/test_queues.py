@@ -30,6 +30,8 @@ def test_each_task_goes_to_the_queue_of_its_worker():
             "predictions.tasks.store_results",
             "predictions.tasks.fail_job",
             "predictions.tasks.sweep_stuck_jobs",
+            "webhooks.tasks.deliver",
+            "webhooks.tasks.send_due_deliveries",
         )
     }
     assert queue_of == {
@@ -37,6 +39,8 @@ def test_each_task_goes_to_the_queue_of_its_worker():
         "predictions.tasks.store_results": processes.RESULTS_QUEUE,
         "predictions.tasks.fail_job": processes.RESULTS_QUEUE,
         "predictions.tasks.sweep_stuck_jobs": processes.RESULTS_QUEUE,
+        "webhooks.tasks.deliver": processes.WEBHOOKS_QUEUE,
+        "webhooks.tasks.send_due_deliveries": processes.WEBHOOKS_QUEUE,
     }
 
 

@@ -166,6 +166,8 @@
       data.append("model", name);
       data.append("model_version", version);
     }
+    const callback = document.getElementById("callback_url");
+    if (callback && callback.value) data.append("callback_url", callback.value);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/api/jobs/");
     xhr.setRequestHeader("X-CSRFToken", csrf);
