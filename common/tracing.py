@@ -65,6 +65,11 @@ def configure(service_name: str) -> bool:
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
     provider.add_span_processor(BatchSpanProcessor(Exporter()))
     trace.set_tracer_provider(provider)
+    # Every MariaDB query a span of whatever it serves. Redis is left alone: Celery's broker
+    # polls it every second in every process, which would make a trace of each poll.
+    from opentelemetry.instrumentation.mysqlclient import MySQLClientInstrumentor
+
+    MySQLClientInstrumentor().instrument()
     return True
 
 

@@ -112,6 +112,8 @@ def test_every_job_of_an_upload_has_one_connected_trace_through_every_hop(
         assert hops["inference request"]["service"] == "inferencehub-worker"
         assert hops["result received"]["service"] == "inferencehub-bridge"
         assert hops["result stored"]["service"] == "inferencehub-celery"
+    # The database's work is in the trace too: the store's queries under its task.
+    assert any(s["attributes"].get("db.system") == "mysql" for s in spans)
     # The worker's batches are spans of their own, linked to each request they served.
     batches = [
         s
