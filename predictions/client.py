@@ -28,7 +28,7 @@ IMAGES_PER_REQUEST = 8
 UPLOAD_ATTEMPTS = 4
 RETRY_BACKOFF_S = 0.5
 UNAVAILABLE = (502, 503, 504)
-FINISHED = ("succeeded", "failed")
+FINISHED = ("succeeded", "failed", "cancelled", "expired")
 # How long to wait before asking again when the server did not say (no Retry-After, or
 # none it could be, such as an unreachable server's).
 NOT_TOLD_WAIT_S = 1.0

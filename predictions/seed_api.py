@@ -163,7 +163,8 @@ def result(request):
     items = []
     for job in jobs:
         item = {"seq": job.seq, "predictions": [p.short_label for p in job.predictions.all()]}
-        if job.status == Job.Status.FAILED:
-            item["error"] = job.error
+        # Failed, cancelled or expired: the seed's clients read any error as "no answer".
+        if job.status != Job.Status.SUCCEEDED:
+            item["error"] = job.error or str(job.status)
         items.append(item)
     return HttpResponse(json.dumps({"items": items}), content_type="application/json")

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from common.limits import TOP_K_DEFAULT, top_k_problem
 from predictions.client import (
+    FINISHED,
     IMAGES_PER_REQUEST,
     InferenceHubClient,
     InferenceHubError,
@@ -22,7 +23,16 @@ from predictions.client import (
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 # Exit statuses besides 0: some file was not classified; nothing could be sent at all.
 SOME_FAILED, NOTHING_SENT = 1, 2
-SUMMARY_ORDER = ["succeeded", "failed", "rejected", "queued", "preprocessed", "submitted"]
+SUMMARY_ORDER = [
+    "succeeded",
+    "failed",
+    "cancelled",
+    "expired",
+    "rejected",
+    "queued",
+    "preprocessed",
+    "submitted",
+]
 
 
 def image_files(paths: list[str]) -> tuple[list[Path], list[Path]]:
@@ -81,8 +91,10 @@ class ProgressDisplay:
             )
 
     def on_progress(self, jobs: dict[str, dict]) -> None:
-        finished = sum(job["status"] in ("succeeded", "failed") for job in jobs.values())
-        failed = sum(job["status"] == "failed" for job in jobs.values())
+        finished = sum(job["status"] in FINISHED for job in jobs.values())
+        failed = sum(
+            job["status"] != "succeeded" for job in jobs.values() if job["status"] in FINISHED
+        )
         self.progress.update(
             self.task, completed=self.rejected + finished, failed=self.rejected + failed
         )
