@@ -158,6 +158,8 @@ class JobViewSet(
                 upload_key=request.headers.get("Idempotency-Key"),
                 model=params.validated_data.get("model"),
                 model_version=params.validated_data.get("model_version"),
+                deadline=params.validated_data.get("deadline"),
+                timeout_s=params.validated_data.get("timeout_s"),
             )
         except uploads.UploadError as exc:
             return error_response(str(exc), exc.status)

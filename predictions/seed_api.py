@@ -36,6 +36,10 @@ def _int_field(data, name: str) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _optional_int_field(data, name: str) -> int | None:
+    return None if data.get(name) in (None, "") else _int_field(data, name)
+
+
 def _batch_id(raw) -> uuid.UUID:
     try:
         return uuid.UUID(str(raw))
@@ -120,6 +124,9 @@ def image(request):
             # As the REST API's: an image sent again after a lost answer makes no second
             # job. Anonymous callers may send one too: their key belongs to the batch.
             upload_key=request.headers.get("Idempotency-Key"),
+            # Optional, not in the seed's API: as the REST upload's.
+            deadline=request.POST.get("deadline") or None,
+            timeout_s=_optional_int_field(request.POST, "timeout_s"),
         )
     except uploads.UnknownBatch:
         return error_response(_not_usable(raw), 400)

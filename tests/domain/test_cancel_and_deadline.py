@@ -1,17 +1,20 @@
 """Cancelling jobs and batches, and deadlines: the rules on the model, the services, the
 pipeline's transitions and the API's answers (predictions/services.py, pipeline.py)."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from kafka_wire.contract import ClassScore, InferenceResult
 from predictions import pipeline, services
 from predictions.models import Job, JobFinished
+from predictions.uploads import UploadError, upload_images
+from registry.services import register_version
 from tests.conftest import DATA
-from tests.factories import BatchFactory, JobFactory
+from tests.factories import BatchFactory, JobFactory, UserFactory
 
 pytestmark = [pytest.mark.domain, pytest.mark.django_db]
 
@@ -90,9 +93,7 @@ def test_a_cancelled_job_frees_its_place_in_flight_for_a_waiting_one(
     assert sent_tasks.preprocessed() == [[str(waiting.pk)]]
 
 
-def test_preprocessing_skips_a_job_cancelled_after_its_admission(
-    image_store, published_requests
-):
+def test_preprocessing_skips_a_job_cancelled_after_its_admission(image_store, published_requests):
     job = JobFactory(admitted_at=timezone.now())
     job.image.save(str(job.pk), ContentFile((DATA / "fox.png").read_bytes()))
     services.cancel_job(job=job)
@@ -145,3 +146,53 @@ def test_preprocessing_expires_a_job_past_its_deadline_instead_of_sending_it(
     [request] = [r for requests in published_requests.values() for r in requests]
     assert request.job_id == str(on_time.pk)
     assert request.deadline_ms == int(on_time.deadline.timestamp() * 1000)
+
+
+# --- Deadlines asked for by an upload -------------------------------------------------
+
+
+def fox() -> SimpleUploadedFile:
+    return SimpleUploadedFile("fox.png", (DATA / "fox.png").read_bytes())
+
+
+def test_an_upload_sets_its_jobs_deadline_by_time_or_by_timeout():
+    by_time = upload_images(
+        uploader=UserFactory(), files=[fox()], top_k=3, deadline="2100-01-31T12:00:00+01:00"
+    ).jobs[0]
+    before = timezone.now()
+    by_timeout = upload_images(uploader=UserFactory(), files=[fox()], top_k=3, timeout_s=30).jobs[0]
+    none = upload_images(uploader=UserFactory(), files=[fox()], top_k=3).jobs[0]
+
+    assert by_time.deadline == datetime(2100, 1, 31, 11, tzinfo=UTC)
+    assert timedelta(seconds=29) < by_timeout.deadline - before < timedelta(seconds=31)
+    assert none.deadline is None
+
+
+def test_an_upload_without_a_deadline_takes_its_model_versions_default():
+    version = register_version(
+        name="timed", source="keras", input_size=64, classes=3, default_timeout_s=60
+    )
+    before = timezone.now()
+    job = upload_images(
+        uploader=UserFactory(), files=[fox()], top_k=3, model=version.model.name
+    ).jobs[0]
+    assert timedelta(seconds=59) < job.deadline - before < timedelta(seconds=61)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"deadline": "2000-01-01T00:00:00Z"}, "deadline"),
+        ({"deadline": "tomorrow"}, "deadline"),
+        ({"deadline": "2100-01-01T00:00:00"}, "deadline"),
+        ({"deadline": "2100-01-01T00:00:00Z", "timeout_s": 5}, "deadline and timeout_s"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"timeout_s": -3}, "timeout_s"),
+    ],
+)
+def test_a_bad_deadline_is_refused_naming_the_field_and_nothing_is_stored(fields, named):
+    with pytest.raises(UploadError) as refused:
+        upload_images(uploader=UserFactory(), files=[fox()], top_k=3, **fields)
+    assert str(refused.value).startswith(named)
+    assert refused.value.status == 400
+    assert not Job.objects.exists()

@@ -162,6 +162,8 @@
     data.append("image", file);
     data.append("top_k", topK.value);
     data.append("batch", batch);
+    const timeout = document.getElementById("timeout_s").value;
+    if (timeout) data.append("timeout_s", timeout);
     const model = document.getElementById("model");
     if (model) {
       const [name, version] = model.value.split(":");
