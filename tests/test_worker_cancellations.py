@@ -29,9 +29,7 @@ def test_a_cancelled_jobs_request_is_dropped_before_the_batch_is_predicted():
     jobs = CancelledJobs()
     jobs.add(cancelled)
 
-    poisoned = InferenceHandler(model, producer, results_topic="results", cancelled=jobs)(
-        [a, b, c]
-    )
+    poisoned = InferenceHandler(model, producer, results_topic="results", cancelled=jobs)([a, b, c])
 
     # One predict of the two still wanted; no answer for the cancelled one, and no dead
     # letter: the runner commits its offset with the batch's.
