@@ -295,7 +295,7 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     @admin.action(description="Cancel selected jobs", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         selected = queryset.count()
-        count = services.cancel_jobs(jobs=queryset.only("pk"))
+        count = services.cancel_jobs(jobs=queryset)
         self.message_user(request, f"{count} job(s) cancelled.", messages.SUCCESS)
         if skipped := selected - count:
             self.message_user(
