@@ -4,6 +4,7 @@ kafka_wire/cancellations.py, workers/worker.py)."""
 
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from celery import current_app
@@ -177,6 +178,27 @@ def test_the_upload_api_refuses_a_bad_deadline_naming_the_field():
         assert answer.status_code == 400, answer.content
         assert answer.json()["error"].startswith(named)
     assert not Job.objects.exists()
+
+
+def test_the_seed_apis_image_takes_an_optional_deadline_and_refuses_a_bad_one():
+    seed = APIClient()
+    batch = seed.post("/register").json()["uuid"]
+
+    def image(seq: int, **fields):
+        payload = SimpleUploadedFile("fox", (DATA / "fox.png").read_bytes())
+        return seed.post(
+            "/image",
+            {"uuid": batch, "seq": seq, "topk": 3, "payload": payload, **fields},
+            format="multipart",
+        )
+
+    assert image(0, deadline="2100-01-01T00:00:00Z").status_code == 200
+    assert image(1).status_code == 200
+    refused = image(2, timeout_s="-1")
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("timeout_s")
+    deadlines = dict(Job.objects.values_list("seq", "deadline"))
+    assert deadlines == {0: datetime(2100, 1, 1, tzinfo=UTC), 1: None}
 
 
 # --- Through the pipeline -------------------------------------------------------------
