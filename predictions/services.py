@@ -36,11 +36,13 @@ def cancel_jobs(*, jobs: Iterable[Job]) -> int:
     how many were cancelled."""
     ids = [job.pk for job in jobs]
     with transaction.atomic():
+        # Locked in primary-key order, as record_results locks, so the two never deadlock.
         unfinished = list(
             Job.objects.select_for_update()
             .filter(pk__in=ids)
             .exclude(status__in=Job.FINISHED)
             .order_by("pk")
+            .only("pk", "status", "batch_id", "admitted_at")
         )
         now = timezone.now()
         for job in unfinished:
@@ -54,9 +56,16 @@ def cancel_batch(*, batch: Batch) -> int:
     return cancel_jobs(jobs=batch.jobs.exclude(status__in=Job.FINISHED).only("pk"))
 
 
+# What Job.cancel changes; the record keeps everything else.
+CANCEL_CHANGES = ("status", "error", "finished_at")
+
+
 def _store_cancelled(jobs: list[Job]) -> None:
-    # The record stays: only its status, reason and end time change.
-    Job.objects.bulk_update(jobs, ["status", "error", "finished_at"])
+    if not jobs:
+        return
+    # Cancelled at one moment, they share every changed value: one UPDATE for a batch.
+    changes = {field: getattr(jobs[0], field) for field in CANCEL_CHANGES}
+    Job.objects.filter(pk__in=[job.pk for job in jobs]).update(**changes)
     notifications.publish_after_commit(
         jobs=[job.pk for job in jobs], batches={job.batch_id for job in jobs}
     )
