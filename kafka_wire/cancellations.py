@@ -81,7 +81,8 @@ class CancellationReader(threading.Thread):
         self.jobs = jobs if jobs is not None else CancelledJobs()
         self.stopped = threading.Event()
         # Set once every cancellation that was on the topic when reading began has been
-        # read: a starting worker waits for it (a while) before taking requests.
+        # read, or when there is no topic yet (nothing to wait for): a starting worker
+        # waits for it (a while) before taking requests.
         self.caught_up = threading.Event()
         # Per partition, the end offset at the start not yet read up to.
         self._behind: dict[int, int] = {}
@@ -123,7 +124,13 @@ class CancellationReader(threading.Thread):
                 continue
             topic = metadata.topics.get(self.topic)
             if topic is None or topic.error is not None or not topic.partitions:
-                logger.warning("cancellations topic %s not found; retrying", self.topic)
+                if not self.caught_up.is_set():
+                    logger.warning(
+                        "cancellations topic %s not found (manage.py kafka_topics create "
+                        "makes it); cancelled requests are inferred until it is",
+                        self.topic,
+                    )
+                    self.caught_up.set()
                 self.stopped.wait(METADATA_TIMEOUT_S)
                 continue
             partitions = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in topic.partitions]

@@ -14,6 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from kafka_wire.cancellations import CancellationReader, publish_cancellations
 from kafka_wire.config import client_config
 from kafka_wire.contract import ClassScore, InferenceResult, encode_result
 from kafka_wire.topics import ensure_topics, group_states
@@ -199,6 +200,25 @@ def test_the_seed_apis_image_takes_an_optional_deadline_and_refuses_a_bad_one():
     assert refused.json()["error"].startswith("timeout_s")
     deadlines = dict(Job.objects.values_list("seq", "deadline"))
     assert deadlines == {0: datetime(2100, 1, 1, tzinfo=UTC), 1: None}
+
+
+def test_a_reader_learns_the_cancellations_sent_before_and_after_it_started(kafka_topics):
+    before, after = str(uuid.uuid4()), str(uuid.uuid4())
+    topic = settings.KAFKA_CANCELLATIONS_TOPIC
+    assert publish_cancellations(topic, [before])
+    reader = CancellationReader(topic)
+    reader.start()
+    try:
+        assert reader.caught_up.wait(30)
+        assert before in reader.jobs
+        assert publish_cancellations(topic, [after])
+        deadline = time.monotonic() + 10
+        while after not in reader.jobs and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert after in reader.jobs
+    finally:
+        reader.stop()
+        reader.join(5)
 
 
 # --- Through the pipeline -------------------------------------------------------------
