@@ -121,7 +121,21 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
         f.name for f in Job._meta.fields if f.name != "batch"
     ]
     fieldsets = [
-        (None, {"fields": ["id", "status", "error", "attempts", "top_k", "owner", "batch_link"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    "status",
+                    "error",
+                    "attempts",
+                    "top_k",
+                    "deadline",
+                    "owner",
+                    "batch_link",
+                ]
+            },
+        ),
         ("Image", {"fields": ["image_preview", "original_name", "image_format", "original"]}),
         (
             "Model",
