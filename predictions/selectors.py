@@ -96,6 +96,11 @@ def retryable_jobs(user: AnyUser) -> QuerySet[Job]:
     return Job.objects.filter(_own(user))
 
 
+def cancellable_jobs(user: AnyUser) -> QuerySet[Job]:
+    """Jobs this user may cancel: those they may run again, since both change the job."""
+    return retryable_jobs(user)
+
+
 def may_act_on(job: Job, user: AnyUser, action: str) -> bool:
     """Whether the user may "change" (retry, re-run, cancel) or "delete" the job: its signed-in
     owner, or staff with that permission on jobs; never whoever merely holds its id."""

@@ -157,7 +157,7 @@ def job_cancel(request: HttpRequest, pk) -> HttpResponse:
     """Cancel an unfinished job of one's own, from the job page's button."""
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
-    job = get_object_or_404(selectors.retryable_jobs(request.user), pk=pk)
+    job = get_object_or_404(selectors.cancellable_jobs(request.user), pk=pk)
     # A job that finished meanwhile is left as it is; its page shows how it ended.
     services.cancel_jobs(jobs=[job])
     return redirect("job-page", pk=job.pk)
