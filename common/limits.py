@@ -26,6 +26,12 @@ PAGE_SIZE_MAX = 500
 # gunicorn's --timeout (120 s), and short enough that a proxy does not cut it off.
 WAIT_MAX_SECONDS = 30
 
+# Cancellations (kafka_wire/cancellations.py): how long the topic keeps one, longer than a
+# request waits in Kafka; and how many cancelled job ids a worker remembers, the oldest
+# forgotten first (~180 bytes each in CPython: 18 MB when full).
+CANCELLATION_RETENTION_S = 7 * 24 * 3600
+CANCELLATIONS_REMEMBERED = 100_000
+
 # The front door (nginx, stack/nginx.conf) disconnects a client that sends nothing of its
 # request's head or body, or reads nothing of its answer, for this long; a head must
 # arrive whole within it. Slow clients then cost nginx a connection, never a thread of

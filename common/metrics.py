@@ -164,6 +164,11 @@ CONSUMER_LAG = Gauge(
 DEAD_LETTERS = Counter(
     "inferencehub_dead_letters", "Messages copied to the dead-letter topic.", ["source_topic"]
 )
+REQUESTS_DROPPED = Counter(
+    "inferencehub_requests_dropped",
+    "Requests a worker did not infer: their job was cancelled, or their deadline had passed.",
+    ["reason"],
+)
 INFERENCE_SECONDS = Histogram(
     "inferencehub_inference_duration_seconds",
     "Time of one model predict call over a batch.",

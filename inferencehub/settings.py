@@ -389,6 +389,8 @@ KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", str, "127.0.0.1:19092")
 KAFKA_REQUESTS_TOPIC = env("KAFKA_REQUESTS_TOPIC", str, "inference-requests")
 KAFKA_RESULTS_TOPIC = env("KAFKA_RESULTS_TOPIC", str, "inference-results")
 KAFKA_DEAD_LETTER_TOPIC = env("KAFKA_DEAD_LETTER_TOPIC", str, "inference-dead-letters")
+# Compacted: the ids of cancelled jobs, which every worker reads whole to drop their requests.
+KAFKA_CANCELLATIONS_TOPIC = env("KAFKA_CANCELLATIONS_TOPIC", str, "inference-cancellations")
 KAFKA_TOPIC_PARTITIONS = env_positive_int("KAFKA_TOPIC_PARTITIONS", 4)
 KAFKA_REPLICATION_FACTOR = env_positive_int("KAFKA_REPLICATION_FACTOR", 1)
 KAFKA_WORKER_GROUP = env("KAFKA_WORKER_GROUP", str, "inferencehub-workers")

@@ -88,6 +88,7 @@ def kafka_names(prefix: str) -> dict[str, str]:
         "KAFKA_REQUESTS_TOPIC": f"{prefix}-requests",
         "KAFKA_RESULTS_TOPIC": f"{prefix}-results",
         "KAFKA_DEAD_LETTER_TOPIC": f"{prefix}-dead-letters",
+        "KAFKA_CANCELLATIONS_TOPIC": f"{prefix}-cancellations",
         "KAFKA_WORKER_GROUP": f"{prefix}-workers",
         "KAFKA_BRIDGE_GROUP": f"{prefix}-bridge",
     }

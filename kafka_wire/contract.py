@@ -6,8 +6,10 @@ Every Kafka message value is an envelope:
     | N bytes of UTF-8 JSON (the header) | body
 
 Requests carry the image as raw uint8 pixels in the body (float32 pixels are accepted too:
-the seed's format, which only the benchmark's baseline still sends); results have an empty
-body.
+the seed's format, which only the benchmark's baseline still sends); results and
+cancellations have an empty body.
+Fields added to version 1 since its start are optional, and readers that do not know them
+ignore them: a request's deadline_ms, a result's expired.
 Decoding only parses JSON and copies bytes, so a hostile message cannot run code, and every
 size it claims is checked against the bytes actually received before anything is allocated.
 docs/message-contract.md is the language-neutral description of the same format.
@@ -27,6 +29,7 @@ MAGIC = b"IHUB"
 VERSION = 1
 KIND_REQUEST = 1
 KIND_RESULT = 2
+KIND_CANCELLATION = 3
 
 # magic, version, kind, header length
 _PREFIX = struct.Struct(">4sBBI")
@@ -66,12 +69,17 @@ class InferenceRequest:
     image: np.ndarray
     submitted_at_ms: int
     attempt: int = 1
+    # Epoch milliseconds after which the answer is of no use: the worker does not infer
+    # the request but answers with an expired result. None: no deadline.
+    deadline_ms: int | None = None
 
     def __post_init__(self) -> None:
         _check_job_id(self.job_id)
         _check_int("top_k", self.top_k, TOP_K_MIN, TOP_K_MAX)
         _check_int("submitted_at_ms", self.submitted_at_ms, 0, _MAX_INT)
         _check_int("attempt", self.attempt, 1, _MAX_INT)
+        if self.deadline_ms is not None:
+            _check_int("deadline_ms", self.deadline_ms, 0, _MAX_INT)
         if not isinstance(self.image, np.ndarray) or self.image.dtype not in DTYPES.values():
             raise ContractError("image must be a numpy array of dtype uint8 (or float32)")
         _check_shape(list(self.image.shape))
@@ -95,11 +103,18 @@ class InferenceResult:
     batch_size: int = 0
     inference_ms: float = 0.0
     inferred_at_ms: int = 0
+    # Not inferred because its deadline had passed (ok is false, error says so): the job
+    # ends expired rather than failed.
+    expired: bool = False
 
     def __post_init__(self) -> None:
         _check_job_id(self.job_id)
         if not isinstance(self.ok, bool):
             raise ContractError("ok must be a boolean")
+        if not isinstance(self.expired, bool):
+            raise ContractError("expired must be a boolean")
+        if self.expired and self.ok:
+            raise ContractError("an expired result must not be ok")
         if not isinstance(self.predictions, list) or not all(
             isinstance(p, ClassScore) for p in self.predictions
         ):
@@ -140,6 +155,7 @@ class InferenceResult:
             "batch_size": self.batch_size,
             "inference_ms": self.inference_ms,
             "inferred_at_ms": self.inferred_at_ms,
+            "expired": self.expired,
         }
 
     @classmethod
@@ -172,6 +188,7 @@ class InferenceResult:
             batch_size=_optional(header, "batch_size", int, 0),
             inference_ms=_optional(header, "inference_ms", float, 0.0),
             inferred_at_ms=_optional(header, "inferred_at_ms", int, 0),
+            expired=_optional(header, "expired", bool, False),
         )
 
 
@@ -210,6 +227,8 @@ def encode_request(request: InferenceRequest) -> bytes:
         "submitted_at_ms": request.submitted_at_ms,
         "attempt": request.attempt,
     }
+    if request.deadline_ms is not None:
+        header["deadline_ms"] = request.deadline_ms
     # tobytes() writes row-major order whatever the array's memory layout.
     image = request.image.astype(DTYPES[header["dtype"]], copy=False)
     return _encode(KIND_REQUEST, header, image.tobytes())
@@ -232,6 +251,7 @@ def decode_request(value: bytes) -> InferenceRequest:
         image=np.frombuffer(body, dtype=dtype).reshape(shape),
         submitted_at_ms=_require(header, "submitted_at_ms", int),
         attempt=_optional(header, "attempt", int, 1),
+        deadline_ms=_optional(header, "deadline_ms", int, None),
     )
 
 
@@ -244,6 +264,22 @@ def decode_result(value: bytes) -> InferenceResult:
     if body:
         raise ContractError(f"a result must have an empty body, got {len(body)} bytes")
     return InferenceResult.from_dict(header)
+
+
+def encode_cancellation(job_id: str) -> bytes:
+    """The value of a job's message on the cancellations topic (keyed by encode_key)."""
+    _check_job_id(job_id)
+    return _encode(KIND_CANCELLATION, {"job_id": job_id}, b"")
+
+
+def decode_cancellation(value: bytes) -> str:
+    """The job a cancellation message cancels."""
+    header, body = _decode(value, KIND_CANCELLATION)
+    if body:
+        raise ContractError(f"a cancellation must have an empty body, got {len(body)} bytes")
+    job_id = _require(header, "job_id", str)
+    _check_job_id(job_id)
+    return job_id
 
 
 def _encode(kind: int, header: dict, body: bytes) -> bytes:

@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 from django.core.management.base import CommandError
 
+from common.limits import CANCELLATION_RETENTION_S
 from kafka_wire.config import ModelRoute, client_config, consumer_config
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def project_topics(models: list[ModelRoute] = ()) -> dict[str, str | None]:
         settings.KAFKA_REQUESTS_TOPIC: settings.KAFKA_WORKER_GROUP,
         settings.KAFKA_RESULTS_TOPIC: settings.KAFKA_BRIDGE_GROUP,
         settings.KAFKA_DEAD_LETTER_TOPIC: None,
+        # Read whole by every worker, by partition assignment rather than in a group.
+        settings.KAFKA_CANCELLATIONS_TOPIC: None,
         **{route.requests_topic: route.worker_group for route in models},
     }
 
@@ -117,6 +120,18 @@ def explain_failure(failure: KafkaError, errors: list[KafkaError]) -> KafkaUnrea
     return KafkaUnreachable(f"no broker answered at KAFKA_BOOTSTRAP_SERVERS ({detail})")
 
 
+def topic_config(name: str) -> dict[str, str]:
+    """A topic's own settings: the cancellations topic keeps the latest message per job
+    (compaction), and only for as long as a request can be waiting in Kafka, so that a
+    worker reading it from the start reads a bounded number of ids."""
+    if name != settings.KAFKA_CANCELLATIONS_TOPIC:
+        return {}
+    return {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(CANCELLATION_RETENTION_S * 1000),
+    }
+
+
 def ensure_topics(admin: AdminClient | None = None, models: list[ModelRoute] = ()) -> list[str]:
     """Create the missing project topics (with those of models); returns the names it created.
 
@@ -130,6 +145,7 @@ def ensure_topics(admin: AdminClient | None = None, models: list[ModelRoute] = (
             name,
             num_partitions=settings.KAFKA_TOPIC_PARTITIONS,
             replication_factor=settings.KAFKA_REPLICATION_FACTOR,
+            config=topic_config(name),
         )
         for name in project_topics(models)
         if name not in existing

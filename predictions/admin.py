@@ -116,12 +116,26 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     show_full_result_count = False
     inlines = [PredictionInline]
     action_form = JobActionForm
-    actions = ["retry_failed", "rerun_with_top_k"]
+    actions = ["retry_failed", "rerun_with_top_k", "cancel_selected"]
     readonly_fields = ["image_preview", "original", "timings", "batch_link", "callback"] + [
         f.name for f in Job._meta.fields if f.name != "batch"
     ]
     fieldsets = [
-        (None, {"fields": ["id", "status", "error", "attempts", "top_k", "owner", "batch_link"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    "status",
+                    "error",
+                    "attempts",
+                    "top_k",
+                    "deadline",
+                    "owner",
+                    "batch_link",
+                ]
+            },
+        ),
         ("Image", {"fields": ["image_preview", "original_name", "image_format", "original"]}),
         (
             "Model",
@@ -315,6 +329,18 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
             self.message_user(
                 request,
                 f"{skipped} job(s) skipped: only finished jobs are re-run.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Cancel selected jobs", permissions=["change"])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        selected = queryset.count()
+        count = services.cancel_jobs(jobs=queryset)
+        self.message_user(request, f"{count} job(s) cancelled.", messages.SUCCESS)
+        if skipped := selected - count:
+            self.message_user(
+                request,
+                f"{skipped} job(s) skipped: only unfinished jobs are cancelled.",
                 messages.WARNING,
             )
 

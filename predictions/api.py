@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from common.errors import error_response
 from common.limits import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 from predictions import events, exports, selectors, services, uploads
-from predictions.models import Batch, Job
+from predictions.models import Batch, Job, JobFinished
 from predictions.openapi import IDEMPOTENCY_KEY, UPLOAD_REQUEST, errors
 from predictions.queries import (
     BatchDetailQuerySerializer,
@@ -34,6 +34,7 @@ from predictions.queries import (
     batch_events_query,
 )
 from predictions.serializers import (
+    BatchCancelledSerializer,
     BatchDetailSerializer,
     BatchSerializer,
     JobListSerializer,
@@ -158,6 +159,8 @@ class JobViewSet(
                 model=params.validated_data.get("model"),
                 model_version=params.validated_data.get("model_version"),
                 callback_url=params.validated_data.get("callback_url", ""),
+                deadline=params.validated_data.get("deadline"),
+                timeout_s=params.validated_data.get("timeout_s"),
             )
         except uploads.UploadError as exc:
             return error_response(str(exc), exc.status)
@@ -195,6 +198,20 @@ class JobViewSet(
             )
         data = JobSerializer(job, context=self.get_serializer_context()).data
         return Response(data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={200: JobSerializer, **errors(403, 404, 409)})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel a job not yet finished: it is not inferred (or its result is ignored) and
+        ends `cancelled`, its record kept. A finished job answers 409."""
+        job = self.get_object()
+        if not selectors.may_act_on(job, request.user, "change"):
+            raise PermissionDenied("you may read this job but not cancel it")
+        try:
+            job = services.cancel_job(job=job)
+        except JobFinished as exc:
+            return error_response(str(exc), 409)
+        return Response(JobSerializer(job, context=self.get_serializer_context()).data)
 
     def perform_destroy(self, instance: Job) -> None:
         if not selectors.may_act_on(instance, self.request.user, "delete"):
@@ -237,6 +254,19 @@ class BatchViewSet(
         if not selectors.may_delete_batch(instance, self.request.user):
             raise PermissionDenied("only the batch's owner may delete it")
         services.delete_batches(batches=[instance])
+
+    @extend_schema(
+        request=None,
+        responses={200: BatchCancelledSerializer, **errors(403, 404)},
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel every job of the batch not yet finished; answers how many were."""
+        batch = self.get_object()
+        if not selectors.may_cancel_batch(batch, request.user):
+            raise PermissionDenied("only the batch's owner may cancel its jobs")
+        cancelled = services.cancel_batch(batch=batch)
+        return Response({"batch": str(batch.pk), "cancelled": cancelled})
 
     @extend_schema(
         parameters=[BatchDetailQuerySerializer],

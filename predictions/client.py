@@ -28,7 +28,7 @@ IMAGES_PER_REQUEST = 8
 UPLOAD_ATTEMPTS = 4
 RETRY_BACKOFF_S = 0.5
 UNAVAILABLE = (502, 503, 504)
-FINISHED = ("succeeded", "failed")
+FINISHED = ("succeeded", "failed", "cancelled", "expired")
 # How long to wait before asking again when the server did not say (no Retry-After, or
 # none it could be, such as an unreachable server's).
 NOT_TOLD_WAIT_S = 1.0
@@ -126,8 +126,10 @@ class InferenceHubClient:
         top_k: int = TOP_K_DEFAULT,
         batch: str | None = None,
         model: str | None = None,
+        timeout_s: int | None = None,
     ) -> list[dict]:
         """Upload images in one request, all or nothing; returns their jobs in order.
+        timeout_s: each job ends expired, uninferred, if not inferred within it.
 
         The request carries an Idempotency-Key and is sent again, up to UPLOAD_ATTEMPTS
         times, when the server cannot be reached, drops the connection or is briefly
@@ -139,6 +141,8 @@ class InferenceHubClient:
         data = {"top_k": str(top_k)}
         if batch:
             data["batch"] = batch
+        if timeout_s is not None:
+            data["timeout_s"] = str(timeout_s)
         if model:  # NAME or NAME:VERSION
             name, _, version = model.partition(":")
             data["model"] = name
@@ -175,6 +179,7 @@ class InferenceHubClient:
         top_k: int = TOP_K_DEFAULT,
         batch: str | None = None,
         model: str | None = None,
+        timeout_s: int | None = None,
         concurrency: int = 4,
         per_request: int = IMAGES_PER_REQUEST,
         on_uploaded: Callable[[list[dict]], None] | None = None,
@@ -200,7 +205,9 @@ class InferenceHubClient:
             if refused_all:
                 return rejected(chunk, refused_all[0])
             try:
-                jobs = self.upload_files(chunk, top_k=top_k, batch=batch, model=model)
+                jobs = self.upload_files(
+                    chunk, top_k=top_k, batch=batch, model=model, timeout_s=timeout_s
+                )
             except ServerUnreachable:
                 raise
             except (InferenceHubError, OSError) as exc:
@@ -221,7 +228,29 @@ class InferenceHubClient:
 
         chunks = [paths[start : start + per_request] for start in range(0, len(paths), per_request)]
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            return [job for jobs in pool.map(send, chunks) for job in jobs]
+            try:
+                return [job for jobs in pool.map(send, chunks) for job in jobs]
+            except KeyboardInterrupt:
+                # The requests under way end (their jobs reach on_uploaded); the others are
+                # not sent.
+                pool.shutdown(cancel_futures=True)
+                raise
+
+    def cancel(self, job_ids: list[str], *, concurrency: int = 4) -> int:
+        """Cancel the jobs not yet finished; returns how many were cancelled. A finished
+        job (409) is left as it is; any other refusal raises InferenceHubError."""
+
+        def cancel_one(job_id: str) -> bool:
+            try:
+                self.request("POST", f"/api/jobs/{job_id}/cancel/")
+            except InferenceHubError as exc:
+                if exc.status == 409:
+                    return False
+                raise
+            return True
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return sum(pool.map(cancel_one, job_ids))
 
     def job(self, job_id: str) -> dict:
         return self.request("GET", f"/api/jobs/{job_id}/")

@@ -36,6 +36,10 @@ class Batch(models.Model):
         return str(self.id)
 
 
+class JobFinished(ValueError):
+    """A change asked of a job that only an unfinished job takes."""
+
+
 def original_image_path(job: "Job", filename: str) -> str:
     # The uploader's file name never reaches the file system: only the job id does.
     return f"originals/{job.created_at:%Y/%m/%d}/{job.id}"
@@ -81,8 +85,10 @@ class Job(models.Model):
         SUBMITTED = "submitted"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        CANCELLED = "cancelled"
+        EXPIRED = "expired"
 
-    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(
@@ -149,6 +155,9 @@ class Job(models.Model):
     preprocess_ms = models.FloatField(null=True, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # After this the answer is of no use to the uploader: the job is not inferred but ends
+    # expired (preprocessing and the worker both check). NULL: no deadline.
+    deadline = models.DateTimeField(null=True, blank=True)
     attempt_started_at = models.DateTimeField(default=timezone.now, editable=False)
     # When the dispatcher let this attempt into preprocessing; NULL while it waits its turn
     # in the database (pipeline.dispatch_jobs, docs/scheduling.md).
@@ -189,6 +198,15 @@ class Job(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("job-detail", kwargs={"pk": self.pk})
+
+    def cancel(self, *, now: datetime) -> None:
+        """Mark this unfinished job cancelled; JobFinished when it has already finished: its
+        answer (or its failure) is kept, never overwritten by a cancellation."""
+        if self.is_finished:
+            raise JobFinished(f"only an unfinished job can be cancelled; this one is {self.status}")
+        self.status = self.Status.CANCELLED
+        self.error = "cancelled"
+        self.finished_at = now
 
     @property
     def is_finished(self) -> bool:

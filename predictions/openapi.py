@@ -52,6 +52,20 @@ UPLOAD_REQUEST = {
                 "host is not public (docs/webhooks.md)",
                 "example": "",
             },
+            "deadline": {
+                "type": "string",
+                "format": "date-time",
+                "description": "ISO 8601 time with a time zone after which the job is not "
+                "inferred but ends expired; not with timeout_s",
+                "example": "",
+            },
+            "timeout_s": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "seconds from the upload after which the job is not inferred but "
+                "ends expired; default: the model version's default_timeout_s, if any",
+                "example": "",
+            },
         },
         "required": ["image"],
     }

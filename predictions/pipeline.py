@@ -134,6 +134,7 @@ REQUEST_FIELDS = (
     "attempts",
     "request_id",
     "trace_parent",
+    "deadline",
     "routed_to__input_size",
     "routed_to__input_spec",
     "routed_to__version",
@@ -147,8 +148,10 @@ WAITING_FOR_KAFKA = (Job.Status.QUEUED, Job.Status.PREPROCESSED)
 def preprocess_and_submit(*, job_ids: list[str]) -> None:
     """Turn the jobs' stored originals into model-ready tensors and hand them to Kafka.
 
-    A job whose image cannot be decoded fails with the reason; the others go on. Kafka
-    refusing raises, and a retry resubmits every job of the call not yet submitted.
+    A job whose image cannot be decoded fails with the reason, and one past its deadline
+    expires; the others go on. A job cancelled meanwhile is no longer waiting and is not
+    read. Kafka refusing raises, and a retry resubmits every job of the call not yet
+    submitted.
     """
     # Only the columns a request needs, unordered: building the SQL for every column of
     # three tables and the default ordering was most of a one-image task's own CPU.
@@ -165,7 +168,14 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
     by_topic: dict[str, list[InferenceRequest]] = {}
     headers: dict[str, list] = {}
     decode_ms: dict = {}
+    now = timezone.now()
     for job in jobs:
+        if job.deadline is not None and job.deadline <= now:
+            expire_job(
+                job_id=job.pk,
+                reason=f"deadline {job.deadline.isoformat()} passed before preprocessing",
+            )
+            continue
         # Each job's preprocessing is a span of its own trace, whichever task it is in.
         with tracing.tracer.start_as_current_span(
             "preprocess",
@@ -231,6 +241,7 @@ def _prepared_request(job: Job, decode_ms: dict) -> tuple[str, InferenceRequest]
         image=tensor,
         submitted_at_ms=int(time.time() * 1000),
         attempt=job.attempts,
+        deadline_ms=int(job.deadline.timestamp() * 1000) if job.deadline else None,
     )
 
 
@@ -255,11 +266,11 @@ def _mark_preprocessed(
 def record_results(*, results: list[InferenceResult]) -> int:
     """Store a batch of worker results in one transaction; returns how many were stored.
 
-    A result for a job that has finished (a redelivery) or does not exist changes nothing,
-    so storing is idempotent. One locking read, one insert of all predictions, and one
-    update per set of jobs whose new values are the same (the results of one inference
-    batch share them): a transaction per result costs the pipeline more CPU than anything
-    but the model.
+    A result for a job that has finished (a redelivery, or a job cancelled or expired
+    meanwhile) or does not exist changes nothing, so storing is idempotent. One locking
+    read, one insert of all predictions, and one update per set of jobs whose new values
+    are the same (the results of one inference batch share them): a transaction per result
+    costs the pipeline more CPU than anything but the model.
     """
     by_job: dict[str, InferenceResult] = {}
     for result in results:
@@ -303,7 +314,10 @@ def record_results(*, results: list[InferenceResult]) -> int:
                 ),
                 "finished_at": now,
             }
-            if result.ok:
+            if result.expired:
+                fields["status"] = Job.Status.EXPIRED
+                fields["error"] = result.error
+            elif result.ok:
                 fields["status"] = Job.Status.SUCCEEDED
                 predictions += [
                     Prediction(
@@ -343,16 +357,26 @@ def record_results(*, results: list[InferenceResult]) -> int:
 
 def fail_job(*, job_id, reason: str) -> bool:
     """Mark an unfinished job failed with a readable reason; False if it had finished."""
-    # Atomic: the failure and what job_finished's receivers write (a webhook's delivery)
+    return _end_job(job_id, Job.Status.FAILED, reason)
+
+
+def expire_job(*, job_id, reason: str) -> bool:
+    """Mark an unfinished job expired (its deadline passed) with the reason; False if it
+    had finished."""
+    return _end_job(job_id, Job.Status.EXPIRED, reason)
+
+
+def _end_job(job_id, status: str, reason: str) -> bool:
+    # Atomic: the end and what job_finished's receivers write (a webhook's delivery)
     # commit together or not at all.
     with transaction.atomic():
         updated = (
             Job.objects.filter(pk=job_id)
             .exclude(status__in=Job.FINISHED)
-            .update(status=Job.Status.FAILED, error=reason, finished_at=timezone.now())
+            .update(status=status, error=reason, finished_at=timezone.now())
         )
         if updated:
-            log.info("job %s failed: %s", job_id, reason, extra={"job_id": job_id})
+            log.info("job %s %s: %s", job_id, status, reason, extra={"job_id": job_id})
             batch_id = Job.objects.filter(pk=job_id).values_list("batch_id", flat=True).first()
             notifications.publish_after_commit(jobs=[job_id], batches=[batch_id])
             job_finished.send(sender=Job, job_ids=[job_id])

@@ -114,6 +114,18 @@ class JobCreateSerializer(serializers.Serializer):
         trim_whitespace=True,
         help_text="POSTed each job once it has finished (docs/webhooks.md)",
     )
+    # Checked by uploads.parse_deadline, the one check for every way of uploading.
+    deadline = serializers.CharField(
+        max_length=64,
+        required=False,
+        help_text="ISO 8601 time with a time zone after which the answer is of no use: the "
+        "job is not inferred but ends `expired`. Not with timeout_s",
+    )
+    timeout_s = serializers.IntegerField(
+        required=False,
+        help_text="seconds from the upload after which the job ends `expired` if not inferred "
+        "(default: the model version's default_timeout_s, if any)",
+    )
 
     # The multipart part that carries the files; request.FILES has them, request.data too.
     FILES_FIELD = "image"

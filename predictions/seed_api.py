@@ -36,6 +36,10 @@ def _int_field(data, name: str) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _optional_int_field(data, name: str) -> int | None:
+    return None if data.get(name) in (None, "") else _int_field(data, name)
+
+
 def _batch_id(raw) -> uuid.UUID:
     try:
         return uuid.UUID(str(raw))
@@ -122,6 +126,9 @@ def image(request):
             upload_key=request.headers.get("Idempotency-Key"),
             # Optional, as in the REST API: not in the seed system, so its clients omit it.
             callback_url=request.POST.get("callback_url", "").strip(),
+            # Optional, not in the seed's API: as the REST upload's.
+            deadline=request.POST.get("deadline") or None,
+            timeout_s=_optional_int_field(request.POST, "timeout_s"),
         )
     except uploads.UnknownBatch:
         return error_response(_not_usable(raw), 400)
@@ -165,7 +172,8 @@ def result(request):
     items = []
     for job in jobs:
         item = {"seq": job.seq, "predictions": [p.short_label for p in job.predictions.all()]}
-        if job.status == Job.Status.FAILED:
-            item["error"] = job.error
+        # Failed, cancelled or expired: the seed's clients read any error as "no answer".
+        if job.status != Job.Status.SUCCEEDED:
+            item["error"] = job.error or str(job.status)
         items.append(item)
     return HttpResponse(json.dumps({"items": items}), content_type="application/json")

@@ -96,8 +96,13 @@ def retryable_jobs(user: AnyUser) -> QuerySet[Job]:
     return Job.objects.filter(_own(user))
 
 
+def cancellable_jobs(user: AnyUser) -> QuerySet[Job]:
+    """Jobs this user may cancel: those they may run again, since both change the job."""
+    return retryable_jobs(user)
+
+
 def may_act_on(job: Job, user: AnyUser, action: str) -> bool:
-    """Whether the user may "change" (retry, re-run) or "delete" the job: its signed-in
+    """Whether the user may "change" (retry, re-run, cancel) or "delete" the job: its signed-in
     owner, or staff with that permission on jobs; never whoever merely holds its id."""
     return user.is_authenticated and (job.owner_id == user.pk or staff_may(user, action, "job"))
 
@@ -110,6 +115,21 @@ def may_delete_batch(batch: Batch, user: AnyUser) -> bool:
     if batch.owner_id is not None and batch.owner_id == user.pk:
         return True
     return staff_may(user, "delete", "batch") and staff_may(user, "delete", "job")
+
+
+def may_cancel_batch(batch: Batch, user: AnyUser) -> bool:
+    """Its signed-in owner, or staff with the change permission on jobs (cancelling changes
+    its jobs); a batch of no one only the latter."""
+    if not user.is_authenticated:
+        return False
+    if batch.owner_id is not None and batch.owner_id == user.pk:
+        return True
+    return staff_may(user, "change", "job")
+
+
+def may_cancel(job: Job, user: AnyUser) -> bool:
+    """Whether to offer this user to cancel the job."""
+    return not job.is_finished and may_act_on(job, user, "change")
 
 
 def with_counts(batches: QuerySet[Batch]) -> QuerySet[Batch]:

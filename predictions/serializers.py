@@ -127,6 +127,7 @@ class JobSerializer(serializers.ModelSerializer):
             "created_at",
             "attempt_started_at",
             "finished_at",
+            "deadline",
             "timings",
             "queue",
             "request_id",
@@ -155,6 +156,7 @@ class JobSerializer(serializers.ModelSerializer):
             "created_at": _iso(job.created_at),
             "attempt_started_at": _iso(job.attempt_started_at),
             "finished_at": _iso(job.finished_at),
+            "deadline": _iso(job.deadline),
             "timings": self.get_timings(job),
             "queue": self.get_queue(job),
             "request_id": self.get_request_id(job),
@@ -263,6 +265,13 @@ class BatchCountsSerializer(serializers.Serializer):
     jobs = serializers.IntegerField()
     finished = serializers.IntegerField(help_text="succeeded or failed")
     failed = serializers.IntegerField()
+
+
+class BatchCancelledSerializer(serializers.Serializer):
+    """The answer to cancelling a batch."""
+
+    batch = serializers.UUIDField()
+    cancelled = serializers.IntegerField(help_text="how many of its jobs were cancelled now")
 
 
 class BatchSerializer(serializers.ModelSerializer):

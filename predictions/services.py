@@ -1,5 +1,6 @@
-"""A job's and a batch's lifecycle after intake: deleting them with their stored images,
-running them again (retry, re-run with another top_k), and purging old originals.
+"""A job's and a batch's lifecycle after intake: cancelling them, deleting them with their
+stored images, running them again (retry, re-run with another top_k), and purging old
+originals.
 
 Every write to jobs, batches and predictions is a keyword-only function in a transaction:
 here, in predictions/uploads.py (intake) and predictions/pipeline.py (the pipeline's
@@ -8,14 +9,75 @@ transitions). Views, Celery tasks and Kafka handlers call them."""
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from common import notifications, tracing
 from common.limits import top_k_problem
+from kafka_wire.cancellations import publish_cancellations
 from predictions.models import Batch, Job, Prediction
 from predictions.pipeline import dispatch_jobs
+from predictions.signals import job_finished
 from predictions.storage import delete_stored
+
+
+def cancel_job(*, job: Job) -> Job:
+    """Cancel one unfinished job; JobFinished when it had finished (it is left as it was).
+    Returns the job as it is now."""
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(pk=job.pk)
+        locked.cancel(now=timezone.now())
+        _store_cancelled([locked])
+    return locked
+
+
+def cancel_jobs(*, jobs: Iterable[Job]) -> int:
+    """Cancel those of the jobs not yet finished (the others are left as they are); returns
+    how many were cancelled."""
+    ids = [job.pk for job in jobs]
+    with transaction.atomic():
+        # Locked in primary-key order, as record_results locks, so the two never deadlock.
+        unfinished = list(
+            Job.objects.select_for_update()
+            .filter(pk__in=ids)
+            .exclude(status__in=Job.FINISHED)
+            .order_by("pk")
+            .only("pk", "status", "batch_id", "admitted_at")
+        )
+        now = timezone.now()
+        for job in unfinished:
+            job.cancel(now=now)
+        _store_cancelled(unfinished)
+    return len(unfinished)
+
+
+def cancel_batch(*, batch: Batch) -> int:
+    """Cancel every unfinished job of the batch; returns how many were cancelled."""
+    return cancel_jobs(jobs=batch.jobs.exclude(status__in=Job.FINISHED).only("pk"))
+
+
+# What Job.cancel changes; the record keeps everything else.
+CANCEL_CHANGES = ("status", "error", "finished_at")
+
+
+def _store_cancelled(jobs: list[Job]) -> None:
+    if not jobs:
+        return
+    # Cancelled at one moment, they share every changed value: one UPDATE for a batch.
+    changes = {field: getattr(jobs[0], field) for field in CANCEL_CHANGES}
+    Job.objects.filter(pk__in=[job.pk for job in jobs]).update(**changes)
+    notifications.publish_after_commit(
+        jobs=[job.pk for job in jobs], batches={job.batch_id for job in jobs}
+    )
+    job_finished.send(sender=Job, job_ids=[job.pk for job in jobs])
+    # Their places in flight are free for the next waiting jobs.
+    transaction.on_commit(dispatch_jobs)
+    # Only an admitted job may have a request in Kafka (or on its way there) to drop.
+    sent = [str(job.pk) for job in jobs if job.admitted_at is not None]
+    if sent:
+        topic = settings.KAFKA_CANCELLATIONS_TOPIC
+        transaction.on_commit(lambda: publish_cancellations(topic, sent))
 
 
 def delete_job(*, job: Job) -> None:

@@ -10,11 +10,13 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from common import notifications, request_ids, tracing
@@ -75,6 +77,8 @@ def upload_images(
     model: str | None = None,
     model_version: int | None = None,
     callback_url: str = "",
+    deadline: str | None = None,
+    timeout_s: int | None = None,
 ) -> Upload:
     """The one way in for uploads, from the REST API (and so the upload page) and the seed
     API: check the Idempotency-Key and answer a resent upload with its first jobs, find
@@ -83,8 +87,12 @@ def upload_images(
     every file (create_jobs). callback_url: where each job is POSTed once finished
     (common/callbacks.py says which are refused), "" for nowhere.
 
-    The jobs belong to the uploader, or to no one for an anonymous upload. Raises
-    UploadError naming the problem; nothing is stored then."""
+    deadline (ISO 8601 with a time zone) or timeout_s (seconds from now), at most one:
+    when the jobs' answers stop being of use; neither, the model version's
+    default_timeout_s. The jobs belong to the uploader, or to no one for an anonymous
+    upload. Raises UploadError naming the problem; nothing is stored then."""
+    now = timezone.now()
+    asked_deadline = parse_deadline(deadline, timeout_s, now=now)
     owner = uploader if uploader.is_authenticated else None
     if callback_url:
         _check_callback_url(callback_url, owner=owner)
@@ -130,6 +138,7 @@ def upload_images(
         fingerprints=fingerprints,
         routed_to=routed_to,
         callback_url=callback_url,
+        deadline=asked_deadline or default_deadline(routed_to, now=now),
     )
     return Upload(jobs=jobs, replayed=False)
 
@@ -142,6 +151,39 @@ def _check_callback_url(url: str, *, owner: AbstractBaseUser | None) -> None:
         check_callback_url(url)
     except CallbackRefused as exc:
         raise UploadError(f"callback_url {exc}") from None
+
+
+def parse_deadline(
+    deadline: str | None, timeout_s: int | None, *, now: datetime
+) -> datetime | None:
+    """The deadline an upload asked for, by time or by timeout; None when it asked for
+    none. UploadError naming the field that is wrong."""
+    if deadline is not None and timeout_s is not None:
+        raise UploadError("deadline and timeout_s: give one of them, not both")
+    if timeout_s is not None:
+        if timeout_s <= 0:
+            raise UploadError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
+        return now + timedelta(seconds=timeout_s)
+    if deadline is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(deadline.strip())
+    except ValueError:
+        raise UploadError(
+            f"deadline {deadline[:40]!r} is not an ISO 8601 time, e.g. 2030-01-31T12:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise UploadError(f"deadline {deadline[:40]!r} must name its time zone (Z or +hh:mm)")
+    if moment <= now:
+        raise UploadError(f"deadline {deadline[:40]} is in the past")
+    return moment
+
+
+def default_deadline(routed_to: ModelVersion | None, *, now: datetime) -> datetime | None:
+    """The deadline of an upload that asked for none: its model version's default."""
+    if routed_to is None or not routed_to.default_timeout_s:
+        return None
+    return now + timedelta(seconds=routed_to.default_timeout_s)
 
 
 def _model_reference(model: str | None, version: int | None) -> str | None:
@@ -244,6 +286,7 @@ def create_jobs(
     fingerprints: list[dict] | None = None,
     routed_to: ModelVersion | None = None,
     callback_url: str = "",
+    deadline: datetime | None = None,
 ) -> list[Job]:
     """Check every upload, then store them and create one queued job each, all or nothing.
 
@@ -315,6 +358,7 @@ def create_jobs(
                     upload_index=index,
                     upload_fingerprint=None if fingerprints is None else fingerprints[index],
                     routed_to=routed_to,
+                    deadline=deadline,
                     request_id=request_ids.current.get() or "",
                     trace_parent=tracing.current_traceparent(),
                     callback_url=callback_url,

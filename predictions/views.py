@@ -8,6 +8,7 @@ from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
@@ -134,6 +135,7 @@ def job_page(request: HttpRequest, pk) -> HttpResponse:
         {
             "job": job,
             "can_retry": can_retry,
+            "can_cancel": selectors.may_cancel(job, request.user),
             "queue": selectors.job_queue(job),
             "stages": job.stages(),
         },
@@ -148,6 +150,30 @@ def job_retry(request: HttpRequest, pk) -> HttpResponse:
     job = get_object_or_404(selectors.retryable_jobs(request.user), pk=pk)
     services.retry_jobs(jobs=[job])  # a job that has not failed (any more) is left as it is
     return redirect("job-page", pk=job.pk)
+
+
+@require_POST
+def job_cancel(request: HttpRequest, pk) -> HttpResponse:
+    """Cancel an unfinished job of one's own, from the job page's button."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    job = get_object_or_404(selectors.cancellable_jobs(request.user), pk=pk)
+    # A job that finished meanwhile is left as it is; its page shows how it ended.
+    services.cancel_jobs(jobs=[job])
+    return redirect("job-page", pk=job.pk)
+
+
+@require_POST
+def batch_cancel(request: HttpRequest, pk) -> HttpResponse:
+    """Cancel every unfinished job of a batch of one's own, from the batch page's button."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    batch = get_object_or_404(selectors.visible_batches(request.user, by_id=False), pk=pk)
+    if not selectors.may_cancel_batch(batch, request.user):
+        raise PermissionDenied("only the batch's owner may cancel its jobs")
+    cancelled = services.cancel_batch(batch=batch)
+    messages.success(request, f"{cancelled} job(s) cancelled.")
+    return redirect("batch-page", pk=batch.pk)
 
 
 def batch_page(request: HttpRequest, pk) -> HttpResponse:
@@ -165,6 +191,7 @@ def batch_page(request: HttpRequest, pk) -> HttpResponse:
             "page": page,
             "counts": list(counts.items()),
             "unfinished": any(n for status, n in counts.items() if status not in Job.FINISHED),
+            "can_cancel": selectors.may_cancel_batch(batch, request.user),
             "queue": selectors.batch_queue(batch),
             # The event stream reports only what changed after this page was made.
             "rendered_ms": int(time.time() * 1000),

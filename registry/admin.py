@@ -15,7 +15,16 @@ _page = threading.local()
 class ModelVersionInline(admin.TabularInline):
     model = ModelVersion
     extra = 0
-    fields = ["version", "source", "runtime", "precision", "input_size", "classes", "enabled"]
+    fields = [
+        "version",
+        "source",
+        "runtime",
+        "precision",
+        "input_size",
+        "classes",
+        "enabled",
+        "default_timeout_s",
+    ]
     readonly_fields = ["version", "source", "runtime", "precision", "input_size", "classes"]
     can_delete = False
 
@@ -60,9 +69,12 @@ class ModelVersionAdmin(admin.ModelAdmin):
     ]
     list_editable = ["enabled"]
     list_filter = ["model", "enabled", "runtime", "precision"]
-    # Everything but `enabled` comes from the registration and stays as registered.
+    # Everything but `enabled` and the default timeout comes from the registration and
+    # stays as registered.
     readonly_fields = [
-        field.name for field in ModelVersion._meta.fields if field.name not in ("id", "enabled")
+        field.name
+        for field in ModelVersion._meta.fields
+        if field.name not in ("id", "enabled", "default_timeout_s")
     ] + ["ready", "workers", "lag"]
 
     def has_add_permission(self, request) -> bool:

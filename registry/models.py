@@ -64,6 +64,9 @@ class ModelVersion(models.Model):
     input_spec = models.JSONField(default=dict, blank=True)
     # A disabled version takes no new uploads; what is queued for it is still served.
     enabled = models.BooleanField(default=True)
+    # Seconds an upload to this version may wait for its answer when it names no deadline
+    # of its own; NULL: no deadline.
+    default_timeout_s = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

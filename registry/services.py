@@ -21,6 +21,7 @@ def register_version(
     runtime: str = "tensorflow",
     precision: str = "fp32",
     input_spec: dict | None = None,
+    default_timeout_s: int | None = None,
 ) -> ModelVersion:
     """Add the next version of name (1 for a new model), enabled. The first model registered
     becomes the default, so that uploads naming no model have one to go to."""
@@ -46,6 +47,7 @@ def register_version(
         input_size=input_size,
         input_spec=input_spec or {},
         classes=classes,
+        default_timeout_s=default_timeout_s,
     )
 
 

@@ -316,6 +316,25 @@ def test_retry_says_which_selected_jobs_it_skipped(client, operator):
     assert "1 job(s) skipped: only failed jobs are retried." in page
 
 
+def test_the_cancel_action_cancels_the_unfinished_selected_jobs_and_says_what_it_skipped(
+    client, operator
+):
+    queued, succeeded = (
+        stored_job(operator, Job.Status.QUEUED),
+        stored_job(operator, Job.Status.SUCCEEDED),
+    )
+    response = client.post(
+        JOBS_URL,
+        {"action": "cancel_selected", "_selected_action": [queued.pk, succeeded.pk]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "1 job(s) cancelled." in page
+    assert "1 job(s) skipped: only unfinished jobs are cancelled." in page
+    statuses = dict(Job.objects.values_list("pk", "status"))
+    assert statuses == {queued.pk: Job.Status.CANCELLED, succeeded.pk: Job.Status.SUCCEEDED}
+
+
 def test_total_ms_counts_the_current_attempt_as_the_api_does(client, operator):
     from datetime import timedelta
 

@@ -156,3 +156,13 @@ def test_the_client_reads_the_servers_limits_without_django():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [str(WAIT_MAX_SECONDS), str(TOP_K_DEFAULT)]
+
+
+def test_cancel_cancels_the_unfinished_jobs_and_leaves_the_finished_ones(client, user):
+    queued = JobFactory(owner=user)
+    done = JobFactory(owner=user, status=Job.Status.SUCCEEDED)
+
+    assert client.cancel([str(queued.pk), str(done.pk)]) == 1
+
+    statuses = dict(Job.objects.values_list("pk", "status"))
+    assert statuses == {queued.pk: Job.Status.CANCELLED, done.pk: Job.Status.SUCCEEDED}

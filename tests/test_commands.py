@@ -331,3 +331,51 @@ DJANGO_COMMON_OPTIONS = {
     "force_color",
     "skip_checks",
 }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_submit_cancels_what_it_sent_when_interrupted_with_the_flag(
+    live_server, user, settings, monkeypatch
+):
+    # The jobs wait in the database, unfinished, when the interrupt comes.
+    settings.DISPATCH_IN_FLIGHT_PER_MODEL = 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(InferenceHubClient, "wait", interrupted)
+    token = Token.objects.create(user=user).key
+    with pytest.raises(CommandError, match="interrupted: 2 job"):
+        call_command(
+            "submit",
+            str(DATA / "fox.png"),
+            str(DATA / "bolete.jpg"),
+            server=live_server.url,
+            token=token,
+            timeout_per_job=60,
+            cancel_on_interrupt=True,
+        )
+
+    jobs = list(Job.objects.all())
+    assert [job.status for job in jobs] == [Job.Status.CANCELLED] * 2
+    # --timeout-per-job gave each a deadline a minute after its upload.
+    assert all(
+        timedelta(seconds=55) < job.deadline - job.created_at <= timedelta(seconds=60)
+        for job in jobs
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_submit_without_the_flag_leaves_the_jobs_sent_when_interrupted(
+    live_server, user, settings, monkeypatch
+):
+    settings.DISPATCH_IN_FLIGHT_PER_MODEL = 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(InferenceHubClient, "wait", interrupted)
+    token = Token.objects.create(user=user).key
+    with pytest.raises(KeyboardInterrupt):
+        call_command("submit", str(DATA / "fox.png"), server=live_server.url, token=token)
+    assert Job.objects.get().status == Job.Status.QUEUED

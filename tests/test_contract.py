@@ -16,9 +16,11 @@ from kafka_wire.contract import (
     ContractError,
     InferenceRequest,
     InferenceResult,
+    decode_cancellation,
     decode_key,
     decode_request,
     decode_result,
+    encode_cancellation,
     encode_key,
     encode_request,
     encode_result,
@@ -126,6 +128,42 @@ def test_request_envelope_layout_matches_the_documented_bytes():
 def test_request_attempt_defaults_to_one_when_absent():
     value = envelope(request_header(attempt=None), bytes(12))
     assert decode_request(value).attempt == 1
+
+
+def test_a_request_carries_its_deadline_and_one_without_has_none():
+    with_deadline = decode_request(encode_request(make_request(deadline_ms=1_700_000_060_000)))
+    assert with_deadline.deadline_ms == 1_700_000_060_000
+    # A writer from before deadlines sends no field; the header stays as it was then.
+    value = encode_request(make_request())
+    assert b"deadline_ms" not in value
+    assert decode_request(value).deadline_ms is None
+
+
+@pytest.mark.parametrize("deadline", ["soon", -1, 1.5, True])
+def test_a_request_with_a_malformed_deadline_is_rejected(deadline):
+    with pytest.raises(ContractError, match="deadline_ms"):
+        decode_request(envelope(request_header(deadline_ms=deadline), bytes(12)))
+
+
+def test_an_expired_result_round_trips_and_an_older_result_is_not_expired():
+    expired = make_result(ok=False, predictions=[], error="deadline passed", expired=True)
+    assert decode_result(encode_result(expired)) == expired
+    older = make_result().to_dict()
+    del older["expired"]
+    assert InferenceResult.from_dict(older).expired is False
+
+
+def test_an_expired_result_cannot_be_ok():
+    with pytest.raises(ContractError, match="expired"):
+        make_result(expired=True)
+
+
+def test_a_cancellation_names_its_job_and_nothing_else_passes_for_one():
+    assert decode_cancellation(encode_cancellation(JOB_ID)) == JOB_ID
+    with pytest.raises(ContractError, match="kind"):
+        decode_cancellation(encode_result(make_result()))
+    with pytest.raises(ContractError, match="job_id"):
+        decode_cancellation(envelope({"job_id": "nope"}, kind=3))
 
 
 def test_result_round_trip_is_equal():

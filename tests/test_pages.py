@@ -170,11 +170,46 @@ def test_the_batch_page_counts_jobs_per_status_and_refreshes_while_unfinished(cl
     client.force_login(owner)
     page = client.get(f"/batches/{batch.pk}/").content.decode()
     assert "data-live" in page
-    assert 'data-summary="1 queued, 0 preprocessed, 0 submitted, 1 succeeded, 1 failed"' in page
+    assert (
+        'data-summary="1 queued, 0 preprocessed, 0 submitted, 1 succeeded, 1 failed, '
+        '0 cancelled, 0 expired"'
+    ) in page
     assert "toaster" in page and "preprocessing failed: truncated" in page
     running.status = Job.Status.SUCCEEDED
     running.save()
     assert "data-live" not in client.get(f"/batches/{batch.pk}/").content.decode()
+
+
+def test_the_job_page_offers_cancel_while_the_job_is_unfinished_and_its_button_cancels_it(
+    client,
+):
+    job = JobFactory(status=Job.Status.SUBMITTED)
+    client.force_login(job.owner)
+    assert "Cancel</button>" in client.get(f"/jobs/{job.pk}/").content.decode()
+
+    answer = client.post(f"/jobs/{job.pk}/cancel/")
+
+    assert answer.status_code == 302
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "Cancel</button>" not in page and "data-live" not in page
+
+
+def test_the_batch_pages_button_cancels_its_unfinished_jobs_and_no_one_elses_may(client):
+    owner = UserFactory()
+    batch = BatchFactory(owner=owner)
+    queued = JobFactory(owner=owner, batch=batch, seq=0)
+    done = JobFactory(owner=owner, batch=batch, seq=1, status=Job.Status.SUCCEEDED)
+    client.force_login(UserFactory())
+    assert client.post(f"/batches/{batch.pk}/cancel/").status_code == 404
+    client.force_login(owner)
+    assert "Cancel its unfinished jobs" in client.get(f"/batches/{batch.pk}/").content.decode()
+
+    client.post(f"/batches/{batch.pk}/cancel/")
+
+    statuses = dict(Job.objects.values_list("pk", "status"))
+    assert statuses == {queued.pk: Job.Status.CANCELLED, done.pk: Job.Status.SUCCEEDED}
 
 
 def test_lists_show_no_image_for_a_job_that_failed_before_its_image_was_decoded(client):

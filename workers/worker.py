@@ -1,10 +1,12 @@
 """The inference handler: request messages in, one result message per request out.
 
 It is a plain callable of a list of Kafka messages, run by kafka_wire.runner.BatchConsumer.
-A request that cannot be decoded or classified gets an error result, so its job is marked
-failed instead of blocking the partition, and is returned as a Poison for the runner to
-dead-letter; the handler raises only when its output could not be delivered, so the runner
-redoes the batch.
+Before a batch is predicted, its requests for cancelled jobs are dropped without an answer
+(the job has ended already), and those past their deadline are answered with an expired
+result instead. A request that cannot be decoded or classified gets an error result, so
+its job is marked failed instead of blocking the partition, and is returned as a Poison for
+the runner to dead-letter; the handler raises only when its output could not be
+delivered, so the runner redoes the batch.
 
 With tracing on (common/tracing.py), each batch is one span linked to the span of every
 request it served, and each request gets a span of its own trace from the time it was
@@ -15,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Container
 
 from opentelemetry.trace import Link, SpanKind
 
@@ -51,8 +54,11 @@ class InferenceHandler:
         *,
         results_topic: str,
         model_version: int = 0,
+        cancelled: Container[str] = frozenset(),
     ) -> None:
+        """cancelled: the ids of cancelled jobs known so far (kafka_wire.cancellations)."""
         self.model = model
+        self.cancelled = cancelled
         # The registered version served (0: an unregistered model), named in every result.
         self.model_version = model_version
         self.producer = producer
@@ -69,10 +75,43 @@ class InferenceHandler:
                 reason = f"undecodable request: {error}"
                 self.fail(job_id_of_key(message.key()), reason, message)
                 poisoned.append(Poison(message, reason))
+        decoded = self.drop_unwanted(decoded)
         if decoded:
             self.infer(decoded, poisoned)
         self.producer.flush_or_raise()
         return poisoned
+
+    def drop_unwanted(
+        self, decoded: list[tuple[Message, InferenceRequest]]
+    ) -> list[tuple[Message, InferenceRequest]]:
+        """The requests still wanted. A cancelled job's is dropped unanswered (the job has
+        ended, and the bridge would ignore any answer); one past its deadline gets an
+        expired result, so its job ends expired now rather than at its timeout. Either way
+        its offset is committed with the batch's."""
+        now_ms = int(time.time() * 1000)
+        wanted = []
+        for message, request in decoded:
+            if request.job_id in self.cancelled:
+                metrics.REQUESTS_DROPPED.labels("cancelled").inc()
+                logger.info(
+                    "request of cancelled job %s dropped",
+                    request.job_id,
+                    extra={"job_id": request.job_id, "request_id": request_id_of(message) or "-"},
+                )
+            elif request.deadline_ms is not None and request.deadline_ms <= now_ms:
+                metrics.REQUESTS_DROPPED.labels("expired").inc()
+                late_s = (now_ms - request.deadline_ms) / 1000
+                self.publish(
+                    self.result(
+                        request.job_id,
+                        error=f"deadline passed {late_s:.1f} s before a worker took the request",
+                        expired=True,
+                    ),
+                    request_id_headers(request_id_of(message), traceparent_of(message)),
+                )
+            else:
+                wanted.append((message, request))
+        return wanted
 
     def infer(
         self, decoded: list[tuple[Message, InferenceRequest]], poisoned: list[Poison]
@@ -177,6 +216,7 @@ class InferenceHandler:
         error: str = "",
         batch_size: int = 0,
         inference_ms: float = 0.0,
+        expired: bool = False,
     ) -> InferenceResult:
         """The answer to one request: its predictions, or the error that stopped it."""
         return InferenceResult(
@@ -193,6 +233,7 @@ class InferenceHandler:
             batch_size=batch_size,
             inference_ms=inference_ms,
             inferred_at_ms=int(time.time() * 1000),
+            expired=expired,
         )
 
     def publish(self, result: InferenceResult, headers: list) -> None:

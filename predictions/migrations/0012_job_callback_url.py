@@ -2,9 +2,8 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    # 0011 comes from the cancel/deadlines branch; this is chained after it when they merge.
     dependencies = [
-        ("predictions", "0010_job_request_id_and_trace_parent"),
+        ("predictions", "0011_job_cancel_and_deadline"),
     ]
 
     operations = [

@@ -108,6 +108,26 @@ def test_a_failed_job_is_delivered_too(django_capture_on_commit_callbacks, sent_
     assert len(delivery_tasks(sent_tasks)) == 1
 
 
+def test_cancelled_and_expired_jobs_are_delivered_too(
+    django_capture_on_commit_callbacks, sent_tasks
+):
+    cancelled, expired, expiring = (
+        JobFactory(status=Job.Status.SUBMITTED, callback_url=HOOK) for _ in range(3)
+    )
+    late = InferenceResult(job_id=str(expiring.pk), ok=False, expired=True, error="too late")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.cancel_job(job=cancelled)
+        pipeline.expire_job(job_id=expired.pk, reason="its deadline passed in the queue")
+        pipeline.record_results(results=[late])
+    delivered = dict(Delivery.objects.values_list("job_id", "job__status"))
+    assert delivered == {
+        cancelled.pk: Job.Status.CANCELLED,
+        expired.pk: Job.Status.EXPIRED,
+        expiring.pk: Job.Status.EXPIRED,
+    }
+    assert len(delivery_tasks(sent_tasks)) == 3
+
+
 def test_a_result_applied_twice_makes_no_second_delivery(
     django_capture_on_commit_callbacks, sent_tasks
 ):

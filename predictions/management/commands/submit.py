@@ -11,6 +11,7 @@ from rich.text import Text
 
 from common.limits import TOP_K_DEFAULT, top_k_problem
 from predictions.client import (
+    FINISHED,
     IMAGES_PER_REQUEST,
     InferenceHubClient,
     InferenceHubError,
@@ -22,7 +23,18 @@ from predictions.client import (
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 # Exit statuses besides 0: some file was not classified; nothing could be sent at all.
 SOME_FAILED, NOTHING_SENT = 1, 2
-SUMMARY_ORDER = ["succeeded", "failed", "rejected", "queued", "preprocessed", "submitted"]
+# As a shell reports a process ended by SIGINT.
+INTERRUPTED = 130
+SUMMARY_ORDER = [
+    "succeeded",
+    "failed",
+    "cancelled",
+    "expired",
+    "rejected",
+    "queued",
+    "preprocessed",
+    "submitted",
+]
 
 
 def image_files(paths: list[str]) -> tuple[list[Path], list[Path]]:
@@ -81,8 +93,10 @@ class ProgressDisplay:
             )
 
     def on_progress(self, jobs: dict[str, dict]) -> None:
-        finished = sum(job["status"] in ("succeeded", "failed") for job in jobs.values())
-        failed = sum(job["status"] == "failed" for job in jobs.values())
+        finished = sum(job["status"] in FINISHED for job in jobs.values())
+        failed = sum(
+            job["status"] != "succeeded" for job in jobs.values() if job["status"] in FINISHED
+        )
         self.progress.update(
             self.task, completed=self.rejected + finished, failed=self.rejected + failed
         )
@@ -127,6 +141,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--timeout", type=float, default=600.0, help="seconds to wait (default: %(default)s)"
         )
+        parser.add_argument(
+            "--timeout-per-job",
+            type=int,
+            default=None,
+            metavar="SECONDS",
+            help="a job not inferred within this ends expired (default: the model's, if any)",
+        )
+        parser.add_argument(
+            "--cancel-on-interrupt",
+            action="store_true",
+            help="on Ctrl-C, cancel the jobs sent that have not finished",
+        )
         parser.add_argument("--json", action="store_true", help="one JSON line per file")
 
     def handle(
@@ -141,6 +167,8 @@ class Command(BaseCommand):
         concurrency,
         per_request,
         timeout,
+        timeout_per_job,
+        cancel_on_interrupt,
         **options,
     ):
         if not token:
@@ -153,21 +181,32 @@ class Command(BaseCommand):
             raise CommandError(f"--concurrency must be 1 or more, got {concurrency}")
         if per_request < 1:
             raise CommandError(f"--per-request must be 1 or more, got {per_request}")
+        if timeout_per_job is not None and timeout_per_job < 1:
+            raise CommandError(f"--timeout-per-job must be 1 or more, got {timeout_per_job}")
         files, skipped = image_files(paths)
         client = InferenceHubClient(server, token)
         unfinished = None
+        # Every job id the server answered with, as the answers come: what an interrupt
+        # cancels.
+        sent: list[str] = []
         try:
             if batch == "new":
                 batch = client.create_batch()
             with ProgressDisplay(len(files), sys.stderr) as display:
+
+                def on_uploaded(results: list[dict]) -> None:
+                    sent.extend(job["id"] for job in results if "id" in job)
+                    display.on_uploaded(results)
+
                 uploaded = client.upload(
                     files,
                     top_k=top_k,
                     batch=batch,
                     model=model,
+                    timeout_s=timeout_per_job,
                     concurrency=concurrency,
                     per_request=per_request,
-                    on_uploaded=display.on_uploaded,
+                    on_uploaded=on_uploaded,
                 )
                 job_ids = [job["id"] for job in uploaded if "id" in job]
                 try:
@@ -180,6 +219,18 @@ class Command(BaseCommand):
         except InferenceHubError as exc:
             # Only the batch's creation or a server that cannot be reached end up here.
             raise CommandError(str(exc), returncode=NOTHING_SENT) from None
+        except KeyboardInterrupt:
+            if not cancel_on_interrupt:
+                raise
+            self.stderr.write(f"interrupted: cancelling the {len(sent)} job(s) sent")
+            try:
+                cancelled = client.cancel(sent, concurrency=concurrency)
+            except InferenceHubError as exc:
+                raise CommandError(f"cancelling failed: {exc}", returncode=INTERRUPTED) from None
+            raise CommandError(
+                f"interrupted: {cancelled} job(s) cancelled, {len(sent) - cancelled} had finished",
+                returncode=INTERRUPTED,
+            ) from None
         results = [
             # A job the wait never got an answer for is shown as its upload answered.
             {"file": job["file"], **finished.get(job["id"], job)} if "id" in job else job
@@ -202,7 +253,7 @@ class Command(BaseCommand):
             raise CommandError(unfinished, returncode=SOME_FAILED)
         if not job_ids:
             raise CommandError("no file could be sent", returncode=NOTHING_SENT)
-        not_classified = sum(r["status"] in ("failed", "rejected") for r in results)
+        not_classified = sum(r["status"] not in ("succeeded", "skipped") for r in results)
         if not_classified:
             raise CommandError(
                 f"{not_classified} of {len(files)} files not classified", returncode=SOME_FAILED

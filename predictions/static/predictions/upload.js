@@ -2,7 +2,7 @@
 // progress bar and its own refusal reason), all into one batch; the batch's event stream
 // then reports each job's changes until every job has finished.
 (function () {
-  const FINISHED = ["succeeded", "failed"];
+  const FINISHED = ["succeeded", "failed", "cancelled", "expired"];
   // An upload whose answer did not come (the network failed, or the server took longer
   // than this) is sent again, up to ATTEMPTS times in all, with the Idempotency-Key of its
   // first try: if the server did store it, the resend answers with that job, not a second.
@@ -89,7 +89,9 @@
 
   function show(entry, job) {
     if (entry.last === job.status) return;
-    if (job.status === "failed") return fail(entry, job.error);
+    if (job.status === "failed" || job.status === "expired") {
+      return fail(entry, job.error, job.status);
+    }
     setStatus(entry, job.status);
     let message = `${entry.name}: ${job.status}`;
     if (job.status === "succeeded") {
@@ -160,6 +162,8 @@
     data.append("image", file);
     data.append("top_k", topK.value);
     data.append("batch", batch);
+    const timeout = document.getElementById("timeout_s").value;
+    if (timeout) data.append("timeout_s", timeout);
     const model = document.getElementById("model");
     if (model) {
       const [name, version] = model.value.split(":");

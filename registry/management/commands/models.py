@@ -65,6 +65,12 @@ class Command(BaseCommand):
         )
         register.add_argument("--precision", choices=PRECISIONS, default="fp32")
         register.add_argument(
+            "--default-timeout-s",
+            type=int,
+            default=None,
+            help="seconds an upload may wait for its answer when it names no deadline",
+        )
+        register.add_argument(
             "--if-new",
             action="store_true",
             help="add no version when NAME's latest is this same one (for a package: the "
@@ -138,6 +144,10 @@ class Command(BaseCommand):
                 input_size=RESNET50_INPUT_SIZE,
                 classes=IMAGENET_CLASSES,
             )
+        if (timeout_s := options["default_timeout_s"]) is not None:
+            if timeout_s <= 0:
+                raise CommandError(f"--default-timeout-s must be positive, got {timeout_s}")
+            fields["default_timeout_s"] = timeout_s
         try:
             if options["if_new"]:
                 version, new = services.register_if_new(name=name, **fields)

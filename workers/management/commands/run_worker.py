@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from common import metrics, tracing
+from kafka_wire.cancellations import CancellationReader
 from kafka_wire.producer import BatchProducer, new_producer
 from kafka_wire.runner import BatchConsumer, subscribed_consumer
 from kafka_wire.topics import preflight
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from serving.runtimes.openvino import Execution
 
 logger = logging.getLogger(__name__)
+
+# How long a started worker waits for the cancellations already on their topic before it
+# takes requests; past it, it infers meanwhile and drops what it learns of later.
+CANCELLATIONS_CATCH_UP_S = 30.0
 
 
 def positive_int(text: str) -> int:
@@ -92,6 +97,9 @@ class Command(BaseCommand):
         # Before the slow model load, so a refused client learns it in seconds.
         preflight()
         tracing.configure("inferencehub-worker")
+        # Read while the model loads.
+        cancellations = CancellationReader(settings.KAFKA_CANCELLATIONS_TOPIC)
+        cancellations.start()
         topic = settings.KAFKA_REQUESTS_TOPIC
         group = options["group_id"]
         version_number = 0
@@ -143,6 +151,12 @@ class Command(BaseCommand):
             model.execution or "-",
         )
         metrics.serve_metrics(options["metrics_port"])
+        if not cancellations.caught_up.wait(CANCELLATIONS_CATCH_UP_S):
+            logger.warning(
+                "cancellations not read within %.0f s; requests of jobs cancelled meanwhile "
+                "may be inferred (their results are ignored)",
+                CANCELLATIONS_CATCH_UP_S,
+            )
         # The model is loaded before joining the group, so no partition waits on a worker
         # that is still starting.
         consumer = subscribed_consumer(group, [topic])
@@ -152,6 +166,7 @@ class Command(BaseCommand):
             producer,
             results_topic=settings.KAFKA_RESULTS_TOPIC,
             model_version=version_number,
+            cancelled=cancellations.jobs,
         )
         BatchConsumer(
             consumer,
@@ -161,6 +176,7 @@ class Command(BaseCommand):
             name="inference worker",
             dead_letters=producer,
         ).run()
+        cancellations.stop()
 
 
 def registered_version(reference: str) -> ModelVersion:
