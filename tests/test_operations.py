@@ -137,6 +137,7 @@ def make_jobs() -> dict:
             "jobs_per_minute": 0,
             "succeeded_last_hour": 0,
             "failed_last_hour": 0,
+            "stage_seconds": {stage: dict.fromkeys(("0.5", "0.9", "0.99")) for stage in STAGES},
         },
     }
 

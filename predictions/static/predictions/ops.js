@@ -15,6 +15,11 @@
     return entry.version === null ? entry.model : `${entry.model}:${entry.version}`;
   }
 
+  // "0.99" as "p99": rounded, since 0.99 * 100 is 98.99999999999999 in floating point.
+  function percentile(quantile) {
+    return `p${Math.round(Number(quantile) * 1000) / 10}`;
+  }
+
   function text(value) {
     return value === null || value === undefined ? "–" : String(value);
   }
@@ -130,7 +135,20 @@
     chart(
       "queue",
       document.getElementById("chart-queue"),
-      { series: lines(names, true), scales: { y: { range: (u, min, max) => [0, Math.max(max, 1)] } } },
+      {
+        series: lines(names, true),
+        scales: {
+          // From the readings themselves: for a single one uPlot would span 1,000 days.
+          x: {
+            time: true,
+            range: () => {
+              const last = history.times[history.times.length - 1];
+              return [history.times.length > 1 ? history.times[0] : last - 60, last];
+            },
+          },
+          y: { range: (u, min, max) => [0, Math.max(max, 1)] },
+        },
+      },
       [history.times.slice(), ...names.map((name) => history.series[name].slice())]
     );
   }
@@ -144,7 +162,7 @@
         block = document.createElement("section");
         block.className = "latency";
         block.dataset.version = name;
-        block.innerHTML = "<h4></h4><div class=\"chart\"></div><div class=\"table-wrap\"><table><thead></thead><tbody></tbody></table></div>";
+        block.innerHTML = "<h4></h4><p class=\"muted none\">No succeeded job in the last hour.</p><div class=\"chart\"></div><div class=\"table-wrap\"><table><thead></thead><tbody></tbody></table></div>";
         block.querySelector("h4").textContent = name;
         container.append(block);
       }
@@ -154,8 +172,18 @@
         const seconds = entry.stage_seconds[stage][q];
         return seconds === null ? null : seconds * 1000;
       };
+      const timed = stages.some((stage) => quantiles.some((q) => ms(stage, q) !== null));
+      block.querySelector(".none").hidden = timed;
+      block.querySelector(".chart").hidden = !timed;
+      block.querySelector(".table-wrap").hidden = !timed;
+      const key = `latency ${name}`;
+      if (!timed) {
+        if (charts[key]) charts[key].plot.destroy();
+        delete charts[key];
+        continue;
+      }
       const head = document.createElement("tr");
-      head.append(cell("th", "stage"), ...quantiles.map((q) => cell("th", `p${Number(q) * 100} ms`)));
+      head.append(cell("th", "stage"), ...quantiles.map((q) => cell("th", `${percentile(q)} ms`)));
       block.querySelector("thead").replaceChildren(head);
       block.querySelector("tbody").replaceChildren(
         ...stages.map((stage) => {
@@ -165,23 +193,23 @@
             cell("th", stage),
             ...quantiles.map((q) => {
               const value = ms(stage, q);
-              return cell("td", value === null ? null : value.toFixed(1), `p${Number(q) * 100}`);
+              return cell("td", value === null ? null : value.toFixed(1), percentile(q));
             })
           );
           return row;
         })
       );
       chart(
-        `latency ${name}`,
+        key,
         block.querySelector(".chart"),
         {
-          series: lines(quantiles.map((q) => `p${Number(q) * 100} ms`), false).map((series, index) =>
+          series: lines(quantiles.map((q) => `${percentile(q)} ms`), false).map((series, index) =>
             index ? { ...series, points: { show: true, size: 7 } } : series
           ),
           scales: { x: { time: false, range: [-0.5, stages.length - 0.5] } },
           axes: [
             { splits: () => stages.map((_, index) => index), values: (u, splits) => splits.map((i) => stages[i] || "") },
-            {},
+            { size: 64 },
           ],
         },
         [stages.map((_, index) => index), ...quantiles.map((q) => stages.map((stage) => ms(stage, q)))]

@@ -1,0 +1,123 @@
+"""The operations page in a real headless Chromium against the live server: a staff member
+sees the figures /metrics serves and the database holds, drawn as charts; others are refused."""
+
+import re
+
+import pytest
+import requests
+from django.core.cache import cache
+from playwright.sync_api import Page, expect, sync_playwright
+
+from predictions.metrics import FIGURES_KEY
+from tests.factories import UserFactory
+from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.test_metrics import SCRAPER, samples
+from tests.test_operations import METRICS_TOKEN, make_jobs, metrics_figures
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+# UserFactory's password.
+PASSWORD = "pw-for-tests"
+QUEUED = ("queued", "preprocessed", "submitted")
+
+
+def shown(value) -> str:
+    """A count as the page writes it; "–" for one not known."""
+    return "–" if value is None else str(int(value))
+
+
+def shown_ms(seconds) -> str:
+    return "–" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def signed_in(browser, base_url: str, username: str) -> Page:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=base_url)
+    page = context.new_page()
+    page.goto("/accounts/login/?next=/ops/")
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state("load")
+    return page
+
+
+def test_staff_see_the_figures_of_metrics_and_the_database_as_charts(
+    settings, live_server, kafka_topics
+):
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    # One reading for the whole test: the page and the scrape show the same count.
+    settings.METRICS_JOBS_REFRESH_SECONDS = 3600
+    cache.delete(FIGURES_KEY)
+    expected = make_jobs()
+    timed = {
+        name
+        for name, figures in expected.items()
+        if any(v is not None for q in figures["stage_seconds"].values() for v in q.values())
+    }
+    staff = UserFactory(is_staff=True)
+    # Every ORM call before the browser starts: Django refuses them where its loop runs.
+    scraped = samples(requests.get(f"{live_server.url}/metrics", headers=SCRAPER).text)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = signed_in(browser, live_server.url, staff.username)
+        expect(page).to_have_url(f"{live_server.url}/ops/")
+        expect(page.locator("#ops")).to_have_attribute("data-drawn", re.compile(r".+"))
+        expect(page.get_by_role("link", name="operations")).to_be_visible()
+
+        for name, figures in expected.items():
+            row = page.locator(f'#versions tbody tr[data-version="{name}"]')
+            from_metrics = metrics_figures(scraped, name)
+            for status in QUEUED:
+                cell = row.locator(f'[data-figure="{status}"]')
+                expect(cell).to_have_text(shown(figures["queue"][status]))
+                assert cell.inner_text() == shown(from_metrics["queue"][status])
+            for figure in ("jobs_per_minute", "succeeded_last_hour", "failed_last_hour"):
+                cell = row.locator(f'[data-figure="{figure}"]')
+                expect(cell).to_have_text(shown(figures[figure]))
+                assert cell.inner_text() == shown(from_metrics[figure])
+            for figure in ("workers", "lag"):
+                assert row.locator(f'[data-figure="{figure}"]').inner_text() == shown(
+                    from_metrics[figure]
+                )
+            section = page.locator(f'#latency section[data-version="{name}"]')
+            if name not in timed:
+                expect(section.locator(".none")).to_be_visible()
+                expect(section.locator("canvas")).to_have_count(0)
+                continue
+            expect(section.locator(".none")).to_be_hidden()
+            for stage, quantiles in figures["stage_seconds"].items():
+                cells = section.locator(f'tr[data-stage="{stage}"]')
+                for quantile, seconds in quantiles.items():
+                    cell = cells.locator(f'[data-figure="p{float(quantile) * 100:g}"]')
+                    expect(cell).to_have_text(shown_ms(seconds))
+                    assert shown_ms(from_metrics["stage_seconds"][stage][quantile]) == shown_ms(
+                        seconds
+                    )
+        queued = scraped[("inferencehub_jobs", (("status", "queued"),))]
+        expect(page.locator('#jobs-by-status [data-status="queued"]')).to_have_text(
+            f"queued {shown(queued)}"
+        )
+        expect(page.locator("#dead-letters")).to_have_text(
+            shown(scraped[("inferencehub_dead_letter_messages", ())])
+        )
+        # One chart of jobs per minute, one of the queue, one of latency per timed version.
+        expect(page.locator("#chart-per-minute canvas")).to_have_count(1)
+        expect(page.locator("#chart-queue canvas")).to_have_count(1)
+        expect(page.locator("#latency canvas")).to_have_count(len(timed))
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "ops-page-1280.png", full_page=True)
+        browser.close()
+
+
+def test_a_signed_in_user_who_is_not_staff_finds_no_operations_page(live_server):
+    user = UserFactory()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = signed_in(browser, live_server.url, user.username)
+        assert page.goto("/ops/").status == 404
+        assert page.goto("/ops/data.json").status == 404
+        page.goto("/")
+        expect(page.get_by_role("link", name="My jobs")).to_be_visible()
+        expect(page.get_by_role("link", name="operations")).to_have_count(0)
+        browser.close()
