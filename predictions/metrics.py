@@ -9,6 +9,7 @@ scrape costs a cache read, however often and from however many scrapers it comes
 
 import logging
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
@@ -105,7 +106,7 @@ class JobsCollector:
         yield from operations_families(figures["operations"])
 
 
-def operations_families(operations: dict):
+def operations_families(operations: dict) -> Iterator[GaugeMetricFamily]:
     """The operations figures (predictions/operations.py) as Prometheus gauges, labelled by
     model and version ("" for the unregistered path's); a figure Kafka did not give is left
     out rather than shown as 0."""
