@@ -2,14 +2,18 @@
 sees the figures /metrics serves and the database holds, drawn as charts; others are refused."""
 
 import re
+import threading
 
 import pytest
 import requests
 from django.core.cache import cache
+from django.db import connection
 from playwright.sync_api import Page, expect, sync_playwright
 
 from predictions.metrics import FIGURES_KEY
-from tests.factories import UserFactory
+from predictions.models import Job
+from registry.models import ModelVersion
+from tests.factories import JobFactory, UserFactory
 from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tests.test_metrics import SCRAPER, samples
 from tests.test_operations import METRICS_TOKEN, make_jobs, metrics_figures
@@ -49,6 +53,7 @@ def test_staff_see_the_figures_of_metrics_and_the_database_as_charts(
     settings.METRICS_JOBS_REFRESH_SECONDS = 3600
     cache.delete(FIGURES_KEY)
     expected = make_jobs()
+    second = ModelVersion.objects.get(model__name="resnet", version=2)
     timed = {
         name
         for name, figures in expected.items()
@@ -107,7 +112,26 @@ def test_staff_see_the_figures_of_metrics_and_the_database_as_charts(
         expect(page.locator("#latency canvas")).to_have_count(len(timed))
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=ARTIFACTS / "ops-page-1280.png", full_page=True)
+
+        # Live: a job more, counted anew, reaches the open page without a reload.
+        drawn = page.locator("#ops").get_attribute("data-drawn")
+        more = threading.Thread(target=add_preprocessed_job, args=(second,))
+        more.start()
+        more.join()
+        cache.delete(FIGURES_KEY)
+        row = page.locator('#versions tbody tr[data-version="resnet:2"]')
+        expect(row.locator('[data-figure="preprocessed"]')).to_have_text("2", timeout=20_000)
+        assert page.locator("#ops").get_attribute("data-drawn") != drawn
         browser.close()
+
+
+def add_preprocessed_job(version) -> None:
+    """Run in a thread of its own: Django refuses ORM calls where Playwright's loop runs."""
+    try:
+        JobFactory(routed_to=version, status=Job.Status.PREPROCESSED)
+    finally:
+        # The thread's own connection would outlive the test and hold up its flush.
+        connection.close()
 
 
 def test_a_signed_in_user_who_is_not_staff_finds_no_operations_page(live_server):
