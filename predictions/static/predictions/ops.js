@@ -184,8 +184,9 @@
       }
       const head = document.createElement("tr");
       head.append(cell("th", "stage"), ...quantiles.map((q) => cell("th", `${percentile(q)} ms`)));
-      block.querySelector("thead").replaceChildren(head);
-      block.querySelector("tbody").replaceChildren(
+      // The table-wrap's: uPlot's legend is a table too.
+      block.querySelector(".table-wrap thead").replaceChildren(head);
+      block.querySelector(".table-wrap tbody").replaceChildren(
         ...stages.map((stage) => {
           const row = document.createElement("tr");
           row.dataset.stage = stage;
