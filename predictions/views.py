@@ -1,4 +1,5 @@
-"""Server-rendered pages: the upload page, shareable result pages and job images."""
+"""Server-rendered pages: the upload page, shareable result pages, job images and the
+staff's operations page."""
 
 import math
 import time
@@ -277,7 +278,6 @@ def operations_data(request: HttpRequest) -> HttpResponse:
     response = JsonResponse(
         {
             "counted_at": figures["counted_at"],
-            "refresh_seconds": settings.METRICS_JOBS_REFRESH_SECONDS,
             "jobs": figures["by_status"],
             **figures["operations"],
         }
