@@ -1,4 +1,5 @@
-"""Metrics counted in the database, served by the web process's /metrics.
+"""Metrics counted in the database (and Kafka), served by the web process's /metrics and,
+the same reading, by the staff's operations page (predictions/operations.py).
 
 Counting means reading the whole jobs table (0.2-0.75 s with 100,000+ jobs), so the counts
 are kept in the cache (Redis, shared by every web process) and counted again at most every
@@ -8,6 +9,7 @@ scrape costs a cache read, however often and from however many scrapers it comes
 
 import logging
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
@@ -17,19 +19,21 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from redis.exceptions import RedisError
 
 from predictions.models import Job
+from predictions.operations import count_operations
 
 log = logging.getLogger(__name__)
 
 UPLOAD_TO_STORED_BUCKETS_S = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
 
-FIGURES_KEY = "metrics:jobs"
+# Named anew when what is kept changes shape, so a deploy never reads the last one's.
+FIGURES_KEY = "metrics:figures:2"
 # Held by the one scrape that counts again; it expires by itself should that one die.
-COUNTING_KEY = "metrics:jobs:counting"
+COUNTING_KEY = "metrics:figures:counting"
 
 
 def count_jobs() -> dict:
     """Jobs per status, and the upload-to-stored buckets, count and total seconds of every
-    finished job, read from the database."""
+    finished job, read from the database; with the operations figures."""
     by_status = dict(Job.objects.values_list("status").annotate(n=Count("pk")).order_by())
     latency = ExpressionWrapper(F("finished_at") - F("created_at"), output_field=DurationField())
     buckets = {
@@ -47,6 +51,7 @@ def count_jobs() -> dict:
         "buckets": [totals[f"le_{index}"] for index in range(len(UPLOAD_TO_STORED_BUCKETS_S))],
         "count": totals["count"],
         "total_s": totals["total"].total_seconds() if totals["total"] else 0.0,
+        "operations": count_operations(),
     }
 
 
@@ -98,3 +103,65 @@ class JobsCollector:
             sum_value=figures["total_s"],
         )
         yield histogram
+        yield from operations_families(figures["operations"])
+
+
+def operations_families(operations: dict) -> Iterator[GaugeMetricFamily]:
+    """The operations figures (predictions/operations.py) as Prometheus gauges, labelled by
+    model and version ("" for the unregistered path's); a figure Kafka did not give is left
+    out rather than shown as 0."""
+    window = operations["window_minutes"]
+    per_minute = GaugeMetricFamily(
+        "inferencehub_model_jobs_per_minute",
+        "Jobs finished in the last 60 seconds, per model version.",
+        labels=["model", "version"],
+    )
+    finished = GaugeMetricFamily(
+        "inferencehub_model_jobs_finished",
+        f"Jobs finished in the last {window} minutes, per model version and status.",
+        labels=["model", "version", "status"],
+    )
+    queue = GaugeMetricFamily(
+        "inferencehub_model_queue_depth",
+        "Unfinished jobs per model version and status.",
+        labels=["model", "version", "status"],
+    )
+    workers = GaugeMetricFamily(
+        "inferencehub_model_workers_alive",
+        "Members of the model version's worker group in Kafka.",
+        labels=["model", "version"],
+    )
+    lag = GaugeMetricFamily(
+        "inferencehub_model_lag",
+        "Messages of the model version's requests topic its workers have still to read.",
+        labels=["model", "version"],
+    )
+    stages = GaugeMetricFamily(
+        "inferencehub_model_stage_seconds",
+        f"Percentiles of each stage's time over the succeeded jobs of the last {window} "
+        "minutes, per model version (nearest rank).",
+        labels=["model", "version", "stage", "quantile"],
+    )
+    for entry in operations["versions"]:
+        labels = [entry["model"], "" if entry["version"] is None else str(entry["version"])]
+        per_minute.add_metric(labels, entry["jobs_per_minute"])
+        finished.add_metric([*labels, "succeeded"], entry["succeeded_last_hour"])
+        finished.add_metric([*labels, "failed"], entry["failed_last_hour"])
+        for status, count in entry["queue"].items():
+            queue.add_metric([*labels, status], count)
+        if entry["workers"] is not None:
+            workers.add_metric(labels, entry["workers"])
+        if entry["lag"] is not None:
+            lag.add_metric(labels, entry["lag"])
+        for stage, quantiles in entry["stage_seconds"].items():
+            for quantile, seconds in quantiles.items():
+                if seconds is not None:
+                    stages.add_metric([*labels, stage, quantile], seconds)
+    yield from (per_minute, finished, queue, workers, lag, stages)
+    dead_letters = GaugeMetricFamily(
+        "inferencehub_dead_letter_messages",
+        "Messages in the dead-letter topic (as far as its retention keeps them).",
+    )
+    if operations["dead_letters"] is not None:
+        dead_letters.add_metric([], operations["dead_letters"])
+    yield dead_letters

@@ -38,6 +38,12 @@ def staff_may(user: AnyUser, action: str, model: str) -> bool:
     return user.has_perm(f"predictions.{action}_{model}")
 
 
+def may_see_operations(user: AnyUser) -> bool:
+    """The operations page (/ops/) is for staff, as the admin is: it names every model and
+    shows the whole site's traffic, but no one's jobs, so no model permission is needed."""
+    return user.is_active and user.is_staff
+
+
 def may_see_every_job(user: AnyUser) -> bool:
     """Whether the user may list and read every user's jobs (the ?owner= filter too)."""
     return staff_may(user, "view", "job")

@@ -1,4 +1,5 @@
-"""Server-rendered pages: the upload page, shareable result pages and job images."""
+"""Server-rendered pages: the upload page, shareable result pages, job images and the
+staff's operations page."""
 
 import math
 import time
@@ -10,7 +11,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -24,6 +25,7 @@ from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
 from common.uploads import upload_pixel_limits
 from predictions import selectors, services
 from predictions.authentication import api_user
+from predictions.metrics import job_figures
 from predictions.models import Job
 from predictions.queries import JobListQuerySerializer
 from predictions.storage import (
@@ -269,4 +271,43 @@ def job_original(request: HttpRequest, pk) -> HttpResponseBase:
     )
     response["Content-Security-Policy"] = "sandbox"
     response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+def _refuse_non_staff(request: HttpRequest) -> HttpResponse | None:
+    """A signed-out visitor is sent to sign in; a signed-in one who is not staff finds no
+    such page, as with a job that is not theirs."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if not selectors.may_see_operations(request.user):
+        raise Http404("no such page")
+    return None
+
+
+def operations_page(request: HttpRequest) -> HttpResponse:
+    """The staff's live operations page; its script (predictions/static/predictions/ops.js)
+    draws the figures of operations_data and asks for them again every few seconds."""
+    if (refusal := _refuse_non_staff(request)) is not None:
+        return refusal
+    return render(
+        request,
+        "predictions/ops.html",
+        {"refresh_seconds": settings.METRICS_JOBS_REFRESH_SECONDS},
+    )
+
+
+def operations_data(request: HttpRequest) -> HttpResponse:
+    """The operations figures as /metrics shows them, from the same kept reading
+    (predictions/operations.py)."""
+    if (refusal := _refuse_non_staff(request)) is not None:
+        return refusal
+    figures = job_figures()
+    response = JsonResponse(
+        {
+            "counted_at": figures["counted_at"],
+            "jobs": figures["by_status"],
+            **figures["operations"],
+        }
+    )
+    response["Cache-Control"] = "no-store"
     return response

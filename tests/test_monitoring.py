@@ -10,7 +10,8 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from common import metrics
-from predictions.metrics import JobsCollector
+from predictions.metrics import JobsCollector, operations_families
+from predictions.operations import STAGES, WINDOW_MINUTES
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
 SERIES_SUFFIXES = {
@@ -32,8 +33,22 @@ def exported(db) -> dict[str, set[str]]:
         if isinstance(value, MetricWrapperBase):
             (family,) = value.describe()
             families.append((family.name, family.type, set(value._labelnames)))
-    # The jobs collector counts in the database.
-    for family in JobsCollector().collect():
+    # The jobs collector counts in the database; then the operations figures of a version
+    # with every figure known, so that each family shows its labels (a database without
+    # versions gives those families no samples).
+    known = {
+        "model": "m",
+        "version": 1,
+        "queue": {"queued": 1},
+        "workers": 1,
+        "lag": 1,
+        "succeeded_last_hour": 1,
+        "failed_last_hour": 1,
+        "jobs_per_minute": 1,
+        "stage_seconds": {stage: {"0.5": 1.0} for stage in STAGES},
+    }
+    operations = {"window_minutes": WINDOW_MINUTES, "versions": [known], "dead_letters": 1}
+    for family in [*JobsCollector().collect(), *operations_families(operations)]:
         labels = {name for sample in family.samples for name in sample.labels} - {"le"}
         families.append((family.name, family.type, labels))
     series = {}
