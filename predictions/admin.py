@@ -302,13 +302,12 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     def retry_failed(self, request: HttpRequest, queryset: QuerySet) -> None:
         selected = queryset.count()
         count = services.retry_jobs(jobs=queryset)
-        self.message_user(request, f"{count} failed job(s) queued again.", messages.SUCCESS)
-        if skipped := selected - count:
-            self.message_user(
-                request,
-                f"{skipped} job(s) skipped: only failed jobs are retried.",
-                messages.WARNING,
-            )
+        self._tell(
+            request,
+            f"{count} failed job(s) queued again.",
+            skipped=selected - count,
+            why="only failed jobs are retried",
+        )
 
     @admin.action(
         description="Re-run the selected finished jobs with the top-k given",
@@ -322,27 +321,29 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
             return
         selected = queryset.count()
         count = services.rerun_jobs(jobs=queryset, top_k=top_k)
-        self.message_user(
-            request, f"{count} finished job(s) queued again with top-k {top_k}.", messages.SUCCESS
+        self._tell(
+            request,
+            f"{count} finished job(s) queued again with top-k {top_k}.",
+            skipped=selected - count,
+            why="only finished jobs are re-run",
         )
-        if skipped := selected - count:
-            self.message_user(
-                request,
-                f"{skipped} job(s) skipped: only finished jobs are re-run.",
-                messages.WARNING,
-            )
 
     @admin.action(description="Cancel selected jobs", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         selected = queryset.count()
         count = services.cancel_jobs(jobs=queryset)
-        self.message_user(request, f"{count} job(s) cancelled.", messages.SUCCESS)
-        if skipped := selected - count:
-            self.message_user(
-                request,
-                f"{skipped} job(s) skipped: only unfinished jobs are cancelled.",
-                messages.WARNING,
-            )
+        self._tell(
+            request,
+            f"{count} job(s) cancelled.",
+            skipped=selected - count,
+            why="only unfinished jobs are cancelled",
+        )
+
+    def _tell(self, request: HttpRequest, done: str, *, skipped: int, why: str) -> None:
+        """What an action did, and what it left alone and why."""
+        self.message_user(request, done, messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"{skipped} job(s) skipped: {why}.", messages.WARNING)
 
     def delete_model(self, request: HttpRequest, obj: Job) -> None:
         services.delete_job(job=obj)
