@@ -97,4 +97,4 @@ format: install-dev ## Reformat code and apply safe ruff fixes
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
 
 clean: stop ## Stop everything and delete .stack/ (data, logs, Kafka jars; keeps .venv)
-	rm -rf .stack
+	rm -rf $(or $(STACK_DIR),.stack)

@@ -121,6 +121,9 @@ def check_callback_url(
     allowed = settings.WEBHOOK_ALLOWED_NETWORKS if allowed is None else allowed
     if len(url) > CALLBACK_URL_MAX:
         raise CallbackRefused(f"must be at most {CALLBACK_URL_MAX} characters")
+    if any(char.isspace() or not char.isprintable() for char in url):
+        # A receiver or a log reading the URL must not be handed a line break.
+        raise CallbackRefused("must not contain white space or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)

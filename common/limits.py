@@ -32,6 +32,10 @@ WAIT_MAX_SECONDS = 30
 CANCELLATION_RETENTION_S = 7 * 24 * 3600
 CANCELLATIONS_REMEMBERED = 100_000
 
+# The furthest deadline an upload may ask for (deadline or timeout_s): a queue is drained
+# in hours, so a later one is no deadline at all, and far enough ones overflow the clock.
+DEADLINE_MAX_S = 30 * 24 * 3600
+
 # The front door (nginx, stack/nginx.conf) disconnects a client that sends nothing of its
 # request's head or body, or reads nothing of its answer, for this long; a head must
 # arrive whole within it. Slow clients then cost nginx a connection, never a thread of

@@ -16,6 +16,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from common.callbacks import parse_allow_list
+from stack.common import STATE as STACK_STATE
 from stack.common import redis_url
 from stack.processes import PREPROCESS_QUEUE, RESULTS_QUEUE, WEBHOOKS_QUEUE
 
@@ -271,7 +272,8 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "upload"
 LOGOUT_REDIRECT_URL = "login"
 MEDIA_URL = "/media/"
-MEDIA_ROOT = env("MEDIA_ROOT", str, str(BASE_DIR / ".stack" / "media"))
+# In the stack's own folder, so that a second stack (STACK_DIR) keeps its images apart.
+MEDIA_ROOT = env("MEDIA_ROOT", str, str(STACK_STATE / "media"))
 
 # --- Stored originals: local files by default, S3-compatible storage when configured
 

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from common import notifications, request_ids, tracing
 from common.callbacks import CallbackRefused, check_callback_url
 from common.images import ImageRejected, inspect_image
-from common.limits import REQUEST_MAX_DECODED_WHOLE_PIXELS, top_k_problem
+from common.limits import DEADLINE_MAX_S, REQUEST_MAX_DECODED_WHOLE_PIXELS, top_k_problem
 from common.uploads import upload_pixel_limits
 from predictions import selectors
 from predictions.models import Batch, Job
@@ -109,6 +109,8 @@ def upload_images(
             seq=seq,
             model=_model_reference(model, model_version),
             callback_url=callback_url,
+            deadline=deadline,
+            timeout_s=timeout_s,
         )
         if earlier := jobs_of_upload(owner=owner, upload_key=upload_key, batch_id=batch_id):
             if mismatch := _upload_mismatch(earlier, fingerprints, files):
@@ -161,8 +163,11 @@ def parse_deadline(
     if deadline is not None and timeout_s is not None:
         raise UploadError("deadline and timeout_s: give one of them, not both")
     if timeout_s is not None:
-        if timeout_s <= 0:
-            raise UploadError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
+        if not 0 < timeout_s <= DEADLINE_MAX_S:
+            raise UploadError(
+                f"timeout_s must be a number of seconds from 1 to {DEADLINE_MAX_S} (30 days), "
+                f"got {timeout_s}"
+            )
         return now + timedelta(seconds=timeout_s)
     if deadline is None:
         return None
@@ -174,8 +179,14 @@ def parse_deadline(
         ) from None
     if moment.tzinfo is None:
         raise UploadError(f"deadline {deadline[:40]!r} must name its time zone (Z or +hh:mm)")
-    if moment <= now:
+    try:
+        ahead_s = (moment - now).total_seconds()
+    except OverflowError:  # a time zone that puts it past the year 9999 in UTC
+        ahead_s = float("inf")
+    if ahead_s <= 0:
         raise UploadError(f"deadline {deadline[:40]} is in the past")
+    if ahead_s > DEADLINE_MAX_S:
+        raise UploadError(f"deadline {deadline[:40]} is more than 30 days ahead")
     return moment
 
 
@@ -201,16 +212,21 @@ def _upload_fingerprints(
     seq: int | None,
     model: str | None = None,
     callback_url: str = "",
+    deadline: str | None = None,
+    timeout_s: int | None = None,
 ) -> list[dict]:
     """Per image, what an upload sent again with the same Idempotency-Key must match:
     the image's SHA-256 and the upload's fields as sent (seq None: the batch's next; model
-    None: the default)."""
+    None: the default; a deadline as written, a timeout in seconds from whenever it is
+    sent)."""
     shared = {
         "top_k": top_k,
         "batch": None if batch_id is None else str(batch_id),
         "seq": seq,
         "model": model,
         "callback_url": callback_url or None,
+        "deadline": deadline,
+        "timeout_s": timeout_s,
     }
     fingerprints = []
     for file in files:
@@ -228,7 +244,7 @@ def _upload_mismatch(earlier: list[Job], fingerprints: list[dict], files) -> str
     first = earlier[0].upload_fingerprint
     if first is None:  # stored before fingerprints were kept: only the count can tell
         return None
-    for field in ("top_k", "batch", "seq", "model", "callback_url"):
+    for field in ("top_k", "batch", "seq", "model", "callback_url", "deadline", "timeout_s"):
         # .get: fingerprints stored before the model was chosen per upload have no "model".
         if first.get(field) != fingerprints[0][field]:
             then, now = first.get(field), fingerprints[0][field]

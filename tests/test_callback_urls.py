@@ -1,10 +1,12 @@
 """Which callback URLs may be called (common/callbacks.py), with DNS answered by the test,
 and the webhook signature a receiver checks as it checks Stripe's (webhooks/signing.py)."""
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from common.callbacks import (
 )
 from stack.certs import make_ca, make_signed
 from tests.conftest import REPO
-from webhooks.services import pinned_session
+from webhooks.services import pinned_session, post_within
 from webhooks.signing import signature
 
 NOTHING_ALLOWED = AllowList()
@@ -106,6 +108,18 @@ def test_a_host_that_does_not_resolve_is_refused_as_unresolvable():
 
     with pytest.raises(Unresolvable, match="does not resolve"):
         check_callback_url("https://nowhere.example/", allowed=NOTHING_ALLOWED, resolver=failing)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/a\r\nX-Injected: 1",
+        "http://hooks.example.com/a b",
+        "http://hooks.example.com/\t",
+    ],
+)
+def test_white_space_or_control_characters_in_the_url_are_refused(url):
+    assert refusal(url, "93.184.215.14") == "must not contain white space or control characters"
 
 
 def test_credentials_in_the_url_are_refused():
@@ -191,6 +205,33 @@ def test_a_webhook_connects_to_the_address_checked_not_to_what_dns_says_later():
         url = f"http://rebound.invalid:{receiver.port}/hook"
         assert session.post(url, data=b"{}", timeout=5).status_code == 204
     assert receiver.hosts == [f"rebound.invalid:{receiver.port}"]
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_when_the_attempts_time_is_up():
+    """A byte every half second never trips a per-read timeout; the attempt still ends
+    after its total time, so a slow receiver cannot hold the worker's threads."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.5):
+                with contextlib.suppress(OSError):
+                    connection.sendall(b"X")
+
+    threading.Thread(target=trickle, daemon=True).start()
+    url = f"http://hooks.test:{listener.getsockname()[1]}/slow"
+    started = time.monotonic()
+    try:
+        with pytest.raises(requests.Timeout, match="no whole answer within 1.5 s"):
+            post_within(url, address=LOOPBACK, body=b"{}", headers={}, total_s=1.5)
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 5
 
 
 def test_a_pinned_https_webhook_still_checks_the_certificate_against_the_urls_host(tmp_path):

@@ -30,8 +30,10 @@ VERIFICATION = (
 
 
 def _answer(secret) -> Response:
+    # A secret: no cache on the way may keep a copy.
     return Response(
-        WebhookSecretSerializer(
+        headers={"Cache-Control": "no-store"},
+        data=WebhookSecretSerializer(
             {
                 "secret": secret.secret,
                 "created_at": secret.created_at,
@@ -40,7 +42,7 @@ def _answer(secret) -> Response:
                 "delivery_header": DELIVERY_HEADER,
                 "verification": VERIFICATION,
             }
-        ).data
+        ).data,
     )
 
 

@@ -7,8 +7,11 @@ WEBHOOK_RETRY_FOR_S has passed. At least once: a delivery whose task was lost is
 again by beat (send_due_deliveries), and the receiver tells repeats apart by the delivery
 id header."""
 
+import contextlib
 import logging
 import random
+import socket
+import threading
 import time
 from datetime import timedelta
 
@@ -156,19 +159,13 @@ def attempt_delivery(*, delivery_pk: int) -> float | None:
     started = time.perf_counter()
     status_code, error = None, ""
     try:
-        # No redirects: one to a private address would go around the check above.
-        with (
-            pinned_session(address) as session,
-            session.post(
-                delivery.url,
-                data=body,
-                headers=headers,
-                timeout=settings.WEBHOOK_TIMEOUT_S,
-                allow_redirects=False,
-                stream=True,
-            ) as response,
-        ):
-            status_code = response.status_code
+        status_code = post_within(
+            delivery.url,
+            address=address,
+            body=body,
+            headers=headers,
+            total_s=settings.WEBHOOK_TIMEOUT_S,
+        )
     except requests.RequestException as exc:
         error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX]
     duration_ms = (time.perf_counter() - started) * 1000
@@ -214,6 +211,39 @@ def _record(
     return delay
 
 
+def post_within(
+    url: str, *, address: IPAddress | None, body: bytes, headers: dict, total_s: float
+) -> int:
+    """POST to url (at the address checked) and return the answer's status, all within
+    total_s: requests' own timeout is per read, which a receiver sending a byte now and
+    then never trips, holding a thread of the webhooks worker and outliving the delivery's
+    lease. So the connection is cut when the time is up (requests.Timeout)."""
+    with pinned_session(address) as session:
+        adapter = session.get_adapter(url)
+        timer = threading.Timer(total_s, adapter.cut)
+        timer.start()
+        try:
+            # No redirects: one to a private address would go around the address check.
+            with session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=total_s,
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                status_code = response.status_code
+        except requests.RequestException:
+            if not adapter.was_cut:
+                raise
+        finally:
+            timer.cancel()
+    # Cut, the answer's head may even read as whole (what came before the cut).
+    if adapter.was_cut:
+        raise requests.Timeout(f"no whole answer within {total_s:g} s")
+    return status_code
+
+
 def pinned_session(address: IPAddress | None) -> requests.Session:
     """A session whose connections go to this address, whatever DNS answers for the URL's
     host by then: the check's answer is the one used, so a name that resolves to a public
@@ -221,38 +251,53 @@ def pinned_session(address: IPAddress | None) -> requests.Session:
     inside. TLS still checks the certificate against the URL's host. None: plain DNS (a
     host the operator allow-listed by name)."""
     session = requests.Session()
-    if address is not None:
-        adapter = _PinnedAdapter(str(address))
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+    adapter = _PinnedAdapter(None if address is None else str(address))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     return session
 
 
 class _PinnedAdapter(requests.adapters.HTTPAdapter):
-    def __init__(self, address: str) -> None:
+    """Connects to the address given (None: the URL's host, by DNS), keeping the sockets it
+    opens so that cut() can end them from another thread."""
+
+    def __init__(self, address: str | None) -> None:
         self._address = address
+        self.sockets: list[socket.socket] = []
+        self.was_cut = False
         super().__init__()
 
     def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
         # A copy: the pool manager's mapping is urllib3's module-wide default.
         self.poolmanager.pool_classes_by_scheme = {
-            scheme: _pinned_pool(pool, self._address)
+            scheme: _pinned_pool(pool, self._address, self.sockets)
             for scheme, pool in self.poolmanager.pool_classes_by_scheme.items()
         }
 
+    def cut(self) -> None:
+        """End every connection at once: a read blocked on one returns as if closed."""
+        self.was_cut = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
-def _pinned_pool(pool: type, address: str) -> type:
+
+def _pinned_pool(pool: type, address: str | None, sockets: list) -> type:
     connection = pool.ConnectionCls
 
     def _new_conn(self):
         # urllib3 connects to _dns_host and names the host to TLS from it afterwards:
         # swapped for the connect alone.
-        named, self._dns_host = self._dns_host, address
+        named = self._dns_host
+        if address is not None:
+            self._dns_host = address
         try:
-            return connection._new_conn(self)
+            sock = connection._new_conn(self)
         finally:
             self._dns_host = named
+        sockets.append(sock)
+        return sock
 
     pinned = type(f"Pinned{connection.__name__}", (connection,), {"_new_conn": _new_conn})
     return type(f"Pinned{pool.__name__}", (pool,), {"ConnectionCls": pinned})

@@ -1,7 +1,7 @@
 """Cancelling jobs and batches, and deadlines: the rules on the model, the services, the
 pipeline's transitions and the API's answers (predictions/services.py, pipeline.py)."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from django.core.files.base import ContentFile
@@ -156,14 +156,17 @@ def fox() -> SimpleUploadedFile:
 
 
 def test_an_upload_sets_its_jobs_deadline_by_time_or_by_timeout():
-    by_time = upload_images(
-        uploader=UserFactory(), files=[fox()], top_k=3, deadline="2100-01-31T12:00:00+01:00"
-    ).jobs[0]
+    # A day ahead, written with a time zone of its own.
+    asked = (timezone.now() + timedelta(days=1)).replace(microsecond=0)
+    written = asked.astimezone(timezone.get_fixed_timezone(60)).isoformat()
+    by_time = upload_images(uploader=UserFactory(), files=[fox()], top_k=3, deadline=written).jobs[
+        0
+    ]
     before = timezone.now()
     by_timeout = upload_images(uploader=UserFactory(), files=[fox()], top_k=3, timeout_s=30).jobs[0]
     none = upload_images(uploader=UserFactory(), files=[fox()], top_k=3).jobs[0]
 
-    assert by_time.deadline == datetime(2100, 1, 31, 11, tzinfo=UTC)
+    assert by_time.deadline == asked
     assert timedelta(seconds=29) < by_timeout.deadline - before < timedelta(seconds=31)
     assert none.deadline is None
 
@@ -188,6 +191,11 @@ def test_an_upload_without_a_deadline_takes_its_model_versions_default():
         ({"deadline": "2100-01-01T00:00:00Z", "timeout_s": 5}, "deadline and timeout_s"),
         ({"timeout_s": 0}, "timeout_s"),
         ({"timeout_s": -3}, "timeout_s"),
+        # Far ones: more than 30 days ahead, and beyond what the clock holds.
+        ({"timeout_s": 30 * 24 * 3600 + 1}, "timeout_s"),
+        ({"timeout_s": 99999999999999999999}, "timeout_s"),
+        ({"deadline": "2099-01-01T00:00:00Z"}, "deadline"),
+        ({"deadline": "9999-12-31T23:59:59-12:00"}, "deadline"),
     ],
 )
 def test_a_bad_deadline_is_refused_naming_the_field_and_nothing_is_stored(fields, named):

@@ -119,6 +119,22 @@ def test_the_key_sent_again_with_another_upload_is_refused_naming_the_difference
     assert len(stored_files(image_store)) == 2
 
 
+def test_the_key_sent_again_with_another_deadline_is_refused_naming_it(image_store):
+    alice = UserFactory()
+    upload_images(uploader=alice, files=[image("fox.png")], top_k=5, upload_key="k2", timeout_s=60)
+
+    with pytest.raises(UploadError) as refused:
+        upload_images(
+            uploader=alice, files=[image("fox.png")], top_k=5, upload_key="k2", timeout_s=5
+        )
+    assert refused.value.status == 422
+    assert "timeout_s" in str(refused.value)
+    again = upload_images(
+        uploader=alice, files=[image("fox.png")], top_k=5, upload_key="k2", timeout_s=60
+    )
+    assert again.replayed and Job.objects.count() == 1
+
+
 def broken_jpeg() -> bytes:
     """The first half of a JPEG: its headers are whole, its image data is not."""
     jpeg = (DATA / "bolete.jpg").read_bytes()
