@@ -383,6 +383,22 @@ def _end_job(job_id, status: str, reason: str) -> bool:
     return bool(updated)
 
 
+def expire_overdue_jobs(*, now: datetime | None = None) -> int:
+    """End expired every unfinished job whose deadline has passed, wherever it waits;
+    returns how many. Preprocessing and the workers check deadlines as they take a job,
+    but while nothing takes it (its turn not come, no worker running) it would wait on
+    unfinished, and its webhook untold, long past its deadline. A worker still drops its
+    request by the deadline the request carries."""
+    now = now or timezone.now()
+    overdue = Job.objects.exclude(status__in=Job.FINISHED).filter(deadline__lt=now)
+    expired = 0
+    for job_id, status, deadline in overdue.values_list("pk", "status", "deadline"):
+        late_s = (now - deadline).total_seconds()
+        reason = f"deadline passed {late_s:.1f} s before anything took the job ({status})"
+        expired += expire_job(job_id=job_id, reason=reason)
+    return expired
+
+
 def sweep_stuck_jobs(*, now: datetime | None = None) -> tuple[int, int]:
     """Retry jobs whose attempt has run longer than JOB_TIMEOUT_SECONDS; fail them after
     JOB_MAX_ATTEMPTS. Returns (retried, failed)."""

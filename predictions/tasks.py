@@ -47,6 +47,7 @@ def dispatch_jobs() -> int:
 
 @shared_task
 def sweep_stuck_jobs() -> tuple[int, int]:
+    pipeline.expire_overdue_jobs()
     return pipeline.sweep_stuck_jobs()
 
 

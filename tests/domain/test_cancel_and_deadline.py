@@ -204,3 +204,22 @@ def test_a_bad_deadline_is_refused_naming_the_field_and_nothing_is_stored(fields
     assert str(refused.value).startswith(named)
     assert refused.value.status == 400
     assert not Job.objects.exists()
+
+
+def test_the_sweep_expires_jobs_whose_deadline_passed_while_nothing_took_them():
+    now = timezone.now()
+    past, future = now - timedelta(seconds=5), now + timedelta(hours=1)
+    waiting = JobFactory(status=Job.Status.QUEUED, deadline=past)
+    in_kafka = JobFactory(status=Job.Status.SUBMITTED, deadline=past, admitted_at=past)
+    not_yet = JobFactory(status=Job.Status.QUEUED, deadline=future)
+    no_deadline = JobFactory(status=Job.Status.QUEUED)
+    done = JobFactory(status=Job.Status.SUCCEEDED, deadline=past)
+
+    assert pipeline.expire_overdue_jobs(now=now) == 2
+
+    status = dict(Job.objects.values_list("pk", "status"))
+    assert (status[waiting.pk], status[in_kafka.pk]) == (Job.Status.EXPIRED,) * 2
+    assert (status[not_yet.pk], status[no_deadline.pk]) == (Job.Status.QUEUED,) * 2
+    assert status[done.pk] == Job.Status.SUCCEEDED
+    waiting.refresh_from_db()
+    assert waiting.error == "deadline passed 5.0 s before anything took the job (queued)"
