@@ -113,7 +113,7 @@ def operations_families(operations: dict) -> Iterator[GaugeMetricFamily]:
     window = operations["window_minutes"]
     per_minute = GaugeMetricFamily(
         "inferencehub_model_jobs_per_minute",
-        "Jobs finished in the last 60 seconds, per model version.",
+        "Jobs answered (succeeded or failed) in the last 60 seconds, per model version.",
         labels=["model", "version"],
     )
     finished = GaugeMetricFamily(

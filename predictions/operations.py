@@ -64,8 +64,9 @@ def stage_percentiles(rows: list[dict]) -> dict[str, dict[str, float | None]]:
 
 
 def _minute_counts(now: datetime) -> dict[int | None, dict]:
-    """Per routed version: jobs finished in each minute of the window (oldest first, the
-    last being the 60 seconds up to now), and how many succeeded and failed in it."""
+    """Per routed version: jobs answered (succeeded or failed) in each minute of the window
+    (oldest first, the last being the 60 seconds up to now), and how many succeeded and
+    failed in it. Cancelled and expired jobs are left out: a mass cancel is not work done."""
     since = now - timedelta(minutes=WINDOW_MINUTES)
     minutes = {
         f"m{index}": Count(
@@ -78,7 +79,11 @@ def _minute_counts(now: datetime) -> dict[int | None, dict]:
         for index in range(WINDOW_MINUTES)
     }
     rows = (
-        Job.objects.filter(finished_at__gt=since, finished_at__lte=now)
+        Job.objects.filter(
+            finished_at__gt=since,
+            finished_at__lte=now,
+            status__in=(Job.Status.SUCCEEDED, Job.Status.FAILED),
+        )
         .values("routed_to")
         .annotate(
             succeeded=Count("pk", filter=Q(status=Job.Status.SUCCEEDED)),

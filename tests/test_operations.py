@@ -105,6 +105,8 @@ def make_jobs() -> dict:
     finished(first, Job.Status.SUCCEEDED, 10, (1, 2, 1, 3, 1))
     finished(first, Job.Status.SUCCEEDED, 12, (2, 3, 1, 5, 1))
     finished(first, Job.Status.FAILED, 300, (1, 1, 1, 1, 1))
+    # Cancelled a moment ago: not an answer, so in no count of jobs per minute.
+    finished(first, Job.Status.CANCELLED, 5, (1, 1, 1, 1, 1))
     finished(first, Job.Status.SUCCEEDED, 2 * 3600, (9, 9, 9, 9, 9))  # before the hour
     for status in (Job.Status.QUEUED, Job.Status.QUEUED, Job.Status.SUBMITTED):
         JobFactory(routed_to=first, status=status)
@@ -216,7 +218,7 @@ def test_ops_data_equals_metrics_and_the_database(settings, staff_client, kafka_
             "submitted": 1,
             "succeeded": 3,
             "failed": 1,
-            "cancelled": 0,
+            "cancelled": 1,
             "expired": 0,
         }
     )
