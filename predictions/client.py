@@ -252,6 +252,10 @@ class InferenceHubClient:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             return sum(pool.map(cancel_one, job_ids))
 
+    def cancel_batch(self, batch: str) -> int:
+        """Cancel the batch's unfinished jobs in one request; returns how many."""
+        return self.request("POST", f"/api/batches/{batch}/cancel/")["cancelled"]
+
     def job(self, job_id: str) -> dict:
         return self.request("GET", f"/api/jobs/{job_id}/")
 

@@ -151,7 +151,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--cancel-on-interrupt",
             action="store_true",
-            help="on Ctrl-C, cancel the jobs sent that have not finished",
+            help="on Ctrl-C, cancel the jobs sent that have not finished (without --batch, "
+            "the run's uploads go into a new batch, cancelled in one request)",
         )
         parser.add_argument("--json", action="store_true", help="one JSON line per file")
 
@@ -189,8 +190,11 @@ class Command(BaseCommand):
         # Every job id the server answered with, as the answers come: what an interrupt
         # cancels.
         sent: list[str] = []
+        # A batch of this run's own (asked for, or made so that an interrupt can cancel all
+        # it sent in one request) is cancelled whole; a batch named holds others' jobs too.
+        own_batch = batch == "new" or (batch is None and cancel_on_interrupt)
         try:
-            if batch == "new":
+            if own_batch:
                 batch = client.create_batch()
             with ProgressDisplay(len(files), sys.stderr) as display:
 
@@ -224,11 +228,16 @@ class Command(BaseCommand):
                 raise
             self.stderr.write(f"interrupted: cancelling the {len(sent)} job(s) sent")
             try:
-                cancelled = client.cancel(sent, concurrency=concurrency)
+                if own_batch:
+                    cancelled = client.cancel_batch(batch)
+                else:
+                    cancelled = client.cancel(sent, concurrency=concurrency)
             except InferenceHubError as exc:
                 raise CommandError(f"cancelling failed: {exc}", returncode=INTERRUPTED) from None
+            where = f"; the batch: {server.rstrip('/')}/api/batches/{batch}/" if batch else ""
             raise CommandError(
-                f"interrupted: {cancelled} job(s) cancelled, {len(sent) - cancelled} had finished",
+                f"interrupted: {cancelled} job(s) cancelled, {len(sent) - cancelled} had "
+                f"finished{where}",
                 returncode=INTERRUPTED,
             ) from None
         results = [
