@@ -373,6 +373,13 @@ if IMAGE_RETENTION_DAYS < 0:
     raise ImproperlyConfigured(
         f"Setting IMAGE_RETENTION_DAYS must be 0 or more, got {IMAGE_RETENTION_DAYS}"
     )
+# Finished jobs, their predictions and their webhooks' deliveries older than this many days
+# are deleted daily, with their images; 0 keeps them.
+RESULT_RETENTION_DAYS = env("RESULT_RETENTION_DAYS", int, 0)
+if RESULT_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured(
+        f"Setting RESULT_RETENTION_DAYS must be 0 or more, got {RESULT_RETENTION_DAYS}"
+    )
 
 # --- Completion webhooks (webhooks/, docs/webhooks.md) ----------------------------------
 # Callback URLs resolving to these networks or naming these hosts are called although they
@@ -538,6 +545,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "purge-old-images": {
         "task": "predictions.tasks.purge_old_images",
+        "schedule": 24 * 60 * 60.0,
+    },
+    "purge-old-results": {
+        "task": "predictions.tasks.purge_old_results",
         "schedule": 24 * 60 * 60.0,
     },
     "send-due-webhooks": {

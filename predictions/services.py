@@ -150,6 +150,25 @@ def _restart_jobs(job_ids: list, *, statuses, why: str, top_k: int | None = None
     return len(ids)
 
 
+# Jobs deleted per transaction by purge_old_results: a day's worth of results may be
+# millions of rows, which one transaction would hold locks over for minutes.
+PURGE_CHUNK = 500
+
+
+def purge_old_results(*, older_than_days: int, now: datetime | None = None) -> int:
+    """Delete the jobs finished more than older_than_days ago, with their predictions, their
+    webhooks' deliveries and their stored images; returns how many."""
+    deadline = (now or timezone.now()) - timedelta(days=older_than_days)
+    purged = 0
+    while chunk := list(
+        Job.objects.filter(status__in=Job.FINISHED, finished_at__lt=deadline)
+        .order_by("finished_at")
+        .only("pk", "batch_id", "image")[:PURGE_CHUNK]
+    ):
+        purged += delete_jobs(jobs=chunk)
+    return purged
+
+
 def purge_old_images(*, older_than_days: int, now: datetime | None = None) -> int:
     """Delete the stored originals (and thumbnails) of jobs finished more than
     older_than_days ago; the jobs and their predictions stay, with an empty image name.

@@ -52,6 +52,13 @@ def sweep_stuck_jobs() -> tuple[int, int]:
 
 
 @shared_task
+def purge_old_results() -> int:
+    if not settings.RESULT_RETENTION_DAYS:
+        return 0
+    return services.purge_old_results(older_than_days=settings.RESULT_RETENTION_DAYS)
+
+
+@shared_task
 def purge_old_images() -> int:
     if not settings.IMAGE_RETENTION_DAYS:
         return 0
