@@ -333,18 +333,24 @@ DJANGO_COMMON_OPTIONS = {
 }
 
 
-@pytest.mark.django_db(transaction=True)
-def test_submit_cancels_what_it_sent_when_interrupted_with_the_flag(
-    live_server, user, settings, monkeypatch
-):
-    # The jobs wait in the database, unfinished, when the interrupt comes.
+@pytest.fixture
+def interrupted_while_waiting(user, settings, monkeypatch) -> str:
+    """Ctrl-C comes while submit waits for its jobs, which wait in the database, unfinished;
+    returns the user's token."""
     settings.DISPATCH_IN_FLIGHT_PER_MODEL = 0
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(InferenceHubClient, "wait", interrupted)
-    token = Token.objects.create(user=user).key
+    return Token.objects.create(user=user).key
+
+
+@pytest.mark.django_db(transaction=True)
+def test_submit_cancels_what_it_sent_when_interrupted_with_the_flag(
+    live_server, interrupted_while_waiting
+):
+    token = interrupted_while_waiting
     with pytest.raises(CommandError, match="interrupted: 2 job"):
         call_command(
             "submit",
@@ -367,15 +373,9 @@ def test_submit_cancels_what_it_sent_when_interrupted_with_the_flag(
 
 @pytest.mark.django_db(transaction=True)
 def test_submit_without_the_flag_leaves_the_jobs_sent_when_interrupted(
-    live_server, user, settings, monkeypatch
+    live_server, interrupted_while_waiting
 ):
-    settings.DISPATCH_IN_FLIGHT_PER_MODEL = 0
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(InferenceHubClient, "wait", interrupted)
-    token = Token.objects.create(user=user).key
+    token = interrupted_while_waiting
     with pytest.raises(KeyboardInterrupt):
         call_command("submit", str(DATA / "fox.png"), server=live_server.url, token=token)
     assert Job.objects.get().status == Job.Status.QUEUED
