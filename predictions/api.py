@@ -148,6 +148,11 @@ class JobViewSet(
             return error_response(f"an upload takes no query parameters; got {names}", 400)
         params = JobCreateSerializer(data=request.data)
         params.is_valid(raise_exception=True)
+        # Asked before the upload: once its jobs are committed the answer is built without
+        # the database, so that one gone meanwhile cannot turn an accepted upload into a
+        # 503 (a staff member's permissions are a query).
+        context = self.get_serializer_context()
+        context["shows_owners"] = selectors.may_see_every_job(request.user)
         try:
             upload = uploads.upload_images(
                 uploader=request.user,
@@ -164,11 +169,10 @@ class JobViewSet(
             )
         except uploads.UploadError as exc:
             return error_response(str(exc), exc.status)
-        return self.jobs_accepted(upload.jobs, replayed=upload.replayed)
+        return self.jobs_accepted(upload.jobs, replayed=upload.replayed, context=context)
 
     # Sequence: inside this class, `list` is the list action.
-    def jobs_accepted(self, jobs: Sequence[Job], *, replayed: bool) -> Response:
-        context = self.get_serializer_context()
+    def jobs_accepted(self, jobs: Sequence[Job], *, replayed: bool, context: dict) -> Response:
         # The answer says whether the chosen model has a live worker: the job is accepted
         # either way (Kafka holds it until one starts).
         versions = list({job.routed_to_id: job.routed_to for job in jobs if job.routed_to}.values())

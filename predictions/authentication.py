@@ -3,7 +3,8 @@
 
 Both keep what a token's lookup found for API_TOKEN_CACHE_SECONDS in the process: the query
 was the largest single cost of a one-image upload in the web process (docs/performance.md).
-A token deleted, or its user changed, is forgotten at once by the process that made the
+A staff member's permissions are kept with the lookup. A token deleted, or its user, their
+groups or permissions changed, is forgotten at once by the process that made the
 change and within API_TOKEN_CACHE_SECONDS by the others."""
 
 import copy
@@ -11,7 +12,8 @@ import copy
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models.signals import post_delete, post_save
+from django.contrib.auth.models import Group
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -39,13 +41,20 @@ class CachedTokenAuthentication(TokenAuthentication):
             forget_tokens()
         # super() raises AuthenticationFailed for an unknown token or an inactive user: such
         # a lookup is never kept.
-        lookup = super().authenticate_credentials
         user, token = kept_reading(
-            _lookups, key, settings.API_TOKEN_CACHE_SECONDS, lambda: lookup(key)
+            _lookups, key, settings.API_TOKEN_CACHE_SECONDS, lambda: self._lookup(key)
         )
         # A copy per request: the requests of one token run at once on the process's
         # threads, and what one of them sets on its request.user must not reach the others.
         return copy.copy(user), token
+
+    def _lookup(self, key: str) -> tuple:
+        user, token = super().authenticate_credentials(key)
+        if user.is_staff:
+            # A staff member's permissions are kept with the lookup (on the user; the copies
+            # share them): the access rules ask for them on most requests.
+            user.get_all_permissions()
+        return user, token
 
 
 class BearerTokenAuthentication(CachedTokenAuthentication):
@@ -64,9 +73,12 @@ def api_user(request: HttpRequest) -> AbstractBaseUser | None:
 @receiver(post_delete, sender=Token)
 @receiver(post_save, sender=Token)
 @receiver(post_save, sender=get_user_model())
+@receiver(m2m_changed, sender=get_user_model().groups.through)
+@receiver(m2m_changed, sender=get_user_model().user_permissions.through)
+@receiver(m2m_changed, sender=Group.permissions.through)
 def _forget_changed_tokens(**_kwargs) -> None:
-    # A user's save may have made them inactive: every kept lookup goes, as it is cheap to
-    # redo and rare enough.
+    # A user's save may have made them inactive, a permission given or taken changes what
+    # a kept user may do: every kept lookup goes, as it is cheap to redo and rare enough.
     forget_tokens()
 
 
