@@ -17,7 +17,7 @@ from django.conf import settings
 from stack import processes
 from stack.common import WEB_APP_PORT, WEB_HOST, WEB_PORT
 from stack.harness import PYTHON, free_port
-from tests.conftest import start_front_door
+from tests.conftest import LOGS, start_front_door
 from tests.settings import RUN_ID
 
 pytestmark = pytest.mark.services
@@ -97,6 +97,31 @@ def test_the_proxy_takes_its_body_limit_from_the_apps_setting_also_for_a_chunked
     response = requests.post(f"{small_front_door}/api/jobs/", data=chunks, timeout=30)
     assert response.status_code == 413
     assert response.json() == {"error": "the request body is over the limit of 100000 bytes"}
+
+
+def test_the_proxy_and_the_app_log_a_request_under_one_id_the_clients_when_sane(
+    small_front_door, proxy_dir
+):
+    mine = f"client-{uuid.uuid4().hex}"
+    kept = requests.get(f"{small_front_door}/healthz", headers={"X-Request-ID": mine}, timeout=10)
+    replaced = requests.get(
+        f"{small_front_door}/healthz", headers={"X-Request-ID": "no spaces allowed"}, timeout=10
+    )
+    made = requests.get(f"{small_front_door}/healthz", timeout=10)
+    # Refused by nginx itself: the app never sees it, the client still gets an id.
+    refused = requests.post(
+        f"{small_front_door}/api/jobs/", data=(b"x" * 10_000 for _ in range(20)), timeout=30
+    )
+    assert kept.headers["X-Request-ID"] == mine
+    ids = [answer.headers["X-Request-ID"] for answer in (kept, replaced, made, refused)]
+    assert all(re.fullmatch("[0-9a-f]{32}", new) for new in ids[1:]), ids
+    assert len(set(ids)) == 4
+    proxy_lines = (proxy_dir / "access.log").read_text()
+    app_lines = (LOGS / "small-front-door-app.log").read_text()
+    for request_id in ids:
+        assert f"[{request_id}]" in proxy_lines
+    for request_id in ids[:3]:
+        assert f"[{request_id}] GET /healthz" in app_lines
 
 
 def test_a_forged_x_forwarded_for_does_not_escape_the_anonymous_throttle(small_front_door):

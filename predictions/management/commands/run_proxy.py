@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.template import Context, Engine
 
+from common import request_ids
 from common.errors import RETRY_AFTER_SECONDS
 from common.limits import CLIENT_IDLE_SECONDS, WAIT_MAX_SECONDS
 from stack.common import ROOT, SERVICE_USER
@@ -33,6 +34,7 @@ def render(*, listen: str, app: str, held: str, directory: Path, access_log: str
         "client_idle_seconds": CLIENT_IDLE_SECONDS,
         "held_read_timeout": WAIT_MAX_SECONDS + HELD_READ_SLACK_SECONDS,
         "retry_after_seconds": RETRY_AFTER_SECONDS,
+        "request_id_pattern": request_ids.ACCEPTED.pattern,
     }
     return Engine(autoescape=False).from_string(TEMPLATE.read_text()).render(Context(values))
 
