@@ -336,6 +336,7 @@ def create_jobs(
         )
 
     jobs: list[Job] = []
+    upload_trace = tracing.current_traceparent()
     try:
         with transaction.atomic():
             if batch is not None:
@@ -376,9 +377,17 @@ def create_jobs(
                     routed_to=routed_to,
                     deadline=deadline,
                     request_id=request_ids.current.get() or "",
-                    trace_parent=tracing.current_traceparent(),
+                    trace_parent=upload_trace,
                     callback_url=callback_url,
                 )
+                if len(checked) > 1:
+                    # One trace per job: an upload of many images would otherwise be one
+                    # trace of all their ways. Each starts its own, linked to the upload's.
+                    job.trace_parent = tracing.new_trace(
+                        "job accepted",
+                        linked_to=upload_trace,
+                        attributes={"inferencehub.job_id": str(job.id)},
+                    )
                 upload.file.seek(0)
                 try:
                     job.image.save(str(job.id), upload.file, save=False)

@@ -55,23 +55,24 @@ def traced_stack(receiver, process_env, tmp_path):
         yield start_front_door(start, name="traced-front-door")
 
 
-def spans_of_trace(receiver: OtlpReceiver, job_ids: list[str], timeout: float = 30) -> list[dict]:
-    """The trace's spans once every job's last hop has arrived."""
+def spans_of_jobs(receiver: OtlpReceiver, job_ids: list[str], timeout: float = 30) -> list[dict]:
+    """The spans of the jobs' traces and the upload's, once every job's last hop arrived."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        spans = [s for s in receiver.received() if s["trace_id"] == TRACE_ID]
+        spans = receiver.received()
         stored = {
-            s["attributes"].get("inferencehub.job_id")
+            s["attributes"].get("inferencehub.job_id"): s["trace_id"]
             for s in spans
             if s["name"] == "result stored"
         }
-        if stored >= set(job_ids):
-            return spans
+        if stored.keys() >= set(job_ids):
+            traces = {TRACE_ID} | {stored[job_id] for job_id in job_ids}
+            return [s for s in spans if s["trace_id"] in traces]
         time.sleep(0.2)
-    raise AssertionError(f"the trace lacks stored jobs: {sorted(s['name'] for s in spans)}")
+    raise AssertionError(f"some jobs' traces lack their stored result: {sorted(stored)}")
 
 
-def test_every_job_of_an_upload_has_one_connected_trace_through_every_hop(
+def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_upload(
     traced_stack, receiver, user, tmp_path
 ):
     from rest_framework.authtoken.models import Token
@@ -89,7 +90,7 @@ def test_every_job_of_an_upload_has_one_connected_trace_through_every_hop(
     job_ids = [job["id"] for job in answer.json()["jobs"]]
     assert {job.status for job in wait_until_finished(job_ids)} == {"succeeded"}
 
-    spans = spans_of_trace(receiver, job_ids)
+    spans = spans_of_jobs(receiver, job_ids)
     by_id = {span["span_id"]: span for span in spans}
     per_job = defaultdict(dict)
     for span in spans:
@@ -99,31 +100,42 @@ def test_every_job_of_an_upload_has_one_connected_trace_through_every_hop(
     [upload] = [
         s for s in spans if s["service"] == "inferencehub-web" and s["parent"] == "00f067aa0ba902b7"
     ]
+    assert upload["trace_id"] == TRACE_ID
+    job_traces = set()
     for job_id in job_ids:
         hops = per_job[job_id]
         assert {"preprocess", "inference request", "result received", "result stored"} <= set(hops)
-        # Each hop descends from the upload: the chain of parents stays inside the trace.
+        # Each job's trace is its own, and starts where the web accepted the job, linked to
+        # the upload's span: the chain of parents of every hop stays inside it.
+        accepted = hops["job accepted"]
+        assert accepted["service"] == "inferencehub-web"
+        assert accepted["links"] == [(TRACE_ID, upload["span_id"])]
+        job_traces.add(accepted["trace_id"])
         for hop in hops.values():
+            assert hop["trace_id"] == accepted["trace_id"], hop["name"]
             span = hop
             while span["parent"] and span["parent"] in by_id:
                 span = by_id[span["parent"]]
-            assert span["span_id"] == upload["span_id"], (hop["name"], span["name"])
+            assert span["span_id"] == accepted["span_id"], (hop["name"], span["name"])
         assert hops["preprocess"]["service"] == "inferencehub-celery"
         assert hops["inference request"]["service"] == "inferencehub-worker"
         assert hops["result received"]["service"] == "inferencehub-bridge"
         assert hops["result stored"]["service"] == "inferencehub-celery"
-    # The database's work is in the trace too: the store's queries under its task.
-    assert any(s["attributes"].get("db.system") == "mysql" for s in spans)
+    assert len(job_traces) == len(job_ids) and TRACE_ID not in job_traces
+    # The database's work is traced too: the upload's queries under its request.
+    assert any(
+        s["attributes"].get("db.system") == "mysql" and s["trace_id"] == TRACE_ID for s in spans
+    )
     # The worker's batches are spans of their own, linked to each request they served.
     batches = [
         s
         for s in receiver.spans
         if s["name"] == "inference batch" and s["service"] == "inferencehub-worker"
     ]
-    linked = {
-        span_id for batch in batches for trace_id, span_id in batch["links"] if trace_id == TRACE_ID
-    }
-    assert {per_job[job_id]["preprocess"]["span_id"] for job_id in job_ids} <= linked
+    linked = {link for batch in batches for link in batch["links"]}
+    for job_id in job_ids:
+        preprocess = per_job[job_id]["preprocess"]
+        assert (preprocess["trace_id"], preprocess["span_id"]) in linked
     assert all(batch["attributes"]["inferencehub.model"] == "instant" for batch in batches)
     # A job's id finds its lines in the log of every process it crossed, and the upload's
     # request id finds them too.
@@ -140,4 +152,17 @@ def test_every_job_of_an_upload_has_one_connected_trace_through_every_hop(
             headers={"Authorization": f"Token {token}"},
             timeout=30,
         ).json()
-        assert (body["trace_id"], body["request_id"]) == (TRACE_ID, request_id)
+        assert (body["trace_id"], body["request_id"]) == (
+            per_job[job_id]["job accepted"]["trace_id"],
+            request_id,
+        )
+    # An upload of one image is one job: its trace is the upload's own.
+    one = requests.post(
+        f"{traced_stack}/api/jobs/",
+        files=files[:1],
+        headers={"Authorization": f"Token {token}", "traceparent": UPLOAD_PARENT},
+        timeout=60,
+    ).json()
+    wait_until_finished([one["id"]])
+    assert one["trace_id"] == TRACE_ID
+    assert {s["trace_id"] for s in spans_of_jobs(receiver, [one["id"]])} == {TRACE_ID}
