@@ -95,6 +95,7 @@ class Options:
         "plumbing-small",
         "pipeline-multi-package",
         "pipeline-multi-package-traced",
+        "pipeline-multi-package-sampled",
         "pipeline-multi-package-2",
         "ray-package",
         "ray-package-batch",
@@ -122,9 +123,9 @@ class PipelineConfig:
     openvino_hint: str = "auto"
     # Only the benchmark's images of this size (bench.images.MEGAPIXELS); None: all of them.
     megapixels: float | None = None
-    # Celery, the workers and the bridge export every span (OTLP) to a receiver in this
-    # process; the web, shared by every row, does not.
-    traced: bool = False
+    # Celery, the workers and the bridge export spans (OTLP) to a receiver in this process,
+    # of this share of the jobs (1.0: every span); the web, shared by every row, does not.
+    traced: float = 0.0
 
 
 CONFIGS = {
@@ -162,14 +163,23 @@ CONFIGS = {
         package=True,
         workers=1,
     ),
-    # What tracing costs (issue 26): the row above with every span exported.
+    # What tracing costs (issue 26): the row above with every span exported, and with one
+    # job in ten traced (the standard sampler), as a busy deployment would.
     "pipeline-multi-package-traced": PipelineConfig(
         "pipeline-multi-package-traced",
         "pipeline, 8 images per upload, make run's model package, traced",
         images_per_request=8,
         package=True,
         workers=1,
-        traced=True,
+        traced=1.0,
+    ),
+    "pipeline-multi-package-sampled": PipelineConfig(
+        "pipeline-multi-package-sampled",
+        "pipeline, 8 images per upload, make run's model package, 10 % of jobs traced",
+        images_per_request=8,
+        package=True,
+        workers=1,
+        traced=0.1,
     ),
     # As it did before issue 27, for the before/after in one run.
     "pipeline-multi-package-2": PipelineConfig(
@@ -186,6 +196,7 @@ PACKAGE_PARTS = (
     "runtimes",
     "pipeline-multi-package",
     "pipeline-multi-package-traced",
+    "pipeline-multi-package-sampled",
     "pipeline-multi-package-2",
     "ray-package",
     "ray-package-batch",
@@ -393,7 +404,15 @@ def pipeline_processes(
         MODEL_NAME=config.model,
         MODEL_PACKAGE=options.package if config.package else "",
         OPENVINO_PERFORMANCE_HINT=config.openvino_hint,
-        **({"OTEL_EXPORTER_OTLP_ENDPOINT": traces.endpoint} if traces else {}),
+        **(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": traces.endpoint,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": str(config.traced),
+            }
+            if traces
+            else {}
+        ),
     )
     worker_options = ["--max-batch-size", str(config.max_batch_size or options.max_batch_size)]
     worker_options += ["--max-batch-delay-ms", str(options.batch_delay_ms)]
