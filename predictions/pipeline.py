@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from celery import current_app
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, Count, FloatField, Value, When
 from django.utils import timezone
 from opentelemetry.trace import Link
@@ -74,6 +74,24 @@ def dispatch_jobs() -> int:
             cursor.execute("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.dispatch'))")
 
 
+def dispatch_after_commit() -> None:
+    """Run the dispatcher once the current transaction commits (a request's change freed
+    places in flight or made jobs wait). Its failure there is logged, not raised: the
+    change is committed, and a request answered 503 would say it was not; beat's dispatch,
+    every DISPATCH_INTERVAL_SECONDS, admits the jobs instead."""
+    transaction.on_commit(_dispatch_or_leave_to_beat)
+
+
+def _dispatch_or_leave_to_beat() -> None:
+    from kombu.exceptions import OperationalError as BrokerError
+    from redis.exceptions import RedisError
+
+    try:
+        dispatch_jobs()
+    except (DatabaseError, BrokerError, RedisError) as exc:
+        log.warning("dispatch left to beat's next pass: %s", exc)
+
+
 def _admit_all() -> int:
     admitted = 0
     while admitted_now := _admit_next():
@@ -111,11 +129,20 @@ def _admit_next() -> int:
     if not chosen:
         return 0
     with transaction.atomic():
-        admitted = list(
+        # Locked by primary key alone, in its order, as cancelling and storing results lock:
+        # a lock taken through the status index would wait for a job's row while holding its
+        # index entry, which a cancel changing that status needs: a deadlock (seen at load).
+        locked = (
             Job.objects.select_for_update()
-            .filter(pk__in=chosen, status=Job.Status.QUEUED, admitted_at__isnull=True)
-            .values_list("pk", flat=True)
+            .filter(pk__in=chosen)
+            .order_by("pk")
+            .values_list("pk", "status", "admitted_at")
         )
+        admitted = [
+            pk
+            for pk, status, admitted_at in locked
+            if status == Job.Status.QUEUED and admitted_at is None
+        ]
         Job.objects.filter(pk__in=admitted).update(admitted_at=timezone.now())
     try:
         _enqueue_preprocess(admitted)

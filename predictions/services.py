@@ -17,7 +17,7 @@ from common import notifications, tracing
 from common.limits import top_k_problem
 from kafka_wire.cancellations import publish_cancellations
 from predictions.models import Batch, Job, Prediction
-from predictions.pipeline import dispatch_jobs
+from predictions.pipeline import dispatch_after_commit
 from predictions.signals import job_finished
 from predictions.storage import delete_stored
 
@@ -37,14 +37,15 @@ def cancel_jobs(*, jobs: Iterable[Job]) -> int:
     how many were cancelled."""
     ids = [job.pk for job in jobs]
     with transaction.atomic():
-        # Locked in primary-key order, as record_results locks, so the two never deadlock.
-        unfinished = list(
+        # Locked by primary key alone, in its order, as the dispatcher and record_results
+        # lock, so that none of them deadlock (predictions/pipeline.py _admit_next).
+        locked = (
             Job.objects.select_for_update()
             .filter(pk__in=ids)
-            .exclude(status__in=Job.FINISHED)
             .order_by("pk")
             .only("pk", "status", "batch_id", "admitted_at")
         )
+        unfinished = [job for job in locked if job.status not in Job.FINISHED]
         now = timezone.now()
         for job in unfinished:
             job.cancel(now=now)
@@ -71,13 +72,14 @@ def _store_cancelled(jobs: list[Job]) -> None:
         jobs=[job.pk for job in jobs], batches={job.batch_id for job in jobs}
     )
     job_finished.send(sender=Job, job_ids=[job.pk for job in jobs])
-    # Their places in flight are free for the next waiting jobs.
-    transaction.on_commit(dispatch_jobs)
-    # Only an admitted job may have a request in Kafka (or on its way there) to drop.
+    # Only an admitted job may have a request in Kafka (or on its way there) to drop. Told
+    # first: each moment before the workers hear of it, its request may still be inferred.
     sent = [str(job.pk) for job in jobs if job.admitted_at is not None]
     if sent:
         topic = settings.KAFKA_CANCELLATIONS_TOPIC
         transaction.on_commit(lambda: publish_cancellations(topic, sent))
+    # Their places in flight are free for the next waiting jobs.
+    dispatch_after_commit()
 
 
 def delete_job(*, job: Job) -> None:
@@ -128,11 +130,15 @@ def _restart_jobs(job_ids: list, *, statuses, why: str, top_k: int | None = None
     # Only finished jobs are restarted: one still in the pipeline would get its old
     # attempt's result stored on top of the new one.
     with transaction.atomic():
-        restarting = list(
-            Job.objects.select_for_update()
-            .filter(pk__in=job_ids, status__in=statuses)
-            .values_list("pk", "batch_id", "trace_parent")
-        )
+        # Locked by primary key alone, in its order (see cancel_jobs).
+        restarting = [
+            (pk, batch_id, trace_parent)
+            for pk, status, batch_id, trace_parent in Job.objects.select_for_update()
+            .filter(pk__in=job_ids)
+            .order_by("pk")
+            .values_list("pk", "status", "batch_id", "trace_parent")
+            if status in statuses
+        ]
         if not restarting:
             return 0
         ids = [job_id for job_id, _, _ in restarting]
@@ -143,7 +149,7 @@ def _restart_jobs(job_ids: list, *, statuses, why: str, top_k: int | None = None
             attributes = {"inferencehub.job_id": str(job_id)}
             if traceparent := tracing.new_trace(why, linked_to=first, attributes=attributes):
                 Job.objects.filter(pk=job_id).update(trace_parent=traceparent)
-        transaction.on_commit(dispatch_jobs)
+        dispatch_after_commit()
         notifications.publish_after_commit(
             jobs=ids, batches={batch_id for _, batch_id, _ in restarting}
         )

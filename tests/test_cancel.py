@@ -11,6 +11,7 @@ from celery import current_app
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import DatabaseError
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -131,6 +132,28 @@ def test_the_api_cancels_ones_own_job_and_answers_with_it():
     assert answer.status_code == 200
     assert answer.json()["status"] == "cancelled"
     assert answer.json()["finished_at"] is not None
+
+
+def test_a_committed_cancel_is_told_to_the_workers_and_answered_even_if_dispatching_fails(
+    monkeypatch,
+):
+    happened = []
+    monkeypatch.setattr(
+        "predictions.services.publish_cancellations", lambda topic, ids: happened.append(ids)
+    )
+
+    def dispatch_jobs():
+        happened.append("dispatch")
+        raise DatabaseError("(2006, 'Server has gone away')")
+
+    monkeypatch.setattr("predictions.pipeline.dispatch_jobs", dispatch_jobs)
+    job = JobFactory(status=Job.Status.SUBMITTED, admitted_at=timezone.now())
+    answer = api_as(job.owner).post(f"/api/jobs/{job.pk}/cancel/")
+    assert answer.status_code == 200
+    # Told before anything else: until the workers hear of it, its request may be inferred.
+    assert happened == [[str(job.pk)], "dispatch"]
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED
 
 
 def test_the_api_answers_409_in_the_error_shape_for_a_finished_job():
