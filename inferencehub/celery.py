@@ -40,16 +40,18 @@ def _pass_the_request_id_along(headers, **_kwargs) -> None:
 
 @task_prerun.connect
 def _take_the_request_id_up(task, **_kwargs) -> None:
-    # An eager task (run in its caller) keeps its caller's id.
+    # An eager task (run in its caller) keeps its caller's id. The token is kept on this
+    # run's request, not on the task: the threads pool (the webhooks worker) runs one task
+    # object in several threads at once, each of which must put down its own.
     if request_id := task.request.get(REQUEST_ID_HEADER):
-        task.request_id_token = request_ids.current.set(request_id)
+        task.request.request_id_token = request_ids.current.set(request_id)
 
 
 @task_postrun.connect
 def _put_the_request_id_down(task, **_kwargs) -> None:
-    if token := getattr(task, "request_id_token", None):
+    if token := getattr(task.request, "request_id_token", None):
         request_ids.current.reset(token)
-        task.request_id_token = None
+        task.request.request_id_token = None
 
 
 @task_prerun.connect

@@ -3,13 +3,18 @@
 import os
 import re
 import subprocess
+import threading
 import time
 import uuid
 
 import pytest
+from celery.signals import task_postrun, task_prerun
 
+from common import request_ids
+from inferencehub.celery import REQUEST_ID_HEADER
 from stack.harness import PYTHON
 from tests.conftest import DATA, REPO
+from webhooks.tasks import deliver
 
 LOG_ONE_WARNING = """
 import django, logging
@@ -70,3 +75,37 @@ def test_an_uploads_request_id_reaches_the_celery_lines_of_its_preprocessing(pip
             break
         time.sleep(0.5)
     assert lines, f"no line of {log.name} has the request id"
+
+
+def test_tasks_run_at_once_in_threads_each_take_up_and_put_down_their_own_request_id():
+    # The webhooks worker runs one task object in 16 threads (the threads pool): what a
+    # task run keeps between its prerun and postrun must be that run's, not the task's.
+    task = deliver
+    both_up = threading.Barrier(2)
+    first_down = threading.Event()
+    seen: dict[str, tuple] = {}
+
+    def run(request_id: str, goes_down_first: bool) -> None:
+        task.push_request(**{REQUEST_ID_HEADER: request_id})
+        try:
+            task_prerun.send(sender=task, task_id=request_id, task=task)
+            both_up.wait(10)
+            if not goes_down_first:
+                first_down.wait(10)
+            during = request_ids.current.get()
+            task_postrun.send(sender=task, task_id=request_id, task=task)
+            first_down.set()
+            seen[request_id] = (during, request_ids.current.get())
+        finally:
+            task.pop_request()
+
+    threads = [
+        threading.Thread(target=run, args=("first", False)),
+        threading.Thread(target=run, args=("second", True)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # Each run's lines carry its id while it runs, and the thread none after it.
+    assert seen == {"first": ("first", None), "second": ("second", None)}

@@ -11,6 +11,8 @@ then counts what became of every job: an Outcome, also appended to
 """
 
 import contextlib
+import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -24,6 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
 
@@ -136,6 +139,12 @@ class App:
                 processes.results_celery(PYTHON, hostname=f"{self.name}-results@%h")
             ),
         ]
+
+    def start_webhooks(self) -> ManagedProcess:
+        """The completion webhooks' Celery worker, which only scenarios with callbacks need."""
+        return self.start_process(
+            processes.webhooks_celery(PYTHON, hostname=f"{self.name}-webhooks@%h")
+        )
 
     def start_beat(self) -> ManagedProcess:
         schedule = str(LOG_DIR / f"{self.name}-beat-schedule")
@@ -276,7 +285,8 @@ class JobStream:
     this many uploads; model: the registered model each upload names (None: the default).
     A 503 must carry Retry-After; it counts as refused, not lost.
     resend_for: seconds to keep sending an unanswered upload again, with the same
-    Idempotency-Key (as predictions/client.py does); 0: once more only, without a key."""
+    Idempotency-Key (as predictions/client.py does); 0: once more only, without a key.
+    extra: the n-th upload's further form fields (callback_url, timeout_s, ...)."""
 
     def __init__(
         self,
@@ -287,9 +297,11 @@ class JobStream:
         limit: int | None = None,
         resend_for: float = 0,
         model: str | None = None,
+        extra: Callable[[int], dict[str, str]] | None = None,
     ) -> None:
         self.app = app
         self.fields = {"top_k": "3"} if model is None else {"top_k": "3", "model": model}
+        self.extra = extra
         self.model = model
         self.resend_for = resend_for
         self.interval = threads / rate if rate else 0.0
@@ -332,11 +344,14 @@ class JobStream:
             if self.limit is not None and number >= self.limit:
                 return
             name, content = PHOTOS[number % len(PHOTOS)]
+            fields = {**self.fields, **(self.extra(number) if self.extra else {})}
             started = time.monotonic()
-            self.upload(session, name, content)
+            self.upload(session, name, content, fields)
             self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
-    def upload(self, session: requests.Session, name: str, content: bytes) -> None:
+    def upload(
+        self, session: requests.Session, name: str, content: bytes, fields: dict[str, str]
+    ) -> None:
         headers = {"Idempotency-Key": uuid.uuid4().hex} if self.resend_for else {}
         resend_until = time.monotonic() + self.resend_for
         attempt = 0
@@ -347,7 +362,7 @@ class JobStream:
                 response = session.post(
                     f"{self.app.url}/api/jobs/",
                     files={"image": (name, content)},
-                    data=self.fields,
+                    data=fields,
                     headers=headers,
                     timeout=120,
                 )
@@ -424,7 +439,8 @@ def job_states(
         connection.close()
 
 
-FINISHED = ("succeeded", "failed")
+# Job.FINISHED: cancelled and expired jobs are done with too.
+FINISHED = ("succeeded", "failed", "cancelled", "expired")
 
 
 def wait_until_finished(
@@ -472,6 +488,114 @@ def result_key_counts(app: App) -> Counter:
         consumer.close()
 
 
+class WebhookReceiver:
+    """A callback URL on loopback (the app started with WEBHOOK_ALLOWED_NETWORKS=127.0.0.1):
+    answers every webhook 200 and keeps it, its signature checked as docs/webhooks.md tells
+    a receiver to, with the secret the app's user reads from the API."""
+
+    def __init__(self, app: App) -> None:
+        answer = requests.get(
+            f"{app.url}/api/webhook-secret/",
+            headers={"Authorization": f"Token {app.token}"},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        self.secret = answer.json()["secret"]
+        self.lock = threading.Lock()
+        # Per job id, each POST of it: its delivery id, the status it told, signed rightly.
+        self.received: dict[str, list[tuple[str, str, bool]]] = {}
+        self.unreadable = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.keep(self.headers, body)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "WebhookReceiver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def keep(self, headers, body: bytes) -> None:
+        try:
+            job = json.loads(body)
+            job_id, status = job["id"], job["status"]
+        except (ValueError, KeyError, TypeError):
+            with self.lock:
+                self.unreadable += 1
+            return
+        signed = signed_by(headers.get("InferenceHub-Signature"), body, self.secret)
+        post = (headers.get("InferenceHub-Delivery", ""), status, signed)
+        with self.lock:
+            self.received.setdefault(job_id, []).append(post)
+
+    def told(self, job_id: str) -> list[tuple[str, str, bool]]:
+        with self.lock:
+            return list(self.received.get(job_id, []))
+
+    def tally(self, finished: dict[str, JobState], timeout: float = 180) -> dict:
+        """Once every finished job was told in a rightly signed webhook (or at the timeout),
+        what was received: repeats are allowed (delivery is at least once), counted."""
+        started = time.monotonic()
+        untold = set(finished)
+        while True:
+            untold = {job for job in untold if not any(s for *_, s in self.told(job))}
+            if not untold or time.monotonic() - started > timeout:
+                break
+            time.sleep(1)
+        with self.lock:
+            received = {job: list(posts) for job, posts in self.received.items()}
+        posts = [post for job in finished for post in received.get(job, [])]
+        return {
+            "received": sum(len(p) for p in received.values()) + self.unreadable,
+            "untold": len(untold),
+            "told_s": None if untold else round(time.monotonic() - started, 1),
+            "wrong_status": sum(
+                1
+                for job, state in finished.items()
+                if any(status != state.status for _, status, _ in received.get(job, []))
+            ),
+            "bad_signature": sum(1 for *_, signed in posts if not signed),
+            # POSTs beyond a job's first: a delivery sent again (its answer lost, its task
+            # redone), or a second delivery.
+            "duplicates": len(posts) - sum(1 for job in finished if received.get(job)),
+            # A job told in more than one delivery: a second one made for the same attempt.
+            "second_deliveries": sum(
+                1 for job in finished if len({d for d, *_ in received.get(job, [])}) > 1
+            ),
+            "unknown_jobs": len(received.keys() - finished.keys()),
+            "unreadable": self.unreadable,
+        }
+
+
+def signed_by(header: str | None, body: bytes, secret: str, tolerance_s: int = 300) -> bool:
+    """docs/webhooks.md's receiver check: HMAC-SHA256 of "<t>.<body>" under the secret, in
+    v1, and t fresh."""
+    try:
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        timestamp = int(fields["t"])
+        given = fields["v1"]
+    except (AttributeError, KeyError, ValueError):
+        return False
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    fresh = abs(time.time() - timestamp) <= tolerance_s
+    return fresh and hmac.compare_digest(expected.hexdigest(), given)
+
+
 @dataclass
 class Outcome:
     scenario: str
@@ -480,6 +604,8 @@ class Outcome:
     refused_503: int
     succeeded: int
     failed: int
+    cancelled: int
+    expired: int
     lost: int
     duplicated: int
     redeliveries: int
@@ -490,6 +616,8 @@ class Outcome:
     unacknowledged_jobs: int
     # Finished jobs per model that answered ("name:version"; "name:-" unregistered).
     answered_by: dict
+    # What the scenario's webhook receiver got (WebhookReceiver.tally); {} without one.
+    webhooks: dict = field(default_factory=dict)
     notes: str = ""
 
 
@@ -501,11 +629,13 @@ def settle(
     fault_at: float,
     timeout: float = 600,
     notes: str = "",
+    webhooks: "WebhookReceiver | None" = None,
 ) -> Outcome:
     """Wait for every accepted job, count what became of each, record and print the outcome.
 
     Counts the jobs routed to the stream's model, when it names one. recovery_s: from the
-    fault until every job accepted so far had finished."""
+    fault until every job accepted so far had finished. webhooks: the receiver of the
+    stream's callback URL, then waited for until it was told of every finished job."""
     waited = wait_until_finished(app, stream.snapshot(), timeout, stream.model)
     recovery = None if waited is None else time.monotonic() - fault_at
     states = job_states(app.username, app.database, stream.model)
@@ -520,6 +650,8 @@ def settle(
         refused_503=stream.refused,
         succeeded=sum(1 for s in finished.values() if s.status == "succeeded"),
         failed=sum(1 for s in finished.values() if s.status == "failed"),
+        cancelled=sum(1 for s in finished.values() if s.status == "cancelled"),
+        expired=sum(1 for s in finished.values() if s.status == "expired"),
         lost=len(accepted) - len(finished),
         duplicated=duplicated,
         redeliveries=redeliveries,
@@ -532,6 +664,7 @@ def settle(
         # Jobs stored although their upload was not answered 202: a client would not know them.
         unacknowledged_jobs=len(set(states) - accepted),
         answered_by=dict(Counter(s.answered_by for s in finished.values() if s.answered_by)),
+        webhooks={} if webhooks is None else webhooks.tally(finished),
         notes=notes,
     )
     app.outcomes.parent.mkdir(parents=True, exist_ok=True)

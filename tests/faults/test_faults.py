@@ -5,20 +5,27 @@ redelivered on Kafka (harmless: storage is idempotent) and the time to recover, 
 reported and never asserted (two shared cores make it vary widely)."""
 
 import os
+import random
 import signal
+import threading
 import time
+from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import MySQLdb
 import psutil
 import pytest
+import requests
 
 from serving.package import read_manifest
 from tests.faults.conftest import (
     CLUSTER_KAFKA,
     DATABASE,
+    App,
     JobStream,
     MemorySampler,
+    WebhookReceiver,
     assert_nothing_lost,
     job_states,
     redis_cli,
@@ -75,6 +82,153 @@ def test_a_killed_result_bridge_restarted_stores_every_result_once(start_app):
         time.sleep(20)
     outcome = settle("SIGKILL the result bridge, restart it", app, stream, fault_at=killed_at)
     assert_nothing_lost(outcome)
+
+
+def test_cancellations_deadlines_and_webhooks_hold_while_a_worker_and_the_bridge_are_killed(
+    start_app,
+):
+    # The receiver is on loopback, which callbacks may reach only when allowed. The sweep
+    # every 10 s (not 60) expires the short-deadline jobs that wait behind the dead worker.
+    app = start_app(
+        "cancel-expire-webhooks",
+        WEBHOOK_ALLOWED_NETWORKS="127.0.0.1",
+        SWEEP_INTERVAL_SECONDS="10",
+    )
+    app.start_webhooks()
+    with WebhookReceiver(app) as receiver:
+
+        def extra(number: int) -> dict[str, str]:
+            # Every upload asks for a webhook; every third gives up after 2 s.
+            short = {"timeout_s": "2"} if number % 3 == 0 else {}
+            return {"callback_url": receiver.url, **short}
+
+        with (
+            JobStream(app, rate=6, extra=extra) as stream,
+            Canceller(app, stream) as canceller,
+        ):
+            wait_for_progress(app, 10)
+            app.current("worker1").stop(signal.SIGKILL)
+            killed_at = time.monotonic()
+            time.sleep(10)
+            app.current("bridge").stop(signal.SIGKILL)
+            time.sleep(10)
+            app.start_bridge()
+            # Until past the group's session timeout (45 s), when the other worker takes
+            # the dead one's partitions: requests by then cancelled or past their deadline.
+            time.sleep(max(0.0, killed_at + 55 - time.monotonic()))
+        outcome = settle(
+            "SIGKILL one of two inference workers, then the result bridge (restarted 10 s "
+            "later), while jobs are cancelled and every third upload has timeout_s=2; every "
+            "upload has a callback URL",
+            app,
+            stream,
+            fault_at=killed_at,
+            webhooks=receiver,
+            notes=f"cancel answers: {len(canceller.cancelled)} cancelled, "
+            f"{len(canceller.finished_first)} 409 (finished first)",
+        )
+    assert_nothing_lost(outcome)
+    assert not canceller.errors, canceller.errors
+    # The scenario reached every end a job can have here.
+    assert outcome.succeeded and outcome.cancelled and outcome.expired, outcome
+    states = job_states(app.username)
+    # A cancellation answered 200 stands, one answered 409 changed nothing, and only the
+    # jobs asked to were cancelled.
+    cancelled = {job for job, state in states.items() if state.status == "cancelled"}
+    assert cancelled == canceller.cancelled, (cancelled ^ canceller.cancelled, outcome)
+    stored_though_ended = [
+        job
+        for job, state in states.items()
+        if state.status in ("cancelled", "expired") and state.predictions
+    ]
+    assert not stored_though_ended, (stored_though_ended, outcome)
+    webhooks = outcome.webhooks
+    assert webhooks["untold"] == 0, outcome
+    assert webhooks["bad_signature"] == webhooks["wrong_status"] == 0, outcome
+    assert webhooks["second_deliveries"] == webhooks["unreadable"] == 0, outcome
+    deadlines = taken_after_deadline(app)
+    print({"deadlines": deadlines})
+    assert deadlines["taken_after_deadline"] == [], deadlines
+
+
+class Canceller:
+    """Cancels accepted jobs through the API while a stream runs: every second its newest
+    job and one of its last 30 at random (which may still wait in the database or in the
+    requests of the dead worker), and keeps each answer."""
+
+    def __init__(self, app: App, stream: JobStream, every: float = 1.0) -> None:
+        self.app, self.stream, self.every = app, stream, every
+        self.asked: set[str] = set()
+        # Answered 200, and 409: the job had finished first.
+        self.cancelled: set[str] = set()
+        self.finished_first: set[str] = set()
+        self.errors: Counter[str] = Counter()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self) -> "Canceller":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def run(self) -> None:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Token {self.app.token}"
+        while not self.stopping.wait(self.every):
+            recent = [job for job in self.stream.snapshot()[-30:] if job not in self.asked]
+            if recent:
+                for job in {recent[-1], random.choice(recent)}:
+                    self.cancel(session, job)
+
+    def cancel(self, session: requests.Session, job: str) -> None:
+        self.asked.add(job)
+        try:
+            response = session.post(f"{self.app.url}/api/jobs/{job}/cancel/", timeout=60)
+        except requests.RequestException as error:
+            self.errors[type(error).__name__] += 1
+            return
+        if response.status_code == 200:
+            self.cancelled.add(job)
+        elif response.status_code == 409:
+            self.finished_first.add(job)
+        else:
+            self.errors[f"{response.status_code} {response.text[:120]}"] += 1
+
+
+# A worker checks a request's deadline just before the batch's predict; its inference is
+# reckoned to have begun at inferred_at - inference_ms, later than that check by the
+# batch's bookkeeping (more on a loaded machine). A request taken after its deadline is
+# late by far more: it waited behind a dead worker.
+DEADLINE_SLACK = timedelta(seconds=0.5)
+
+
+def taken_after_deadline(app: App) -> dict:
+    """The scenario's succeeded jobs that had a deadline: how many, the least time left at
+    the start of their inference, and those begun after it."""
+    connection = MySQLdb.connect(**DATABASE)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT j.id, j.deadline, j.inferred_at, j.inference_ms FROM predictions_job j"
+            " JOIN auth_user u ON u.id = j.owner_id WHERE u.username = %s"
+            " AND j.status = 'succeeded' AND j.deadline IS NOT NULL",
+            [app.username],
+        )
+        rows = cursor.fetchall()
+    finally:
+        connection.close()
+    left = {
+        str(job): deadline - (inferred_at - timedelta(milliseconds=inference_ms))
+        for job, deadline, inferred_at, inference_ms in rows
+    }
+    return {
+        "succeeded_with_deadline": len(left),
+        "least_left_s": round(min(left.values()).total_seconds(), 3) if left else None,
+        "taken_after_deadline": sorted(job for job, t in left.items() if t < -DEADLINE_SLACK),
+    }
 
 
 def test_a_killed_web_server_loses_no_upload_its_clients_send_again(start_app):
