@@ -1,17 +1,22 @@
 """`manage.py loadtest`: the front door and the fair share under real traffic, against a
 running stack (`make run`), in one run (docs/performance.md, "Under real traffic").
 
-Three parts, each reported side by side with the light-load figures of the same run:
+Four parts, each reported side by side with figures of the same run taken without its load
+(user B's light-load latency; for cancel, A's run without cancelling):
 - front: /healthz and a normal job read while many event streams, `?wait=` clients and
   slow uploads (a few KB/s) are open; and how many held requests were refused;
 - backlog: user B's single upload, from upload to stored result, while user A has a large
   backlog queued;
-- big: the same while A uploads large WEBPs.
+- big: the same while A uploads large WEBPs;
+- cancel: A's throughput at saturation without cancelling, then with half of an equal
+  backlog cancelled job by job mid-stream, and how many of the cancelled jobs were still
+  inferred (read back from the workers' own results on Kafka).
 
 The clients are threads of this process: a held request here costs a thread, which is the
 client's cost, not the server's.
 """
 
+import contextlib
 import socket
 import statistics
 import threading
@@ -20,11 +25,16 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
-from bench.run import percentiles
+from bench.run import cpu_seconds, percentiles, service_pids
+from kafka_wire.contract import InferenceResult
+
+# The cancel part's target: at most this share of the jobs cancelled may still be inferred.
+CANCELLED_INFERRED_TARGET = 0.05
 
 
 @dataclass
@@ -262,3 +272,137 @@ def b_under_backlog(
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
+
+
+def upload_all(
+    users: Users, images: list[tuple[str, bytes]], per_request: int
+) -> tuple[list[str], float]:
+    """A uploads images in requests of per_request; their job ids in upload order, and the
+    seconds it took."""
+    a = session(users.token_a)
+    started = time.monotonic()
+    job_ids: list[str] = []
+    for start in range(0, len(images), per_request):
+        job_ids += upload(a, users.base_url, images[start : start + per_request])
+    return job_ids, time.monotonic() - started
+
+
+@dataclass(frozen=True)
+class CancelAnswer:
+    job_id: str
+    status: int  # 0: no answer
+    answered_at: float  # epoch seconds, on this machine's clock (the workers' too)
+    ms: float
+
+
+def cancel_each(users: Users, job_ids: list[str], threads: int) -> list[CancelAnswer]:
+    """POST /api/jobs/{id}/cancel/ for each job, from `threads` client threads (a session
+    each), as a client cancelling job by job would."""
+    local = threading.local()
+
+    def cancel(job_id: str) -> CancelAnswer:
+        if not hasattr(local, "session"):
+            local.session = session(users.token_a)
+        started = time.monotonic()
+        try:
+            url = f"{users.base_url}/api/jobs/{job_id}/cancel/"
+            status = local.session.post(url, timeout=60).status_code
+        except requests.RequestException:
+            status = 0
+        return CancelAnswer(job_id, status, time.time(), (time.monotonic() - started) * 1000)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(cancel, job_ids))
+
+
+def cancellation_summary(
+    cancelled_at: dict[str, float],
+    sent: set[str],
+    results: list[InferenceResult],
+    target: float = CANCELLED_INFERRED_TARGET,
+) -> dict:
+    """What became of the jobs cancelled: cancelled_at, each job whose cancel was answered
+    200 and when (epoch s); sent, the jobs whose request was found in Kafka; results, every
+    result the workers produced meanwhile (any job's, redeliveries included).
+
+    A cancelled job counts as inferred when a worker produced a result with predictions for
+    it, whenever that was: the work was done either way. When, against the time its cancel
+    was answered (by then the cancellation had been handed to Kafka): inferred already
+    (only the storing was left), under way (in a batch being inferred), or begun after
+    (one a worker could have dropped). A job sent but never answered is one a worker
+    dropped.
+    """
+    answered: dict[str, InferenceResult] = {}
+    for result in results:
+        # Inferred beats answered otherwise (an expired or failed result).
+        if result.job_id in cancelled_at and (result.ok or result.job_id not in answered):
+            answered[result.job_id] = result
+    inferred = {job_id: r for job_id, r in answered.items() if r.ok}
+    done = began_after = 0
+    for job_id, result in inferred.items():
+        ended_s = result.inferred_at_ms / 1000
+        done += ended_s <= cancelled_at[job_id]
+        began_after += ended_s - result.inference_ms / 1000 > cancelled_at[job_id]
+    sent_cancelled = sent & cancelled_at.keys()
+    count = len(cancelled_at)
+    share = len(inferred) / count if count else 0.0
+    return {
+        "cancelled": count,
+        "sent_to_kafka": len(sent_cancelled),
+        "never_sent": count - len(sent_cancelled),
+        "inferred": len(inferred),
+        "inferred_before_cancel_answered": done,
+        "inferred_while_cancel_answered": len(inferred) - done - began_after,
+        "inference_began_after_cancel_answered": began_after,
+        "answered_without_inference": len(answered) - len(inferred),
+        "dropped_by_workers": len(sent_cancelled - answered.keys()),
+        # Answered though no request was found: none unless a request predates the read.
+        "answered_not_found_sent": len(answered.keys() - sent),
+        "inferred_share": share,
+        "target_share": target,
+        "target_met": share <= target,
+    }
+
+
+# make run's app processes (stack/processes.py), each known by a word of its command line.
+APP_PROCESSES = (
+    ("gunicorn", "web"),
+    ("uvicorn", "held"),
+    ("nginx", "proxy"),
+    ("run_worker", "worker"),
+    ("consume_results", "bridge"),
+    (" beat ", "beat"),
+    ("--queues preprocess", "celery"),
+    ("--queues results", "celery-results"),
+    ("--queues webhooks", "celery-webhooks"),
+)
+
+
+def process_name(cmdline: str) -> str:
+    return next((name for word, name in APP_PROCESSES if word in cmdline), "other")
+
+
+def stack_cpu_seconds(supervisor_pid_file: Path) -> dict[str, float]:
+    """CPU seconds used so far by each app process of a make run stack (with its children:
+    gunicorn's and Celery's workers) and by its data services; {} for a stack this machine
+    does not run. Taken before and after a part: what the stack spent on it, whatever else
+    the machine was doing meanwhile."""
+    used: dict[str, float] = {}
+    with contextlib.suppress(OSError, ValueError):
+        supervisor = int(supervisor_pid_file.read_text().strip())
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != supervisor:
+                    continue
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                name = process_name(f" {cmdline} ")
+                used[name] = used.get(name, 0.0) + cpu_seconds([int(stat.parent.name)])
+    if used:
+        used.update({name: cpu_seconds(pids) for name, pids in service_pids().items()})
+    return used
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each process (and all together, "total") spent between two readings."""
+    spent = {name: round(after[name] - before.get(name, 0.0), 1) for name in after}
+    return {**spent, "total": round(sum(spent.values()), 1)} if spent else {}

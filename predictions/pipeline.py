@@ -321,8 +321,10 @@ def record_results(*, results: list[InferenceResult]) -> int:
         now = timezone.now()
         updates: dict[tuple, list] = {}
         predictions: list[Prediction] = []
+        ignored: list[Job] = []
         for job in jobs:
             if job.is_finished:
+                ignored.append(job)
                 continue
             result = by_job[str(job.pk)]
             fields = {
@@ -368,6 +370,8 @@ def record_results(*, results: list[InferenceResult]) -> int:
     if stored:
         about, extra = about_jobs([str(pk) for pk in stored])
         log.info("%d results stored: %s", len(stored), about, extra=extra)
+    if ignored:
+        _log_ignored(ignored)
     # Each stored job's hop in its own trace; the transaction, shared by up to 64 jobs of
     # as many traces, is the one span they link to.
     for job in jobs:
@@ -380,6 +384,23 @@ def record_results(*, results: list[InferenceResult]) -> int:
                 attributes={"inferencehub.job_id": str(job.pk)},
             ).end()
     return len(stored)
+
+
+def _log_ignored(jobs: list[Job]) -> None:
+    """One line for the results that came for jobs already finished, by the jobs' status: a
+    redelivery's for a succeeded job costs nothing, but one for a cancelled job is an
+    inference the cancellation came too late to save."""
+    statuses: dict[str, int] = {}
+    for job in jobs:
+        statuses[job.status] = statuses.get(job.status, 0) + 1
+    about, extra = about_jobs([str(job.pk) for job in jobs])
+    log.info(
+        "%d results ignored, their jobs finished already (%s): %s",
+        len(jobs),
+        ", ".join(f"{status} {count}" for status, count in sorted(statuses.items())),
+        about,
+        extra=extra,
+    )
 
 
 def fail_job(*, job_id, reason: str) -> bool:

@@ -116,6 +116,24 @@ def test_a_result_for_a_cancelled_job_changes_nothing():
     assert not job.predictions.exists()
 
 
+def test_results_ignored_for_finished_jobs_are_logged_with_their_jobs_status(caplog):
+    cancelled = JobFactory(status=Job.Status.SUBMITTED, admitted_at=timezone.now())
+    services.cancel_job(job=cancelled)
+    done = JobFactory(status=Job.Status.SUBMITTED, admitted_at=timezone.now())
+    pipeline.record_results(results=[fox_result(done)])
+    waiting = JobFactory(status=Job.Status.SUBMITTED, admitted_at=timezone.now())
+
+    with caplog.at_level("INFO", logger="predictions.pipeline"):
+        results = [fox_result(job) for job in (cancelled, done, waiting)]
+        assert pipeline.record_results(results=results) == 1
+
+    [line] = [r for r in caplog.records if "ignored" in r.getMessage()]
+    assert line.getMessage().startswith(
+        "2 results ignored, their jobs finished already (cancelled 1, succeeded 1): jobs "
+    )
+    assert sorted(line.job_ids) == sorted([str(cancelled.pk), str(done.pk)])
+
+
 def test_an_expired_result_ends_the_job_expired_with_its_reason():
     job = JobFactory(status=Job.Status.SUBMITTED, admitted_at=timezone.now())
     expired = InferenceResult(

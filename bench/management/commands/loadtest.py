@@ -4,19 +4,29 @@ run (bench/loadtest.py; docs/performance.md, "Under real traffic")."""
 
 import io
 import json
+import math
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from PIL import Image
 from rest_framework.authtoken.models import Token
 
 from bench import loadtest
+from bench.run import percentiles
+from kafka_wire import readback
+from kafka_wire.contract import decode_result, job_id_of_key
+from kafka_wire.topics import describe_topics, project_topics
 from predictions.models import Batch, Job
+from registry.models import ModelVersion
+from stack.common import RUN
 
 DATA = Path(__file__).resolve().parents[3] / "tests" / "data"
-PARTS = ("front", "backlog", "big")
+PARTS = ("front", "backlog", "big", "cancel")
 
 
 def token_for(username: str) -> str:
@@ -51,11 +61,44 @@ def throughput(job_ids: list[str], timeout_s: float = 1800) -> dict:
     return {"a_jobs_per_s": len(job_ids) / (last - first).total_seconds(), "a_failed": failed}
 
 
+def kafka_drained(routes: list, timeout_s: float = 300) -> None:
+    """Wait until the workers have read every request and the bridge every result: after
+    that no result for the jobs of a part is still to come."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = describe_topics(project_topics(routes))
+        behind = [row for row in rows if row.group is not None and row.lag]
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise CommandError(f"Kafka not drained after {timeout_s} s: {behind}")
+        time.sleep(1)
+
+
+def per_job_ms(cpu_s: dict[str, float], jobs: int) -> float | None:
+    return cpu_s["total"] * 1000 / jobs if cpu_s and jobs else None
+
+
+def cancelled_stages(job_ids: list[str]) -> dict:
+    """Where the cancelled jobs were when cancelled, as their records say (a cancel keeps
+    the stage times): still waiting their turn in the database, admitted but not marked
+    handed to Kafka, or handed to Kafka."""
+    jobs = Job.objects.filter(pk__in=job_ids)
+    return {
+        "waiting_not_admitted": jobs.filter(admitted_at__isnull=True).count(),
+        "admitted_not_submitted": jobs.filter(
+            admitted_at__isnull=False, submitted_at__isnull=True
+        ).count(),
+        "submitted": jobs.filter(submitted_at__isnull=False).count(),
+    }
+
+
 class Command(BaseCommand):
     help = (
         "Load test the running stack: /healthz and a job read under open event streams, "
         "?wait= clients and slow uploads; user B's latency behind user A's backlog and big "
-        "uploads; printed and written as JSON."
+        "uploads; A's throughput with and without half its jobs cancelled mid-stream, and how "
+        "many of those were still inferred; printed and written as JSON."
     )
 
     def add_arguments(self, parser):
@@ -70,6 +113,15 @@ class Command(BaseCommand):
         parser.add_argument("--big", type=int, default=40)
         parser.add_argument("--big-megapixels", type=float, default=12)
         parser.add_argument("--light", type=int, default=5, help="B's light-load uploads")
+        parser.add_argument("--cancel-jobs", type=int, default=1000, help="A's jobs per run")
+        parser.add_argument("--cancel-per-request", type=int, default=50)
+        parser.add_argument("--cancel-threads", type=int, default=4)
+        parser.add_argument(
+            "--cancel-after",
+            type=float,
+            default=0.1,
+            help="cancel once this share of the jobs has finished",
+        )
         parser.add_argument("--out", default="bench-results/loadtest.json")
 
     def handle(self, *args, **options):
@@ -149,7 +201,149 @@ class Command(BaseCommand):
             report["big"].update(throughput(report["big"].pop("a_job_ids")))
             self.stdout.write(f"big: {json.dumps(report['big'])}")
 
+        if "cancel" in parts:
+            report["cancel"] = cancel = self.cancel_part(users, small, options)
+            self.stdout.write(f"cancel: {json.dumps(cancel)}")
+            met = "met" if cancel["target_met"] else "not met"
+            self.stdout.write(
+                f"cancel: {cancel['inferred']} of {cancel['cancelled']} cancelled jobs still "
+                f"inferred ({cancel['inferred_share']:.1%}), target ≤ "
+                f"{cancel['target_share']:.0%}: {met}; served {cancel['served_jobs_per_s']:.1f} "
+                f"jobs/s against {cancel['without_jobs_per_s']:.1f} without cancelling"
+            )
+
         out = Path(options["out"])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
         self.stdout.write(f"written to {out}")
+
+    def cancel_part(self, users: loadtest.Users, image: tuple[str, bytes], options) -> dict:
+        """A's N jobs at saturation, then N more with every other one cancelled job by job
+        once the first jobs have finished; what became of the cancelled ones is read back
+        from Kafka: the requests the workers were sent and the results they produced."""
+        count, per_request = options["cancel_jobs"], options["cancel_per_request"]
+        images = [image] * count
+        supervisor = RUN / "supervisord.pid"
+        cpu_before = loadtest.stack_cpu_seconds(supervisor)
+        job_ids, upload_s = loadtest.upload_all(users, images, per_request)
+        self.stdout.write(f"cancel: without, A queued {count} jobs in {upload_s:.1f} s")
+        without = throughput(job_ids)
+        cpu_without = loadtest.cpu_spent(cpu_before, loadtest.stack_cpu_seconds(supervisor))
+        self.stdout.write(f"cancel: without, {json.dumps(without)}")
+
+        routes = [version.route for version in ModelVersion.objects.select_related("model")]
+        requests_topics = {settings.KAFKA_REQUESTS_TOPIC, *(r.requests_topic for r in routes)}
+        start = readback.end_offsets([*requests_topics, settings.KAFKA_RESULTS_TOPIC])
+        cpu_before = loadtest.stack_cpu_seconds(supervisor)
+        report = self.cancel_mid_stream(users, images, per_request, options)
+        job_ids = report.pop("job_ids")
+        cancelled_at = report.pop("cancelled_at")
+        everything = throughput(job_ids)
+        cpu_with = loadtest.cpu_spent(cpu_before, loadtest.stack_cpu_seconds(supervisor))
+        served = list(
+            Job.objects.filter(pk__in=job_ids)
+            .exclude(status=Job.Status.CANCELLED)
+            .values_list("pk", flat=True)
+        )
+        rest = throughput([str(pk) for pk in served])
+        kafka_drained(routes)
+        sent: set[str] = set()
+        results = []
+        for topic, key, value in readback.read_since(start):
+            if topic in requests_topics:
+                sent.add(job_id_of_key(key) or "")
+            elif value is not None:
+                results.append(decode_result(value))
+        summary = loadtest.cancellation_summary(cancelled_at, sent, results)
+        return {
+            "jobs": count,
+            "without_jobs_per_s": without.get("a_jobs_per_s"),
+            "without_failed": without.get("a_failed"),
+            **report,
+            "served": len(served),
+            "served_jobs_per_s": rest.get("a_jobs_per_s"),
+            "served_failed": rest.get("a_failed"),
+            "served_ratio_to_without": rest.get("a_jobs_per_s", 0) / without["a_jobs_per_s"],
+            "all_jobs_per_s": everything.get("a_jobs_per_s"),
+            "requests_in_kafka": len(sent & set(job_ids)),
+            "results_read": len(results),
+            "cancelled_stages": cancelled_stages(list(cancelled_at)),
+            **summary,
+            # The stack's CPU seconds, by process, for each run (empty: not this machine's).
+            "cpu_s_without": cpu_without,
+            "cpu_s_with": cpu_with,
+            "cpu_ms_per_served_job_without": per_job_ms(cpu_without, count),
+            "cpu_ms_per_served_job_with": per_job_ms(cpu_with, len(served)),
+        }
+
+    def cancel_mid_stream(
+        self, users: loadtest.Users, images: list[tuple[str, bytes]], per_request: int, options
+    ) -> dict:
+        """A uploads the images from a thread of its own; once options["cancel_after"] of
+        them have finished, every other job (the 2nd, 4th, ... uploaded) is cancelled, each
+        by its own request; those uploaded later, as they come."""
+        count = len(images)
+        uploaded: list[str] = []
+        upload_done = threading.Event()
+        upload_errors: list[Exception] = []
+
+        def upload() -> None:
+            a = loadtest.session(users.token_a)
+            try:
+                for start in range(0, count, per_request):
+                    chunk = images[start : start + per_request]
+                    uploaded.extend(loadtest.upload(a, users.base_url, chunk))
+            except Exception as error:
+                upload_errors.append(error)
+            finally:
+                upload_done.set()
+
+        uploader = threading.Thread(target=upload, name="A uploads", daemon=True)
+        started = time.monotonic()
+        uploader.start()
+        threshold = math.ceil(options["cancel_after"] * count)
+        while True:
+            done = upload_done.is_set()
+            ids = list(uploaded)
+            finished = Job.objects.filter(pk__in=ids, status__in=Job.FINISHED).count()
+            if finished >= threshold or (done and finished == len(ids)):
+                break
+            time.sleep(0.2)
+        uploaded_then = len(ids)
+        self.stdout.write(
+            f"cancel: {finished} of {count} finished, {uploaded_then} uploaded after "
+            f"{time.monotonic() - started:.1f} s; cancelling every other job"
+        )
+        answers: list[loadtest.CancelAnswer] = []
+        cancel_started = time.monotonic()
+        cancelling_s = 0.0
+        next_index = 1
+        while True:
+            done = upload_done.is_set()
+            ids = list(uploaded)
+            chosen = ids[next_index::2]
+            if chosen:
+                round_started = time.monotonic()
+                answers += loadtest.cancel_each(users, chosen, options["cancel_threads"])
+                cancelling_s += time.monotonic() - round_started
+                next_index += 2 * len(chosen)
+            elif done:
+                break
+            else:
+                time.sleep(0.1)
+        cancel_s = time.monotonic() - cancel_started
+        uploader.join()
+        if upload_errors:
+            raise CommandError(f"A's upload failed: {upload_errors[0]}")
+        statuses = Counter(answer.status for answer in answers)
+        return {
+            "job_ids": ids,
+            "cancelled_at": {a.job_id: a.answered_at for a in answers if a.status == 200},
+            "finished_when_cancelling_began": finished,
+            "uploaded_when_cancelling_began": uploaded_then,
+            "cancel_requests": len(answers),
+            "cancel_answers": {str(status): n for status, n in sorted(statuses.items())},
+            "cancel_s": cancel_s,
+            "cancel_requests_busy_s": cancelling_s,
+            "cancel_ms": percentiles([answer.ms for answer in answers]),
+        }
