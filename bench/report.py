@@ -4,6 +4,7 @@ Over 400 lines: one function per table or plot of the report, each reading resul
 figures only, so that a table is changed in one place."""
 
 import json
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 
@@ -170,18 +171,26 @@ def runtime_targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
             rows.append((target, f"{ratio:.2f} ×", "≥ 1.5 ×", ratio >= 1.5))
         elif peer in data["skipped"]:
             rows.append((target, "not measured", "≥ 1.5 ×", None))
+    untraced = [
+        runs[part]["throughput_per_s"]
+        for part in ("pipeline-multi-package", "pipeline-multi-package-again")
+        if part in runs
+    ]
     for part, what in (
         ("pipeline-multi-package-traced", "every span exported"),
         ("pipeline-multi-package-sampled", "10 % of jobs"),
     ):
-        if "pipeline-multi-package" in runs and part in runs:
+        if untraced and part in runs:
             traced = runs[part]
-            ratio = traced["throughput_per_s"] / runs["pipeline-multi-package"]["throughput_per_s"]
+            ratio = traced["throughput_per_s"] / statistics.mean(untraced)
+            # The untraced row measured twice, before and after: their spread is the noise.
+            noise = (max(untraced) - min(untraced)) / statistics.mean(untraced)
             rows.append(
                 (
-                    f"tracing on ({what}) costs nothing measurable: throughput ≥ 0.95 × off, "
-                    "same run",
-                    f"{ratio:.2f} × ({traced.get('spans_received', 0)} spans received)",
+                    f"tracing on ({what}) costs nothing measurable: throughput ≥ 0.95 × off "
+                    "(the mean of the untraced rows before and after), same run",
+                    f"{ratio:.2f} × ({traced.get('spans_received', 0)} spans received; "
+                    f"untraced rows differ by {noise:.0%})",
                     "≥ 0.95 ×",
                     ratio >= 0.95,
                 )
