@@ -79,10 +79,11 @@ def dispatch_after_commit() -> None:
     places in flight or made jobs wait). Its failure there is logged, not raised: the
     change is committed, and a request answered 503 would say it was not; beat's dispatch,
     every DISPATCH_INTERVAL_SECONDS, admits the jobs instead."""
-    transaction.on_commit(_dispatch_or_leave_to_beat)
+    transaction.on_commit(dispatch_or_leave_to_beat)
 
 
-def _dispatch_or_leave_to_beat() -> None:
+def dispatch_or_leave_to_beat() -> None:
+    """dispatch_jobs(), its failure logged for beat's next pass to make good."""
     from kombu.exceptions import OperationalError as BrokerError
     from redis.exceptions import RedisError
 

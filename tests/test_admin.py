@@ -173,7 +173,9 @@ def test_retry_puts_failed_jobs_back_in_the_queue(
     assert not failed.predictions.exists()
     assert succeeded.status == Job.Status.SUCCEEDED
     # The job waits its turn: the dispatcher runs once the reset is committed.
-    assert [c for c in callbacks if c is pipeline.dispatch_jobs] == [pipeline.dispatch_jobs]
+    assert [c for c in callbacks if c is pipeline.dispatch_or_leave_to_beat] == [
+        pipeline.dispatch_or_leave_to_beat
+    ]
 
 
 def test_re_run_restarts_finished_jobs_with_the_top_k_given(client, operator):
