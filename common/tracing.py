@@ -93,16 +93,25 @@ def trace_asgi(application, service_name: str):
     return OpenTelemetryMiddleware(application)
 
 
+# A link's trace as a tag as well: Zipkin shows no span links, and this finds the other
+# trace by its id (a batch's, an upload's, a store transaction's, a first attempt's).
+LINKED_TRACE = "inferencehub.linked_trace_id"
+
+
+def link_to(span_context: trace.SpanContext | None) -> tuple[list[trace.Link], dict]:
+    """The links and attributes of a span linked to span_context (none if it is invalid)."""
+    if span_context is None or not span_context.is_valid:
+        return [], {}
+    return [trace.Link(span_context)], {LINKED_TRACE: format(span_context.trace_id, "032x")}
+
+
 def new_trace(name: str, *, linked_to: str | None, attributes: dict) -> str:
     """The traceparent of a new trace's first span (name), linked to the span linked_to
     names: a job run again starts a trace of its own rather than growing its first one.
     "" when tracing is off."""
-    first = span_context_of(linked_to)
+    links, linked = link_to(span_context_of(linked_to))
     with tracer.start_as_current_span(
-        name,
-        context=Context(),
-        links=[trace.Link(first)] if first else [],
-        attributes=attributes,
+        name, context=Context(), links=links, attributes={**attributes, **linked}
     ):
         return current_traceparent()
 

@@ -15,7 +15,6 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, Count, FloatField, Value, When
 from django.utils import timezone
-from opentelemetry.trace import Link
 
 from common import notifications, tracing
 from common.images import CENTRE_SQUARE, Fit, prepare_upload
@@ -375,14 +374,15 @@ def record_results(*, results: list[InferenceResult]) -> int:
         _log_ignored(ignored)
     # Each stored job's hop in its own trace; the transaction, shared by up to 64 jobs of
     # as many traces, is the one span they link to.
+    links, linked = tracing.link_to(store_span.get_span_context())
     for job in jobs:
         if job.pk in stored and job.trace_parent:
             tracing.tracer.start_span(
                 "result stored",
                 context=tracing.context_of(job.trace_parent),
                 start_time=started_ns,
-                links=[Link(store_span.get_span_context())],
-                attributes={"inferencehub.job_id": str(job.pk)},
+                links=links,
+                attributes={"inferencehub.job_id": str(job.pk), **linked},
             ).end()
     return len(stored)
 

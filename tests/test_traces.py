@@ -110,6 +110,8 @@ def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_uploa
         accepted = hops["job accepted"]
         assert accepted["service"] == "inferencehub-web"
         assert accepted["links"] == [(TRACE_ID, upload["span_id"])]
+        # Zipkin shows no links: the tag names the upload's trace.
+        assert accepted["attributes"]["inferencehub.linked_trace_id"] == TRACE_ID
         job_traces.add(accepted["trace_id"])
         for hop in hops.values():
             assert hop["trace_id"] == accepted["trace_id"], hop["name"]
@@ -137,6 +139,10 @@ def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_uploa
         preprocess = per_job[job_id]["preprocess"]
         assert (preprocess["trace_id"], preprocess["span_id"]) in linked
     assert all(batch["attributes"]["inferencehub.model"] == "instant" for batch in batches)
+    batch_traces = {batch["trace_id"] for batch in batches}
+    for job_id in job_ids:
+        request = per_job[job_id]["inference request"]
+        assert request["attributes"]["inferencehub.linked_trace_id"] in batch_traces
     # A job's id finds its lines in the log of every process it crossed, and the upload's
     # request id finds them too.
     logs = {path.stem: path.read_text() for path in (tmp_path / "logs").glob("*.log")}

@@ -188,17 +188,14 @@ class InferenceHandler:
     def request_span(self, message: Message, request: InferenceRequest, batch):
         """The request's span in its job's trace: from its hand-over to Kafka to its result,
         linked to the batch that served it."""
+        links, linked = tracing.link_to(batch.get_span_context())
         return tracing.tracer.start_as_current_span(
             "inference request",
             context=tracing.context_of(traceparent_of(message)),
             kind=SpanKind.CONSUMER,
             start_time=request.submitted_at_ms * 1_000_000,
-            links=[Link(batch.get_span_context())],
-            attributes={
-                "inferencehub.job_id": request.job_id,
-                # The link, as a tag too: Zipkin shows no links.
-                "inferencehub.batch_trace_id": format(batch.get_span_context().trace_id, "032x"),
-            },
+            links=links,
+            attributes={"inferencehub.job_id": request.job_id, **linked},
         )
 
     def fail(self, job_id: str | None, reason: str, message: Message) -> None:
