@@ -137,8 +137,9 @@ rootLogger.appenderRef.file.ref = FILE
             self.java(
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # One argument with "=": an id may begin with "-" (one in 64 do), which as
+                # a separate argument would be read as an option.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.config),
                 *standalone,
