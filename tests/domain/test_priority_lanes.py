@@ -6,12 +6,14 @@ from datetime import timedelta
 
 import pytest
 from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from common.lanes import HIGH, LOW, NORMAL, lane_places
 from kafka_wire.config import lane_name
 from predictions import pipeline, selectors
 from predictions.models import Job, Priority
+from predictions.uploads import UploadError, create_batch, upload_images
 from tests.conftest import DATA
 from tests.factories import JobFactory, UserFactory
 
@@ -126,3 +128,46 @@ def test_a_request_goes_to_its_lanes_topic(settings, published_requests):
         lane_name(base, LOW): [str(jobs[LOW].pk)],
     }
     assert lane_name(base, HIGH) == f"{base}-high"
+
+
+def fox() -> SimpleUploadedFile:
+    return SimpleUploadedFile("fox.png", (DATA / "fox.png").read_bytes())
+
+
+def test_an_upload_takes_its_priority_else_its_batchs_else_normal(image_store):
+    alice = UserFactory()
+    urgent = create_batch(owner=alice, priority=HIGH)
+
+    def priority_of(**fields) -> str:
+        [job] = upload_images(uploader=alice, files=[fox()], top_k=1, **fields).jobs
+        return Job.objects.get(pk=job.pk).priority
+
+    assert priority_of() == NORMAL
+    assert priority_of(priority=LOW) == LOW
+    assert priority_of(batch_id=urgent.pk) == HIGH
+    assert priority_of(batch_id=urgent.pk, priority=LOW) == LOW
+
+
+def test_an_unknown_priority_is_refused_naming_the_field(image_store):
+    with pytest.raises(UploadError, match="priority must be one of high, normal, low, got 'urgent'"):
+        upload_images(uploader=UserFactory(), files=[fox()], top_k=1, priority="urgent")
+    assert not Job.objects.exists()
+
+
+def test_the_rest_upload_refuses_an_unknown_priority_with_400(client, image_store):
+    client.force_login(UserFactory())
+    answer = client.post("/api/jobs/", {"image": fox(), "priority": "urgent"})
+    assert answer.status_code == 400
+    assert "priority" in answer.json()["detail"]
+    answer = client.post("/api/batches/", {"priority": "urgent"})
+    assert answer.status_code == 400
+    assert "priority" in answer.json()["detail"]
+
+
+def test_the_rest_upload_answers_with_the_jobs_priority(client, image_store):
+    client.force_login(UserFactory())
+    batch = client.post("/api/batches/", {"priority": "low"}).json()
+    assert batch["priority"] == LOW
+    answer = client.post("/api/jobs/", {"image": fox(), "batch": batch["id"]})
+    assert answer.status_code == 202
+    assert answer.json()["priority"] == LOW
