@@ -26,7 +26,7 @@ from registry.models import ModelVersion
 from stack.common import RUN
 
 DATA = Path(__file__).resolve().parents[3] / "tests" / "data"
-PARTS = ("front", "backlog", "big", "cancel")
+PARTS = ("front", "backlog", "big", "cancel", "priority")
 
 
 def token_for(username: str) -> str:
@@ -98,7 +98,8 @@ class Command(BaseCommand):
         "Load test the running stack: /healthz and a job read under open event streams, "
         "?wait= clients and slow uploads; user B's latency behind user A's backlog and big "
         "uploads; A's throughput with and without half its jobs cancelled mid-stream, and how "
-        "many of those were still inferred; printed and written as JSON."
+        "many of those were still inferred; a high-priority job's behind low ones; printed and "
+        "written as JSON."
     )
 
     def add_arguments(self, parser):
@@ -211,6 +212,18 @@ class Command(BaseCommand):
                 f"{cancel['target_share']:.0%}: {met}; served {cancel['served_jobs_per_s']:.1f} "
                 f"jobs/s against {cancel['without_jobs_per_s']:.1f} without cancelling"
             )
+
+        if "priority" in parts:
+            report["priority"] = loadtest.high_behind_low(
+                users,
+                backlog=[small] * options["backlog"],
+                per_request=100,
+                image=small,
+                light_ms=light_median,
+                log=self.stdout.write,
+            )
+            report["priority"].update(throughput(report["priority"].pop("a_job_ids")))
+            self.stdout.write(f"priority: {json.dumps(report['priority'])}")
 
         out = Path(options["out"])
         out.parent.mkdir(parents=True, exist_ok=True)
