@@ -149,25 +149,7 @@ def test_an_upload_takes_its_priority_else_its_batchs_else_normal(image_store):
 
 
 def test_an_unknown_priority_is_refused_naming_the_field(image_store):
-    with pytest.raises(UploadError, match="priority must be one of high, normal, low, got 'urgent'"):
+    refusal = "priority must be one of high, normal, low, got 'urgent'"
+    with pytest.raises(UploadError, match=refusal):
         upload_images(uploader=UserFactory(), files=[fox()], top_k=1, priority="urgent")
     assert not Job.objects.exists()
-
-
-def test_the_rest_upload_refuses_an_unknown_priority_with_400(client, image_store):
-    client.force_login(UserFactory())
-    answer = client.post("/api/jobs/", {"image": fox(), "priority": "urgent"})
-    assert answer.status_code == 400
-    assert "priority" in answer.json()["detail"]
-    answer = client.post("/api/batches/", {"priority": "urgent"})
-    assert answer.status_code == 400
-    assert "priority" in answer.json()["detail"]
-
-
-def test_the_rest_upload_answers_with_the_jobs_priority(client, image_store):
-    client.force_login(UserFactory())
-    batch = client.post("/api/batches/", {"priority": "low"}).json()
-    assert batch["priority"] == LOW
-    answer = client.post("/api/jobs/", {"image": fox(), "batch": batch["id"]})
-    assert answer.status_code == 202
-    assert answer.json()["priority"] == LOW
