@@ -4,6 +4,8 @@ lane's consumer; against in-memory consumers."""
 
 import time
 
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
 from common.lanes import HIGH, LOW, NORMAL
 from kafka_wire.runner import POLL_TIMEOUT_S, LaneBatchConsumer, Lanes
 from tests.test_runner_batching import FakeConsumer, FakeMessage
@@ -97,3 +99,24 @@ def test_closing_closes_every_lanes_consumer():
     lanes = lanes_of({})
     lanes.close()
     assert all(consumer.closed for consumer in lanes.consumers.values())
+
+
+def test_a_revoked_partition_takes_its_buffered_messages_with_it():
+    lanes = lanes_of({LOW: 20})
+    lanes.fill(8, 0.0)
+    assert lanes.waiting() == 8
+    lanes.forget(None, [TopicPartition(TOPICS[LOW], 0)])
+    assert lanes.waiting() == 0
+
+
+def test_one_lanes_offsets_refused_leave_the_others_stored_and_say_so():
+    lanes = lanes_of({HIGH: 2, LOW: 2})
+
+    def refuse(*, offsets):
+        raise KafkaException(KafkaError(KafkaError._STATE, "revoked"))
+
+    lanes.consumers[TOPICS[HIGH]].store_offsets = refuse
+    runner = runner_of(lanes)
+    assert runner.process_one()
+    # Logged by the runner; the low lane's batch is still marked handled.
+    assert lanes.consumers[TOPICS[LOW]].stored == [[(TOPICS[LOW], 0, 2)]]
