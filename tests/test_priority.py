@@ -103,9 +103,13 @@ def version(kafka_topics) -> ModelVersion:
 
 
 def test_the_preflight_creates_a_requests_topic_per_lane(version):
-    topics = admin_client().list_topics(timeout=10).topics
     base = version.route.requests_topic
-    assert {base, f"{base}-high", f"{base}-low"} <= set(topics)
+    lanes = {base, f"{base}-high", f"{base}-low"}
+    # The broker lists a created topic a moment after create_topics has answered for it.
+    deadline = time.monotonic() + 10
+    while not lanes <= set(admin_client().list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, f"not all of {sorted(lanes)} listed"
+        time.sleep(0.2)
 
 
 @pytest.fixture
