@@ -19,6 +19,7 @@ from rest_framework.authtoken.models import Token
 from bench import loadtest
 from bench.run import percentiles
 from kafka_wire import readback
+from kafka_wire.config import lanes_of
 from kafka_wire.contract import decode_result, job_id_of_key
 from kafka_wire.topics import describe_topics, project_topics
 from predictions.models import Batch, Job
@@ -245,7 +246,10 @@ class Command(BaseCommand):
         self.stdout.write(f"cancel: without, {json.dumps(without)}")
 
         routes = [version.route for version in ModelVersion.objects.select_related("model")]
-        requests_topics = {settings.KAFKA_REQUESTS_TOPIC, *(r.requests_topic for r in routes)}
+        # Every lane's topic: a request is in whichever its job's priority names.
+        lanes = [lanes_of(settings.KAFKA_REQUESTS_TOPIC, settings.KAFKA_WORKER_GROUP)]
+        lanes += [route.lanes() for route in routes]
+        requests_topics = {topic for lane in lanes for topic, _ in lane.values()}
         start = readback.end_offsets([*requests_topics, settings.KAFKA_RESULTS_TOPIC])
         cpu_before = loadtest.stack_cpu_seconds(supervisor)
         report = self.cancel_mid_stream(users, images, per_request, options)
