@@ -16,9 +16,10 @@ from collections.abc import Mapping
 HIGH, NORMAL, LOW = "high", "normal", "low"
 # In the order they are served.
 LANES = (HIGH, NORMAL, LOW)
-# The most of one round a lower lane's credit can keep: two lower lanes at 1/2 each leave
-# high nothing, which is as far as "a share" can go.
-MAX_SHARE = 0.5
+# The most of one round a lower lane's credit can keep: at 1/3 each of the two lower lanes
+# keeps a third and high still takes at least the last third, so every lane is served in
+# every round where all three wait.
+MAX_SHARE = 1 / 3
 
 
 def lane_places(

@@ -76,7 +76,7 @@ def env_fraction(name: str, default: float, *, most: float) -> float:
     value = env(name, float, default)
     if not 0 < value <= most:
         raise ImproperlyConfigured(
-            f"Setting {name} must be above 0 and at most {most}, got {value}"
+            f"Setting {name} must be above 0 and at most {most:.3g}, got {value}"
         )
     return value
 

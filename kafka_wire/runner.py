@@ -327,9 +327,10 @@ class Lanes:
                 return
 
     def _top_up(self, lane: str, limit: int, timeout_s: float) -> bool:
-        room = limit - len(self.buffers[lane])
-        if room <= 0:
-            return False
+        # One message even into a full buffer: a consumer not polled for
+        # max.poll.interval.ms leaves its group. The rule serves every waiting lane within
+        # 1/share rounds, so a buffer outgrows its limit by at most that many.
+        room = max(1, limit - len(self.buffers[lane]))
         consumer = self.consumers[self.topics[lane]]
         messages = [m for m in consumer.consume(room, timeout=timeout_s) if is_data(m, self.name)]
         self.buffers[lane].extend(messages)
