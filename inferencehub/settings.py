@@ -16,6 +16,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from common.callbacks import parse_allow_list
+from common.lanes import MAX_SHARE
 from stack.common import STATE as STACK_STATE
 from stack.common import redis_url
 from stack.processes import PREPROCESS_QUEUE, RESULTS_QUEUE, WEBHOOKS_QUEUE
@@ -68,6 +69,15 @@ def env_non_negative_int(name: str, default: int) -> int:
     value = env(name, int, default)
     if value < 0:
         raise ImproperlyConfigured(f"Setting {name} must be 0 or a positive integer, got {value}")
+    return value
+
+
+def env_fraction(name: str, default: float, *, most: float) -> float:
+    value = env(name, float, default)
+    if not 0 < value <= most:
+        raise ImproperlyConfigured(
+            f"Setting {name} must be above 0 and at most {most:.3g}, got {value}"
+        )
     return value
 
 
@@ -367,6 +377,13 @@ DISPATCH_IN_FLIGHT_PER_MODEL = env_positive_int("DISPATCH_IN_FLIGHT_PER_MODEL", 
 # The dispatcher runs after each upload and each stored batch of results; beat runs it
 # this often besides, in case one of those runs was missed.
 DISPATCH_INTERVAL_SECONDS = env_positive_int("DISPATCH_INTERVAL_SECONDS", 2)
+# Priority lanes (common/lanes.py, docs/scheduling.md): high jobs are admitted beyond
+# DISPATCH_IN_FLIGHT_PER_MODEL by up to this many, so that one never waits for a place
+# behind a full cap of normal and low jobs; they are read first by the workers as well.
+DISPATCH_HIGH_EXTRA_IN_FLIGHT = env_non_negative_int("DISPATCH_HIGH_EXTRA_IN_FLIGHT", 16)
+# Of every round of places (the dispatcher's free places of a model version, a worker's
+# batch), each lower lane with work waiting keeps at least this fraction.
+PRIORITY_LOWER_LANE_SHARE = env_fraction("PRIORITY_LOWER_LANE_SHARE", 0.125, most=MAX_SHARE)
 # Stored originals of finished jobs older than this are deleted daily; 0 keeps them forever.
 IMAGE_RETENTION_DAYS = env("IMAGE_RETENTION_DAYS", int, 30)
 if IMAGE_RETENTION_DAYS < 0:

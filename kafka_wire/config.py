@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from common.lanes import LANES, NORMAL
+
 # Long enough to ride out a broker restart; a message still undelivered after this
 # fails its delivery report, and the batch that produced it is redone.
 MESSAGE_TIMEOUT_MS = 60_000
@@ -94,12 +96,32 @@ def kafka_names(prefix: str) -> dict[str, str]:
     }
 
 
+def lane_name(name: str, lane: str) -> str:
+    """The topic (or consumer group) of a lane of a requests topic (or of its worker
+    group): the name itself for normal, so that the topics and groups of before the lanes
+    are normal's, and the name with -high or -low for the others."""
+    return name if lane == NORMAL else f"{name}-{lane}"
+
+
 @dataclass(frozen=True)
 class ModelRoute:
     """Where one registered model version's requests go, and who reads them."""
 
     requests_topic: str
     worker_group: str
+
+    def lanes(self) -> dict[str, tuple[str, str]]:
+        """Each priority lane's requests topic and worker group, in the order served."""
+        return lanes_of(self.requests_topic, self.worker_group)
+
+
+def lanes_of(requests_topic: str, worker_group: str) -> dict[str, tuple[str, str]]:
+    """Each lane's topic and group of a requests topic and its worker group. A group of
+    its own per lane: a worker reads each lane with a consumer of its own, and the normal
+    lane's group keeps counting one member per worker."""
+    return {
+        lane: (lane_name(requests_topic, lane), lane_name(worker_group, lane)) for lane in LANES
+    }
 
 
 def model_route(name: str, version: int) -> ModelRoute:

@@ -14,12 +14,14 @@ does it: each handler keeps only its domain reaction (an error result, a failed 
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from common import metrics
+from common.lanes import lane_places
 from kafka_wire.config import consumer_config
 from kafka_wire.producer import BatchProducer, new_producer, send_to_dead_letter
 
@@ -187,17 +189,7 @@ class BatchConsumer:
         return batch
 
     def is_data(self, message: Message | None) -> bool:
-        if message is None:
-            return False
-        error = message.error()
-        if error is None:
-            return True
-        if error.fatal():
-            raise KafkaException(error)
-        if error.code() != KafkaError._PARTITION_EOF:
-            # librdkafka recovers from the others (broker down, rebalance) by itself.
-            logger.warning("%s: consumer error: %s", self.name, error)
-        return False
+        return is_data(message, self.name)
 
     def store_offsets(self, batch: list[Message]) -> None:
         """Mark the batch handled. librdkafka commits the stored offsets every
@@ -257,6 +249,164 @@ class BatchConsumer:
         self.messages_since_log = 0
         self.batches_since_log = 0
         self.last_log_at = time.monotonic()
+
+
+def is_data(message: Message | None, name: str) -> bool:
+    """Whether a polled message is one to handle; raises a fatal error, logs the others."""
+    if message is None:
+        return False
+    error = message.error()
+    if error is None:
+        return True
+    if error.fatal():
+        raise KafkaException(error)
+    if error.code() != KafkaError._PARTITION_EOF:
+        # librdkafka recovers from the others (broker down, rebalance) by itself.
+        logger.warning("%s: consumer error: %s", name, error)
+    return False
+
+
+# While every lane is empty, how long a wait on one lane lasts before the next lane's turn:
+# a message arriving on another lane is seen at most this much later.
+LANE_WAIT_SLICE_S = 0.01
+
+
+class Lanes:
+    """The priority lanes of one requests topic read as one consumer: a consumer per lane
+    (each in its own group, so each commits its own offsets), whose fetched messages wait
+    in a buffer of their own, at most a batch of them, until a batch is taken by the lane
+    rule (common/lanes.py). Offsets, seeks and watermarks go to the consumer of the
+    message's topic, so BatchConsumer stores each batch's offsets only after its work, per
+    consumer, as with one."""
+
+    def __init__(
+        self, lanes: dict[str, tuple[str, Consumer]], *, share: float, name: str = "lanes"
+    ) -> None:
+        """lanes: each lane's topic and consumer, in the order the lanes are served."""
+        self.order = list(lanes)
+        self.consumers = dict(lanes.values())
+        self.topics = {lane: topic for lane, (topic, _) in lanes.items()}
+        self.share = share
+        self.name = name
+        self.buffers: dict[str, deque[Message]] = {lane: deque() for lane in lanes}
+        self.credit: dict[str, float] = {}
+
+    @classmethod
+    def subscribed(cls, lanes: dict[str, tuple[str, str]], *, share: float, name: str) -> "Lanes":
+        """Lanes of consumers of the project's settings, lanes giving each lane's topic and
+        group. A partition taken away by a rebalance takes its buffered messages with it:
+        its new owner reads them from the last commit."""
+        consumers = {
+            lane: (topic, Consumer(consumer_config(group)))
+            for lane, (topic, group) in lanes.items()
+        }
+        read = cls(consumers, share=share, name=name)
+        for topic, consumer in read.consumers.items():
+            consumer.subscribe([topic], on_revoke=read.forget, on_lost=read.forget)
+        return read
+
+    def waiting(self) -> int:
+        return sum(len(buffer) for buffer in self.buffers.values())
+
+    def fill(self, limit: int, timeout_s: float) -> None:
+        """Top each lane's buffer up to `limit` with what its consumer has fetched; when
+        that brings nothing, wait up to timeout_s for a message on any lane, a short slice
+        on each in turn."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = [self._top_up(lane, limit, 0.0) for lane in self.order]
+            if any(got) or time.monotonic() >= deadline:
+                return
+            for lane in self.order:
+                wait_s = min(LANE_WAIT_SLICE_S, deadline - time.monotonic())
+                if wait_s <= 0:
+                    return
+                if self._top_up(lane, limit, wait_s):
+                    return
+            if all(len(buffer) >= limit for buffer in self.buffers.values()):
+                return
+
+    def _top_up(self, lane: str, limit: int, timeout_s: float) -> bool:
+        # One message even into a full buffer: a consumer not polled for
+        # max.poll.interval.ms leaves its group. The rule serves every waiting lane within
+        # 1/share rounds, so a buffer outgrows its limit by at most that many.
+        room = max(1, limit - len(self.buffers[lane]))
+        consumer = self.consumers[self.topics[lane]]
+        messages = [m for m in consumer.consume(room, timeout=timeout_s) if is_data(m, self.name)]
+        self.buffers[lane].extend(messages)
+        return bool(messages)
+
+    def take(self, size: int) -> list[Message]:
+        """The next batch of at most `size`, each lane's oldest buffered messages, as many
+        of each as the lane rule gives it."""
+        waiting = {lane: len(buffer) for lane, buffer in self.buffers.items()}
+        places, self.credit = lane_places(waiting, size, share=self.share, credit=self.credit)
+        batch: list[Message] = []
+        for lane in self.order:
+            batch += [self.buffers[lane].popleft() for _ in range(places[lane])]
+        return batch
+
+    def forget(self, consumer: Consumer | None, partitions: list[TopicPartition]) -> None:
+        """Drop the buffered messages of these partitions (revoked, or rewound: a seek
+        fetches them again)."""
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for lane, buffer in self.buffers.items():
+            self.buffers[lane] = deque(m for m in buffer if (m.topic(), m.partition()) not in gone)
+
+    # What BatchConsumer asks of its consumer, each sent to the consumer of the topic.
+
+    def store_offsets(self, *, offsets: list[TopicPartition]) -> None:
+        failure = None
+        for topic, consumer in self.consumers.items():
+            mine = [tp for tp in offsets if tp.topic == topic]
+            if not mine:
+                continue
+            try:
+                consumer.store_offsets(offsets=mine)
+            except KafkaException as error:
+                # The other lanes' offsets are still stored.
+                failure = failure or error
+        if failure is not None:
+            raise failure
+
+    def seek(self, position: TopicPartition) -> None:
+        self.forget(None, [position])
+        self.consumers[position.topic].seek(position)
+
+    def get_watermark_offsets(self, partition: TopicPartition, cached: bool = False):
+        return self.consumers[partition.topic].get_watermark_offsets(partition, cached=cached)
+
+    def close(self) -> None:
+        for consumer in self.consumers.values():
+            consumer.close()
+
+
+class LaneBatchConsumer(BatchConsumer):
+    """A BatchConsumer of priority lanes (Lanes): each batch is gathered as one consumer's
+    is, and made by the lane rule from what the lanes have fetched."""
+
+    consumer: Lanes
+
+    def poll_batch(self) -> list[Message]:
+        lanes = self.consumer
+        # Topped up even with messages left from the last batch: a lower lane's leftovers
+        # must not go before a higher lane's messages fetched meanwhile.
+        lanes.fill(self.max_batch_size, 0.0 if lanes.waiting() else POLL_TIMEOUT_S)
+        metrics.CONSUMER_HEALTH.polled()
+        if not lanes.waiting():
+            self.busy = False
+            return []
+        delay_ms = self.busy_batch_delay_ms if self.busy else self.max_batch_delay_ms
+        deadline = time.monotonic() + delay_ms / 1000
+        while lanes.waiting() < self.max_batch_size:
+            remaining_s = max(0.0, deadline - time.monotonic())
+            lanes.fill(self.max_batch_size, remaining_s)
+            # Past the deadline one last non-blocking fill takes what is already fetched.
+            if remaining_s == 0.0:
+                break
+        batch = lanes.take(self.max_batch_size)
+        self.busy = len(batch) > 1
+        return batch
 
 
 def next_offsets(batch: list[Message]) -> dict[tuple[str, int], int]:

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management.base import CommandError
 
 from common.limits import CANCELLATION_RETENTION_S
-from kafka_wire.config import ModelRoute, client_config, consumer_config
+from kafka_wire.config import ModelRoute, client_config, consumer_config, lanes_of
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +35,16 @@ class PartitionLag:
 
 def project_topics(models: list[ModelRoute] = ()) -> dict[str, str | None]:
     """Each topic of the project and the consumer group that reads it, with the requests
-    topic and group of each registered model version in models."""
+    topics and groups of each registered model version in models: a requests topic per
+    priority lane (config.lanes_of)."""
+    unregistered = lanes_of(settings.KAFKA_REQUESTS_TOPIC, settings.KAFKA_WORKER_GROUP)
     return {
-        settings.KAFKA_REQUESTS_TOPIC: settings.KAFKA_WORKER_GROUP,
+        **dict(unregistered.values()),
         settings.KAFKA_RESULTS_TOPIC: settings.KAFKA_BRIDGE_GROUP,
         settings.KAFKA_DEAD_LETTER_TOPIC: None,
         # Read whole by every worker, by partition assignment rather than in a group.
         settings.KAFKA_CANCELLATIONS_TOPIC: None,
-        **{route.requests_topic: route.worker_group for route in models},
+        **{topic: group for route in models for topic, group in route.lanes().values()},
     }
 
 
@@ -268,11 +270,13 @@ def group_states(routes: list[ModelRoute]) -> dict[ModelRoute, GroupState]:
         group: len(future.result(timeout=ADMIN_TIMEOUT_S).members)
         for group, future in futures.items()
     }
-    rows = describe_topics({route.requests_topic: route.worker_group for route in routes})
-    lags: dict[str, int] = {}
+    # The lag of every lane: a request waits in whichever.
+    lane_of = {topic: route for route in routes for topic, _ in route.lanes().values()}
+    rows = describe_topics(
+        {topic: group for route in routes for topic, group in route.lanes().values()}
+    )
+    lags: dict[ModelRoute, int] = {}
     for row in rows:
-        lags[row.topic] = lags.get(row.topic, 0) + (row.lag or 0)
-    return {
-        route: GroupState(members[route.worker_group], lags.get(route.requests_topic))
-        for route in routes
-    }
+        route = lane_of[row.topic]
+        lags[route] = lags.get(route, 0) + (row.lag or 0)
+    return {route: GroupState(members[route.worker_group], lags.get(route)) for route in routes}

@@ -100,6 +100,7 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
     # date hierarchy.
     list_filter = [
         "status",
+        "priority",
         ModelFilter,
         RuntimeFilter,
         PrecisionFilter,
@@ -131,6 +132,7 @@ class JobAdmin(SearchByIdMixin, admin.ModelAdmin):
                     "attempts",
                     "top_k",
                     "deadline",
+                    "priority",
                     "owner",
                     "batch_link",
                 ]
@@ -358,14 +360,14 @@ def _ms(value: float | None) -> str:
 
 @admin.register(Batch)
 class BatchAdmin(SearchByIdMixin, admin.ModelAdmin):
-    list_display = ["id", "name", "owner", "job_count", "created_at"]
+    list_display = ["id", "name", "owner", "priority", "job_count", "created_at"]
     list_filter = ["created_at", OwnerFilter]
     list_select_related = ["owner"]
     search_fields = ["owner__username", "name"]
     search_help_text = "A batch id (or its first 8 hex digits), its name, or its owner's user name."
     date_hierarchy = "created_at"
     show_full_result_count = False
-    readonly_fields = ["id", "name", "owner", "created_at", "job_count"]
+    readonly_fields = ["id", "name", "owner", "priority", "created_at", "job_count"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return selectors.with_jobs_count(super().get_queryset(request))

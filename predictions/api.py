@@ -166,6 +166,7 @@ class JobViewSet(
                 callback_url=params.validated_data.get("callback_url", ""),
                 deadline=params.validated_data.get("deadline"),
                 timeout_s=params.validated_data.get("timeout_s"),
+                priority=params.validated_data.get("priority"),
             )
         except uploads.UploadError as exc:
             return error_response(str(exc), exc.status)
@@ -245,8 +246,7 @@ class BatchViewSet(
 
     def perform_create(self, serializer) -> None:
         owner = self.request.user if self.request.user.is_authenticated else None
-        name = serializer.validated_data.get("name", "")
-        serializer.instance = uploads.create_batch(owner=owner, name=name)
+        serializer.instance = uploads.create_batch(owner=owner, **serializer.validated_data)
 
     @extend_schema(responses={204: None, **errors(403, 404)})
     def destroy(self, request, *args, **kwargs):

@@ -127,9 +127,11 @@ class InferenceHubClient:
         batch: str | None = None,
         model: str | None = None,
         timeout_s: int | None = None,
+        priority: str | None = None,
     ) -> list[dict]:
         """Upload images in one request, all or nothing; returns their jobs in order.
-        timeout_s: each job ends expired, uninferred, if not inferred within it.
+        timeout_s: each job ends expired, uninferred, if not inferred within it. priority:
+        high, normal or low (None: the batch's, else normal).
 
         The request carries an Idempotency-Key and is sent again, up to UPLOAD_ATTEMPTS
         times, when the server cannot be reached, drops the connection or is briefly
@@ -143,6 +145,8 @@ class InferenceHubClient:
             data["batch"] = batch
         if timeout_s is not None:
             data["timeout_s"] = str(timeout_s)
+        if priority is not None:
+            data["priority"] = priority
         if model:  # NAME or NAME:VERSION
             name, _, version = model.partition(":")
             data["model"] = name
@@ -180,6 +184,7 @@ class InferenceHubClient:
         batch: str | None = None,
         model: str | None = None,
         timeout_s: int | None = None,
+        priority: str | None = None,
         concurrency: int = 4,
         per_request: int = IMAGES_PER_REQUEST,
         on_uploaded: Callable[[list[dict]], None] | None = None,
@@ -206,7 +211,12 @@ class InferenceHubClient:
                 return rejected(chunk, refused_all[0])
             try:
                 jobs = self.upload_files(
-                    chunk, top_k=top_k, batch=batch, model=model, timeout_s=timeout_s
+                    chunk,
+                    top_k=top_k,
+                    batch=batch,
+                    model=model,
+                    timeout_s=timeout_s,
+                    priority=priority,
                 )
             except ServerUnreachable:
                 raise

@@ -7,10 +7,19 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
+from common import lanes
 from common.callbacks import CALLBACK_URL_MAX
 from common.limits import TOP_K_DEFAULT
 
 BATCH_NAME_MAX = 200
+
+
+class Priority(models.TextChoices):
+    """The lane a job's request waits in (common/lanes.py, docs/scheduling.md)."""
+
+    HIGH = lanes.HIGH
+    NORMAL = lanes.NORMAL
+    LOW = lanes.LOW
 
 
 class Batch(models.Model):
@@ -26,6 +35,8 @@ class Batch(models.Model):
     )
     # The owner's own name for it, as given when it was made (optional).
     name = models.CharField(max_length=BATCH_NAME_MAX, blank=True)
+    # The priority of the uploads into it that name none.
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -115,6 +126,8 @@ class Job(models.Model):
     # Where the finished job is POSTed (webhooks/, docs/webhooks.md); "" for nowhere.
     # Checked at upload (common/callbacks.py) and again before each attempt.
     callback_url = models.CharField(max_length=CALLBACK_URL_MAX, blank=True, default="")
+    # Its lane: the dispatcher admits and the workers read higher lanes first.
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
     # The client's Idempotency-Key for the upload that made this job, and the image's place
     # in that upload: a retried upload finds its jobs instead of making new ones. NULL
     # without a key, so that the unique constraint below leaves those jobs alone (MariaDB
@@ -186,7 +199,7 @@ class Job(models.Model):
             # The dispatcher's reads: jobs in flight per model version, the waiting ones per
             # owner in their order, one's place among them (predictions/selectors.py).
             models.Index(
-                fields=["status", "routed_to", "admitted_at", "owner", "created_at"],
+                fields=["status", "routed_to", "admitted_at", "priority", "owner", "created_at"],
                 name="job_dispatch_order",
             ),
             # A model version's recent completion rate, for the estimate of a queued job.

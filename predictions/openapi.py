@@ -6,6 +6,7 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter
 
 from common.limits import TOP_K_DEFAULT, TOP_K_MAX, TOP_K_MIN
+from predictions.models import Priority
 from predictions.serializers import ErrorSerializer
 from predictions.uploads import UPLOAD_KEY
 
@@ -64,6 +65,13 @@ UPLOAD_REQUEST = {
                 "minimum": 1,
                 "description": "seconds from the upload after which the job is not inferred but "
                 "ends expired; default: the model version's default_timeout_s, if any",
+                "example": "",
+            },
+            "priority": {
+                "type": "string",
+                "enum": Priority.values,
+                "description": "the jobs' lane: workers take higher lanes first, keeping a "
+                "share for the lower (docs/scheduling.md); default: the batch's, else normal",
                 "example": "",
             },
         },

@@ -18,7 +18,9 @@ from django.utils import timezone
 
 from common import notifications, tracing
 from common.images import CENTRE_SQUARE, Fit, prepare_upload
+from common.lanes import HIGH, lane_places
 from common.logs import about_jobs
+from kafka_wire.config import lane_name
 from kafka_wire.contract import InferenceRequest, InferenceResult
 from kafka_wire.headers import request_id_headers
 from kafka_wire.requests import publish_requests
@@ -49,8 +51,10 @@ IN_FLIGHT = (Job.Status.QUEUED, Job.Status.PREPROCESSED, Job.Status.SUBMITTED)
 
 def dispatch_jobs() -> int:
     """Admit waiting jobs to preprocessing, per model version, while fewer than
-    DISPATCH_IN_FLIGHT_PER_MODEL of its jobs are in flight, in the round-robin order over
-    owners of predictions/selectors.py; returns how many were admitted.
+    DISPATCH_IN_FLIGHT_PER_MODEL of its jobs are in flight (high jobs: that plus
+    DISPATCH_HIGH_EXTRA_IN_FLIGHT), high lanes first with a share kept for the lower ones,
+    in the round-robin order over owners of predictions/selectors.py within a lane;
+    returns how many were admitted.
 
     Jobs wait in the database rather than in Celery or Kafka, which serve first in, first
     out: so one uploader's backlog never stands in front of another's job. Runs after
@@ -115,17 +119,7 @@ def _admit_next() -> int:
     )
     chosen: list = []
     for model in waiting_models:
-        free = settings.DISPATCH_IN_FLIGHT_PER_MODEL - in_flight.get(model, 0)
-        if free <= 0:
-            continue
-        waiting = selectors.waiting_per_owner(model)
-        shares, last = selectors.round_robin_shares(waiting, free, selectors.last_served(model))
-        for owner, share in shares.items():
-            if share:
-                oldest = selectors.waiting_jobs(model).filter(owner_id=owner)
-                chosen += oldest.order_by("created_at", "pk").values_list("pk", flat=True)[:share]
-        if last != "":
-            selectors.remember_served(model, last)
+        chosen += _next_of_model(model, in_flight.get(model, 0))
     if not chosen:
         return 0
     with transaction.atomic():
@@ -153,6 +147,41 @@ def _admit_next() -> int:
     return len(admitted)
 
 
+def _next_of_model(model, in_flight: int) -> list:
+    """The jobs of one model version to admit now, of its `in_flight`: the free places
+    under DISPATCH_IN_FLIGHT_PER_MODEL shared between the lanes by common/lanes.py's rule,
+    plus up to DISPATCH_HIGH_EXTRA_IN_FLIGHT places beyond it for high jobs only; within a
+    lane, round-robin over owners."""
+    cap = settings.DISPATCH_IN_FLIGHT_PER_MODEL
+    free = max(0, cap - in_flight)
+    high_extra = max(0, cap + settings.DISPATCH_HIGH_EXTRA_IN_FLIGHT - in_flight) - free
+    if not free and not high_extra:
+        return []
+    waiting = selectors.waiting_per_lane(model)
+    counts = {lane: sum(owners.values()) for lane, owners in waiting.items()}
+    credit = selectors.lane_credit(model)
+    places, carried = lane_places(
+        counts, free, share=settings.PRIORITY_LOWER_LANE_SHARE, credit=credit
+    )
+    if carried != credit:
+        selectors.remember_lane_credit(model, carried)
+    places[HIGH] += min(high_extra, counts.get(HIGH, 0) - places[HIGH])
+    chosen: list = []
+    for lane, owners in waiting.items():
+        if not places[lane]:
+            continue
+        shares, last = selectors.round_robin_shares(
+            owners, places[lane], selectors.last_served(model, lane)
+        )
+        for owner, share in shares.items():
+            if share:
+                oldest = selectors.waiting_jobs(model, lane).filter(owner_id=owner)
+                chosen += oldest.order_by("created_at", "pk").values_list("pk", flat=True)[:share]
+        if last != "":
+            selectors.remember_served(model, lane, last)
+    return chosen
+
+
 # What preprocess_and_submit reads of a job and of the version it is routed to.
 REQUEST_FIELDS = (
     "batch_id",
@@ -162,6 +191,7 @@ REQUEST_FIELDS = (
     "request_id",
     "trace_parent",
     "deadline",
+    "priority",
     "routed_to__input_size",
     "routed_to__input_spec",
     "routed_to__version",
@@ -189,9 +219,9 @@ def preprocess_and_submit(*, job_ids: list[str]) -> None:
         .only(*REQUEST_FIELDS)
         .order_by()
     )
-    # Each job goes to its model version's topic at that model's input size, cut as its
-    # input spec says; a job of no registered model takes the unregistered requests topic
-    # and MODEL_INPUT_SIZE.
+    # Each job goes to its model version's topic of its priority lane at that model's
+    # input size, cut as its input spec says; a job of no registered model takes the
+    # unregistered requests topic (of its lane) and MODEL_INPUT_SIZE.
     by_topic: dict[str, list[InferenceRequest]] = {}
     headers: dict[str, list] = {}
     decode_ms: dict = {}
@@ -246,7 +276,9 @@ def _prepared_request(job: Job, decode_ms: dict) -> tuple[str, InferenceRequest]
     route = job.routed_to
     size = route.input_size if route else settings.MODEL_INPUT_SIZE
     fit = Fit.from_spec(route.input_spec) if route else CENTRE_SQUARE
-    topic = route.route.requests_topic if route else settings.KAFKA_REQUESTS_TOPIC
+    topic = lane_name(
+        route.route.requests_topic if route else settings.KAFKA_REQUESTS_TOPIC, job.priority
+    )
     started = time.perf_counter()
     try:
         with job.image.open("rb") as file:

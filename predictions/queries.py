@@ -126,6 +126,13 @@ class JobCreateSerializer(serializers.Serializer):
         help_text="seconds from the upload after which the job ends `expired` if not inferred "
         "(default: the model version's default_timeout_s, if any)",
     )
+    # Checked by uploads.check_priority, as the seed API's.
+    priority = serializers.CharField(
+        max_length=16,
+        required=False,
+        help_text="the jobs' lane: high, normal or low (default: the batch's, else normal); "
+        "workers take higher lanes first, keeping a share for the lower (docs/scheduling.md)",
+    )
 
     # The multipart part that carries the files; request.FILES has them, request.data too.
     FILES_FIELD = "image"

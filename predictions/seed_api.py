@@ -129,6 +129,7 @@ def image(request):
             # Optional, not in the seed's API: as the REST upload's.
             deadline=request.POST.get("deadline") or None,
             timeout_s=_optional_int_field(request.POST, "timeout_s"),
+            priority=request.POST.get("priority") or None,
         )
     except uploads.UnknownBatch:
         return error_response(_not_usable(raw), 400)

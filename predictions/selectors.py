@@ -17,6 +17,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from common.lanes import LANES
 from predictions.models import Batch, Job, Prediction
 
 AnyUser = AbstractBaseUser | AnonymousUser
@@ -244,42 +245,59 @@ def with_jobs_count(batches: QuerySet[Batch]) -> QuerySet[Batch]:
 
 # --- The dispatcher's order (pipeline.dispatch_jobs admits jobs in it) -----------------
 #
-# Jobs wait in the database, per model version, until the dispatcher admits them. The
+# Jobs wait in the database, per model version, until the dispatcher admits them. Per
+# model version the free places are shared between the priority lanes by common/lanes.py's
+# rule (high first, a share kept for each lower lane with jobs waiting). Within a lane the
 # order is round-robin over owners: each owner in turn has its oldest waiting job
 # admitted, owners taken by id, starting after the one served last (remembered per model
-# version in the cache; anonymous uploads, owner NULL, are one owner). So a new uploader's
-# job is behind at most one job of each other uploader, however long their backlogs are.
+# version and lane in the cache; anonymous uploads, owner NULL, are one owner). So a new
+# uploader's job is behind at most one job of each other uploader of its lane, however
+# long their backlogs are.
 
 
-def waiting_jobs(model_version_id: int | None) -> QuerySet[Job]:
-    """The jobs of one model version (None: the unregistered path) waiting for admission."""
-    return Job.objects.filter(
+def waiting_jobs(model_version_id: int | None, lane: str | None = None) -> QuerySet[Job]:
+    """The jobs of one model version (None: the unregistered path) waiting for admission,
+    of one priority lane or (None) of all."""
+    jobs = Job.objects.filter(
         status=Job.Status.QUEUED, routed_to_id=model_version_id, admitted_at__isnull=True
     )
+    return jobs if lane is None else jobs.filter(priority=lane)
 
 
-def waiting_per_owner(model_version_id: int | None) -> dict[int | None, int]:
-    """How many jobs each owner has waiting for this model version: one indexed query."""
+def waiting_per_owner(model_version_id: int | None, lane: str) -> dict[int | None, int]:
+    """How many jobs each owner has waiting in this lane for this model version."""
+    return waiting_per_lane(model_version_id, lane=lane).get(lane, {})
+
+
+def waiting_per_lane(
+    model_version_id: int | None, *, lane: str | None = None
+) -> dict[str, dict[int | None, int]]:
+    """How many jobs each owner has waiting for this model version, per lane (only `lane`'s
+    when given): one indexed query."""
     rows = (
-        waiting_jobs(model_version_id)
+        waiting_jobs(model_version_id, lane)
         .order_by()
-        .values_list("owner_id")
+        .values_list("priority", "owner_id")
         .annotate(waiting=Count("pk"))
     )
-    return dict(rows)
+    per_lane: dict[str, dict[int | None, int]] = {}
+    for priority, owner, waiting in rows:
+        per_lane.setdefault(priority, {})[owner] = waiting
+    return per_lane
 
 
-def _last_served_key(model_version_id: int | None) -> str:
-    return f"dispatch-last-served:{model_version_id}"
+def _last_served_key(model_version_id: int | None, lane: str) -> str:
+    return f"dispatch-last-served:{model_version_id}:{lane}"
 
 
-def last_served(model_version_id: int | None) -> int | None | str:
-    """The owner whose job the dispatcher admitted last for this model version, or "" when
-    none is remembered (the turn then starts with the lowest id). The turn is kept in Redis:
-    while Redis is away, it starts from the lowest id, which costs one round's fairness, and
-    nothing is admitted anyway (preprocessing cannot be enqueued)."""
+def last_served(model_version_id: int | None, lane: str) -> int | None | str:
+    """The owner whose job of this lane the dispatcher admitted last for this model
+    version, or "" when none is remembered (the turn then starts with the lowest id). The
+    turn is kept in Redis: while Redis is away, it starts from the lowest id, which costs
+    one round's fairness, and nothing is admitted anyway (preprocessing cannot be
+    enqueued)."""
     try:
-        remembered = cache.get(_last_served_key(model_version_id))
+        remembered = cache.get(_last_served_key(model_version_id, lane))
     except RedisError:
         return ""
     if remembered is None:
@@ -287,10 +305,29 @@ def last_served(model_version_id: int | None) -> int | None | str:
     return None if remembered == "anonymous" else int(remembered)
 
 
-def remember_served(model_version_id: int | None, owner_id: int | None) -> None:
+def remember_served(model_version_id: int | None, lane: str, owner_id: int | None) -> None:
     served = "anonymous" if owner_id is None else str(owner_id)
     with contextlib.suppress(RedisError):
-        cache.set(_last_served_key(model_version_id), served, timeout=None)
+        cache.set(_last_served_key(model_version_id, lane), served, timeout=None)
+
+
+def _lane_credit_key(model_version_id: int | None) -> str:
+    return f"dispatch-lane-credit:{model_version_id}"
+
+
+def lane_credit(model_version_id: int | None) -> dict[str, float]:
+    """The lower lanes' credit of this model version carried from the dispatcher's last
+    round (common/lanes.py); none while Redis is away, which costs at most one round's
+    share when fewer places are free than 1/share."""
+    try:
+        return cache.get(_lane_credit_key(model_version_id)) or {}
+    except RedisError:
+        return {}
+
+
+def remember_lane_credit(model_version_id: int | None, credit: dict[str, float]) -> None:
+    with contextlib.suppress(RedisError):
+        cache.set(_lane_credit_key(model_version_id), credit, timeout=None)
 
 
 def _turns(owners, after: int | None | str) -> list:
@@ -326,19 +363,24 @@ def round_robin_shares(
 
 
 def queue_position(job: Job) -> int:
-    """How many waiting jobs the dispatcher admits before this one (itself waiting): its
-    owner's older ones, and of every other owner as many as there are rounds before its
-    own, plus one for an owner whose turn in a round comes first."""
-    waiting = waiting_jobs(job.routed_to_id)
+    """How many waiting jobs the dispatcher admits before this one (itself waiting): those
+    of the higher lanes, then in its own lane its owner's older ones, and of every other
+    owner as many as there are rounds before its own, plus one for an owner whose turn in a
+    round comes first. The lower lanes' kept share is left out: it delays a high or normal
+    job by at most one place in eight (docs/scheduling.md)."""
+    lane = job.priority
+    higher = LANES[: LANES.index(lane)]
+    position = waiting_jobs(job.routed_to_id).filter(priority__in=higher).count()
     own_ahead = (
-        waiting.filter(owner_id=job.owner_id)
+        waiting_jobs(job.routed_to_id, lane)
+        .filter(owner_id=job.owner_id)
         .filter(Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk))
         .count()
     )
-    per_owner = waiting_per_owner(job.routed_to_id)
-    turns = _turns({*per_owner, job.owner_id}, last_served(job.routed_to_id))
+    per_owner = waiting_per_owner(job.routed_to_id, lane)
+    turns = _turns({*per_owner, job.owner_id}, last_served(job.routed_to_id, lane))
     mine = turns.index(job.owner_id)
-    position = own_ahead
+    position += own_ahead
     for turn, owner in enumerate(turns):
         if owner != job.owner_id:
             position += min(per_owner[owner], own_ahead + (turn < mine))

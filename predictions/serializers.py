@@ -128,6 +128,7 @@ class JobSerializer(serializers.ModelSerializer):
             "attempt_started_at",
             "finished_at",
             "deadline",
+            "priority",
             "timings",
             "queue",
             "request_id",
@@ -157,6 +158,7 @@ class JobSerializer(serializers.ModelSerializer):
             "attempt_started_at": _iso(job.attempt_started_at),
             "finished_at": _iso(job.finished_at),
             "deadline": _iso(job.deadline),
+            "priority": job.priority,
             "timings": self.get_timings(job),
             "queue": self.get_queue(job),
             "request_id": self.get_request_id(job),
@@ -288,13 +290,19 @@ class BatchSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Batch
-        fields = ["id", "url", "name", "created_at", "counts"]
+        fields = ["id", "url", "name", "priority", "created_at", "counts"]
+        extra_kwargs = {
+            "priority": {"help_text": "the priority of the uploads into it that name none"}
+        }
 
     def to_internal_value(self, data):
         # A field this endpoint does not take is named, not silently dropped.
-        if unknown := set(getattr(data, "keys", dict)()) - {"name"}:
+        if unknown := set(getattr(data, "keys", dict)()) - {"name", "priority"}:
             raise serializers.ValidationError(
-                {field: ["unknown field; a batch takes only: name"] for field in sorted(unknown)}
+                {
+                    field: ["unknown field; a batch takes only: name, priority"]
+                    for field in sorted(unknown)
+                }
             )
         return super().to_internal_value(data)
 

@@ -25,7 +25,7 @@ from common.images import ImageRejected, inspect_image
 from common.limits import DEADLINE_MAX_S, REQUEST_MAX_DECODED_WHOLE_PIXELS, top_k_problem
 from common.uploads import upload_pixel_limits
 from predictions import selectors
-from predictions.models import Batch, Job
+from predictions.models import Batch, Job, Priority
 from predictions.pipeline import dispatch_jobs
 from predictions.storage import STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
 from registry.models import ModelVersion
@@ -79,6 +79,7 @@ def upload_images(
     callback_url: str = "",
     deadline: str | None = None,
     timeout_s: int | None = None,
+    priority: str | None = None,
 ) -> Upload:
     """The one way in for uploads, from the REST API (and so the upload page) and the seed
     API: check the Idempotency-Key and answer a resent upload with its first jobs, find
@@ -89,10 +90,12 @@ def upload_images(
 
     deadline (ISO 8601 with a time zone) or timeout_s (seconds from now), at most one:
     when the jobs' answers stop being of use; neither, the model version's
-    default_timeout_s. The jobs belong to the uploader, or to no one for an anonymous
+    default_timeout_s. priority: the jobs' lane (docs/scheduling.md); None, the batch's
+    (normal without one). The jobs belong to the uploader, or to no one for an anonymous
     upload. Raises UploadError naming the problem; nothing is stored then."""
     now = timezone.now()
     asked_deadline = parse_deadline(deadline, timeout_s, now=now)
+    check_priority(priority)
     owner = uploader if uploader.is_authenticated else None
     if callback_url:
         _check_callback_url(callback_url, owner=owner)
@@ -111,6 +114,7 @@ def upload_images(
             callback_url=callback_url,
             deadline=deadline,
             timeout_s=timeout_s,
+            priority=priority,
         )
         if earlier := jobs_of_upload(owner=owner, upload_key=upload_key, batch_id=batch_id):
             if mismatch := _upload_mismatch(earlier, fingerprints, files):
@@ -141,8 +145,17 @@ def upload_images(
         routed_to=routed_to,
         callback_url=callback_url,
         deadline=asked_deadline or default_deadline(routed_to, now=now),
+        priority=priority or (batch.priority if batch else Priority.NORMAL),
     )
     return Upload(jobs=jobs, replayed=False)
+
+
+def check_priority(priority: str | None) -> None:
+    """Refuse a priority that is no lane (None: the default)."""
+    if priority is not None and priority not in Priority.values:
+        raise UploadError(
+            f"priority must be one of {', '.join(Priority.values)}, got {priority[:40]!r}"
+        )
 
 
 def _check_callback_url(url: str, *, owner: AbstractBaseUser | None) -> None:
@@ -214,6 +227,7 @@ def _upload_fingerprints(
     callback_url: str = "",
     deadline: str | None = None,
     timeout_s: int | None = None,
+    priority: str | None = None,
 ) -> list[dict]:
     """Per image, what an upload sent again with the same Idempotency-Key must match:
     the image's SHA-256 and the upload's fields as sent (seq None: the batch's next; model
@@ -227,6 +241,7 @@ def _upload_fingerprints(
         "callback_url": callback_url or None,
         "deadline": deadline,
         "timeout_s": timeout_s,
+        "priority": priority,
     }
     fingerprints = []
     for file in files:
@@ -244,7 +259,16 @@ def _upload_mismatch(earlier: list[Job], fingerprints: list[dict], files) -> str
     first = earlier[0].upload_fingerprint
     if first is None:  # stored before fingerprints were kept: only the count can tell
         return None
-    for field in ("top_k", "batch", "seq", "model", "callback_url", "deadline", "timeout_s"):
+    for field in (
+        "top_k",
+        "batch",
+        "seq",
+        "model",
+        "callback_url",
+        "deadline",
+        "timeout_s",
+        "priority",
+    ):
         # .get: fingerprints stored before the model was chosen per upload have no "model".
         if first.get(field) != fingerprints[0][field]:
             then, now = first.get(field), fingerprints[0][field]
@@ -287,8 +311,12 @@ def check_upload(file: UploadedFile | None) -> CheckedUpload:
     return CheckedUpload(file=file, format=info.format, width=info.width, height=info.height)
 
 
-def create_batch(*, owner: AbstractBaseUser | None, name: str = "") -> Batch:
-    return Batch.objects.create(owner=owner, name=name)
+def create_batch(
+    *, owner: AbstractBaseUser | None, name: str = "", priority: str = Priority.NORMAL
+) -> Batch:
+    """A batch; priority: that of the uploads into it that name none."""
+    check_priority(priority)
+    return Batch.objects.create(owner=owner, name=name, priority=priority)
 
 
 def create_jobs(
@@ -303,6 +331,7 @@ def create_jobs(
     routed_to: ModelVersion | None = None,
     callback_url: str = "",
     deadline: datetime | None = None,
+    priority: str = Priority.NORMAL,
 ) -> list[Job]:
     """Check every upload, then store them and create one queued job each, all or nothing.
 
@@ -379,6 +408,7 @@ def create_jobs(
                     request_id=request_ids.current.get() or "",
                     trace_parent=upload_trace,
                     callback_url=callback_url,
+                    priority=priority,
                 )
                 if len(checked) > 1:
                     # One trace per job: an upload of many images would otherwise be one

@@ -26,7 +26,7 @@ from common.uploads import upload_pixel_limits
 from predictions import selectors, services
 from predictions.authentication import api_user
 from predictions.metrics import job_figures
-from predictions.models import Job
+from predictions.models import Job, Priority
 from predictions.queries import JobListQuerySerializer
 from predictions.storage import (
     STORE_UNAVAILABLE,
@@ -62,6 +62,7 @@ def upload_page(request: HttpRequest) -> HttpResponse:
             "decoded_whole_megapixels": f"{limits.decoded_whole / 1e6:g}",
             # The enabled versions, the default model's first (newest first per model).
             "model_choices": registry.upload_choices(),
+            "priorities": Priority.choices,
         },
     )
 

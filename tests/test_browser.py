@@ -592,7 +592,7 @@ def others_waiting(browser_user) -> None:
     other = UserFactory()
     for _ in range(2):
         JobFactory(owner=other, image="")
-    selectors.remember_served(None, browser_user.pk)
+    selectors.remember_served(None, "normal", browser_user.pk)
 
 
 def test_the_upload_page_says_where_its_waiting_jobs_stand(others_waiting, page, settings):

@@ -360,7 +360,8 @@ def test_the_upload_page_offers_the_enabled_versions_default_model_first():
     browser = Client()
     browser.force_login(UserFactory())
     page = browser.get("/").content.decode()
-    options = [part.split('"')[0] for part in page.split('<option value="')[1:]]
+    choice = page.split('<select id="model"')[1].split("</select>")[0]
+    options = [part.split('"')[0] for part in choice.split('<option value="')[1:]]
     assert options == ["zeta:2", "alpha:1"]
 
 

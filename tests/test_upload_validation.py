@@ -247,7 +247,7 @@ def test_text_named_jpg_and_declared_image_jpeg_is_rejected_by_its_bytes(client)
 
 @pytest.mark.parametrize(
     ("fields", "unknown"),
-    [({"topk": "3"}, "topk"), ({"priority": "high", "top_k": "3"}, "priority")],
+    [({"topk": "3"}, "topk"), ({"prio": "high", "top_k": "3"}, "prio")],
 )
 def test_an_upload_field_it_does_not_know_is_refused_naming_it(client, fields, unknown):
     response = upload(client, (DATA / "bolete.jpg").read_bytes(), **fields)

@@ -144,7 +144,7 @@ def test_a_batch_is_named_when_made_and_its_list_counts_its_jobs(api, user):
     assert listed["counts"] == {"jobs": 3, "finished": 2, "failed": 1}
     refused = api.post(f"{api.base_url}/api/batches/", json={"title": "x"})
     assert refused.status_code == 400
-    assert refused.json()["error"] == "title: unknown field; a batch takes only: name"
+    assert refused.json()["error"] == "title: unknown field; a batch takes only: name, priority"
 
 
 def test_a_batch_is_deleted_with_its_jobs_by_its_owner_only(api, user, live_server):

@@ -19,6 +19,7 @@ from rest_framework.authtoken.models import Token
 from bench import loadtest
 from bench.run import percentiles
 from kafka_wire import readback
+from kafka_wire.config import lanes_of
 from kafka_wire.contract import decode_result, job_id_of_key
 from kafka_wire.topics import describe_topics, project_topics
 from predictions.models import Batch, Job
@@ -26,7 +27,7 @@ from registry.models import ModelVersion
 from stack.common import RUN
 
 DATA = Path(__file__).resolve().parents[3] / "tests" / "data"
-PARTS = ("front", "backlog", "big", "cancel")
+PARTS = ("front", "backlog", "big", "cancel", "priority")
 
 
 def token_for(username: str) -> str:
@@ -98,7 +99,8 @@ class Command(BaseCommand):
         "Load test the running stack: /healthz and a job read under open event streams, "
         "?wait= clients and slow uploads; user B's latency behind user A's backlog and big "
         "uploads; A's throughput with and without half its jobs cancelled mid-stream, and how "
-        "many of those were still inferred; printed and written as JSON."
+        "many of those were still inferred; a high-priority job's behind low ones; printed and "
+        "written as JSON."
     )
 
     def add_arguments(self, parser):
@@ -212,6 +214,18 @@ class Command(BaseCommand):
                 f"jobs/s against {cancel['without_jobs_per_s']:.1f} without cancelling"
             )
 
+        if "priority" in parts:
+            report["priority"] = loadtest.high_behind_low(
+                users,
+                backlog=[small] * options["backlog"],
+                per_request=100,
+                image=small,
+                light_ms=light_median,
+                log=self.stdout.write,
+            )
+            report["priority"].update(throughput(report["priority"].pop("a_job_ids")))
+            self.stdout.write(f"priority: {json.dumps(report['priority'])}")
+
         out = Path(options["out"])
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
@@ -232,7 +246,10 @@ class Command(BaseCommand):
         self.stdout.write(f"cancel: without, {json.dumps(without)}")
 
         routes = [version.route for version in ModelVersion.objects.select_related("model")]
-        requests_topics = {settings.KAFKA_REQUESTS_TOPIC, *(r.requests_topic for r in routes)}
+        # Every lane's topic: a request is in whichever its job's priority names.
+        lanes = [lanes_of(settings.KAFKA_REQUESTS_TOPIC, settings.KAFKA_WORKER_GROUP)]
+        lanes += [route.lanes() for route in routes]
+        requests_topics = {topic for lane in lanes for topic, _ in lane.values()}
         start = readback.end_offsets([*requests_topics, settings.KAFKA_RESULTS_TOPIC])
         cpu_before = loadtest.stack_cpu_seconds(supervisor)
         report = self.cancel_mid_stream(users, images, per_request, options)

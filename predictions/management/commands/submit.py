@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from common.lanes import LANES
 from common.limits import TOP_K_DEFAULT, top_k_problem
 from predictions.client import (
     FINISHED,
@@ -149,6 +150,13 @@ class Command(BaseCommand):
             help="a job not inferred within this ends expired (default: the model's, if any)",
         )
         parser.add_argument(
+            "--priority",
+            choices=LANES,
+            default=None,
+            help="the jobs' lane: workers take higher lanes first (default: the batch's, "
+            "else normal)",
+        )
+        parser.add_argument(
             "--cancel-on-interrupt",
             action="store_true",
             help="on Ctrl-C, cancel the jobs sent that have not finished (without --batch, "
@@ -169,6 +177,7 @@ class Command(BaseCommand):
         per_request,
         timeout,
         timeout_per_job,
+        priority,
         cancel_on_interrupt,
         **options,
     ):
@@ -208,6 +217,7 @@ class Command(BaseCommand):
                     batch=batch,
                     model=model,
                     timeout_s=timeout_per_job,
+                    priority=priority,
                     concurrency=concurrency,
                     per_request=per_request,
                     on_uploaded=on_uploaded,

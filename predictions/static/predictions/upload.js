@@ -164,6 +164,7 @@
     data.append("batch", batch);
     const timeout = document.getElementById("timeout_s").value;
     if (timeout) data.append("timeout_s", timeout);
+    data.append("priority", document.getElementById("priority").value);
     const model = document.getElementById("model");
     if (model) {
       const [name, version] = model.value.split(":");

@@ -13,8 +13,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from common import metrics, tracing
 from kafka_wire.cancellations import CancellationReader
+from kafka_wire.config import lanes_of
 from kafka_wire.producer import BatchProducer, new_producer
-from kafka_wire.runner import BatchConsumer, subscribed_consumer
+from kafka_wire.runner import LaneBatchConsumer, Lanes
 from kafka_wire.topics import preflight
 from registry.models import ModelVersion
 from registry.selectors import UnknownModel, find_version, parse_reference, servable_version
@@ -128,7 +129,8 @@ class Command(BaseCommand):
         logger.info(
             "worker %s: model=%s version=%s weights=%s%s runtime=%s precision=%s input=%d "
             "classes=%d "
-            "topic=%s results=%s dead_letters=%s group=%s bootstrap=%s max_batch_size=%d "
+            "topic=%s (and its -high and -low lanes) results=%s dead_letters=%s group=%s "
+            "bootstrap=%s max_batch_size=%d "
             "max_batch_delay_ms=%d "
             "threads=%s execution=%s",
             worker_id(),
@@ -157,9 +159,14 @@ class Command(BaseCommand):
                 "may be inferred (their results are ignored)",
                 CANCELLATIONS_CATCH_UP_S,
             )
-        # The model is loaded before joining the group, so no partition waits on a worker
-        # that is still starting.
-        consumer = subscribed_consumer(group, [topic])
+        # The model is loaded before joining the groups, so no partition waits on a worker
+        # that is still starting. One consumer per priority lane, read high first with a
+        # share of each batch kept for the lower lanes (docs/scheduling.md).
+        lanes = Lanes.subscribed(
+            lanes_of(topic, group),
+            share=settings.PRIORITY_LOWER_LANE_SHARE,
+            name="inference worker",
+        )
         producer = BatchProducer(new_producer())
         handler = InferenceHandler(
             model,
@@ -168,8 +175,8 @@ class Command(BaseCommand):
             model_version=version_number,
             cancelled=cancellations.jobs,
         )
-        BatchConsumer(
-            consumer,
+        LaneBatchConsumer(
+            lanes,
             handler,
             max_batch_size=options["max_batch_size"],
             max_batch_delay_ms=options["max_batch_delay_ms"],
