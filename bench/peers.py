@@ -17,7 +17,11 @@ from stack.harness import REPO
 
 PEERS_DIR = REPO / ".stack" / "peers"
 # Each peer's own framework, pinned (checked on PyPI).
-FRAMEWORKS = {"ray": ["ray[serve]==2.60.0"]}
+FRAMEWORKS = {
+    "ray": ["ray[serve]==2.60.0"],
+    "bentoml": ["bentoml==1.4.40"],
+    "mlserver": ["mlserver==1.7.1"],
+}
 # What serving/ and common/ import to load a package and decode an image: the versions are
 # read from requirements.txt, the one place they are pinned.
 PROJECT_PACKAGES = ("numpy", "pillow", "openvino")

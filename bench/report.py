@@ -133,6 +133,23 @@ def targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
     return rows
 
 
+# Each peer's row, and the pipeline row with the same images per request.
+PEER_COMPARISONS = {
+    "ray-package": ("pipeline-package", 1),
+    "ray-package-batch": ("pipeline-multi-package", 8),
+    "bentoml-package": ("pipeline-package", 1),
+    "bentoml-package-batch": ("pipeline-multi-package", 8),
+    "mlserver-package": ("pipeline-package", 1),
+    "mlserver-package-batch": ("pipeline-multi-package", 8),
+}
+
+
+def peer_label(data: dict, part: str) -> str:
+    """The peer's name as its row's title gives it, or its part's name when it did not run."""
+    run = data["runs"].get(part)
+    return run["title"].split(" peer (")[0] if run else part
+
+
 def runtime_targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
     runtimes, runs = data.get("runtimes") or {}, data["runs"]
     rows = []
@@ -161,13 +178,13 @@ def runtime_targets(data: dict) -> list[tuple[str, str, str, bool | None]]:
                 worker <= 1.1 * best,
             )
         )
-    # The peers serve the same package: compared at the same images per request.
-    for peer, label in (("ray-package-batch", "Ray Serve"),):
-        target = f"8 per upload, make run's package ≥ 1.5 × {label}, 8 per request"
-        if peer in runs and "pipeline-multi-package" in runs:
-            ratio = (
-                runs["pipeline-multi-package"]["throughput_per_s"] / runs[peer]["throughput_per_s"]
-            )
+    # The peers serve the same package: each compared with the pipeline row that gets the
+    # same images per request (bench.peer_runs.PEER_PARTS).
+    for peer, (pipeline, per_request) in PEER_COMPARISONS.items():
+        label = peer_label(data, peer)
+        target = f"make run's package, {per_request} per request: pipeline ≥ 1.5 × {label}"
+        if peer in runs and pipeline in runs:
+            ratio = runs[pipeline]["throughput_per_s"] / runs[peer]["throughput_per_s"]
             rows.append((target, f"{ratio:.2f} ×", "≥ 1.5 ×", ratio >= 1.5))
         elif peer in data["skipped"]:
             rows.append((target, "not measured", "≥ 1.5 ×", None))

@@ -2,12 +2,12 @@
 
 Runs inside `manage.py benchmark` with bench.settings, connected to its own
 database. It starts the processes each configuration needs (web, Celery, inference workers,
-bridge; or the Ray Serve peer) with their own Kafka topics, measures, and stops them.
+bridge; or a peer framework) with their own Kafka topics, measures, and stops them.
 
 Over 400 lines because it is the run's script from start to end: the configurations, the
 order of the parts and each part's measuring. The measuring that stands alone lives beside
-it (ceiling.py, runtimes.py, decode.py, peers.py, report.py); the pipeline runs and the
-Ray peer's are the next to move out.
+it (ceiling.py, runtimes.py, decode.py, peers.py, peer_runs.py, report.py); the pipeline
+runs are the next to move out.
 """
 
 import contextlib
@@ -36,10 +36,11 @@ from django.test.utils import override_settings
 
 from bench.ceiling import package_ceilings, single_and_batched
 from bench.decode import measure_decoding
+from bench.figures import load_average, percentiles, wait_for_http
 from bench.images import make_images
 from bench.otlp_receiver import OtlpReceiver
-from bench.peers import PEERS_DIR, PeerUnavailable, peer_python
-from bench.ray_peer import BATCH_PATH, pack_images
+from bench.peer_runs import PEER_PARTS, PEERS, PeerSettings, ready_peer, run_peer
+from bench.peers import PeerUnavailable, peer_python
 from bench.runtimes import (
     export_onnx_packages,
     export_packages,
@@ -98,8 +99,8 @@ class Options:
         "pipeline-multi-package-sampled",
         "pipeline-multi-package-again",
         "pipeline-multi-package-2",
-        "ray-package",
-        "ray-package-batch",
+        "pipeline-package",
+        *PEER_PARTS,
         "decode",
     )
     out_dir: Path = REPO / "bench-results"
@@ -200,6 +201,14 @@ CONFIGS = {
         workers=2,
         openvino_hint="latency",
     ),
+    # One image per upload, as the peers' one-image rows get them: the same images per
+    # request on both sides of the comparison.
+    "pipeline-package": PipelineConfig(
+        "pipeline-package",
+        "pipeline, make run's model package (1 worker, throughput)",
+        package=True,
+        workers=1,
+    ),
 }
 # Parts that need the model packages exported at the start of the run.
 PACKAGE_PARTS = (
@@ -209,8 +218,8 @@ PACKAGE_PARTS = (
     "pipeline-multi-package-sampled",
     "pipeline-multi-package-again",
     "pipeline-multi-package-2",
-    "ray-package",
-    "ray-package-batch",
+    "pipeline-package",
+    *PEER_PARTS,
 )
 
 
@@ -272,17 +281,26 @@ def run_benchmark(options: Options, log=print) -> Path:
                     log(f"{config.title} ...")
                     results.runs[name] = run_pipeline(config, options, images, web, token, out)
                     log(f"  {summary_line(results.runs[name])}")
-    for name, per_request in RAY_PARTS.items():
+    for name, (peer_name, per_request) in PEER_PARTS.items():
         if name not in options.parts or not options.package:
             continue
+        peer = PEERS[peer_name]
         try:
-            python = peer_python("ray", log) if options.peer_install else ready_peer("ray")
+            python = peer_python(peer.venv, log) if options.peer_install else ready_peer(peer.venv)
         except PeerUnavailable as error:
             results.skipped[name] = str(error)
-            log(f"Ray Serve peer SKIPPED: {error}")
+            log(f"{peer.label} peer SKIPPED: {error}")
             continue
-        log(f"Ray Serve peer, make run's model package, {per_request} per request ...")
-        results.runs[name] = run_ray(options, images, out, python, per_request)
+        log(f"{peer.label} peer, make run's model package, {per_request} per request ...")
+        try:
+            results.runs[name] = run_peer(
+                peer, per_request, peer_settings(options), images, python, out / "logs", name
+            )
+        except RuntimeError as error:
+            # A peer that installs but does not serve is a finding, not the run's end.
+            results.skipped[name] = f"{peer.label} did not serve: {error}"
+            log(f"{peer.label} peer FAILED: {str(error)[-500:]}")
+            continue
         log(f"  {summary_line(results.runs[name])}")
     if "decode" in options.parts:
         log("decoding: every decode path side by side ...")
@@ -291,6 +309,19 @@ def run_benchmark(options: Options, log=print) -> Path:
     write_report(results, out)
     shutil.rmtree(settings.MEDIA_ROOT, ignore_errors=True)
     return out
+
+
+def peer_settings(options: Options) -> PeerSettings:
+    """The peers batch as the pipeline's workers do, and get the same clients and images."""
+    return PeerSettings(
+        package=options.package,
+        count=options.images,
+        clients=options.clients,
+        latency_images=options.latency_images,
+        max_batch_size=options.max_batch_size,
+        batch_delay_ms=options.batch_delay_ms,
+        threads=options.threads,
+    )
 
 
 def machine_info() -> dict:
@@ -308,11 +339,6 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "load_before": load_average(),
     }
-
-
-def load_average() -> list[float]:
-    """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
-    return [round(value, 2) for value in os.getloadavg()]
 
 
 def summary_line(run: dict) -> str:
@@ -390,16 +416,6 @@ def web_server(options: Options, log_dir: Path) -> Iterator[ManagedProcess]:
         yield web
     finally:
         web.stop()
-
-
-def wait_for_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=5).status_code < 500:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
 @contextlib.contextmanager
@@ -727,110 +743,3 @@ def measure_latency(
     stages["preprocess (in queued)"] = statistics.median(job.preprocess_ms or 0 for job in jobs)
     stages["predict (in inference)"] = statistics.median(job.inference_ms or 0 for job in jobs)
     return latencies, stages
-
-
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def at(fraction: float) -> float:
-        return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "count": len(values)}
-
-
-# --- The Ray Serve peer ----------------------------------------------------------------
-
-# The Ray Serve parts, each serving make run's model package: images per request.
-RAY_PARTS = {"ray-package": 1, "ray-package-batch": 8}
-
-
-def ready_peer(name: str) -> Path:
-    """The peer's venv's Python when it is made already (the benchmark's --no-peer-install)."""
-    python = PEERS_DIR / name / "bin" / "python"
-    if not python.exists():
-        raise PeerUnavailable(
-            f"the {name} peer's venv ({python.parent.parent}) is not made, and "
-            f"--no-peer-install was given (a benchmark run without it makes it)"
-        )
-    return python
-
-
-def run_ray(
-    options: Options,
-    images: list[tuple[str, bytes]],
-    out: Path,
-    python: Path,
-    per_request: int = 1,
-) -> dict:
-    port = free_port()
-    argv = [str(python), "-m", "bench.ray_peer", "--port", str(port)]
-    argv += ["--model-package", options.package]
-    argv += ["--max-batch-size", str(options.max_batch_size)]
-    argv += ["--batch-wait-ms", str(options.batch_delay_ms), "--threads", str(options.threads)]
-    # The project's code (serving/, common/) from the checkout; everything else from the
-    # peer's venv.
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    peer = ManagedProcess("ray-peer", argv, env, out / "logs").start()
-    url = f"http://127.0.0.1:{port}/classify"
-    batch_url = url + BATCH_PATH
-    try:
-        peer.wait_for_log("ray peer ready", timeout=300)
-        session = requests.Session()
-        for index in range(4):
-            classify(session, url, images[index % len(images)])
-        classify_many(session, batch_url, images[:per_request])
-        load_before = load_average()
-        local = threading.local()
-
-        def one(start: int) -> None:
-            if not hasattr(local, "session"):
-                local.session = requests.Session()
-            chunk = [
-                images[i % len(images)]
-                for i in range(start, min(start + per_request, options.images))
-            ]
-            if per_request == 1:
-                classify(local.session, url, chunk[0])
-            else:
-                classify_many(local.session, batch_url, chunk)
-
-        started = time.time()
-        with ThreadPoolExecutor(options.clients) as pool:
-            list(pool.map(one, range(0, options.images, per_request)))
-        seconds = time.time() - started
-        load_after = load_average()
-        latencies = []
-        for index in range(options.latency_images):
-            before = time.time()
-            classify(session, url, images[index % len(images)])
-            latencies.append((time.time() - before) * 1000)
-    finally:
-        peer.stop(timeout=60)
-    return {
-        "title": f"Ray Serve peer (@serve.batch, make run's model package, {per_request} "
-        f"per request)",
-        "unit": "images",
-        "images_per_request": per_request,
-        "count": options.images,
-        "failed": 0,
-        "seconds": seconds,
-        "throughput_per_s": options.images / seconds,
-        "load_before": load_before,
-        "load_after": load_after,
-        "latency_ms": percentiles(latencies),
-        "latencies_ms": latencies,
-    }
-
-
-def classify(session: requests.Session, url: str, image: tuple[str, bytes]) -> None:
-    response = session.post(url, data=image[1], timeout=120)
-    if response.status_code != 200:
-        raise RuntimeError(f"Ray Serve answered {response.status_code}: {response.text[:500]}")
-
-
-def classify_many(session: requests.Session, url: str, images: list[tuple[str, bytes]]) -> None:
-    response = session.post(url, data=pack_images([data for _, data in images]), timeout=120)
-    if response.status_code != 200 or len(response.json()) != len(images):
-        raise RuntimeError(f"Ray Serve answered {response.status_code}: {response.text[:500]}")

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from bench.peer_runs import PEER_PARTS
 from bench.run import cpu_seconds, jit_cpu_seconds, service_pids
 from stack.harness import REPO, manage
 
@@ -66,7 +67,8 @@ def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
     assert {"onnx openvino fp32", "onnx openvino int8", "onnx onnxruntime fp32"} <= set(runtimes)
     assert runtimes["onnx openvino int8"]["faithfulness"]["reference"].startswith("fp32 ONNX")
     assert "path" in packages["bf16"] or "no bf16" in packages["bf16"]["skipped"]
-    for name in ("pipeline-multi-package", "pipeline-multi-package-2"):  # 1 worker, 2 workers
+    # 1 worker, 2 workers; and 1 image per upload, as the peers' one-image rows get them.
+    for name in ("pipeline-multi-package", "pipeline-multi-package-2", "pipeline-package"):
         run = results["runs"][name]
         assert (run["count"], run["failed"]) == (6, 0), name
     # make run's package in each way of running it, the best named, and the pipeline's
@@ -80,8 +82,8 @@ def test_a_small_benchmark_run_writes_every_figure_table_and_plot(tmp_path):
         assert f"hint={hint}" in figures["execution"], name
     assert results["machine"]["cpu_flags"] is not None
     assert results["runs"]["pipeline"]["cpu_ms_per_job"]["worker"] > 0
-    # Ray Serve runs from a venv of its own: without it the run says so, never silently.
-    for name in ("ray-package", "ray-package-batch"):  # 1 and 8 images per request
+    # Each peer runs from a venv of its own: without it the run says so, never silently.
+    for name in PEER_PARTS:  # Ray Serve, BentoML, MLServer; 1 and 8 images per request
         if name in results["runs"]:
             assert results["runs"][name]["throughput_per_s"] > 0, name
         else:

@@ -1,5 +1,5 @@
 """`manage.py benchmark`: measure the pipeline against the model's ceiling, the seed's
-design and Ray Serve, on this machine, in one run (see docs/performance.md)."""
+design and the peer frameworks, on this machine, in one run (see docs/performance.md)."""
 
 import os
 import subprocess
@@ -9,16 +9,18 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from bench.run import CONFIGS, RAY_PARTS, Options
+from bench.peer_runs import PEER_PARTS
+from bench.run import CONFIGS, Options
 
 BENCH_SETTINGS = "bench.settings"
-PARTS = ("ceiling", "runtimes", *CONFIGS, *RAY_PARTS, "decode")
+PARTS = ("ceiling", "runtimes", *CONFIGS, *PEER_PARTS, "decode")
 
 
 class Command(BaseCommand):
     help = (
         "Benchmark the pipeline (ceiling, saturation, latency, seed-style baseline, "
-        "plumbing ceiling, Ray Serve peer, decoding paths); writes bench-results/<timestamp>/."
+        "plumbing ceiling, the peers (Ray Serve, BentoML, MLServer), decoding paths); "
+        "writes bench-results/<timestamp>/."
     )
 
     def add_arguments(self, parser):
