@@ -11,8 +11,10 @@ beat; the Kafka messages carry it in their `traceparent` header (kafka_wire/head
 """
 
 import os
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.propagate import extract, inject
 
@@ -46,14 +48,18 @@ def enabled() -> bool:
     )
 
 
-def configure(service_name: str) -> bool:
+def configure(service_name: str, *, untraced_roots: Collection[str] = ()) -> bool:
     """Install the SDK's tracer provider exporting over OTLP/HTTP, when enabled(); once per
-    process. OTEL_SERVICE_NAME, when set, names the service instead of service_name."""
+    process. OTEL_SERVICE_NAME, when set, names the service instead of service_name.
+    Sampled as OTEL_TRACES_SAMPLER says, but a span named in untraced_roots, or a client's,
+    never starts a trace (common/sampling.py)."""
     if not enabled():
         return False
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from common.sampling import WithoutStrayRoots, configured_sampler
 
     if exporter_name() == "zipkin":
         from opentelemetry.exporter.zipkin.json import ZipkinExporter as Exporter
@@ -62,7 +68,10 @@ def configure(service_name: str) -> bool:
             OTLPSpanExporter as Exporter,
         )
     name = os.environ.get("OTEL_SERVICE_NAME") or service_name
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: name}),
+        sampler=WithoutStrayRoots(configured_sampler(), untraced_roots),
+    )
     provider.add_span_processor(BatchSpanProcessor(Exporter()))
     trace.set_tracer_provider(provider)
     # Every MariaDB query a span of whatever it serves. Redis is left alone: Celery's broker
@@ -114,6 +123,17 @@ def new_trace(name: str, *, linked_to: str | None, attributes: dict) -> str:
         name, context=Context(), links=links, attributes={**attributes, **linked}
     ):
         return current_traceparent()
+
+
+@contextmanager
+def without_parent() -> Iterator[None]:
+    """Spans started inside have no parent: each starts a trace of its own, or none if the
+    sampler drops it (common/sampling.py)."""
+    token = context.attach(Context())
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def current_traceparent() -> str:

@@ -128,6 +128,17 @@ def _admit_next() -> int:
             selectors.remember_served(model, last)
     if not chosen:
         return 0
+    # A span for a pass that admits, not for every pass: beat's pass (tasks.dispatch_jobs)
+    # is traced by this span alone, and only when it admits jobs.
+    with tracing.tracer.start_as_current_span("dispatch") as span:
+        admitted = _admit(chosen)
+        span.set_attribute("inferencehub.admitted", len(admitted))
+    return len(admitted)
+
+
+def _admit(chosen: list) -> list:
+    """Admit those of the chosen jobs still waiting and enqueue their preprocessing; returns
+    their ids."""
     with transaction.atomic():
         # Locked by primary key alone, in its order, as cancelling and storing results lock:
         # a lock taken through the status index would wait for a job's row while holding its
@@ -150,7 +161,7 @@ def _admit_next() -> int:
         # Back to waiting: admitted without a task, they would wait for the sweep.
         Job.objects.filter(pk__in=admitted, status=Job.Status.QUEUED).update(admitted_at=None)
         raise
-    return len(admitted)
+    return admitted
 
 
 # What preprocess_and_submit reads of a job and of the version it is routed to.

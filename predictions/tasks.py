@@ -4,6 +4,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError
 
+from common import tracing
 from kafka_wire.contract import InferenceResult
 from kafka_wire.producer import TRANSIENT_ERRORS as KAFKA_TRANSIENT_ERRORS
 from predictions import pipeline, services
@@ -40,9 +41,14 @@ def fail_job(job_id: str, reason: str) -> None:
     pipeline.dispatch_jobs()
 
 
+# Beat's, every DISPATCH_INTERVAL_SECONDS. Its task's span starts no trace
+# (inferencehub/celery.py): most passes admit nothing. Run outside any trace, a pass's
+# queries start none either (common/sampling.py), and one that admits jobs starts its own
+# with its "dispatch" span (pipeline._admit_next).
 @shared_task(**RETRY_POLICY)
 def dispatch_jobs() -> int:
-    return pipeline.dispatch_jobs()
+    with tracing.without_parent():
+        return pipeline.dispatch_jobs()
 
 
 @shared_task
