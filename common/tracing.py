@@ -11,12 +11,15 @@ beat; the Kafka messages carry it in their `traceparent` header (kafka_wire/head
 """
 
 import os
+import re
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.propagate import extract, inject
+from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
+from opentelemetry.util.http import sanitize_method
 
 # A proxy until configure() installs the SDK's provider; no-op if it never does.
 tracer = trace.get_tracer("inferencehub")
@@ -99,7 +102,66 @@ def trace_asgi(application, service_name: str):
         return application
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    return OpenTelemetryMiddleware(application)
+    # No span per message received or sent: an event stream held for 30 s would make one
+    # per event, each named after the path.
+    return OpenTelemetryMiddleware(
+        application, default_span_details=_method_alone, exclude_spans=["receive", "send"]
+    )
+
+
+def _method_alone(scope: dict) -> tuple[str, dict]:
+    """The held process's request span's name until its route is known (name_request_span):
+    the method alone, as the instrumentation names it when it knows no route, never the
+    path, which holds ids."""
+    return _span_method(scope.get("method", "")), {}
+
+
+# The request id (common/request_ids.py) on the request's span, in the web and the held
+# process: the id in a log line or an X-Request-ID finds its trace.
+REQUEST_ID = "inferencehub.request_id"
+
+
+def tag_request(request_id: str) -> None:
+    """Put the request id on the current span, the request's."""
+    trace.get_current_span().set_attribute(REQUEST_ID, request_id)
+
+
+def name_request_span(method: str, route: str | None) -> None:
+    """Name the current span, the request's, `METHOD route` as OpenTelemetry's HTTP
+    conventions say, route being the matched route's template (route_template), also its
+    http.route; METHOD alone when no route matched. One name per route, not per path: a
+    name per job would be as many names as jobs."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    method = _span_method(method)
+    if route is None:
+        span.update_name(method)
+        return
+    template = route_template(route)
+    span.update_name(f"{method} {template}")
+    span.set_attribute(HTTP_ROUTE, template)
+
+
+def _span_method(method: str) -> str:
+    # An unknown method is "_OTHER" to the conventions, and its span "HTTP".
+    sanitized = sanitize_method(method.strip()) or ""
+    return "HTTP" if sanitized == "_OTHER" else sanitized
+
+
+# A regular expression's named group, (?P<pk>[^/.]+), and a path converter, <uuid:pk>.
+_NAMED_GROUP = re.compile(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)")
+_CONVERTER = re.compile(r"<\w+:(\w+)>")
+
+
+def route_template(route: str) -> str:
+    """A Django route (a URL pattern's, resolver_match.route) as a path template: the
+    router's `api/jobs/(?P<pk>[^/.]+)/$` and `api/jobs/<uuid:pk>/` are both
+    `/api/jobs/<pk>/`."""
+    template = _CONVERTER.sub(r"<\1>", _NAMED_GROUP.sub(r"<\1>", route))
+    for regex_only, plain in (("^", ""), ("$", ""), ("/?", "/"), ("\\", "")):
+        template = template.replace(regex_only, plain)
+    return "/" + template
 
 
 # A link's trace as a tag as well: Zipkin shows no span links, and this finds the other

@@ -76,6 +76,17 @@ def spans_of_jobs(receiver: OtlpReceiver, job_ids: list[str], timeout: float = 3
     raise AssertionError(f"some jobs' traces lack their stored result: {sorted(stored)}")
 
 
+def request_span(receiver: OtlpReceiver, request_id: str, timeout: float = 10) -> dict:
+    """The span of the request with this X-Request-ID, once it has arrived."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for span in receiver.received():
+            if span["attributes"].get("inferencehub.request_id") == request_id:
+                return span
+        time.sleep(0.1)
+    raise AssertionError(f"no span carries the request id {request_id}")
+
+
 def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_upload(
     traced_stack, receiver, user, tmp_path
 ):
@@ -105,6 +116,9 @@ def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_uploa
         s for s in spans if s["service"] == "inferencehub-web" and s["parent"] == "00f067aa0ba902b7"
     ]
     assert upload["trace_id"] == TRACE_ID
+    # Named by its route's template, as the HTTP conventions say, and found by its request id.
+    assert (upload["name"], upload["attributes"]["http.route"]) == ("POST /api/jobs/", "/api/jobs/")
+    assert upload["attributes"]["inferencehub.request_id"] == answer.headers["X-Request-ID"]
     job_traces = set()
     for job_id in job_ids:
         hops = per_job[job_id]
@@ -166,6 +180,21 @@ def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_uploa
             per_job[job_id]["job accepted"]["trace_id"],
             request_id,
         )
+    # The web's and the held process's request spans are named by route, never by path,
+    # and carry the request id.
+    for service, query in (("inferencehub-web", ""), ("inferencehub-held", "?wait=1")):
+        answer = requests.get(
+            f"{traced_stack}/api/jobs/{job_ids[0]}/{query}",
+            headers={"Authorization": f"Token {token}"},
+            timeout=30,
+        )
+        span = request_span(receiver, answer.headers["X-Request-ID"])
+        assert (span["service"], span["kind"], span["name"]) == (
+            service,
+            "SPAN_KIND_SERVER",
+            "GET /api/jobs/<pk>/",
+        )
+    assert not [s["name"] for s in receiver.received() if job_ids[0] in s["name"]]
     # An upload of one image is one job: its trace is the upload's own.
     one = requests.post(
         f"{traced_stack}/api/jobs/",
