@@ -4,7 +4,9 @@ Off unless configured the standard way: OTEL_EXPORTER_OTLP_ENDPOINT (or
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) names an OTLP/HTTP collector, or OTEL_TRACES_EXPORTER=zipkin
 sends the spans to OTEL_EXPORTER_ZIPKIN_ENDPOINT (make run TRACES=1 starts a Zipkin); the SDK
 reads the other OTEL_* variables itself (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...).
-Off, the API's no-op tracer costs a function call per span. A job's trace context is
+Off, the API's no-op tracer costs a function call per span. The sampler the variables
+choose is wrapped so that no trace is started by what is no job's story: a lone MariaDB
+query, or beat's dispatch task (common/sampling.py). A job's trace context is
 kept on its row (Job.trace_parent, a W3C traceparent) because its hops are not one call
 chain: the dispatcher may admit it long after its upload, from another request or from
 beat; the Kafka messages carry it in their `traceparent` header (kafka_wire/headers.py).
@@ -170,8 +172,9 @@ LINKED_TRACE = "inferencehub.linked_trace_id"
 
 
 def link_to(span_context: trace.SpanContext | None) -> tuple[list[trace.Link], dict]:
-    """The links and attributes of a span linked to span_context (none if it is invalid)."""
-    if span_context is None or not span_context.is_valid:
+    """The links and attributes of a span linked to span_context: none if it is invalid, or
+    not sampled (no trace of it is kept, such as beat's dispatch task's)."""
+    if span_context is None or not (span_context.is_valid and span_context.trace_flags.sampled):
         return [], {}
     return [trace.Link(span_context)], {LINKED_TRACE: format(span_context.trace_id, "032x")}
 

@@ -24,7 +24,7 @@ app.autodiscover_tasks()
 # It starts no trace: most passes admit nothing, and made most of the traces (81 of 105 in
 # one run). A sampler decides as a span starts, before the pass knows whether it will
 # admit, and a span already exported cannot be taken back, so the pass is not traced and
-# one that admits is traced by its own "dispatch" span (predictions/tasks.py).
+# one that admits is traced by its own "dispatch" span (predictions/pipeline.py).
 BEAT_DISPATCH_SPAN = "run/predictions.tasks.dispatch_jobs"
 
 

@@ -4,7 +4,6 @@ from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError
 
-from common import tracing
 from kafka_wire.contract import InferenceResult
 from kafka_wire.producer import TRANSIENT_ERRORS as KAFKA_TRANSIENT_ERRORS
 from predictions import pipeline, services
@@ -42,13 +41,11 @@ def fail_job(job_id: str, reason: str) -> None:
 
 
 # Beat's, every DISPATCH_INTERVAL_SECONDS. Its task's span starts no trace
-# (inferencehub/celery.py): most passes admit nothing. Run outside any trace, a pass's
-# queries start none either (common/sampling.py), and one that admits jobs starts its own
-# with its "dispatch" span (pipeline._admit_next).
+# (inferencehub/celery.py): most passes admit nothing, and one that admits jobs starts its
+# own trace with its "dispatch" span (pipeline.dispatch_jobs).
 @shared_task(**RETRY_POLICY)
 def dispatch_jobs() -> int:
-    with tracing.without_parent():
-        return pipeline.dispatch_jobs()
+    return pipeline.dispatch_jobs()
 
 
 @shared_task

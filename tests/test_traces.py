@@ -255,6 +255,7 @@ def test_beat_dispatch_leaves_a_trace_only_when_it_admits_jobs(
     [dispatch] = [s for s in spans if s["name"] == "dispatch"]
     assert (dispatch["service"], dispatch["parent"]) == ("inferencehub-celery", "")
     assert dispatch["attributes"]["inferencehub.admitted"] == 1
+    assert dispatch["links"] == []  # to beat's task span, which no trace keeps
     [task] = [s for s in spans if s["name"] == "run/predictions.tasks.preprocess_jobs"]
     assert task["trace_id"] == dispatch["trace_id"]
     assert not [s for s in spans if s["name"] == "run/predictions.tasks.dispatch_jobs"]
