@@ -9,6 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 ANSWER = ExportTraceServiceResponse().SerializeToString()
 
@@ -49,6 +50,7 @@ class OtlpReceiver(http.server.ThreadingHTTPServer):
                     {
                         "service": resource.get("service.name", ""),
                         "name": span.name,
+                        "kind": Span.SpanKind.Name(span.kind),
                         "trace_id": span.trace_id.hex(),
                         "span_id": span.span_id.hex(),
                         "parent": span.parent_span_id.hex(),

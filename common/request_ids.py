@@ -16,6 +16,8 @@ import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
+from common import tracing
+
 HEADER = "X-Request-ID"
 # A client's id is kept if it is short and plain: it ends up in log lines and headers.
 ACCEPTED = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -76,12 +78,15 @@ class RequestIdMiddleware:
     def _start(self, request):
         request_id = request_id_of(request.headers.get(HEADER))
         request.request_id = request_id
+        tracing.tag_request(request_id)
         return request_id, current.set(request_id), time.monotonic()
 
     def _finish(self, request, response, request_id: str, started: float):
         response[HEADER] = request_id
         match = getattr(request, "resolver_match", None)
         route = f"/{match.route}" if match and match.route else request.path
+        # Named here, where the route is known, in the web and the held process alike.
+        tracing.name_request_span(request.method, match.route if match else None)
         access_log.info(
             "%s %s %d %.1f ms",
             request.method,

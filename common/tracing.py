@@ -4,17 +4,24 @@ Off unless configured the standard way: OTEL_EXPORTER_OTLP_ENDPOINT (or
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) names an OTLP/HTTP collector, or OTEL_TRACES_EXPORTER=zipkin
 sends the spans to OTEL_EXPORTER_ZIPKIN_ENDPOINT (make run TRACES=1 starts a Zipkin); the SDK
 reads the other OTEL_* variables itself (OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER, ...).
-Off, the API's no-op tracer costs a function call per span. A job's trace context is
+Off, the API's no-op tracer costs a function call per span. The sampler the variables
+choose is wrapped so that no trace is started by what is no job's story: a lone MariaDB
+query, or beat's dispatch task (common/sampling.py). A job's trace context is
 kept on its row (Job.trace_parent, a W3C traceparent) because its hops are not one call
 chain: the dispatcher may admit it long after its upload, from another request or from
 beat; the Kafka messages carry it in their `traceparent` header (kafka_wire/headers.py).
 """
 
 import os
+import re
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.propagate import extract, inject
+from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
+from opentelemetry.util.http import sanitize_method
 
 # A proxy until configure() installs the SDK's provider; no-op if it never does.
 tracer = trace.get_tracer("inferencehub")
@@ -46,14 +53,18 @@ def enabled() -> bool:
     )
 
 
-def configure(service_name: str) -> bool:
+def configure(service_name: str, *, untraced_roots: Collection[str] = ()) -> bool:
     """Install the SDK's tracer provider exporting over OTLP/HTTP, when enabled(); once per
-    process. OTEL_SERVICE_NAME, when set, names the service instead of service_name."""
+    process. OTEL_SERVICE_NAME, when set, names the service instead of service_name.
+    Sampled as OTEL_TRACES_SAMPLER says, but a span named in untraced_roots, or a client's,
+    never starts a trace (common/sampling.py)."""
     if not enabled():
         return False
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from common.sampling import WithoutStrayRoots, configured_sampler
 
     if exporter_name() == "zipkin":
         from opentelemetry.exporter.zipkin.json import ZipkinExporter as Exporter
@@ -62,7 +73,10 @@ def configure(service_name: str) -> bool:
             OTLPSpanExporter as Exporter,
         )
     name = os.environ.get("OTEL_SERVICE_NAME") or service_name
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: name}),
+        sampler=WithoutStrayRoots(configured_sampler(), untraced_roots),
+    )
     provider.add_span_processor(BatchSpanProcessor(Exporter()))
     trace.set_tracer_provider(provider)
     # Every MariaDB query a span of whatever it serves. Redis is left alone: Celery's broker
@@ -90,7 +104,66 @@ def trace_asgi(application, service_name: str):
         return application
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    return OpenTelemetryMiddleware(application)
+    # No span per message received or sent: an event stream held for 30 s would make one
+    # per event, each named after the path.
+    return OpenTelemetryMiddleware(
+        application, default_span_details=_method_alone, exclude_spans=["receive", "send"]
+    )
+
+
+def _method_alone(scope: dict) -> tuple[str, dict]:
+    """The held process's request span's name until its route is known (name_request_span):
+    the method alone, as the instrumentation names it when it knows no route, never the
+    path, which holds ids."""
+    return _span_method(scope.get("method", "")), {}
+
+
+# The request id (common/request_ids.py) on the request's span, in the web and the held
+# process: the id in a log line or an X-Request-ID finds its trace.
+REQUEST_ID = "inferencehub.request_id"
+
+
+def tag_request(request_id: str) -> None:
+    """Put the request id on the current span, the request's."""
+    trace.get_current_span().set_attribute(REQUEST_ID, request_id)
+
+
+def name_request_span(method: str, route: str | None) -> None:
+    """Name the current span, the request's, `METHOD route` as OpenTelemetry's HTTP
+    conventions say, route being the matched route's template (route_template), also its
+    http.route; METHOD alone when no route matched. One name per route, not per path: a
+    name per job would be as many names as jobs."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    method = _span_method(method)
+    if route is None:
+        span.update_name(method)
+        return
+    template = route_template(route)
+    span.update_name(f"{method} {template}")
+    span.set_attribute(HTTP_ROUTE, template)
+
+
+def _span_method(method: str) -> str:
+    # An unknown method is "_OTHER" to the conventions, and its span "HTTP".
+    sanitized = sanitize_method(method.strip()) or ""
+    return "HTTP" if sanitized == "_OTHER" else sanitized
+
+
+# A regular expression's named group, (?P<pk>[^/.]+), and a path converter, <uuid:pk>.
+_NAMED_GROUP = re.compile(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)")
+_CONVERTER = re.compile(r"<\w+:(\w+)>")
+
+
+def route_template(route: str) -> str:
+    """A Django route (a URL pattern's, resolver_match.route) as a path template: the
+    router's `api/jobs/(?P<pk>[^/.]+)/$` and `api/jobs/<uuid:pk>/` are both
+    `/api/jobs/<pk>/`."""
+    template = _CONVERTER.sub(r"<\1>", _NAMED_GROUP.sub(r"<\1>", route))
+    for regex_only, plain in (("^", ""), ("$", ""), ("/?", "/"), ("\\", "")):
+        template = template.replace(regex_only, plain)
+    return "/" + template
 
 
 # A link's trace as a tag as well: Zipkin shows no span links, and this finds the other
@@ -99,8 +172,9 @@ LINKED_TRACE = "inferencehub.linked_trace_id"
 
 
 def link_to(span_context: trace.SpanContext | None) -> tuple[list[trace.Link], dict]:
-    """The links and attributes of a span linked to span_context (none if it is invalid)."""
-    if span_context is None or not span_context.is_valid:
+    """The links and attributes of a span linked to span_context: none if it is invalid, or
+    not sampled (no trace of it is kept, such as beat's dispatch task's)."""
+    if span_context is None or not (span_context.is_valid and span_context.trace_flags.sampled):
         return [], {}
     return [trace.Link(span_context)], {LINKED_TRACE: format(span_context.trace_id, "032x")}
 
@@ -114,6 +188,17 @@ def new_trace(name: str, *, linked_to: str | None, attributes: dict) -> str:
         name, context=Context(), links=links, attributes={**attributes, **linked}
     ):
         return current_traceparent()
+
+
+@contextmanager
+def without_parent() -> Iterator[None]:
+    """Spans started inside have no parent: each starts a trace of its own, or none if the
+    sampler drops it (common/sampling.py)."""
+    token = context.attach(Context())
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def current_traceparent() -> str:

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Case, Count, FloatField, Value, When
 from django.utils import timezone
+from opentelemetry import trace
 
 from common import notifications, tracing
 from common.images import CENTRE_SQUARE, Fit, prepare_upload
@@ -62,19 +63,25 @@ def dispatch_jobs() -> int:
     (a MariaDB named lock); one that finds it taken returns at once, since the one holding
     it goes round again until nothing more is admitted. Admission is guarded by the row
     too: a job is admitted once per attempt."""
-    # SQLite has no named locks. It serves only the fast tier's tests (tests/domain): one
-    # process, with no other dispatcher to keep out.
-    if connection.vendor != "mysql":
-        return _admit_all()
-    with connection.cursor() as cursor:
-        # Named per database: the test runs on one server each have their own.
-        cursor.execute("SELECT GET_LOCK(CONCAT(DATABASE(), '.dispatch'), 0)")
-        if not cursor.fetchone()[0]:
-            return 0
-        try:
-            return _admit_all()
-        finally:
-            cursor.execute("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.dispatch'))")
+    # Whoever calls it (an upload, a stored batch, beat), the dispatcher admits anyone's
+    # jobs: a pass that admits is a trace of its own (_admit_next), linked to the caller's
+    # span, and the queries looking for jobs to admit, no part of the caller's trace,
+    # start none (common/sampling.py).
+    caller = trace.get_current_span().get_span_context()
+    with tracing.without_parent():
+        # SQLite has no named locks. It serves only the fast tier's tests (tests/domain):
+        # one process, with no other dispatcher to keep out.
+        if connection.vendor != "mysql":
+            return _admit_all(caller)
+        with connection.cursor() as cursor:
+            # Named per database: the test runs on one server each have their own.
+            cursor.execute("SELECT GET_LOCK(CONCAT(DATABASE(), '.dispatch'), 0)")
+            if not cursor.fetchone()[0]:
+                return 0
+            try:
+                return _admit_all(caller)
+            finally:
+                cursor.execute("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.dispatch'))")
 
 
 def dispatch_after_commit() -> None:
@@ -96,14 +103,14 @@ def dispatch_or_leave_to_beat() -> None:
         log.warning("dispatch left to beat's next pass: %s", exc)
 
 
-def _admit_all() -> int:
+def _admit_all(caller: trace.SpanContext) -> int:
     admitted = 0
-    while admitted_now := _admit_next():
+    while admitted_now := _admit_next(caller):
         admitted += admitted_now
     return admitted
 
 
-def _admit_next() -> int:
+def _admit_next(caller: trace.SpanContext) -> int:
     """One pass of the dispatcher: admit what fits now, enqueue its preprocessing."""
     in_flight = dict(
         Job.objects.filter(status__in=IN_FLIGHT, admitted_at__isnull=False)
@@ -122,6 +129,18 @@ def _admit_next() -> int:
         chosen += _next_of_model(model, in_flight.get(model, 0))
     if not chosen:
         return 0
+    # A span for a pass that admits, not for every pass: beat's (tasks.dispatch_jobs), every
+    # DISPATCH_INTERVAL_SECONDS, leaves a trace only when it admits jobs.
+    links, linked = tracing.link_to(caller)
+    with tracing.tracer.start_as_current_span("dispatch", links=links, attributes=linked) as span:
+        admitted = _admit(chosen)
+        span.set_attribute("inferencehub.admitted", len(admitted))
+    return len(admitted)
+
+
+def _admit(chosen: list) -> list:
+    """Admit those of the chosen jobs still waiting and enqueue their preprocessing; returns
+    their ids."""
     with transaction.atomic():
         # Locked by primary key alone, in its order, as cancelling and storing results lock:
         # a lock taken through the status index would wait for a job's row while holding its
@@ -144,7 +163,7 @@ def _admit_next() -> int:
         # Back to waiting: admitted without a task, they would wait for the sweep.
         Job.objects.filter(pk__in=admitted, status=Job.Status.QUEUED).update(admitted_at=None)
         raise
-    return len(admitted)
+    return admitted
 
 
 def _next_of_model(model, in_flight: int) -> list:

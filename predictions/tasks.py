@@ -40,6 +40,9 @@ def fail_job(job_id: str, reason: str) -> None:
     pipeline.dispatch_jobs()
 
 
+# Beat's, every DISPATCH_INTERVAL_SECONDS. Its task's span starts no trace
+# (inferencehub/celery.py): most passes admit nothing, and one that admits jobs starts its
+# own trace with its "dispatch" span (pipeline.dispatch_jobs).
 @shared_task(**RETRY_POLICY)
 def dispatch_jobs() -> int:
     return pipeline.dispatch_jobs()

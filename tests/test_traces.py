@@ -2,6 +2,7 @@
 bridge and Celery again export their spans over OTLP/HTTP to a receiver in this test, as
 they would to a collector (common/tracing.py)."""
 
+import subprocess
 import time
 from collections import defaultdict
 
@@ -14,7 +15,7 @@ from kafka_wire.config import kafka_names
 from kafka_wire.topics import ensure_topics
 from stack import processes
 from stack.harness import PYTHON, unique_celery_hostname
-from tests.conftest import DATA, start_front_door, started_processes
+from tests.conftest import DATA, REPO, start_front_door, started_processes
 from tests.settings import RUN_ID
 from tests.test_pipeline import wait_until_finished
 
@@ -46,12 +47,15 @@ def traced_stack(receiver, process_env, tmp_path):
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         # Spans leave each process within a tenth of a second instead of five.
         "OTEL_BSP_SCHEDULE_DELAY": "100",
+        # Beat's dispatch pass every second: idle, it must leave no trace.
+        "DISPATCH_INTERVAL_SECONDS": "1",
     }
     with started_processes({**process_env, **env}, tmp_path / "logs") as start:
         start(processes.results_celery(PYTHON, hostname=unique_celery_hostname("traced-r")))
         start(processes.preprocess_celery(PYTHON, hostname=unique_celery_hostname("traced-p")))
         start(processes.worker(PYTHON, "traced-worker"))
         start(processes.bridge(PYTHON))
+        start(processes.beat(PYTHON, schedule=str(tmp_path / "beat-schedule")))
         yield start_front_door(start, name="traced-front-door")
 
 
@@ -70,6 +74,17 @@ def spans_of_jobs(receiver: OtlpReceiver, job_ids: list[str], timeout: float = 3
             return [s for s in spans if s["trace_id"] in traces]
         time.sleep(0.2)
     raise AssertionError(f"some jobs' traces lack their stored result: {sorted(stored)}")
+
+
+def request_span(receiver: OtlpReceiver, request_id: str, timeout: float = 10) -> dict:
+    """The span of the request with this X-Request-ID, once it has arrived."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for span in receiver.received():
+            if span["attributes"].get("inferencehub.request_id") == request_id:
+                return span
+        time.sleep(0.1)
+    raise AssertionError(f"no span carries the request id {request_id}")
 
 
 def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_upload(
@@ -101,6 +116,9 @@ def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_uploa
         s for s in spans if s["service"] == "inferencehub-web" and s["parent"] == "00f067aa0ba902b7"
     ]
     assert upload["trace_id"] == TRACE_ID
+    # Named by its route's template, as the HTTP conventions say, and found by its request id.
+    assert (upload["name"], upload["attributes"]["http.route"]) == ("POST /api/jobs/", "/api/jobs/")
+    assert upload["attributes"]["inferencehub.request_id"] == answer.headers["X-Request-ID"]
     job_traces = set()
     for job_id in job_ids:
         hops = per_job[job_id]
@@ -162,6 +180,21 @@ def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_uploa
             per_job[job_id]["job accepted"]["trace_id"],
             request_id,
         )
+    # The web's and the held process's request spans are named by route, never by path,
+    # and carry the request id.
+    for service, query in (("inferencehub-web", ""), ("inferencehub-held", "?wait=1")):
+        answer = requests.get(
+            f"{traced_stack}/api/jobs/{job_ids[0]}/{query}",
+            headers={"Authorization": f"Token {token}"},
+            timeout=30,
+        )
+        span = request_span(receiver, answer.headers["X-Request-ID"])
+        assert (span["service"], span["kind"], span["name"]) == (
+            service,
+            "SPAN_KIND_SERVER",
+            "GET /api/jobs/<pk>/",
+        )
+    assert not [s["name"] for s in receiver.received() if job_ids[0] in s["name"]]
     # An upload of one image is one job: its trace is the upload's own.
     one = requests.post(
         f"{traced_stack}/api/jobs/",
@@ -172,3 +205,117 @@ def test_every_job_has_one_connected_trace_through_every_hop_linked_to_its_uploa
     wait_until_finished([one["id"]])
     assert one["trace_id"] == TRACE_ID
     assert {s["trace_id"] for s in spans_of_jobs(receiver, [one["id"]])} == {TRACE_ID}
+
+
+def dispatch_passes(log_dir) -> int:
+    """Beat's dispatch passes the results worker has run so far, by its log."""
+    log = (log_dir / "celery-results.log").read_text()
+    return log.count("Task predictions.tasks.dispatch_jobs[") // 2  # received, succeeded
+
+
+def test_beat_dispatch_leaves_a_trace_only_when_it_admits_jobs(
+    traced_stack, receiver, user, tmp_path
+):
+    from django.db import connection
+    from rest_framework.authtoken.models import Token
+
+    from predictions.models import Job
+
+    token = Token.objects.create(user=user).key
+    # Idle, beat's passes admit nothing, and Celery sends no span at all.
+    deadline = time.monotonic() + 30
+    while dispatch_passes(tmp_path / "logs") < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert dispatch_passes(tmp_path / "logs") >= 3
+    time.sleep(0.5)  # the last pass's spans, if it made any, leave within 0.1 s
+    assert [s for s in receiver.received() if s["service"] == "inferencehub-celery"] == []
+    # While this test holds the dispatcher's lock, the upload's own dispatch admits
+    # nothing: beat's first pass after it is let go admits the job.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT GET_LOCK(CONCAT(DATABASE(), '.dispatch'), 0)")
+        assert cursor.fetchone()[0] == 1
+        try:
+            answer = requests.post(
+                f"{traced_stack}/api/jobs/",
+                files=[("image", ("fox.png", (DATA / "fox.png").read_bytes()))],
+                headers={"Authorization": f"Token {token}"},
+                timeout=60,
+            )
+            assert answer.status_code == 202, answer.text
+            job_id = answer.json()["id"]
+            time.sleep(1.5)
+            assert Job.objects.get(pk=job_id).admitted_at is None
+        finally:
+            cursor.execute("SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.dispatch'))")
+    wait_until_finished([job_id])
+    spans_of_jobs(receiver, [job_id])
+    spans = receiver.received()
+    # Beat's admission is a trace of its own, started by its "dispatch" span, holding the
+    # preprocessing task it enqueued; beat's task spans started none.
+    [dispatch] = [s for s in spans if s["name"] == "dispatch"]
+    assert (dispatch["service"], dispatch["parent"]) == ("inferencehub-celery", "")
+    assert dispatch["attributes"]["inferencehub.admitted"] == 1
+    assert dispatch["links"] == []  # to beat's task span, which no trace keeps
+    [task] = [s for s in spans if s["name"] == "run/predictions.tasks.preprocess_jobs"]
+    assert task["trace_id"] == dispatch["trace_id"]
+    assert not [s for s in spans if s["name"] == "run/predictions.tasks.dispatch_jobs"]
+    # No query starts a trace of its own: every client span has a parent.
+    assert [s["name"] for s in spans if s["kind"] == "SPAN_KIND_CLIENT" and not s["parent"]] == []
+
+
+# A query outside any span, then one inside a span, in a process of its own tracing as the
+# app's processes do.
+QUERIES = """
+import django
+
+django.setup()
+from django.db import connection
+from opentelemetry import trace
+
+from common import tracing
+
+tracing.configure("probe")
+with connection.cursor() as cursor:
+    cursor.execute("SELECT 'alone'")
+with tracing.tracer.start_as_current_span("work"), connection.cursor() as cursor:
+    cursor.execute("SELECT 'at work'")
+trace.get_tracer_provider().shutdown()
+"""
+
+
+def spans_of_queries(receiver: OtlpReceiver, process_env: dict, service: str, **env) -> list:
+    completed = subprocess.run(
+        [PYTHON, "-c", QUERIES],
+        cwd=REPO,
+        env={
+            **process_env,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_SERVICE_NAME": service,
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return [s for s in receiver.received() if s["service"] == service]
+
+
+def test_a_query_outside_any_span_starts_no_trace_and_the_sampler_variables_still_decide(
+    receiver, process_env
+):
+    spans = spans_of_queries(receiver, process_env, "probe")
+    work = {s["span_id"]: s for s in spans if s["name"] == "work"}
+    assert [(s["kind"], s["parent"] in work) for s in spans if s["name"] == "SELECT"] == [
+        ("SPAN_KIND_CLIENT", True)
+    ]
+    assert len(spans) == 2
+    # The standard sampler still decides the rest: a ratio of 0 traces nothing.
+    sampled_out = spans_of_queries(
+        receiver,
+        process_env,
+        "probe-sampled-out",
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0",
+    )
+    assert sampled_out == []

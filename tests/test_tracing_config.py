@@ -63,3 +63,21 @@ def test_a_misspelt_exporter_is_refused_rather_than_left_off(monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkn")
     with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER must be one of otlp, zipkin"):
         tracing.enabled()
+
+
+@pytest.mark.parametrize(
+    ("route", "template"),
+    [
+        ("api/jobs/(?P<pk>[^/.]+)/$", "/api/jobs/<pk>/"),
+        ("api/jobs/(?P<pk>[^/.]+)\\.(?P<format>[a-z0-9]+)/?$", "/api/jobs/<pk>.<format>/"),
+        ("^api/jobs$", "/api/jobs"),
+        (
+            "admin/predictions/job/<path:object_id>/change/",
+            "/admin/predictions/job/<object_id>/change/",
+        ),
+        ("admin/(?P<app_label>auth|predictions)/$", "/admin/<app_label>/"),
+        ("", "/"),
+    ],
+)
+def test_a_request_span_is_named_by_its_route_template_not_its_regex(route, template):
+    assert tracing.route_template(route) == template

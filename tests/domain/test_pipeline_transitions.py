@@ -8,6 +8,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
+from common import tracing
 from kafka_wire.contract import ClassScore, InferenceResult
 from kafka_wire.headers import REQUEST_ID
 from predictions import pipeline
@@ -52,6 +53,20 @@ def test_dispatch_admits_round_robin_over_owners_up_to_the_cap(settings, sent_ta
     # The turn goes on after alice, served last: bob, then (carol has none left) alice.
     assert pipeline.dispatch_jobs() == 2
     assert set(admitted(a + b + c)) == {*first, b[1], a[2]}
+
+
+def test_a_dispatch_that_admits_is_a_trace_of_its_own_linked_to_its_caller(spans, sent_tasks):
+    JobFactory()
+    with tracing.tracer.start_as_current_span("upload") as caller:
+        assert pipeline.dispatch_jobs() == 1
+        assert pipeline.dispatch_jobs() == 0
+
+    # The second admitted nothing, and has no span.
+    [dispatch] = [span for span in spans.get_finished_spans() if span.name == "dispatch"]
+    assert dispatch.parent is None
+    assert dispatch.context.trace_id != caller.get_span_context().trace_id
+    assert [link.context for link in dispatch.links] == [caller.get_span_context()]
+    assert dispatch.attributes["inferencehub.admitted"] == 1
 
 
 def test_dispatch_admits_nothing_of_a_job_already_admitted_or_finished(sent_tasks):
