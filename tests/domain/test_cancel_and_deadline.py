@@ -56,6 +56,21 @@ def test_cancelling_an_unfinished_job_ends_it_cancelled_and_keeps_its_record(
     assert told_workers == [str(in_kafka.pk)]
 
 
+def test_only_cancelling_an_admitted_job_frees_a_place_for_the_dispatcher(
+    django_capture_on_commit_callbacks,
+):
+    waiting = JobFactory()
+    admitted = JobFactory(status=Job.Status.SUBMITTED, admitted_at=timezone.now())
+
+    with django_capture_on_commit_callbacks() as never_admitted:
+        services.cancel_job(job=waiting)
+    with django_capture_on_commit_callbacks() as held_a_place:
+        services.cancel_job(job=admitted)
+
+    assert pipeline.dispatch_or_leave_to_beat not in never_admitted
+    assert pipeline.dispatch_or_leave_to_beat in held_a_place
+
+
 @pytest.mark.parametrize("status", [s for s in Job.FINISHED])
 def test_cancelling_a_finished_job_is_refused_and_leaves_it_as_it_was(status):
     job = JobFactory(status=status, error="as it was")
