@@ -84,13 +84,13 @@ class RequestIdMiddleware:
     def _finish(self, request, response, request_id: str, started: float):
         response[HEADER] = request_id
         match = getattr(request, "resolver_match", None)
-        route = f"/{match.route}" if match and match.route else request.path
         # Named here, where the route is known, in the web and the held process alike.
         tracing.name_request_span(request.method, match.route if match else None)
         access_log.info(
             "%s %s %d %.1f ms",
             request.method,
-            route,
+            # As the request's span is named: a job's id is in neither, its request id in both.
+            tracing.route_template(match.route) if match and match.route else request.path,
             response.status_code,
             (time.monotonic() - started) * 1000,
         )
