@@ -56,7 +56,7 @@ run: services ## Bootstrap (schema, static, the served model, topics, demo user)
 	@$(if $(TRACES),echo "  traces       http://127.0.0.1:$(or $(STACK_ZIPKIN_PORT),19411)/zipkin/ (a job's trace_id in its API answer finds it)")
 	@echo '  metrics      curl -H "Authorization: Bearer $$(cat $(METRICS_TOKEN_FILE))" $(WEB_URL)/metrics'
 	@$(PY) manage.py ensure_demo_user
-	@echo "Logs in $(or $(STACK_DIR),.stack)/logs/, stop with 'make stop'."
+	@echo "Logs in $(or $(STACK_DIR),.stack)/logs/, stop with 'make stop'$(if $(STACK_DIR), (with the same STACK_DIR and STACK_*_PORT settings; a bare one stops .stack))."
 
 # The data services start first: the tests' settings read Redis's password, which Redis
 # gets when it first starts.
