@@ -266,12 +266,8 @@ def b_under_backlog(
     log: Callable[[str], None] = print,
 ) -> dict:
     """A queues `backlog` in requests of per_request files; then B uploads one image."""
-    a = session(users.token_a)
-    started = time.monotonic()
-    a_jobs: list[str] = []
-    for start in range(0, len(backlog), per_request):
-        a_jobs += upload(a, users.base_url, backlog[start : start + per_request])
-    log(f"A queued {len(a_jobs)} jobs in {time.monotonic() - started:.1f} s; B uploads one")
+    a_jobs, seconds = upload_all(users, backlog, per_request)
+    log(f"A queued {len(a_jobs)} jobs in {seconds:.1f} s; B uploads one")
     b_ms = result_latency_ms(session(users.token_b), users.base_url, image)
     return {
         "a_jobs": len(a_jobs),
@@ -295,13 +291,9 @@ def high_behind_low(
 ) -> dict:
     """A queues `backlog` at low priority; then A itself uploads one image at high: its
     latency is the lanes' alone (owners' turns do not help A pass its own jobs)."""
-    a = session(users.token_a)
-    started = time.monotonic()
-    a_jobs: list[str] = []
-    for start in range(0, len(backlog), per_request):
-        a_jobs += upload(a, users.base_url, backlog[start : start + per_request], LOW)
-    log(f"A queued {len(a_jobs)} low jobs in {time.monotonic() - started:.1f} s; one high")
-    high_ms = result_latency_ms(a, users.base_url, image, HIGH)
+    a_jobs, seconds = upload_all(users, backlog, per_request, LOW)
+    log(f"A queued {len(a_jobs)} low jobs in {seconds:.1f} s; one high")
+    high_ms = result_latency_ms(session(users.token_a), users.base_url, image, HIGH)
     return {
         "a_jobs": len(a_jobs),
         "a_job_ids": a_jobs,
@@ -315,15 +307,18 @@ def median(values: list[float]) -> float:
 
 
 def upload_all(
-    users: Users, images: list[tuple[str, bytes]], per_request: int
+    users: Users,
+    images: list[tuple[str, bytes]],
+    per_request: int,
+    fields: dict[str, str] | None = None,
 ) -> tuple[list[str], float]:
-    """A uploads images in requests of per_request; their job ids in upload order, and the
-    seconds it took."""
+    """A uploads images in requests of per_request, each with fields; their job ids in
+    upload order, and the seconds it took."""
     a = session(users.token_a)
     started = time.monotonic()
     job_ids: list[str] = []
     for start in range(0, len(images), per_request):
-        job_ids += upload(a, users.base_url, images[start : start + per_request])
+        job_ids += upload(a, users.base_url, images[start : start + per_request], fields)
     return job_ids, time.monotonic() - started
 
 

@@ -344,3 +344,21 @@ def spans(monkeypatch):
     monkeypatch.setattr(tracing, "tracer", provider.get_tracer("tests"))
     yield exporter
     provider.shutdown()
+
+
+def random_resnet_version(name: str):
+    """A registered ResNet50 version of random weights, its topics made: what a worker
+    started with --model name serves."""
+    from kafka_wire.topics import ensure_topics
+    from registry.models import ModelVersion
+    from registry.services import register_version
+
+    registered = register_version(
+        name=name,
+        source=ModelVersion.Source.BUILTIN,
+        weights="random",
+        input_size=224,
+        classes=1000,
+    )
+    ensure_topics(models=[registered.route])
+    return registered

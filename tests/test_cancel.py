@@ -18,14 +18,13 @@ from rest_framework.test import APIClient
 from kafka_wire.cancellations import CancellationReader, publish_cancellations
 from kafka_wire.config import client_config
 from kafka_wire.contract import ClassScore, InferenceResult, encode_result
-from kafka_wire.topics import ensure_topics, group_states
+from kafka_wire.topics import group_states
 from predictions import pipeline, services, uploads
 from predictions.models import Job
 from registry.models import ModelVersion
-from registry.services import register_version
 from stack import processes
 from stack.harness import PYTHON
-from tests.conftest import DATA, started_processes
+from tests.conftest import DATA, random_resnet_version, started_processes
 from tests.factories import BatchFactory, JobFactory, UserFactory
 from tests.test_pipeline import make_job, produce, wait_until_finished
 
@@ -42,15 +41,7 @@ def bridge(kafka_topics, celery_worker, start_process):
 
 @pytest.fixture
 def version(kafka_topics) -> ModelVersion:
-    registered = register_version(
-        name=MODEL,
-        source=ModelVersion.Source.BUILTIN,
-        weights="random",
-        input_size=224,
-        classes=1000,
-    )
-    ensure_topics(models=[registered.route])
-    return registered
+    return random_resnet_version(MODEL)
 
 
 @pytest.fixture

@@ -9,14 +9,13 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from kafka_wire.topics import admin_client, ensure_topics
+from kafka_wire.topics import admin_client
 from predictions import uploads
 from predictions.models import Job, Priority
 from registry.models import ModelVersion
-from registry.services import register_version
 from stack import processes
 from stack.harness import PYTHON
-from tests.conftest import DATA, started_processes
+from tests.conftest import DATA, random_resnet_version, started_processes
 from tests.factories import UserFactory
 from tests.test_pipeline import wait_until_finished
 
@@ -91,15 +90,7 @@ def test_the_seed_apis_image_takes_an_optional_priority_and_refuses_an_unknown_o
 
 @pytest.fixture
 def version(kafka_topics) -> ModelVersion:
-    registered = register_version(
-        name=MODEL,
-        source=ModelVersion.Source.BUILTIN,
-        weights="random",
-        input_size=224,
-        classes=1000,
-    )
-    ensure_topics(models=[registered.route])
-    return registered
+    return random_resnet_version(MODEL)
 
 
 def test_the_preflight_creates_a_requests_topic_per_lane(version):

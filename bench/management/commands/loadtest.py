@@ -177,31 +177,25 @@ class Command(BaseCommand):
                 batch.delete()
             self.stdout.write(f"front: {json.dumps(report['front'])}")
 
-        light_median = report["light_ms"]["median"]
-        if "backlog" in parts:
-            report["backlog"] = loadtest.b_under_backlog(
+        def behind_backlog(part: str, measure, backlog: list, per_request: int) -> None:
+            """A part where one upload waits behind A's backlog, with A's throughput."""
+            report[part] = measure(
                 users,
-                backlog=[small] * options["backlog"],
-                per_request=100,
+                backlog=backlog,
+                per_request=per_request,
                 image=small,
-                light_ms=light_median,
+                light_ms=report["light_ms"]["median"],
                 log=self.stdout.write,
             )
-            report["backlog"].update(throughput(report["backlog"].pop("a_job_ids")))
-            self.stdout.write(f"backlog: {json.dumps(report['backlog'])}")
+            report[part].update(throughput(report[part].pop("a_job_ids")))
+            self.stdout.write(f"{part}: {json.dumps(report[part])}")
+
+        if "backlog" in parts:
+            behind_backlog("backlog", loadtest.b_under_backlog, [small] * options["backlog"], 100)
         if "big" in parts:
             big = ("big.webp", big_webp(options["big_megapixels"]))
             self.stdout.write(f"big WEBP: {len(big[1]) // 1024} KB, {options['big_megapixels']} MP")
-            report["big"] = loadtest.b_under_backlog(
-                users,
-                backlog=[big] * options["big"],
-                per_request=4,
-                image=small,
-                light_ms=light_median,
-                log=self.stdout.write,
-            )
-            report["big"].update(throughput(report["big"].pop("a_job_ids")))
-            self.stdout.write(f"big: {json.dumps(report['big'])}")
+            behind_backlog("big", loadtest.b_under_backlog, [big] * options["big"], 4)
 
         if "cancel" in parts:
             report["cancel"] = cancel = self.cancel_part(users, small, options)
@@ -215,16 +209,7 @@ class Command(BaseCommand):
             )
 
         if "priority" in parts:
-            report["priority"] = loadtest.high_behind_low(
-                users,
-                backlog=[small] * options["backlog"],
-                per_request=100,
-                image=small,
-                light_ms=light_median,
-                log=self.stdout.write,
-            )
-            report["priority"].update(throughput(report["priority"].pop("a_job_ids")))
-            self.stdout.write(f"priority: {json.dumps(report['priority'])}")
+            behind_backlog("priority", loadtest.high_behind_low, [small] * options["backlog"], 100)
 
         out = Path(options["out"])
         out.parent.mkdir(parents=True, exist_ok=True)
