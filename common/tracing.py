@@ -12,6 +12,7 @@ chain: the dispatcher may admit it long after its upload, from another request o
 beat; the Kafka messages carry it in their `traceparent` header (kafka_wire/headers.py).
 """
 
+import functools
 import os
 import re
 from collections.abc import Collection, Iterator
@@ -156,6 +157,8 @@ _NAMED_GROUP = re.compile(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)")
 _CONVERTER = re.compile(r"<\w+:(\w+)>")
 
 
+# Asked twice per request (its span's name, its access line): the routes are few.
+@functools.lru_cache(maxsize=512)
 def route_template(route: str) -> str:
     """A Django route (a URL pattern's, resolver_match.route) as a path template: the
     router's `api/jobs/(?P<pk>[^/.]+)/$` and `api/jobs/<uuid:pk>/` are both
